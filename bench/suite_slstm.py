@@ -1,0 +1,94 @@
+"""sLSTM kernels vs FlashRNN vs cuDNN LSTM (SPEC.md 5, issue 4).
+
+B=16, T=1024; hidden 768 split as 12x64, 6x128, 3x256, 1x768, plus 4x128 (TiRex) and 4x512
+(xLSTM 1.3B, hidden 2048). Layout: wx (B, T, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import Provider
+
+
+def cases(quick: bool = False) -> list[dict]:
+    splits = [(12, 64), (6, 128), (3, 256), (1, 768), (4, 128), (4, 512)]
+    out = [dict(B=16, T=1024, NH=nh, DH=dh, hidden=nh * dh) for nh, dh in splits]
+    if quick:
+        out = [dict(c, T=64) for c in out[:2]]
+    return out
+
+
+def _slstm_inputs(case, dtype, requires_grad):
+    B, T, NH, DH = (case[k] for k in ("B", "T", "NH", "DH"))
+    wx = torch.randn(B, T, 4, NH, DH, device="cuda", dtype=dtype)
+    R = torch.randn(4, NH, DH, DH, device="cuda", dtype=dtype) / DH**0.5
+    b = torch.randn(4, NH, DH, device="cuda", dtype=dtype)
+    for t in (wx, R, b):
+        t.requires_grad_(requires_grad)
+    return wx, R, b
+
+
+def _runner(call, case, mode, dtype):
+    wx, R, b = _slstm_inputs(case, dtype, mode == "fwbw")
+    if mode == "fw":
+        def fn():
+            with torch.no_grad():
+                call(wx, R, b)
+        return fn
+    dh = torch.randn(case["B"], case["T"], case["NH"], case["DH"], device="cuda", dtype=dtype)
+
+    def fn():
+        call(wx, R, b).backward(dh)
+    fn.grad_to_none = [wx, R, b]
+    return fn
+
+
+def _flashrnn(backend):
+    def setup(case, mode, dtype):
+        from flashrnn import flashrnn
+
+        def call(wx, R, b):
+            h, _ = flashrnn(wx, R, b, function="slstm", backend=backend, dtype=str(dtype).split(".")[-1])
+            return h[0]                  # states (h, c, n, m): take h, (B, T, NH, DH)
+        return _runner(call, case, mode, dtype)
+    return setup
+
+
+def _ours(case, mode, dtype):
+    from xlstm_triton import slstm
+    return _runner(lambda wx, R, b: slstm(wx, R, b), case, mode, dtype)
+
+
+def _cudnn_lstm(case, mode, dtype):
+    H = case["hidden"]
+    lstm = torch.nn.LSTM(H, H, batch_first=True).to(device="cuda", dtype=dtype)
+    x = torch.randn(case["B"], case["T"], H, device="cuda", dtype=dtype, requires_grad=mode == "fwbw")
+    if mode == "fw":
+        def fn():
+            with torch.no_grad():
+                lstm(x)
+        return fn
+    dy = torch.randn(case["B"], case["T"], H, device="cuda", dtype=dtype)
+
+    def fn():
+        lstm(x)[0].backward(dy)
+    fn.grad_to_none = [x, *lstm.parameters()]
+    return fn
+
+
+def providers() -> list[Provider]:
+    return [
+        Provider("xlstm_triton", _ours),
+        Provider("flashrnn.triton_fused", _flashrnn("triton_fused")),
+        # Builds its CUDA extension with nvcc at first call; give the build its time.
+        Provider("flashrnn.cuda_fused", _flashrnn("cuda_fused"), timeout_s=600,
+                 skip=lambda c: None if (c["NH"], c["DH"]) == (12, 64) else "one try is enough"),
+        Provider("flashrnn.vanilla_fwbw", _flashrnn("vanilla_fwbw"),
+                 skip=lambda c: None if (c["NH"], c["DH"]) == (12, 64) else "PyTorch loop: one split"),
+        Provider("torch.nn.LSTM", _cudnn_lstm,
+                 skip=lambda c: None if c["NH"] in (1, 4) else "depends on hidden size only"),
+    ]
+
+
+TABLE_KEYS = ["NH", "DH"]

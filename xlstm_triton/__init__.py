@@ -1,0 +1,5 @@
+"""xlstm-triton: Triton kernels and PyTorch modules for the xLSTM (mLSTM and sLSTM cells)."""
+
+__version__ = "0.1.0"
+
+from .utils import poison_outputs  # noqa: F401
