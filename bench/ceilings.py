@@ -12,7 +12,7 @@ def main():
     x = torch.randn(2**29 // 2, device="cuda", dtype=torch.float32)   # 1 GiB
     y = torch.empty_like(x)
     ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
-    print(f"device copy 1 GiB: {2 * x.numel() * 4 / ms / 1e9:.0f} GB/s read+write ({ms:.3f} ms)")
+    print(f"device copy 1 GiB: {2 * x.numel() * 4 / ms / 1e6:.0f} GB/s read+write ({ms:.3f} ms)")
 
 
 if __name__ == "__main__":

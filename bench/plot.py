@@ -107,6 +107,9 @@ def _plot_slstm(rows, stem, out_dir):
                 if r and _ok(r[0]):
                     ax.bar(x + j * width, float(r[0]["ms"]), width, color=f"C{j}",
                            label=p if x == 0 or not ax.get_legend_handles_labels()[1].count(p) else None)
+                elif r and r[0]["status"] != "skipped":       # a failure is a result: show it
+                    ax.text(x + j * width, 0.02, f"{p}: {r[0]['status']}", rotation=90, fontsize=7,
+                            color=f"C{j}", ha="center", va="bottom", transform=ax.get_xaxis_transform())
         ax.set_xticks([x + width * (len(providers) - 1) / 2 for x in range(len(splits))])
         ax.set_xticklabels([f"{nh}x{dh}" for nh, dh in splits])
         ax.set_yscale("log")
