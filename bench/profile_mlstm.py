@@ -1,0 +1,128 @@
+"""Per-stage times of the chunkwise mLSTM kernels, for tuning (GPU).
+
+    python bench/profile_mlstm.py [--geometry 7B|TFLA] [--S 8192] [--configs '{"chunk_size":128}' ...]
+
+For each config: the forward and forward+backward medians (do_bench) and each stage alone, next
+to the floor of that stage (max of FLOPs / matmul ceiling and bytes / copy ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton
+import triton.testing
+
+import xlstm_triton.mlstm.op as op
+from xlstm_triton import mlstm_chunkwise
+from xlstm_triton.mlstm import bwd, fwd
+from xlstm_triton.mlstm.gates import chunkwise_gates
+
+GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256)}
+TFLOPS, TBPS = 756e12, 3.0e12          # measured ceilings (bench/NOTES.md)
+
+
+def bench(fn, grad_to_none=None):
+    return triton.testing.do_bench(fn, warmup=10, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def profile(geometry, S, overrides, dtype=torch.bfloat16):
+    g = GEOMETRIES[geometry]
+    NH, DQK, DV = g["NH"], g["DQK"], g["DV"]
+    B = 65536 // S
+    L = overrides.get("chunk_size") or op.default_chunk_size(S, DQK, DV)
+    op.CONFIG_OVERRIDES.clear()
+    op.CONFIG_OVERRIDES.update({k: v for k, v in overrides.items() if k != "chunk_size"})
+    cfg = op.make_config(S, DQK, DV, dtype, L, **op.CONFIG_OVERRIDES)
+    dev = "cuda"
+    q = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
+    k = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
+    v = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
+    i = torch.randn(B, NH, S, device=dev, dtype=dtype)
+    f = torch.randn(B, NH, S, device=dev, dtype=dtype) + 3
+    dh = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
+    ins = [q, k, v, i, f]
+
+    res = {}
+    with torch.no_grad():
+        res["fw"] = bench(lambda: mlstm_chunkwise(*ins, chunk_size=L))
+    for t in ins:
+        t.requires_grad_(True)
+
+    def fwbw():
+        mlstm_chunkwise(*ins, chunk_size=L).backward(dh)
+    fwbw()
+    torch.cuda.synchronize()
+    for t in ins:
+        t.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    fwbw()
+    torch.cuda.synchronize()
+    res["fwbw_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    res["fwbw"] = bench(fwbw, grad_to_none=ins)
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fwbw()
+        torch.cuda.synchronize()
+    kernels = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            kernels[e.key[:60]] = round(t / 3 / 1e3, 3)       # ms per fwbw call
+    res["kernels_ms"] = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:14])
+    for t in ins:
+        t.requires_grad_(False)
+
+    gates = chunkwise_gates(i, f, None, L)
+    res["gates"] = bench(lambda: chunkwise_gates(i, f, None, L))
+    states, nstates, _, _ = fwd.chunkwise_fwd_states(k, v, gates, None, None, cfg)
+    res["fwd_states"] = bench(lambda: fwd.chunkwise_fwd_states(k, v, gates, None, None, cfg))
+    h, inv_den, zsign = fwd.chunkwise_fwd_output(q, k, v, states, nstates, gates, 1e-6, cfg)
+    res["fwd_output"] = bench(lambda: fwd.chunkwise_fwd_output(q, k, v, states, nstates, gates, 1e-6, cfg))
+    del states, nstates
+    res["bwd_total"] = bench(lambda: bwd.chunkwise_bwd(q, k, v, f, h, dh, None, None, None, None, gates,
+                                                         inv_den, zsign, cfg))
+
+    # Floors: FLOPs of this algorithm (causal tiles counted at their average) and unique bytes.
+    T = B * NH * S
+    el = q.element_size()
+    state_bytes = B * NH * (-(-S // L)) * DQK * DV * (2 if dtype == torch.bfloat16 else 4)
+    tiles_avg = (L // cfg.tile + 1) / 2 * cfg.tile
+    fl_states = 2 * T * DQK * DV
+    fl_out = 2 * T * DQK * DV + 2 * T * tiles_avg * (DQK + DV)
+    by_states = T * (DQK + DV) * el + state_bytes
+    by_out = T * (2 * DQK + 2 * DV) * el + state_bytes
+    floor = lambda fl, by: max(fl / TFLOPS, by / TBPS) * 1e3
+    res["floor_fwd_states"] = floor(fl_states, by_states)
+    res["floor_fwd_output"] = floor(fl_out, by_out)
+    res["floor_fw"] = res["floor_fwd_states"] + res["floor_fwd_output"]
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--geometry", default="7B")
+    ap.add_argument("--S", type=int, default=8192)
+    ap.add_argument("--configs", nargs="*", default=["{}"])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rows = []
+    for c in args.configs:
+        over = json.loads(c)
+        try:
+            r = profile(args.geometry, args.S, over)
+        except Exception as e:  # a config that does not compile is a result
+            r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        rows.append((c, r))
+        print(c, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    if args.out:
+        with open(args.out, "a") as fh:
+            for c, r in rows:
+                fh.write(json.dumps({"geometry": args.geometry, "S": args.S, "config": c, **r}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

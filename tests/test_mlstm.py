@@ -1,0 +1,264 @@
+"""Chunkwise mLSTM op against the float64 reference (reference/mlstm.py).
+
+On CPU the Triton kernels run in Triton's interpreter (small shapes); the same tests run at
+larger shapes on a GPU. Every check compares outputs, final states and all gradients under a
+plain weighted-sum loss on h and on the final states, by relative Frobenius norm.
+"""
+
+import pytest
+import torch
+
+import xlstm_triton.mlstm.op as mlstm_op
+from reference.mlstm import mlstm_parallel, mlstm_recurrent
+from tests.helpers import TOL, assert_close
+from xlstm_triton import mlstm_chunkwise
+from xlstm_triton.mlstm.torch_path import mlstm_chunkwise_torch
+
+GPU = torch.cuda.is_available()
+NAMES = ["q", "k", "v", "i", "f", "c_initial", "n_initial"]
+
+
+def make_inputs(B, NH, S, DQK, DV, device, dtype=torch.float32, states=False,
+                igate=(-3.0, 3.0), fgate=(-3.0, 6.0)):
+    def u(lo, hi):
+        return torch.rand(B, NH, S, device=device) * (hi - lo) + lo
+
+    x = dict(q=torch.randn(B, NH, S, DQK, device=device, dtype=dtype),
+             k=torch.randn(B, NH, S, DQK, device=device, dtype=dtype),
+             v=torch.randn(B, NH, S, DV, device=device, dtype=dtype),
+             i=u(*igate).to(dtype), f=u(*fgate).to(dtype))
+    if states:
+        x["c_initial"] = torch.randn(B, NH, DQK, DV, device=device)
+        x["n_initial"] = torch.randn(B, NH, DQK, device=device)
+        x["m_initial"] = torch.randn(B, NH, 1, device=device)
+    return x
+
+
+def run_and_grad(fn, x, weights=None, **kw):
+    """Runs fn on leaf copies of x; returns outputs (h, c, n, m), the gradients of NAMES, and the
+    loss weights used (a plain weighted sum over h, c and n)."""
+    leaves = {k: (t.clone().requires_grad_(k in NAMES)) for k, t in x.items()}
+    h, (c, n, m) = fn(**leaves, return_last_states=True, **kw)
+    outs = [h, c, n]
+    if weights is None:
+        weights = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in outs]
+    sum((o.double() * w).sum() for o, w in zip(outs, weights)).backward()
+    grads = {k: leaves[k].grad for k in NAMES if k in leaves}
+    return (h, c, n, m), grads, weights
+
+
+def check_against_reference(x, dtype, reference=mlstm_recurrent, fn=mlstm_chunkwise, **kw):
+    x64 = {k: t.double() for k, t in x.items()}
+    ref_out, ref_grads, weights = run_and_grad(reference, x64)
+    out, grads, _ = run_and_grad(fn, x, weights, **kw)
+    fw_tol, bw_tol = TOL[dtype]
+    for a, b, name in zip(out, ref_out, ["h", "c_last", "n_last", "m_last"]):
+        assert_close(a, b, fw_tol, name)
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], bw_tol, f"d{name}")
+
+
+# ---------------------------------------------------------------- kernels vs reference
+
+CPU_CASES = [  # (B, NH, S, DQK, DV, chunk_size)
+    (1, 2, 1, 16, 16, 16),
+    (2, 1, 7, 16, 32, 16),
+    (1, 2, 63, 32, 16, 32),
+    (1, 1, 65, 16, 48, 32),
+    (2, 1, 100, 32, 32, 64),
+]
+
+
+@pytest.mark.parametrize("B,NH,S,DQK,DV,L", CPU_CASES)
+@pytest.mark.parametrize("states", [False, True])
+def test_matches_reference_fp32(B, NH, S, DQK, DV, L, states, device, poison):
+    x = make_inputs(B, NH, S, DQK, DV, device, states=states)
+    check_against_reference(x, torch.float32, chunk_size=L)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matches_reference_16bit(dtype, device, poison):
+    x = make_inputs(2, 2, 37, 32, 16, device, dtype=dtype, states=True)
+    check_against_reference(x, dtype, chunk_size=16)
+
+
+def test_extreme_gates(device, poison):
+    x = make_inputs(1, 2, 65, 16, 32, device, states=True, igate=(-30.0, 15.0), fgate=(-12.0, 12.0))
+    check_against_reference(x, torch.float32, reference=mlstm_parallel, chunk_size=16)
+
+
+def test_several_tiles_and_feature_blocks_per_program(device, poison, monkeypatch):
+    # Chunks of 4 tiles and heads split into several DQK / DV blocks in every kernel.
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(
+        tile=16, block_k=16, block_v=16, block_k_states=16, block_v_states=32,
+        block_k_grad=16, block_v_grad=16))
+    x = make_inputs(2, 1, 70, 48, 40, device, states=True)     # DQK, DV not powers of two
+    check_against_reference(x, torch.float32, chunk_size=64)
+
+
+@pytest.mark.parametrize("L", [16, 32, 128])
+def test_chunk_sizes_longer_and_shorter_than_sequence(L, device, poison):
+    x = make_inputs(1, 1, 50, 16, 16, device, states=True)
+    check_against_reference(x, torch.float32, chunk_size=L)
+
+
+def test_carrying_the_state_equals_one_call(device, poison):
+    x = make_inputs(2, 2, 53, 16, 32, device, states=True)
+    h, (c, n, m) = mlstm_chunkwise(**x, return_last_states=True, chunk_size=16)
+    cut = 21
+    first = {k: (t[:, :, :cut] if k in "qkvif" else t) for k, t in x.items()}
+    h1, (c1, n1, m1) = mlstm_chunkwise(**first, return_last_states=True, chunk_size=16)
+    second = {k: t[:, :, cut:] for k, t in x.items() if k in "qkvif"}
+    h2, (c2, n2, m2) = mlstm_chunkwise(**second, c_initial=c1, n_initial=n1, m_initial=m1,
+                                       return_last_states=True, chunk_size=32)
+    assert_close(torch.cat([h1, h2], dim=2), h, 1e-5, "h")
+    for a, b, name in zip((c2, n2, m2), (c, n, m), "cnm"):
+        assert_close(a, b, 1e-5, name)
+
+
+def test_non_contiguous_inputs_and_inputs_untouched(device):
+    B, NH, S, D = 2, 2, 33, 16
+    qkv = torch.randn(B, S, NH, 3 * D, device=device)              # a fused projection's layout
+    q, k, v = (t.transpose(1, 2) for t in qkv.split(D, dim=-1))     # strided views
+    i, f = torch.randn(2, B, S, NH, device=device).transpose(2, 3)
+    before = [t.clone() for t in (q, k, v, i, f)]
+    h = mlstm_chunkwise(q, k, v, i, f, chunk_size=16)
+    ref = mlstm_recurrent(*(t.double() for t in (q, k, v, i, f)))
+    assert_close(h, ref, TOL[torch.float32][0], "h")
+    for a, b in zip((q, k, v, i, f), before):
+        assert torch.equal(a, b), "an input was modified"
+
+
+def test_no_states_asked_no_state_gradients(device):
+    x = make_inputs(1, 1, 20, 16, 16, device)
+    leaves = {k: t.requires_grad_() for k, t in x.items()}
+    mlstm_chunkwise(**leaves, chunk_size=16).sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves.values())
+
+
+# ---------------------------------------------------------------- the PyTorch CPU path
+
+@pytest.mark.parametrize("S,L", [(1, 16), (45, 16), (100, 64)])
+def test_torch_path_matches_reference(S, L):
+    x = make_inputs(2, 2, S, 16, 24, "cpu", states=True)
+    check_against_reference(x, torch.float32, fn=mlstm_chunkwise_torch, chunk_size=L)
+
+
+def test_torch_path_extreme_gates():
+    x = make_inputs(1, 2, 40, 8, 8, "cpu", states=True, igate=(-30.0, 15.0), fgate=(-12.0, 12.0))
+    check_against_reference(x, torch.float32, reference=mlstm_parallel, fn=mlstm_chunkwise_torch,
+                            chunk_size=16)
+
+
+def test_dispatch_without_interpreter_uses_torch_path(monkeypatch):
+    import xlstm_triton.utils as utils
+
+    monkeypatch.setattr(utils, "triton_interpret", lambda: False)
+    calls = []
+    monkeypatch.setattr(mlstm_op, "mlstm_chunkwise_torch",
+                        lambda *a, **k: calls.append(1) or mlstm_chunkwise_torch(*a, **k))
+    x = make_inputs(1, 1, 5, 16, 16, "cpu")
+    mlstm_chunkwise(**x)
+    assert calls == [1]
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("change,error,words", [
+    (dict(k=torch.randn(1, 2, 9, 16)), ValueError, "k: expected shape (1, 2, 8, 16)"),
+    (dict(v=torch.randn(1, 3, 8, 16)), ValueError, "v: expected shape"),
+    (dict(i=torch.randn(1, 2, 7)), ValueError, "i: expected shape (1, 2, 8)"),
+    (dict(q=torch.randn(2, 8, 16)), ValueError, "q: expected 4 dims"),
+    (dict(q=torch.ones(1, 2, 8, 16, dtype=torch.int64)), TypeError, "q: expected dtype"),
+    (dict(v=torch.randn(1, 2, 8, 16, dtype=torch.float16)), TypeError, "one dtype"),
+    (dict(c_initial=torch.randn(1, 2, 16, 15)), ValueError, "c_initial: expected shape (1, 2, 16, 16)"),
+    (dict(n_initial=torch.randn(1, 2, 15)), ValueError, "n_initial: expected shape"),
+    (dict(m_initial=torch.randn(1, 2)), ValueError, "m_initial: expected shape (1, 2, 1)"),
+    (dict(chunk_size=48), ValueError, "chunk_size"),
+    (dict(chunk_size=8), ValueError, "chunk_size"),
+    (dict(q="not a tensor"), TypeError, "q: expected a torch.Tensor"),
+])
+def test_bad_input_is_named(change, error, words):
+    x = make_inputs(1, 2, 8, 16, 16, "cpu")
+    x.update(change)
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        mlstm_chunkwise(**x)
+
+
+@pytest.mark.gpu
+def test_mixed_devices_are_refused():
+    x = make_inputs(1, 2, 8, 16, 16, "cuda")
+    x["f"] = x["f"].cpu()
+    with pytest.raises(ValueError, match="f: expected device cuda"):
+        mlstm_chunkwise(**x)
+
+
+# ---------------------------------------------------------------- GPU: larger shapes
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [1, 7, 63, 65, 100, 257, 1000])
+@pytest.mark.parametrize("L", [64, 128, 256])
+def test_gpu_odd_lengths_bf16(S, L, poison):
+    x = make_inputs(2, 3, S, 64, 128, "cuda", dtype=torch.bfloat16, states=True)
+    check_against_reference(x, torch.bfloat16, reference=mlstm_parallel, chunk_size=L)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("DQK,DV,dtype", [
+    (16, 16, torch.bfloat16), (32, 64, torch.bfloat16), (128, 256, torch.bfloat16),
+    (256, 512, torch.bfloat16), (512, 512, torch.bfloat16), (80, 48, torch.bfloat16),
+    (64, 128, torch.float32), (256, 512, torch.float32), (64, 128, torch.float16), (256, 512, torch.float16)])
+def test_gpu_head_dims(DQK, DV, dtype, poison):
+    x = make_inputs(2, 2, 200, DQK, DV, "cuda", dtype=dtype, states=True)
+    check_against_reference(x, dtype, reference=mlstm_parallel)
+
+
+@pytest.mark.gpu
+def test_gpu_extreme_gates(poison):
+    x = make_inputs(2, 2, 300, 64, 64, "cuda", dtype=torch.float32, states=True,
+                    igate=(-30.0, 15.0), fgate=(-12.0, 12.0))
+    check_against_reference(x, torch.float32, reference=mlstm_parallel, chunk_size=64)
+
+
+@pytest.mark.gpu
+def test_gpu_compiles_fullgraph_and_captures_in_cuda_graph():
+    x = make_inputs(2, 2, 128, 64, 64, "cuda", dtype=torch.bfloat16)
+    expected = mlstm_chunkwise(**x)
+
+    @torch.compile(fullgraph=True)
+    def model(q, k, v, i, f):
+        return mlstm_chunkwise(q, k, v, i, f) * 2.0
+
+    assert_close(model(**x), expected * 2.0, 1e-2, "compiled")
+    static = {k: t.clone() for k, t in x.items()}
+    mlstm_chunkwise(**static)                       # warm up (compile) outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mlstm_chunkwise(**static)
+    fresh = make_inputs(2, 2, 128, 64, 64, "cuda", dtype=torch.bfloat16)
+    for k in static:
+        static[k].copy_(fresh[k])
+    graph.replay()
+    assert_close(out, mlstm_chunkwise(**fresh), 1e-6, "graph replay")
+
+
+@pytest.mark.gpu
+def test_gpu_no_recompile_across_batch_and_length():
+    from xlstm_triton.mlstm import bwd, fwd
+
+    kernels = [fwd.chunkwise_fwd_states_kernel, fwd.chunkwise_fwd_output_kernel, bwd.chunkwise_bwd_dq_kernel]
+
+    def compiled():   # JITFunction.device_caches[device][0] is its dict of compiled variants
+        return sum(len(entry[0]) for kern in kernels for entry in kern.device_caches.values())
+
+    def step(B, S):
+        x = make_inputs(B, 2, S, 64, 64, "cuda", dtype=torch.bfloat16)
+        leaves = {k: t.requires_grad_() for k, t in x.items()}
+        mlstm_chunkwise(**leaves, chunk_size=64).sum().backward()
+
+    step(2, 256)
+    before = compiled()
+    for B, S in [(3, 256), (1, 512), (5, 1024), (2, 2048)]:
+        step(B, S)
+    assert compiled() == before, "kernels recompiled for a new batch or length"

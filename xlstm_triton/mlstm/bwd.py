@@ -1,0 +1,386 @@
+"""Chunkwise mLSTM backward kernels.
+
+Upstream: dh (B, NH, S, DV) and optionally dC, dn of the final state. With den_t and the
+normalizer sign z_t saved by the forward (z_t = 0 where exp(-m_t) won the max, since m gets no
+gradient), the output h_t = num_t / den_t sends back
+
+    dO_t = dh_t / den_t                       to the numerator num_t
+    dz_t = -(dh_t . h_t) z_t / den_t          to the normalizer nq_t,
+
+which act like one more value column: the normalizer is the numerator of a value that is 1.
+In the chunk-local weights of `gates.py`, with dS[t, s] = dO_t . v_s + dz_t:
+
+    dC_c  = decay_c dC_{c+1} + sum_{t in c} g_t q^_t dO_t^T        (dn_c: dz_t instead of dO_t)
+    dq_t  = scale [ g_t (C_c dO_t + dz_t n_c) + sum_{s <= t in c} W[t, s] dS[t, s] k_s ]
+    dk_s  = w_s (dC_{c+1} v_s + dn_{c+1}) + scale sum_{t >= s in c} W[t, s] dS[t, s] q_t
+    dv_s  = w_s dC_{c+1}^T k_s + sum_{t >= s in c} W[t, s] (q^_t . k_s) dO_t
+
+The gates: every weight is exp(F_t - F_s + i_s - const), so with G the gradient of each
+log-weight, di_s = sum_t G[t, s] = k_s . dk_s and dF_t = q_t . dq_t - k_t . dk_t (plus, at the
+last step, <dC_last, C_last> + <dn_last, n_last>); dlogsigmoid(f)_j = sum_{t >= j} dF_t. The
+kernels return the row dots q . dq and k . dk (one partial per DQK block) for that.
+
+Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
+(DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
+`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+from .fwd import chunkwise_fwd_states
+
+
+@triton.jit(do_not_specialize=["NH", "S"])
+def chunkwise_bwd_dz_kernel(
+    h_ptr, dh_ptr, inv_den_ptr, zsign_ptr, dz_ptr,
+    s_hb, s_hh, s_ht, s_db, s_dh, s_dt,
+    NH, S, S_pad,
+    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+):
+    tile, bh = tl.program_id(0), tl.program_id(1)
+    b, hd = bh // NH, bh % NH
+    t = tile * BT + tl.arange(0, BT)
+    mask_t = t < S
+    h_base = h_ptr + b.to(tl.int64) * s_hb + hd.to(tl.int64) * s_hh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    dot = tl.zeros((BT,), dtype=tl.float32)
+    for vb in tl.static_range(0, DV, BV):
+        offs_v = vb + tl.arange(0, BV)
+        mask = mask_t[:, None] & (offs_v < DV)[None, :]
+        h = tl.load(h_base + t[:, None] * s_ht + offs_v[None, :], mask=mask, other=0.0)
+        dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :], mask=mask, other=0.0)
+        dot += tl.sum(h.to(tl.float32) * dh.to(tl.float32), axis=1)
+    row = bh.to(tl.int64) * S_pad + t
+    dz = -dot * tl.load(zsign_ptr + row) * tl.load(inv_den_ptr + row)
+    tl.store(dz_ptr + row, tl.where(mask_t, dz, 0.0))
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_bwd_dstates_kernel(
+    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr,
+    dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
+    s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
+    NH, S, S_pad, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_DC_LAST: tl.constexpr, HAS_DN_LAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, hd = bh // NH, bh % NH
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    kv_offs = offs_k[:, None] * DV + offs_v[None, :]
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    row_base = bh.to(tl.int64) * S_pad
+    first_v = (offs_k * 0 + pid_v) == 0      # one column block owns dn
+
+    dC = tl.zeros((BK, BV), dtype=tl.float32)
+    dn = tl.zeros((BK,), dtype=tl.float32)
+    if HAS_DC_LAST:
+        dC = tl.load(dc_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, mask=mask_kv, other=0.0).to(tl.float32)
+    if HAS_DN_LAST:
+        dn = tl.load(dn_last_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+
+    for cc in range(NC):
+        c = NC - 1 - cc
+        chunk = bh.to(tl.int64) * NC + c
+        # dstates[c] is the gradient of C_{c+1}, the state at the end of chunk c.
+        tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
+        tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
+        acc = tl.zeros((BK, BV), dtype=tl.float32)
+        n_acc = tl.zeros((BK,), dtype=tl.float32)
+        for tt in tl.static_range(L // BT):
+            t = c * L + tt * BT + tl.arange(0, BT)
+            mask_t = t < S
+            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            gq = tl.load(g_ptr + row_base + t) * scale
+            inv_den = tl.load(inv_den_ptr + row_base + t)
+            dz = tl.load(dz_ptr + row_base + t)
+            qd = q * (gq * inv_den)[:, None]
+            acc += tl.dot(tl.trans(qd.to(DOT_DTYPE)), dh.to(DOT_DTYPE), input_precision=PRECISION)
+            n_acc += tl.sum(q * (gq * dz)[:, None], axis=0)
+        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+        dC = decay * dC + acc
+        dn = decay * dn + n_acc
+
+    tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
+    tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_bwd_dv_kernel(
+    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dv_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
+    NH, S, S_pad, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, hd = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    s = tile * BT + tl.arange(0, BT)          # this program's keys
+    mask_s = s < S
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    row_base = bh.to(tl.int64) * S_pad
+    state = bh.to(tl.int64) * NC + chunk
+    r2 = tl.load(r2_ptr + row_base + s)
+
+    # Through the state at the chunk's end: w_s dC_{c+1}^T k_s.
+    dv = tl.zeros((BT, BV), dtype=tl.float32)
+    for kb in tl.static_range(0, DQK, BK):
+        offs_k = kb + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                    mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+        dC = tl.load(dstates_ptr + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        dv += tl.dot(k.to(DOT_DTYPE), dC.to(DOT_DTYPE), input_precision=PRECISION)
+    dv = dv * tl.load(w_ptr + row_base + s)[:, None]
+
+    # Inside the chunk: query tiles from the diagonal to the chunk's end.
+    for i in range(tile, (chunk + 1) * TILES_PER_CHUNK):
+        t = i * BT + tl.arange(0, BT)
+        mask_t = t < S
+        scores_t = tl.zeros((BT, BT), dtype=tl.float32)           # [s, t]
+        for kb in tl.static_range(0, DQK, BK):
+            offs_k = kb + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                        mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            scores_t += tl.dot(k.to(DOT_DTYPE), tl.trans(q.to(DOT_DTYPE)), input_precision=PRECISION)
+        u2 = tl.load(u2_ptr + row_base + t)
+        inv_den = tl.load(inv_den_ptr + row_base + t)
+        weight = tl.where(t[None, :] >= s[:, None], tl.exp2(r2[:, None] + u2[None, :]), 0.0)
+        scores_t = scores_t * weight * (scale * inv_den)[None, :]    # dO_t = dh_t / den_t
+        dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                     mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        dv += tl.dot(scores_t.to(DOT_DTYPE), dh.to(DOT_DTYPE), input_precision=PRECISION)
+
+    dv_base = dv_ptr + b.to(tl.int64) * s_gb + hd.to(tl.int64) * s_gh
+    tl.store(dv_base + s[:, None] * s_gt + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=mask_s[:, None] & mask_v[None, :])
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, dh_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, inv_den_ptr, dz_ptr,
+    dq_ptr, qdq_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
+    NH, S, S_pad, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, hd = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    mask_k = offs_k < DQK
+    t = tile * BT + tl.arange(0, BT)          # this program's queries
+    mask_t = t < S
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
+    v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    row_base = bh.to(tl.int64) * S_pad
+    state = bh.to(tl.int64) * NC + chunk
+    u2 = tl.load(u2_ptr + row_base + t)
+    inv_den = tl.load(inv_den_ptr + row_base + t)
+    dz = tl.load(dz_ptr + row_base + t)
+
+    # Through the state at the chunk's start: g_t (C_c dO_t + dz_t n_c).
+    dq = tl.zeros((BT, BK), dtype=tl.float32)
+    for vb in tl.static_range(0, DV, BV):
+        offs_v = vb + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                     mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        C = tl.load(states_ptr + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        dq += tl.dot(dh.to(DOT_DTYPE), tl.trans(C.to(DOT_DTYPE)), input_precision=PRECISION)
+    n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
+    dq = dq * inv_den[:, None] + dz[:, None] * n[None, :]
+    dq = dq * tl.load(g_ptr + row_base + t)[:, None]
+
+    # Inside the chunk: key tiles from the chunk's start to the diagonal.
+    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+        s = j * BT + tl.arange(0, BT)
+        mask_s = s < S
+        dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
+        for vb in tl.static_range(0, DV, BV):
+            offs_v = vb + tl.arange(0, BV)
+            mask_v = offs_v < DV
+            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+            dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
+        r2 = tl.load(r2_ptr + row_base + s)
+        weight = tl.where(s[None, :] <= t[:, None], tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        dS = (dS * inv_den[:, None] + dz[:, None]) * weight
+        k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                    mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+        dq += tl.dot(dS.to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=PRECISION)
+
+    dq = dq * scale
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+    tl.store(qdq_ptr + (pid_k * tl.num_programs(2) + bh).to(tl.int64) * S_pad + t,
+             tl.sum(q.to(tl.float32) * dq, axis=1))
+    tl.store(dq_ptr + b.to(tl.int64) * s_gb + hd.to(tl.int64) * s_gh + t[:, None] * s_gt + offs_k[None, :],
+             dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_bwd_dk_kernel(
+    q_ptr, k_ptr, v_ptr, dh_ptr, dstates_ptr, dnstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dz_ptr,
+    dk_ptr, kdk_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
+    NH, S, S_pad, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, hd = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    mask_k = offs_k < DQK
+    s = tile * BT + tl.arange(0, BT)          # this program's keys
+    mask_s = s < S
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    row_base = bh.to(tl.int64) * S_pad
+    state = bh.to(tl.int64) * NC + chunk
+    r2 = tl.load(r2_ptr + row_base + s)
+
+    # Through the state at the chunk's end: w_s (dC_{c+1} v_s + dn_{c+1}).
+    dk = tl.zeros((BT, BK), dtype=tl.float32)
+    for vb in tl.static_range(0, DV, BV):
+        offs_v = vb + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                    mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+        dC = tl.load(dstates_ptr + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        dk += tl.dot(v.to(DOT_DTYPE), tl.trans(dC.to(DOT_DTYPE)), input_precision=PRECISION)
+    dn = tl.load(dnstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
+    dk = (dk + dn[None, :]) * tl.load(w_ptr + row_base + s)[:, None]
+
+    # Inside the chunk: query tiles from the diagonal to the chunk's end.
+    for i in range(tile, (chunk + 1) * TILES_PER_CHUNK):
+        t = i * BT + tl.arange(0, BT)
+        mask_t = t < S
+        dS_t = tl.zeros((BT, BT), dtype=tl.float32)             # [s, t]
+        for vb in tl.static_range(0, DV, BV):
+            offs_v = vb + tl.arange(0, BV)
+            mask_v = offs_v < DV
+            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            dS_t += tl.dot(v.to(DOT_DTYPE), tl.trans(dh.to(DOT_DTYPE)), input_precision=PRECISION)
+        u2 = tl.load(u2_ptr + row_base + t)
+        inv_den = tl.load(inv_den_ptr + row_base + t)
+        dz = tl.load(dz_ptr + row_base + t)
+        weight = tl.where(t[None, :] >= s[:, None], tl.exp2(r2[:, None] + u2[None, :]), 0.0)
+        dS_t = (dS_t * inv_den[None, :] + dz[None, :]) * weight
+        q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        dk += tl.dot(dS_t.to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=PRECISION) * scale
+
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
+    k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :], mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+    tl.store(kdk_ptr + (pid_k * tl.num_programs(2) + bh).to(tl.int64) * S_pad + s,
+             tl.sum(k.to(tl.float32) * dk, axis=1))
+    tl.store(dk_ptr + b.to(tl.int64) * s_gb + hd.to(tl.int64) * s_gh + s[:, None] * s_gt + offs_k[None, :],
+             dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
+
+
+def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg):
+    """Gradients of q, k, v, i, f, c_initial, n_initial.
+
+    q, k, v, f, h and dh may have any strides with unit stride in the last dim; dc_last (B, NH,
+    DQK, DV) and dn_last (B, NH, DQK) may be None. The chunk states are recomputed (the forward
+    keeps none), and each of the states and their gradients is alive only while it is needed.
+    """
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    S_pad, NC = gates.padded_len, gates.num_chunks
+    dev = q.device
+    L, BT = cfg.chunk_size, cfg.tile
+    common = dict(DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
+    scale = DQK**-0.5
+    q_st, k_st, v_st, dh_st = q.stride()[:3], k.stride()[:3], v.stride()[:3], dh.stride()[:3]
+
+    dz = new_empty((B * NH, S_pad), torch.float32, dev)
+    chunkwise_bwd_dz_kernel[(S_pad // BT, B * NH)](
+        h, dh, inv_den, zsign, dz, *h.stride()[:3], *dh_st, NH, S, S_pad,
+        DV=DV, BT=BT, BV=cfg.block_v, num_warps=cfg.num_warps)
+
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
+    nkb = triton.cdiv(DQK, cfg.block_k_grad)
+    dq = new_empty((B, NH, S, DQK), q.dtype, dev)
+    qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
+    chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
+        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, dq, qdq,
+        *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
+    del states, nstates
+
+    dstates = new_empty((B * NH, NC, DQK, DV), cfg.state_dtype, dev)
+    dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
+    dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
+    dn0 = new_empty((B, NH, DQK), torch.float32, dev)
+    chunkwise_bwd_dstates_kernel[(triton.cdiv(DQK, cfg.block_k_states), triton.cdiv(DV, cfg.block_v_states), B * NH)](
+        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, dstates, dnstates, dc0, dn0,
+        *q_st, *dh_st, NH, S, S_pad, NC, scale,
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_states, BV=cfg.block_v_states,
+        HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, **common)
+
+    dv = new_empty((B, NH, S, DV), v.dtype, dev)
+    chunkwise_bwd_dv_kernel[(triton.cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
+        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, dv,
+        *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
+
+    dk = new_empty((B, NH, S, DQK), k.dtype, dev)
+    kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
+    chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
+        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, dk, kdk,
+        *q_st, *k_st, *v_st, *dh_st, *dk.stride()[:3], NH, S, S_pad, NC, scale,
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
+    del dstates, dnstates
+
+    # Gates: di_s = k_s . dk_s;  dF_t = q_t . dq_t - k_t . dk_t (+ the final state's terms);
+    # dlogsigmoid(f)_j = sum_{t >= j} dF_t.
+    qdq = qdq.sum(0)[:, :S].reshape(B, NH, S)
+    kdk = kdk.sum(0)[:, :S].reshape(B, NH, S)
+    dF = (qdq - kdk).double()
+    if dc_last is not None:
+        dF[..., -1] += (dc_last.double() * c_last.double()).sum((-2, -1))
+    if dn_last is not None:
+        dF[..., -1] += (dn_last.double() * n_last.double()).sum(-1)
+    dlogf = dF.flip(-1).cumsum(-1).flip(-1)
+    df = (dlogf * torch.sigmoid(-f.double())).to(f.dtype)
+    di = kdk.to(f.dtype)
+    return dq, dk, dv, di, df, dc0, dn0

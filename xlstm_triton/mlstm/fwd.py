@@ -1,0 +1,203 @@
+"""Chunkwise mLSTM forward: the states at chunk boundaries, then the outputs.
+
+Two kernels (weights from `gates.py`; C_c is the state at the start of chunk c, stabilized by mc_c):
+
+`chunkwise_fwd_states_kernel`: grid (DQK/BK, DV/BV, B*NH), sequential over chunks:
+    C_{c+1} = decay_c C_c + sum_{s in c} w_s k_s v_s^T        n_{c+1} likewise with k_s
+    stores C_c for every chunk (the backward recomputes them with this same kernel) and the
+    final state in float32.
+
+`chunkwise_fwd_output_kernel`: grid (DV/BV, S/BT, B*NH), one tile of BT rows each:
+    num_t = g_t C_c^T q^_t + sum_{s <= t, s in c} W[t, s] (q^_t . k_s) v_s      (q^ = q / sqrt(DQK))
+    nq_t  = g_t n_c . q^_t  + sum_{s <= t, s in c} W[t, s] (q^_t . k_s)
+    h_t   = num_t / (max(|nq_t|, exp(-m_t)) + eps)
+    The chunk (size L) is walked in key tiles of BT, so the state granularity L and the
+    tile size are independent. Also stores, per row, 1/den and the sign the normalizer's
+    gradient takes (0 where exp(-m_t) wins the max): the backward needs nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_fwd_states_kernel(
+    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr,
+    states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
+    s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
+    NH, S, S_pad, NC,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_C0: tl.constexpr, HAS_N0: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = bh // NH, bh % NH
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    kv_offs = offs_k[:, None] * DV + offs_v[None, :]
+    k_base = k_ptr + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh
+    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
+    row_base = bh.to(tl.int64) * S_pad
+    first_v = (offs_k * 0 + pid_v) == 0       # one column block owns the normalizer state n
+
+    C = tl.zeros((BK, BV), dtype=tl.float32)
+    n = tl.zeros((BK,), dtype=tl.float32)
+    if HAS_C0:
+        C = tl.load(c0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, mask=mask_kv, other=0.0).to(tl.float32)
+    if HAS_N0:
+        n = tl.load(n0_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+
+    for c in range(NC):
+        chunk = bh.to(tl.int64) * NC + c
+        tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
+        tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
+        acc = tl.zeros((BK, BV), dtype=tl.float32)
+        n_acc = tl.zeros((BK,), dtype=tl.float32)
+        for tt in tl.static_range(L // BT):
+            t = c * L + tt * BT + tl.arange(0, BT)
+            mask_t = t < S
+            k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                        mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            w = tl.load(w_ptr + row_base + t)
+            kw = k * w[:, None]
+            acc += tl.dot(tl.trans(kw.to(DOT_DTYPE)), v.to(DOT_DTYPE), input_precision=PRECISION)
+            n_acc += tl.sum(kw, axis=0)
+        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+        C = decay * C + acc
+        n = decay * n + n_acc
+
+    tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
+    tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
+
+
+@triton.jit(do_not_specialize=["NH", "S", "NC"])
+def chunkwise_fwd_output_kernel(
+    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr,
+    h_ptr, inv_den_ptr, zsign_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_hb, s_hh, s_ht,
+    NH, S, S_pad, NC, scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    t = tile * BT + tl.arange(0, BT)
+    mask_t = t < S
+    q_base = q_ptr + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh
+    k_base = k_ptr + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh
+    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
+    row_base = bh.to(tl.int64) * S_pad
+    state = bh.to(tl.int64) * NC + chunk
+    u2 = tl.load(u2_ptr + row_base + t)
+    g = tl.load(g_ptr + row_base + t)
+    m = tl.load(m_ptr + row_base + t)
+
+    # Contribution of the state at the chunk's start.
+    num = tl.zeros((BT, BV), dtype=tl.float32)
+    nq = tl.zeros((BT,), dtype=tl.float32)
+    for kb in tl.static_range(0, DQK, BK):
+        offs_k = kb + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        C = tl.load(states_ptr + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
+        num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
+        nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    num = num * g[:, None]
+    nq = nq * g
+
+    # Contributions inside the chunk, key tile by key tile up to the diagonal.
+    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+        s = j * BT + tl.arange(0, BT)
+        scores = tl.zeros((BT, BT), dtype=tl.float32)
+        for kb in tl.static_range(0, DQK, BK):
+            offs_k = kb + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                        mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
+            scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
+        r2 = tl.load(r2_ptr + row_base + s)
+        weight = tl.where(s[None, :] <= t[:, None], tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        scores = scores * weight
+        nq += tl.sum(scores, axis=1)
+        v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                    mask=(s < S)[:, None] & mask_v[None, :], other=0.0)
+        num += tl.dot(scores.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=PRECISION)
+
+    num = num * scale
+    nq = nq * scale
+    floor = tl.exp(-m)
+    den = tl.maximum(tl.abs(nq), floor) + eps
+    out = num / den[:, None]
+    h_base = h_ptr + b.to(tl.int64) * s_hb + h.to(tl.int64) * s_hh
+    tl.store(h_base + t[:, None] * s_ht + offs_v[None, :], out.to(h_ptr.dtype.element_ty),
+             mask=mask_t[:, None] & mask_v[None, :])
+    zsign = tl.where(tl.abs(nq) > floor, tl.where(nq >= 0, 1.0, -1.0), 0.0)
+    first_v = (t * 0 + pid_v) == 0             # one column block writes the row statistics
+    tl.store(inv_den_ptr + row_base + t, 1.0 / den, mask=first_v)
+    tl.store(zsign_ptr + row_base + t, zsign, mask=first_v)
+
+
+def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg):
+    """States at the start of every chunk and the final state.
+
+    k: (B, NH, S, DQK), v: (B, NH, S, DV), any strides with unit stride in the last dim.
+    Returns states (B*NH, NC, DQK, DV) in cfg.state_dtype, nstates (B*NH, NC, DQK) float32,
+    c_last (B, NH, DQK, DV) and n_last (B, NH, DQK) float32.
+    """
+    B, NH, S, DQK = k.shape
+    DV = v.shape[-1]
+    NC = gates.num_chunks
+    states = new_empty((B * NH, NC, DQK, DV), cfg.state_dtype, k.device)
+    nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
+    c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
+    n_last = new_empty((B, NH, DQK), torch.float32, k.device)
+    grid = (triton.cdiv(DQK, cfg.block_k_states), triton.cdiv(DV, cfg.block_v_states), B * NH)
+    chunkwise_fwd_states_kernel[grid](
+        k, v, gates.w, gates.decay, c_initial, n_initial,
+        states, nstates, c_last, n_last,
+        *k.stride()[:3], *v.stride()[:3],
+        NH, S, gates.padded_len, NC,
+        DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k_states, BV=cfg.block_v_states,
+        HAS_C0=c_initial is not None, HAS_N0=n_initial is not None,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return states, nstates, c_last, n_last
+
+
+def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg):
+    """Outputs h (B, NH, S, DV) in q's dtype, and the row statistics 1/den and the normalizer
+    sign, each (B*NH, S_pad) float32."""
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    S_pad = gates.padded_len
+    h = new_empty((B, NH, S, DV), q.dtype, q.device)
+    inv_den = new_empty((B * NH, S_pad), torch.float32, q.device)
+    zsign = new_empty((B * NH, S_pad), torch.float32, q.device)
+    grid = (triton.cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
+    chunkwise_fwd_output_kernel[grid](
+        q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m,
+        h, inv_den, zsign,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *h.stride()[:3],
+        NH, S, S_pad, gates.num_chunks, DQK**-0.5, eps,
+        DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, BV=cfg.block_v,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return h, inv_den, zsign

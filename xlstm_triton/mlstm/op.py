@@ -1,0 +1,236 @@
+"""The public chunkwise mLSTM op: input checks, kernel configuration, autograd, dispatch.
+
+`mlstm_chunkwise` runs the Triton kernels for CUDA tensors (and for CPU tensors under
+TRITON_INTERPRET=1), and the PyTorch path of `torch_path.py` for other CPU tensors. The Triton
+path is registered as two `torch.library` custom ops (forward and backward, with fake
+implementations), so models using it compile under `torch.compile(fullgraph=True)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import triton_interpret, use_triton
+from .bwd import chunkwise_bwd
+from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
+from .gates import chunkwise_gates
+from .torch_path import mlstm_chunkwise_torch
+
+FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class ChunkwiseConfig:
+    """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT
+    (a divisor of L); block_k/block_v: feature blocks of the output and dv kernels;
+    *_states: of the two state recurrences; *_grad: of the dq and dk kernels."""
+    chunk_size: int
+    tile: int
+    block_k: int
+    block_v: int
+    block_k_states: int
+    block_v_states: int
+    block_k_grad: int
+    block_v_grad: int
+    num_warps: int
+    num_stages: int
+    state_dtype: torch.dtype
+    dot_dtype: tl.dtype
+    precision: str
+
+
+def default_chunk_size(S: int, DQK: int, DV: int) -> int:
+    """Chunk size when none is given: 128, smaller for short sequences."""
+    return max(16, min(128, triton.next_power_of_2(S)))
+
+
+def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, **overrides) -> ChunkwiseConfig:
+    pk, pv = max(16, triton.next_power_of_2(DQK)), max(16, triton.next_power_of_2(DV))
+    tile = min(64, chunk_size)
+    if dtype == torch.bfloat16:
+        state_dtype, dot_dtype, precision = torch.bfloat16, tl.bfloat16, "tf32"
+    else:
+        # float16 states could overflow and fp16 x fp32 products don't exist: float32 operands.
+        state_dtype, dot_dtype = torch.float32, tl.float32
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if triton_interpret():
+        # The interpreter multiplies bf16 operands of tl.dot as raw bits (Triton 3.9): give it
+        # float32 operands. States keep their storage dtype, so only the products differ.
+        dot_dtype = tl.float32
+    cfg = dict(chunk_size=chunk_size, tile=tile, block_k=min(pk, 128), block_v=min(pv, 128),
+               block_k_states=min(pk, 64), block_v_states=min(pv, 64),
+               block_k_grad=min(pk, 128), block_v_grad=min(pv, 128),
+               num_warps=4, num_stages=2, state_dtype=state_dtype, dot_dtype=dot_dtype,
+               precision=precision)
+    cfg.update(overrides)
+    return ChunkwiseConfig(**cfg)
+
+
+# Tests and tuning runs may replace entries of a config through this dict (empty by default).
+CONFIG_OVERRIDES: dict = {}
+
+
+def _config(q, v, chunk_size):
+    return make_config(q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, **CONFIG_OVERRIDES)
+
+
+# ---------------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("xlstm_triton::mlstm_chunkwise_fwd", mutates_args=())
+def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
+                         f: torch.Tensor, c_initial: Optional[torch.Tensor],
+                         n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
+                         eps: float, chunk_size: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor]:
+    cfg = _config(q, v, chunk_size)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size)
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
+    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg)
+    return h, c_last, n_last, gates.m_last.float(), inv_den, zsign
+
+
+@_mlstm_chunkwise_fwd.register_fake
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size):
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    S_pad = -(-S // chunk_size) * chunk_size
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (q.new_empty(B, NH, S, DV), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32),
+            q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32), q.new_empty(B * NH, S_pad, **f32))
+
+
+@torch.library.custom_op("xlstm_triton::mlstm_chunkwise_bwd", mutates_args=())
+def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
+                         f: torch.Tensor, c_initial: Optional[torch.Tensor],
+                         n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
+                         h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
+                         dh: torch.Tensor, dc_last: Optional[torch.Tensor],
+                         dn_last: Optional[torch.Tensor], chunk_size: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = _config(q, v, chunk_size)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size)
+    if dh.stride(-1) != 1:
+        dh = dh.contiguous()
+    return chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
+                         inv_den, zsign, cfg)
+
+
+@_mlstm_chunkwise_bwd.register_fake
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_last, dn_last, chunk_size):
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(i),
+            torch.empty_like(f), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size = inputs
+    h, _, _, _, inv_den, zsign = output
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign)
+    ctx.chunk_size = chunk_size
+    ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
+                        None if n_initial is None else n_initial.dtype)
+
+
+def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
+    q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign = ctx.saved_tensors
+    dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
+        q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh,
+        dc_last, dn_last, ctx.chunk_size)
+    c_dtype, n_dtype = ctx.state_dtypes
+    dc0 = None if c_dtype is None else dc0.to(c_dtype)
+    dn0 = None if n_dtype is None else dn0.to(n_dtype)
+    return dq, dk, dv, di, df, dc0, dn0, None, None, None
+
+
+_mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------- public op
+
+def _check(name, t, shape, device, allow_none=False, dtypes=FLOAT_TYPES):
+    if t is None:
+        if allow_none:
+            return
+        raise TypeError(f"{name}: expected a tensor of shape {shape}, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {shape}, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected device {device} (that of q), got {t.device}")
+
+
+def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
+                    return_last_states=False, eps=1e-6, chunk_size=None):
+    """Chunkwise-parallel mLSTM over a whole sequence (SPEC section 1), exact forward and backward.
+
+    Args:
+        q, k: (B, NH, S, DQK) queries and keys; v: (B, NH, S, DV) values. float32, bfloat16 or
+            float16, all three the same dtype; any strides.
+        i, f: (B, NH, S) input and forget gate pre-activations (any float dtype).
+        c_initial (B, NH, DQK, DV), n_initial (B, NH, DQK), m_initial (B, NH, 1): optional
+            initial state (stabilized: the memory is c * exp(m)); missing parts are zeros.
+        return_last_states: also return the state after the last step.
+        eps: added to the normalizer.
+        chunk_size: state chunk length L (a power of two >= 16); None picks one per shape.
+
+    Returns:
+        h (B, NH, S, DV) in q's dtype; with return_last_states, (h, (c, n, m)) with c
+        (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in float32.
+
+    Gradients flow to q, k, v, i, f, c_initial and n_initial (m_initial gets none: the
+    stabilizer cancels). CUDA tensors run Triton kernels; CPU tensors run a PyTorch path (or
+    the kernels in Triton's interpreter when TRITON_INTERPRET=1).
+    """
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q: expected a torch.Tensor of shape (B, NH, S, DQK), got {type(q).__name__}")
+    if q.dim() != 4:
+        raise ValueError(f"q: expected 4 dims (B, NH, S, DQK), got shape {tuple(q.shape)}")
+    triton_path = use_triton(q)
+    qdtypes = FLOAT_TYPES if triton_path else FLOAT_TYPES + (torch.float64,)
+    gdtypes = FLOAT_TYPES + (torch.float64,)
+    B, NH, S, DQK = q.shape
+    dev = q.device
+    _check("q", q, (B, NH, S, DQK), dev, dtypes=qdtypes)
+    _check("k", k, (B, NH, S, DQK), dev, dtypes=qdtypes)
+    if not isinstance(v, torch.Tensor) or v.dim() != 4:
+        raise ValueError(f"v: expected a 4-dim tensor (B, NH, S, DV) = ({B}, {NH}, {S}, DV)")
+    DV = v.shape[-1]
+    _check("v", v, (B, NH, S, DV), dev, dtypes=qdtypes)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _check("i", i, (B, NH, S), dev, dtypes=gdtypes)
+    _check("f", f, (B, NH, S), dev, dtypes=gdtypes)
+    _check("c_initial", c_initial, (B, NH, DQK, DV), dev, allow_none=True, dtypes=gdtypes)
+    _check("n_initial", n_initial, (B, NH, DQK), dev, allow_none=True, dtypes=gdtypes)
+    _check("m_initial", m_initial, (B, NH, 1), dev, allow_none=True, dtypes=gdtypes)
+    if S < 1 or DQK < 1 or DV < 1:
+        raise ValueError(f"q, v: expected S, DQK, DV >= 1, got S={S}, DQK={DQK}, DV={DV}")
+    if chunk_size is None:
+        chunk_size = default_chunk_size(S, DQK, DV)
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size: expected None or a power of two >= 16, got {chunk_size!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+
+    if not triton_path:
+        return mlstm_chunkwise_torch(q, k, v, i, f, c_initial, n_initial, m_initial,
+                                     return_last_states, eps, chunk_size)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    i, f = i.contiguous(), f.contiguous()
+    c_initial, n_initial, m_initial = (None if t is None else t.contiguous()
+                                       for t in (c_initial, n_initial, m_initial))
+    h, c, n, m, _, _ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
+                                            float(eps), chunk_size)
+    return (h, (c, n, m)) if return_last_states else h
