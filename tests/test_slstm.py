@@ -1,0 +1,342 @@
+"""sLSTM op (issue 4) against the float64 reference (reference/slstm.py).
+
+On CPU the Triton kernels run in the interpreter (small shapes; the split-head modes are forced
+with `config_override`); tests marked gpu run the real kernels at the benchmark's head sizes.
+"""
+
+import pytest
+import torch
+
+import xlstm_triton.utils as xt_utils
+from reference.slstm import slstm_recurrent
+from tests.helpers import TOL, assert_close, weighted_sum_loss
+from xlstm_triton.slstm import config_override, slstm, slstm_step
+from xlstm_triton.slstm import fwd as slstm_fwd_module
+
+NAMES = ("wx", "R", "b", "initial_state")
+STATE_SLOTS = ("h", "c", "n", "m")
+
+
+def make_inputs(B, T, NH, DH, dtype=torch.float32, device="cpu", states=False, r_scale=0.5,
+                fresh_fraction=0.0):
+    """Random inputs in `dtype`. States: h, c ~ N(0, 1), n in [0.5, 1.5) (with `fresh_fraction` of
+    the elements set to n = 0, a fresh state), m ~ N(0, 1)."""
+    x = dict(wx=torch.randn(B, T, 4, NH, DH), R=torch.randn(4, NH, DH, DH) * r_scale / DH**0.5,
+             b=torch.randn(4, NH, DH))
+    if states:
+        h, c, m = torch.randn(3, B, NH, DH)
+        n = torch.rand(B, NH, DH) + 0.5
+        n = torch.where(torch.rand(B, NH, DH) < fresh_fraction, torch.zeros_like(n), n)
+        x["initial_state"] = torch.stack([h, c, n, m])
+    return {k: v.to(device=device, dtype=dtype) for k, v in x.items()}
+
+
+def run_with_grads(fn, inputs, seed=0):
+    """fn(**inputs, return_last_state=True); a weighted-sum loss over h and the last state
+    (weights fixed by `seed`); returns h, state and the gradients of every input."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    h, state = fn(**leaves, return_last_state=True)
+    weighted_sum_loss([h, state], generator=torch.Generator().manual_seed(seed)).backward()
+    return h, state, {k: v.grad for k, v in leaves.items()}
+
+
+def reference_with_grads(inputs, seed=0):
+    return run_with_grads(slstm_recurrent, {k: v.double() for k, v in inputs.items()}, seed)
+
+
+def check_against_reference(inputs, dtype, seed=0):
+    tol_fw, tol_bw = TOL[dtype]
+    h, state, grads = run_with_grads(slstm, inputs, seed)
+    h_ref, state_ref, grads_ref = reference_with_grads(inputs, seed)
+    assert h.dtype == dtype and state.dtype == torch.float32
+    assert_close(h, h_ref, tol_fw, "h")
+    for i, slot in enumerate(STATE_SLOTS):
+        assert_close(state[i], state_ref[i], tol_fw, f"last state {slot}")
+    for k in inputs:
+        assert grads[k].dtype == inputs[k].dtype, k
+        if k == "initial_state":
+            assert torch.all(grads[k][3] == 0), "m gets no gradient"
+            for i, slot in enumerate(STATE_SLOTS[:3]):
+                assert_close(grads[k][i], grads_ref[k][i], tol_bw, f"d initial {slot}")
+        else:
+            assert_close(grads[k], grads_ref[k], tol_bw, f"d{k}")
+
+
+# ---------------------------------------------------------------- against the reference (CPU too)
+
+# (B, T, NH, DH, dtype, config override, initial states)
+CASES = [
+    (3, 7, 2, 16, torch.float32, None, False),
+    (2, 1, 1, 32, torch.float32, None, True),
+    (2, 64, 2, 32, torch.float32, None, True),
+    (2, 300, 1, 16, torch.float32, None, True),
+    (17, 7, 1, 48, torch.float32, None, True),              # two batch blocks, DH not a power of 2
+    (3, 7, 2, 16, torch.bfloat16, None, True),
+    (3, 64, 1, 32, torch.bfloat16, None, False),
+    (3, 7, 2, 16, torch.float16, None, True),
+    # split heads: several programs per head exchange h_t / dpre_t through global memory
+    (3, 7, 2, 32, torch.float32, dict(bo=16, bk=16), True),             # R streamed in chunks
+    (3, 7, 1, 80, torch.float32, dict(bo=16, bk=16), True),             # 5 column blocks
+    (3, 7, 1, 48, torch.float32, dict(bo=16, resident=True), True),     # R held, padded K
+    (17, 7, 1, 32, torch.bfloat16, dict(bo=16, bk=16), True),
+    (2, 1, 1, 32, torch.float32, dict(bo=16, bk=16), True),
+]
+
+
+@pytest.mark.parametrize("B,T,NH,DH,dtype,override,states", CASES,
+                         ids=[f"B{c[0]}-T{c[1]}-{c[2]}x{c[3]}-{str(c[4])[6:]}-{'split' if c[5] else 'whole'}"
+                              f"{'-state' if c[6] else ''}" for c in CASES])
+def test_matches_reference(B, T, NH, DH, dtype, override, states, device, poison):
+    inputs = make_inputs(B, T, NH, DH, dtype, device, states=states, fresh_fraction=0.2 if states else 0)
+    with config_override(**(override or {})):
+        check_against_reference(inputs, dtype)
+
+
+def test_strong_recurrent_weights(device, poison):
+    inputs = make_inputs(3, 64, 2, 16, torch.float32, device, states=True, r_scale=4.0)
+    check_against_reference(inputs, torch.float32)
+
+
+def test_fresh_state_extreme_input_gate(device, poison):
+    """Fresh state (n = 0) with i~ = -100 at the first step: f' = exp(logf + m - i~) would overflow
+    float32; the reference (float64) multiplies it by c = n = 0. Must stay finite and agree."""
+    inputs = make_inputs(2, 5, 1, 16, torch.float32, device)
+    inputs["wx"][:, 0, 0] = -100.0
+    inputs["b"][0] = 0.0
+    check_against_reference(inputs, torch.float32)
+
+
+@pytest.mark.parametrize("override", [None, dict(bo=16, bk=16)], ids=["whole", "split"])
+def test_state_carry_equals_one_call(override, device, poison):
+    """Two calls with the state carried equal one call, outputs and gradients (the second call's
+    initial-state gradient flows back into the first)."""
+    inputs = make_inputs(2, 13, 2, 32, torch.float32, device, states=True)
+    with config_override(**(override or {})):
+        h_full, st_full, g_full = run_with_grads(slstm, inputs)
+
+        def two_calls(wx, R, b, initial_state, return_last_state):
+            h1, st = slstm(wx[:, :5], R, b, initial_state, return_last_state=True)
+            h2, st = slstm(wx[:, 5:], R, b, st, return_last_state=True)
+            return torch.cat([h1, h2], dim=1), st
+
+        h_two, st_two, g_two = run_with_grads(two_calls, inputs)
+    assert_close(h_two, h_full, 1e-6, "h")
+    assert_close(st_two, st_full, 1e-6, "state")
+    for k in NAMES:
+        assert_close(g_two[k], g_full[k], 1e-5, f"d{k}")
+
+
+@pytest.mark.parametrize("override", [None, dict(bo=16, bk=16)], ids=["whole", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_repeated_equals_sequence(override, dtype, device, poison):
+    inputs = make_inputs(3, 9, 2, 32, dtype, device, states=True)
+    with config_override(**(override or {})):
+        h_seq, st_seq = slstm(**inputs, return_last_state=True)
+        state = inputs["initial_state"]
+        hs = []
+        with torch.no_grad():
+            for t in range(inputs["wx"].shape[1]):
+                h_t, state = slstm_step(inputs["wx"][:, t], inputs["R"], inputs["b"], state)
+                assert h_t.shape == (3, 2, 32) and h_t.dtype == dtype and state.dtype == torch.float32
+                hs.append(h_t)
+    assert_close(torch.stack(hs, dim=1), h_seq, 1e-6, "h")
+    assert_close(state, st_seq, 1e-6, "state")
+
+
+def test_step_with_grad_matches_reference(device, poison):
+    inputs = make_inputs(2, 1, 2, 16, torch.float32, device, states=True)
+    step = dict(wx_t=inputs["wx"][:, 0], R=inputs["R"], b=inputs["b"], state=inputs["initial_state"])
+    leaves = {k: v.clone().requires_grad_(True) for k, v in step.items()}
+    h, st = slstm_step(**leaves)
+    weighted_sum_loss([h, st], generator=torch.Generator().manual_seed(1)).backward()
+    h_ref, st_ref, g_ref = reference_with_grads(inputs, seed=1)
+    assert_close(h, h_ref[:, 0], 2e-3, "h")
+    assert_close(st, st_ref, 2e-3, "state")
+    assert_close(leaves["wx_t"].grad, g_ref["wx"][:, 0], 5e-3, "dwx")
+    assert_close(leaves["R"].grad, g_ref["R"], 5e-3, "dR")
+    assert_close(leaves["state"].grad[:3], g_ref["initial_state"][:3], 5e-3, "dstate")
+
+
+def test_noncontiguous_and_mixed_dtype_inputs(device, poison):
+    base = make_inputs(3, 7, 2, 16, torch.bfloat16, device, states=True)
+    expected = slstm(**base, return_last_state=True)
+    # the same values, every input a strided view; R and b given in float32 (cast to wx's dtype)
+    wx = base["wx"].transpose(1, 2).contiguous().transpose(1, 2)
+    wx2 = torch.stack([base["wx"], torch.zeros_like(base["wx"])], dim=-1)[..., 0]  # last dim stride 2
+    R = base["R"].float().transpose(2, 3).contiguous().transpose(2, 3)
+    b = base["b"].float().transpose(0, 1).contiguous().transpose(0, 1)
+    st = base["initial_state"].float().transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (wx.is_contiguous() or wx2.is_contiguous() or R.is_contiguous() or st.is_contiguous())
+    for w in (wx, wx2):
+        h, last = slstm(w, R, b, st, return_last_state=True)
+        assert_close(h, expected[0], 0.0, "h")
+        assert_close(last, expected[1], 0.0, "state")
+
+
+def test_inputs_not_modified(device, poison):
+    for override in (None, dict(bo=16, bk=16)):
+        inputs = make_inputs(2, 6, 1, 32, torch.float32, device, states=True)
+        saved = {k: v.clone() for k, v in inputs.items()}
+        with config_override(**(override or {})):
+            _, _, grads = run_with_grads(slstm, inputs)
+            slstm_step(inputs["wx"][:, 0], inputs["R"], inputs["b"], inputs["initial_state"])
+        for k in inputs:
+            assert torch.equal(inputs[k], saved[k]), f"{k} was modified"
+
+
+def test_torch_path_matches_reference(monkeypatch):
+    """CPU without TRITON_INTERPRET: the PyTorch path, same contract (float32 and bfloat16)."""
+    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    from xlstm_triton.slstm import torch_path
+
+    calls = []
+    real = torch_path.slstm_torch
+    monkeypatch.setattr("xlstm_triton.slstm.op.slstm_torch", lambda *a: calls.append(1) or real(*a))
+    for dtype in (torch.float32, torch.bfloat16):
+        inputs = make_inputs(3, 20, 2, 12, dtype, "cpu", states=True, fresh_fraction=0.2)  # DH 12 ok here
+        check_against_reference(inputs, dtype)
+    assert calls, "the PyTorch path was not taken"
+    inputs = make_inputs(2, 4, 1, 8, torch.float32, "cpu", states=True)
+    h_seq, st_seq = slstm(**inputs, return_last_state=True)
+    state = inputs["initial_state"]
+    for t in range(4):
+        h_t, state = slstm_step(inputs["wx"][:, t], inputs["R"], inputs["b"], state)
+        assert_close(h_t, h_seq[:, t], 1e-6, "h_t")
+    assert_close(state, st_seq, 1e-6, "state")
+
+
+def test_barrier_helpers_are_in_the_split_kernel():
+    """The persistent path's barrier (SYNC) is code the interpreter never runs (it runs programs one
+    after another, a spin would never end); it is validated on the GPU. Here: the launcher only
+    picks it on CUDA with a co-resident grid, and never on CPU."""
+    cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, bk=16, dhp=64, resident=False, num_warps=4)
+    assert not slstm_fwd_module.use_sync(cfg, 8, torch.device("cpu"))
+    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, bk=64, dhp=64, resident=True, num_warps=4)
+    assert not slstm_fwd_module.use_sync(whole, 8, torch.device("cuda"))
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+def _bad(device):
+    x = make_inputs(2, 3, 2, 16, torch.float32, device, states=True)
+    wx, R, b, st = x["wx"], x["R"], x["b"], x["initial_state"]
+    other = "meta"
+    return [
+        ("wx", TypeError, dict(wx=wx.numpy() if device == "cpu" else wx.cpu().numpy())),
+        ("wx", TypeError, dict(wx=wx.to(torch.int32))),
+        ("wx", TypeError, dict(wx=wx.double())),
+        ("wx", ValueError, dict(wx=wx[0])),
+        ("gate dim", ValueError, dict(wx=wx[:, :, :3])),
+        ("R", ValueError, dict(R=R[:, :1])),
+        ("R", ValueError, dict(R=R[..., :8])),
+        ("R", ValueError, dict(R=R[0])),
+        ("R", TypeError, dict(R=R.to(torch.int64))),
+        ("b", ValueError, dict(b=b[:, :, :8])),
+        ("b", ValueError, dict(b=b.reshape(-1))),
+        ("initial_state", ValueError, dict(initial_state=st[:3])),
+        ("initial_state", ValueError, dict(initial_state=st[:, :1])),
+        ("initial_state", TypeError, dict(initial_state=st.to(torch.int32))),
+        ("same device", ValueError, dict(R=R.to(other))),
+        ("same device", ValueError, dict(initial_state=st.to(other))),
+    ], dict(wx=wx, R=R, b=b, initial_state=st)
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    cases, good = _bad(device)
+    for needle, exc, change in cases:
+        args = dict(good, **change)
+        with pytest.raises(exc, match=needle):
+            slstm(**args)
+    # the step op checks the same way
+    with pytest.raises(ValueError, match="wx_t"):
+        slstm_step(good["wx"], good["R"], good["b"], good["initial_state"])
+    with pytest.raises(ValueError, match="state"):
+        slstm_step(good["wx"][:, 0], good["R"], good["b"], good["initial_state"][:, :1])
+    with pytest.raises(ValueError, match="state"):
+        slstm_step(good["wx"][:, 0], good["R"], good["b"], None)
+
+
+def test_head_size_not_multiple_of_16_refused_by_kernels(device):
+    if not xt_utils.use_triton(torch.empty(0, device=device)):
+        pytest.skip("the PyTorch path takes any head size")
+    x = make_inputs(2, 3, 1, 24, torch.float32, device)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        slstm(**x)
+
+
+# ------------------------------------------------------------------------------------------ GPU
+
+GPU_HEADS = [(12, 64), (4, 16), (4, 32), (6, 128), (4, 128), (3, 256), (1, 768), (4, 512)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("NH,DH", GPU_HEADS, ids=[f"{a}x{b}" for a, b in GPU_HEADS])
+def test_gpu_head_sizes(NH, DH, dtype, poison):
+    inputs = make_inputs(16, 64, NH, DH, dtype, "cuda", states=True, fresh_fraction=0.1)
+    check_against_reference(inputs, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("NH,DH", [(12, 64), (1, 768)], ids=["12x64", "1x768"])
+def test_gpu_long_sequence(NH, DH, poison):
+    inputs = make_inputs(5, 300, NH, DH, torch.bfloat16, "cuda", states=True)
+    check_against_reference(inputs, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("override", [dict(bo=16, bk=16), dict(bo=16, bk=32, sync=False),
+                                      dict(bo=32, resident=True, num_warps=8)],
+                         ids=["barrier", "per-step", "barrier-resident"])
+def test_gpu_split_paths(override, poison):
+    """The split-head paths at a small head: the persistent barrier path (validated only here) and
+    the per-step launches, against the reference."""
+    inputs = make_inputs(19, 64, 2, 64, torch.float32, "cuda", states=True)
+    with config_override(**override):
+        check_against_reference(inputs, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("NH,DH", [(12, 64), (1, 768)], ids=["12x64", "1x768"])
+def test_gpu_no_recompile_across_batch_sizes(NH, DH):
+    from xlstm_triton.slstm.bwd import slstm_bwd_kernel
+    from xlstm_triton.slstm.fwd import slstm_fwd_kernel
+
+    def n_compiled(kernel):  # device_caches[device] = (kernel_cache, ...) in Triton 3.x
+        return sum(len(v[0]) for v in kernel.device_caches.values())
+
+    def call(B):
+        x = make_inputs(B, 5, NH, DH, torch.bfloat16, "cuda", states=True)
+        run_with_grads(slstm, x)
+        with torch.no_grad():
+            slstm(**x)
+        torch.cuda.synchronize()
+
+    call(16)
+    before = n_compiled(slstm_fwd_kernel), n_compiled(slstm_bwd_kernel)
+    for B in (1, 3, 16, 33, 64):
+        call(B)
+    assert (n_compiled(slstm_fwd_kernel), n_compiled(slstm_bwd_kernel)) == before
+
+
+@pytest.mark.gpu
+def test_gpu_step_in_cuda_graph():
+    x = make_inputs(4, 6, 2, 64, torch.bfloat16, "cuda", states=True)
+    h_seq, st_seq = slstm(**x, return_last_state=True)
+    wx_t = x["wx"][:, 0].clone()
+    state = x["initial_state"].float().clone()
+    with torch.no_grad():
+        slstm_step(wx_t, x["R"], x["b"], state)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            h_out, st_out = slstm_step(wx_t, x["R"], x["b"], state)
+        hs = []
+        for t in range(6):
+            wx_t.copy_(x["wx"][:, t])
+            graph.replay()
+            hs.append(h_out.clone())
+            state.copy_(st_out)
+    torch.cuda.synchronize()
+    assert_close(torch.stack(hs, dim=1), h_seq, 1e-6, "h")
+    assert_close(state, st_seq, 1e-6, "state")

@@ -1,0 +1,306 @@
+"""sLSTM backward: a Triton kernel that runs time in reverse, then a parallel dR/db reduction.
+
+Shapes as in fwd.py; saved by the forward: pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH), float32.
+
+Per step t (float32, one element; dh includes the recurrent term R^T dpre_{t+1}):
+    recompute  i', f', z = tanh(z~), o = sigmoid(o~), m_t from pre_t and (n, m)_{t-1};
+               c_t = f' c_{t-1} + i' z,  n_t = f' n_{t-1} + i'
+    dc += dh o / n_t;   dn -= dh o c_t / n_t^2
+    do~ = dh c_t / n_t o (1 - o);  di~ = (dc z + dn) i';  dz~ = dc i' (1 - z^2)
+    df~ = (dc c_{t-1} + dn n_{t-1}) f' sigmoid(-f~)
+    dc_{t-1} = dc f';  dn_{t-1} = dn f'          (m carries no gradient)
+The gate gradients dpre_t are dwx[:, t]. After step 0, dh_init = R^T dpre_0.
+
+slstm_bwd_kernel uses the forward's program decomposition: a program owns BB batch rows and BO
+columns of one head and computes dpre for those columns; the recurrent term for its columns needs
+dpre_{t+1} of the whole head: kept in registers (whole-head mode, NCB == 1) or read back from dwx in
+global memory after a per-group barrier (split mode; or one launch per step, see fwd.py).
+
+dR_g = sum_{b,t} dpre_g[b, t]^T h_{t-1}[b] and db_g = sum_{b,t} dpre_g[b, t] are not on the
+sequential path: slstm_dr_db_kernel computes them afterwards from dwx and h as a parallel matmul
+over the B*T rows, float32 accumulation (split over batch rows and time with float32 atomic adds,
+so the summation order, and the last bits, can vary from run to run).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+from .fwd import (BATCH_BLOCK, SLSTMConfig, dot_precision, gate_activations, group_arrive,
+                  group_wait, mask_if, mma, num_sms, use_sync)
+
+
+@triton.jit
+def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mask_b, cols, head,
+                        NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr,
+                        BO: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
+                        DOT_PREC: tl.constexpr):
+    """sum_g dpre_g,t_next @ R_g[:, cols] (BB x BO), dpre read from dwx (zero when t_next == T)."""
+    HD: tl.constexpr = NH * DH
+    GS: tl.constexpr = NH * DH * DH
+    acc = tl.zeros((BB, BO), dtype=tl.float32)
+    base = (dwx_ptr + rb64[:, None] * (tl.cast(T, tl.int64) * (4 * HD))
+            + tl.cast(t_next, tl.int64) * (4 * HD) + head * DH)
+    if RESIDENT:
+        kk = tl.arange(0, DHP)
+        mk = mask_if(mask_b[:, None] & (kk < DH)[None, :], t_next < T)
+        p = base + kk[None, :]
+        acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, DOT_PREC)
+        acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, DOT_PREC)
+        acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, DOT_PREC)
+        acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, DOT_PREC)
+    else:
+        for k0 in range(0, DH, BK):
+            kk = k0 + tl.arange(0, BK)
+            mk = mask_if(mask_b[:, None] & (kk < DH)[None, :], t_next < T)
+            p = base + kk[None, :]
+            pr = R_ptr + head * DH * DH + kk[:, None] * DH + cols[None, :]  # R_g[o=kk, i=cols]
+            acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr), acc, DOT_PREC)
+            acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + GS), acc, DOT_PREC)
+            acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + 2 * GS),
+                      acc, DOT_PREC)
+            acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + 3 * GS),
+                      acc, DOT_PREC)
+    return acc
+
+
+@triton.jit
+def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off_st, off_dh, mask,
+                     HD: tl.constexpr):
+    """pre_t (4 tiles), (c, n, m)_{t-1} (the initial state at t == 0) and dh_t, as stored."""
+    pp = pre_ptr + tl.cast(t, tl.int64) * (4 * s_state) + off_st
+    p_i = tl.load(pp, mask=mask, other=0.0)
+    p_f = tl.load(pp + s_state, mask=mask, other=0.0)
+    p_z = tl.load(pp + 2 * s_state, mask=mask, other=0.0)
+    p_o = tl.load(pp + 3 * s_state, mask=mask, other=0.0)
+    # (c, n, m)_{t-1}: cnm[t - 1], or slots 1..3 of the initial state; same tile offsets
+    pc = tl.where(t > 0, cnm_ptr + tl.cast(t - 1, tl.int64) * (3 * s_state), state0_ptr + s_state) + off_st
+    c_p = tl.load(pc, mask=mask, other=0.0)
+    n_p = tl.load(pc + s_state, mask=mask, other=0.0)
+    m_p = tl.load(pc + 2 * s_state, mask=mask, other=0.0)
+    dh = tl.load(dh_ptr + off_dh + tl.cast(t, tl.int64) * HD, mask=mask, other=0.0)
+    return p_i, p_f, p_z, p_o, c_p, n_p, m_p, dh
+
+
+@triton.jit(do_not_specialize=["B", "T", "t_lo", "t_hi"])
+def slstm_bwd_kernel(
+    R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, sync_ptr,
+    B, T, t_lo, t_hi,
+    NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr,
+    BB: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, NCB: tl.constexpr,
+    RESIDENT: tl.constexpr, SYNC: tl.constexpr, FINALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Steps t_hi - 1 down to t_lo of the backward for one (batch block, head, column block).
+
+    dh (B, T, NH, DH): gradient of the output h. dstate_in (4, B, NH, DH) float32: its (dc, dn)
+    slots are the carry before step t_hi - 1; its dh slot (the gradient of the last state's h) is
+    added at t == T - 1. dwx (B, T, 4, NH, DH) output. dstate_out (4, B, NH, DH) float32: the
+    (dc, dn) carry after step t_lo and, with FINALIZE (t_lo == 0), the gradient of the initial
+    state (dh, dc, dn, 0). Either buffer may be the same (each program touches its own tile).
+    """
+    pid = tl.program_id(0)
+    cb = pid % NCB
+    group = pid // NCB
+    head = group % NH
+    rb = (group // NH) * BB + tl.arange(0, BB)
+    mask_b = rb < B
+    rb64 = rb.to(tl.int64)
+    cols = cb * BO + tl.arange(0, BO)
+    mask_c = cols < DH
+    mask = mask_b[:, None] & mask_c[None, :]
+    dtype = R_ptr.dtype.element_ty
+    HD: tl.constexpr = NH * DH
+    T64 = tl.cast(T, tl.int64)
+    s_state = tl.cast(B, tl.int64) * HD
+    off_st = rb[:, None] * HD + head * DH + cols[None, :]
+    off_dh = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
+    off_dwx = rb64[:, None] * (T64 * 4 * HD) + head * DH + cols[None, :]
+
+    R_i, R_f, R_z, R_o = 0, 0, 0, 0  # placeholders when R is streamed
+    if RESIDENT:  # R_g[o, i] for all o (rows, the contraction) and the own columns i
+        kk = tl.arange(0, DHP)
+        pr = R_ptr + head * DH * DH + kk[:, None] * DH + cols[None, :]
+        mr = (kk < DH)[:, None] & mask_c[None, :]
+        R_i = tl.load(pr, mask=mr, other=0.0)
+        R_f = tl.load(pr + NH * DH * DH, mask=mr, other=0.0)
+        R_z = tl.load(pr + 2 * NH * DH * DH, mask=mr, other=0.0)
+        R_o = tl.load(pr + 3 * NH * DH * DH, mask=mr, other=0.0)
+
+    dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
+    dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
+    dh_last = tl.load(dstate_in_ptr + off_st, mask=mask_if(mask, t_hi == T), other=0.0)
+    # whole-head mode: dpre_{t+1} of the head stays in registers (zero before the first step)
+    dp_i = tl.zeros((BB, BO), dtype=dtype)
+    dp_f = tl.zeros((BB, BO), dtype=dtype)
+    dp_z = tl.zeros((BB, BO), dtype=dtype)
+    dp_o = tl.zeros((BB, BO), dtype=dtype)
+
+    # inputs of a step are loaded one step ahead
+    nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh = load_step_inputs(
+        pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t_hi - 1, s_state, off_st, off_dh,
+        mask_if(mask, t_hi > t_lo), HD)
+    for k in tl.range(0, t_hi - t_lo, num_stages=1):
+        t = t_hi - 1 - k
+        pre_i, pre_f, pre_z, pre_o, c_p, n_p, m_p, dh_out = nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh
+        nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh = load_step_inputs(
+            pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t - 1, s_state, off_st, off_dh,
+            mask_if(mask, t - 1 >= t_lo), HD)
+
+        # recurrent gradient R^T dpre_{t+1} for the own columns
+        if NCB == 1:
+            dh = mma(dp_i, R_i, dh_out.to(tl.float32), DOT_PREC)
+            dh = mma(dp_f, R_f, dh, DOT_PREC)
+            dh = mma(dp_z, R_z, dh, DOT_PREC)
+            dh = mma(dp_o, R_o, dh, DOT_PREC)
+        else:
+            if SYNC:
+                group_wait(sync_ptr + group, k * NCB)
+            dh = dh_out.to(tl.float32) + bwd_recurrent_split(
+                dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t + 1, T, rb64, mask_b, cols, head,
+                NH, DH, DHP, BB, BO, BK, RESIDENT, DOT_PREC)
+        dh = dh + tl.where(t == T - 1, dh_last, 0.0)
+
+        i_act, f_act, z_act, o_act, m_new = gate_activations(pre_i, pre_f, pre_z, pre_o, n_p, m_p)
+        c_t = f_act * c_p + i_act * z_act
+        inv_n = 1.0 / (f_act * n_p + i_act)
+        dh_o = dh * o_act * inv_n
+        dc = dc + dh_o
+        dn = dn - dh_o * c_t * inv_n
+        g_o = dh_o * c_t * (1.0 - o_act)
+        g_i = (dc * z_act + dn) * i_act
+        g_z = dc * i_act * (1.0 - z_act * z_act)
+        g_f = (dc * c_p + dn * n_p) * f_act * tl.sigmoid(-pre_f)
+        dc = dc * f_act
+        dn = dn * f_act
+
+        dp_i = g_i.to(dtype)
+        dp_f = g_f.to(dtype)
+        dp_z = g_z.to(dtype)
+        dp_o = g_o.to(dtype)
+        pw = dwx_ptr + off_dwx + tl.cast(t, tl.int64) * (4 * HD)
+        tl.store(pw, dp_i, mask=mask)
+        tl.store(pw + HD, dp_f, mask=mask)
+        tl.store(pw + 2 * HD, dp_z, mask=mask)
+        tl.store(pw + 3 * HD, dp_o, mask=mask)
+        if SYNC:
+            group_arrive(sync_ptr + group)
+
+    tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
+    tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
+    if FINALIZE:  # gradient of the initial h: R^T dpre_0
+        if NCB == 1:
+            dh0 = mma(dp_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
+            dh0 = mma(dp_f, R_f, dh0, DOT_PREC)
+            dh0 = mma(dp_z, R_z, dh0, DOT_PREC)
+            dh0 = mma(dp_o, R_o, dh0, DOT_PREC)
+        else:
+            if SYNC:
+                group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
+            dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_lo, T, rb64, mask_b,
+                                      cols, head, NH, DH, DHP, BB, BO, BK, RESIDENT, DOT_PREC)
+        tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
+        tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
+
+
+@triton.jit(do_not_specialize=["B", "T", "t_per_split"])
+def slstm_dr_db_kernel(
+    dwx_ptr, h_ptr, state0_ptr, dR_ptr, db_ptr, B, T, t_per_split,
+    NH: tl.constexpr, DH: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dR[g, head, o, i] += sum_t dwx[b, t, g, head, o] h_{t-1}[b, head, i] and
+    db[g, head, o] += sum_t dwx[b, t, g, head, o] over one batch row b and one range of t.
+    grid: (4 * NH, o blocks * i blocks, B * time splits); dR (4, NH, DH, DH) and db (4, NH, DH)
+    float32, zeroed before. h_{t-1} is the output h (B, T, NH, DH) at t - 1, or the initial
+    state's h (float32, (B, NH, DH)) at t == 0."""
+    g = tl.program_id(0) // NH
+    head = tl.program_id(0) % NH
+    n_i_blocks: tl.constexpr = (DH + BLOCK_I - 1) // BLOCK_I
+    ob = tl.program_id(1) // n_i_blocks
+    ib = tl.program_id(1) % n_i_blocks
+    n_splits = tl.cdiv(T, t_per_split)
+    b = tl.program_id(2) // n_splits
+    t_start = (tl.program_id(2) % n_splits) * t_per_split
+    t_end = tl.minimum(t_start + t_per_split, T)
+    HD: tl.constexpr = NH * DH
+    b64 = tl.cast(b, tl.int64)
+    T64 = tl.cast(T, tl.int64)
+    dwx_b = dwx_ptr + b64 * T64 * (4 * HD) + g * HD + head * DH  # this batch row, gate and head
+    h_b = h_ptr + b64 * T64 * HD + head * DH
+    h0_b = state0_ptr + b64 * HD + head * DH
+    o = ob * BLOCK_O + tl.arange(0, BLOCK_O)
+    i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
+    mo = o < DH
+    mi = i < DH
+    acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    for t0 in range(t_start, t_end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)
+        mt = t < t_end
+        a = tl.load(dwx_b + t[:, None] * (4 * HD) + o[None, :], mask=mt[:, None] & mo[None, :], other=0.0)
+        mh = mt[:, None] & mi[None, :]
+        hp = tl.load(h_b + (t[:, None] - 1) * HD + i[None, :], mask=mh & (t[:, None] > 0), other=0.0)
+        h0 = tl.load(h0_b + i[None, :] + 0 * t[:, None], mask=mh & (t[:, None] == 0), other=0.0)
+        hp = tl.where(t[:, None] > 0, hp, h0.to(hp.dtype))
+        acc = mma(tl.trans(a), hp, acc, DOT_PREC)
+        acc_b += tl.sum(a.to(tl.float32), axis=0)
+    gh = g * NH + head
+    tl.atomic_add(dR_ptr + gh * DH * DH + o[:, None] * DH + i[None, :], acc,
+                  mask=mo[:, None] & mi[None, :], sem="relaxed")
+    tl.atomic_add(db_ptr + gh * DH + o, acc_b, mask=mask_if(mo, ib == 0), sem="relaxed")
+
+
+def slstm_dr_db(dwx, h, state0, R):
+    """dR (4, NH, DH, DH) and db (4, NH, DH), float32, from dwx (B, T, 4, NH, DH), h (B, T, NH, DH)
+    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32."""
+    B, T, _, NH, DH = dwx.shape
+    dR = torch.zeros((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
+    db = torch.zeros((4, NH, DH), dtype=torch.float32, device=dwx.device)
+    block = min(64, triton.next_power_of_2(DH))
+    block_n = 64 if dwx.is_cuda else 16
+    tiles = 4 * NH * triton.cdiv(DH, block) ** 2
+    # about two waves of programs on the GPU; each split at least 4 row blocks
+    want = triton.cdiv(2 * num_sms(dwx.device), tiles * B) if dwx.is_cuda else 2
+    splits = max(1, min(want, triton.cdiv(T, 4 * block_n)))
+    t_per_split = triton.cdiv(triton.cdiv(T, splits), block_n) * block_n
+    splits = triton.cdiv(T, t_per_split)
+    slstm_dr_db_kernel[(4 * NH, triton.cdiv(DH, block) ** 2, B * splits)](
+        dwx, h, state0, dR, db, B, T, t_per_split, NH=NH, DH=DH, BLOCK_O=block, BLOCK_I=block,
+        BLOCK_N=block_n, DOT_PREC=dot_precision(dwx.dtype, dwx.device), num_warps=4)
+    return dR, db
+
+
+def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
+    """Gradients of the sLSTM. dh (B, T, NH, DH) gradient of the output (contiguous, wx's dtype);
+    dlast (4, B, NH, DH) float32 gradient of the last state; R (4, NH, DH, DH); h the forward
+    output; state0 the float32 initial state; pre, cnm saved by the forward.
+    Returns dwx (B, T, 4, NH, DH) in wx's dtype, dR (4, NH, DH, DH) and db (4, NH, DH) float32,
+    and the gradient of the initial state (4, B, NH, DH) float32 (m slot 0)."""
+    B, T, NH, DH = h.shape
+    dev, dtype = h.device, h.dtype
+    dwx = new_empty((B, T, 4, NH, DH), dtype, dev)
+    dstate0 = new_empty((4, B, NH, DH), torch.float32, dev)
+    grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
+    sync = use_sync(cfg, grid, dev)
+    counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
+    meta = dict(NH=NH, DH=DH, DHP=cfg.dhp, BB=BATCH_BLOCK, BO=cfg.bo, BK=cfg.bk, NCB=cfg.ncb,
+                RESIDENT=cfg.resident, DOT_PREC=dot_precision(dtype, dev), num_warps=cfg.num_warps)
+
+    def run(dstate_in, t_lo, t_hi, sync_flag, finalize, **extra):
+        slstm_bwd_kernel[(grid,)](
+            R, pre, cnm, state0, dh, dstate_in, dwx, dstate0, counters, B, T, t_lo, t_hi,
+            SYNC=sync_flag, FINALIZE=finalize, **meta, **extra)
+
+    if cfg.ncb == 1:
+        run(dlast, 0, T, False, True)
+    elif sync:
+        run(dlast, 0, T, True, True, launch_cooperative_grid=True)
+    else:  # one launch per step, (dc, dn) carried in dstate0; then dh_init from dpre_0
+        for t in range(T - 1, -1, -1):
+            run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)
+        run(dstate0, 0, 0, False, True)
+    dR, db = slstm_dr_db(dwx, h, state0, R)
+    return dwx, dR, db, dstate0

@@ -1,0 +1,364 @@
+"""sLSTM forward: one Triton kernel that loops over time (SPEC.md section 2).
+
+Shapes (B batch, T time, NH heads, DH head size, gate order i, f, z, o):
+    wx (B, T, 4, NH, DH)  input pre-activations, any float dtype (the "matmul dtype")
+    R  (4, NH, DH, DH)    recurrent weights [gate, head, out, in], same dtype as wx
+    b  (4, NH, DH)        biases, same dtype as wx
+    state (4, B, NH, DH)  float32, ordered (h, c, n, m)
+    h  (B, T, NH, DH)     outputs in the dtype of wx
+
+Program decomposition. A program owns BB batch rows (a fixed block, masked: the batch size is a
+runtime argument, so no batch size recompiles) and BO output columns of one head, for all four
+gates. Its (c, n, m) tile stays in registers over the whole time range. Per step it needs the full
+h_{t-1} of its head:
+
+* whole-head mode (NCB == 1, small heads): one program owns the head; R (4 x DH x DH) is loaded once
+  and held in registers, h_{t-1} never leaves the chip. No cross-program synchronization.
+* split mode (NCB > 1 column blocks per head): programs exchange h through the output tensor h
+  itself (step t-1 is read back, in the matmul dtype, from global memory with L1-bypassing loads).
+  R is either held (RESIDENT) or re-read from L2 per step in BK-row chunks. Two ways to order the
+  steps across programs:
+  - SYNC: one launch over the whole time range; after storing h_t every program of a
+    (batch block, head) group increments a per-group int32 counter (release, GPU scope) and before
+    reading h_{t-1} spins until the counter reaches (steps done) x NCB (acquire). This needs every
+    program of the launch co-resident: the launcher uses it only when the grid is at most the SM
+    count, with a cooperative launch (the driver refuses rather than hangs if co-residency is
+    impossible). Validated on GPU only: Triton's interpreter runs programs one after another.
+  - per step: one launch per time step (t_start = t, t_end = t + 1); the kernel boundary is the
+    barrier and (c, n, m) are carried between launches through the state_out buffer. This is the
+    same kernel code the SYNC path runs, minus the counter; CI runs it in the interpreter.
+
+What is stored for the backward (SAVE), time-major so that a tile has the same offsets as in the
+state: the gate pre-activations wx + R h_{t-1} + b, pre (T, 4, B, NH, DH), and (c, n, m) after each
+step, cnm (T, 3, B, NH, DH), both float32: 7 floats = 28 bytes per element and step (B=16, T=1024,
+hidden 768: 352 MB). The backward recomputes the activations, m_t, c_t and n_t from them and
+re-reads h_{t-1} from the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+
+# Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
+# whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
+# m_t = i~), where f' multiplies c_{t-1} and n_{t-1} (usually 0): the cap keeps 0 * exp(100) from
+# becoming NaN in float32.
+F_EXP_MAX = 60.0
+
+
+@triton.jit
+def gate_activations(i_pre, f_pre, z_pre, o_pre, n_prev, m_prev):
+    """One step's gates in float32: returns (i', f', tanh(z~), sigmoid(o~), m_t)."""
+    logf = tl.minimum(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))
+    m_new = tl.where(n_prev == 0.0, i_pre, tl.maximum(i_pre, logf + m_prev))
+    i_act = tl.exp(i_pre - m_new)
+    f_act = tl.exp(tl.minimum(logf + m_prev - m_new, 60.0))  # 60.0 = F_EXP_MAX
+    e = tl.exp(-2.0 * tl.abs(z_pre))
+    z_abs = (1.0 - e) / (1.0 + e)
+    z_act = tl.where(z_pre < 0.0, -z_abs, z_abs)
+    o_act = tl.sigmoid(o_pre)
+    return i_act, f_act, z_act, o_act, m_new
+
+
+@triton.jit
+def mma(a, b, acc, DOT_PREC: tl.constexpr):
+    """acc + a @ b with float32 accumulation. DOT_PREC "upcast" (interpreter, 16-bit inputs):
+    multiply in float32, the same values (products of 16-bit floats are exact in float32); Triton's
+    interpreter multiplies the raw bits of bfloat16 operands."""
+    if DOT_PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)
+
+
+@triton.jit
+def mask_if(mask, cond):
+    """mask & cond for a scalar cond (written as a select: the interpreter mistypes bool & scalar)."""
+    return tl.where(cond, mask, False)
+
+
+@triton.jit
+def group_arrive(counter_ptr):
+    """Split-phase barrier, first half: publish this program's stores of the step (GPU only)."""
+    tl.debug_barrier()  # every thread's stores are issued before thread 0's release
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def group_wait(counter_ptr, target):
+    """Split-phase barrier, second half: spin until `target` arrivals are visible (GPU only)."""
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def load_h_prev(h_ptr, state_ptr, t, T, rb64, mask_b, kk, mask_k,
+                NH: tl.constexpr, DH: tl.constexpr, head):
+    """h_{t-1}[rows, kk] of one head in the matmul dtype: the output h at t-1, or at t == 0 the
+    h slot of the float32 initial state (B, NH, DH) (cast). Loads bypass L1 (other SMs wrote h)."""
+    mask = mask_b[:, None] & mask_k[None, :]
+    tm1 = tl.cast(t - 1, tl.int64)
+    p_out = h_ptr + rb64[:, None] * (tl.cast(T, tl.int64) * (NH * DH)) + tm1 * (NH * DH) + head * DH + kk[None, :]
+    x = tl.load(p_out, mask=mask_if(mask, t > 0), other=0.0, cache_modifier=".cg")
+    p_init = state_ptr + rb64[:, None] * (NH * DH) + head * DH + kk[None, :]
+    x0 = tl.load(p_init, mask=mask_if(mask, t == 0), other=0.0)
+    return tl.where(t > 0, x, x0.to(x.dtype))
+
+
+@triton.jit
+def fwd_recurrent_split(h_ptr, state_in_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o,
+                        acc_i, acc_f, acc_z, acc_o, t, T, rb64, mask_b, cols, head,
+                        NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr, BK: tl.constexpr,
+                        RESIDENT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc_g += h_{t-1} @ R_g[cols, :]^T for the four gates, h_{t-1} read from global memory."""
+    GS: tl.constexpr = NH * DH * DH  # gate stride of R
+    if RESIDENT:
+        kk = tl.arange(0, DHP)
+        hb = load_h_prev(h_ptr, state_in_ptr, t, T, rb64, mask_b, kk, kk < DH, NH, DH, head)
+        acc_i = mma(hb, RT_i, acc_i, DOT_PREC)
+        acc_f = mma(hb, RT_f, acc_f, DOT_PREC)
+        acc_z = mma(hb, RT_z, acc_z, DOT_PREC)
+        acc_o = mma(hb, RT_o, acc_o, DOT_PREC)
+    else:
+        for k0 in range(0, DH, BK):
+            kk = k0 + tl.arange(0, BK)
+            hb = load_h_prev(h_ptr, state_in_ptr, t, T, rb64, mask_b, kk, kk < DH, NH, DH, head)
+            # RT[k, o] = R[g, head, o, k]; BK divides DH and the columns are in range: no masks
+            pr = R_ptr + head * DH * DH + cols[None, :] * DH + kk[:, None]
+            acc_i = mma(hb, tl.load(pr), acc_i, DOT_PREC)
+            acc_f = mma(hb, tl.load(pr + GS), acc_f, DOT_PREC)
+            acc_z = mma(hb, tl.load(pr + 2 * GS), acc_z, DOT_PREC)
+            acc_o = mma(hb, tl.load(pr + 3 * GS), acc_o, DOT_PREC)
+    return acc_i, acc_f, acc_z, acc_o
+
+
+@triton.jit(do_not_specialize=["B", "T", "t_start", "t_end"])
+def slstm_fwd_kernel(
+    wx_ptr, R_ptr, b_ptr, state_in_ptr, h_ptr, state_out_ptr, pre_ptr, cnm_ptr, sync_ptr,
+    B, T, t_start, t_end,
+    s_wx_b, s_wx_t, s_wx_g, s_wx_h,
+    NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr,
+    BB: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, NCB: tl.constexpr,
+    RESIDENT: tl.constexpr, SAVE: tl.constexpr, SYNC: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Steps t_start <= t < t_end of the sLSTM for one (batch block, head, column block).
+
+    state_in/state_out (4, B, NH, DH) float32: (h, c, n, m) before t_start / after t_end - 1 (may
+    be the same buffer: each program reads and writes only its own tile). h (B, T, NH, DH) output.
+    pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH) float32, written when SAVE. sync: int32
+    counters, one per (batch block, head), zero at launch, used when SYNC.
+    """
+    pid = tl.program_id(0)
+    cb = pid % NCB
+    group = pid // NCB  # = batch_block * NH + head; a group's programs are adjacent
+    head = group % NH
+    rb = (group // NH) * BB + tl.arange(0, BB)
+    mask_b = rb < B
+    rb64 = rb.to(tl.int64)
+    cols = cb * BO + tl.arange(0, BO)
+    mask_c = cols < DH
+    mask = mask_b[:, None] & mask_c[None, :]
+    dtype = R_ptr.dtype.element_ty
+    HD: tl.constexpr = NH * DH
+    T64 = tl.cast(T, tl.int64)
+    s_state = tl.cast(B, tl.int64) * HD  # slot stride of the (4, B, NH, DH) state
+
+    # biases (float32 rows) and, if held, the transposed weights RT_g[k, o] = R[g, head, o, k]
+    pb = b_ptr + head * DH + cols
+    b_i = tl.load(pb, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    b_f = tl.load(pb + HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    b_z = tl.load(pb + 2 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    b_o = tl.load(pb + 3 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    RT_i, RT_f, RT_z, RT_o = 0, 0, 0, 0  # placeholders when R is streamed
+    if RESIDENT:
+        kk = tl.arange(0, DHP)
+        pr = R_ptr + head * DH * DH + cols[None, :] * DH + kk[:, None]
+        mr = (kk < DH)[:, None] & mask_c[None, :]
+        RT_i = tl.load(pr, mask=mr, other=0.0)
+        RT_f = tl.load(pr + NH * DH * DH, mask=mr, other=0.0)
+        RT_z = tl.load(pr + 2 * NH * DH * DH, mask=mr, other=0.0)
+        RT_o = tl.load(pr + 3 * NH * DH * DH, mask=mr, other=0.0)
+
+    # carried state of the own tile; the same int32 offsets address pre and cnm (time-major)
+    off_st = rb[:, None] * HD + head * DH + cols[None, :]
+    h = tl.load(state_in_ptr + off_st, mask=mask, other=0.0)
+    c = tl.load(state_in_ptr + s_state + off_st, mask=mask, other=0.0)
+    n = tl.load(state_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
+    m = tl.load(state_in_ptr + 3 * s_state + off_st, mask=mask, other=0.0)
+
+    off_wx = rb64[:, None] * s_wx_b + head * s_wx_h + cols[None, :]
+    off_h = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
+
+    # wx of the next step is loaded one step ahead (its latency hides behind the step)
+    px = wx_ptr + off_wx + tl.cast(t_start, tl.int64) * s_wx_t
+    nx_i = tl.load(px, mask=mask, other=0.0)
+    nx_f = tl.load(px + s_wx_g, mask=mask, other=0.0)
+    nx_z = tl.load(px + 2 * s_wx_g, mask=mask, other=0.0)
+    nx_o = tl.load(px + 3 * s_wx_g, mask=mask, other=0.0)
+    # num_stages=1: the h_{t-1} loads must not be software-pipelined ahead of the barrier
+    for t in tl.range(t_start, t_end, num_stages=1):
+        acc_i = nx_i.to(tl.float32) + b_i
+        acc_f = nx_f.to(tl.float32) + b_f
+        acc_z = nx_z.to(tl.float32) + b_z
+        acc_o = nx_o.to(tl.float32) + b_o
+        px = wx_ptr + off_wx + tl.cast(t + 1, tl.int64) * s_wx_t
+        mnext = mask_if(mask, t + 1 < t_end)
+        nx_i = tl.load(px, mask=mnext, other=0.0)
+        nx_f = tl.load(px + s_wx_g, mask=mnext, other=0.0)
+        nx_z = tl.load(px + 2 * s_wx_g, mask=mnext, other=0.0)
+        nx_o = tl.load(px + 3 * s_wx_g, mask=mnext, other=0.0)
+
+        if NCB == 1:  # whole head in this program: h_{t-1} is in registers
+            hb = h.to(dtype)
+            acc_i = mma(hb, RT_i, acc_i, DOT_PREC)
+            acc_f = mma(hb, RT_f, acc_f, DOT_PREC)
+            acc_z = mma(hb, RT_z, acc_z, DOT_PREC)
+            acc_o = mma(hb, RT_o, acc_o, DOT_PREC)
+        else:
+            if SYNC:
+                group_wait(sync_ptr + group, (t - t_start) * NCB)
+            acc_i, acc_f, acc_z, acc_o = fwd_recurrent_split(
+                h_ptr, state_in_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o, acc_i, acc_f, acc_z, acc_o,
+                t, T, rb64, mask_b, cols, head, NH, DH, DHP, BK, RESIDENT, DOT_PREC)
+
+        i_act, f_act, z_act, o_act, m = gate_activations(acc_i, acc_f, acc_z, acc_o, n, m)
+        c = f_act * c + i_act * z_act
+        n = f_act * n + i_act
+        h = o_act * c / n
+
+        t64 = tl.cast(t, tl.int64)
+        tl.store(h_ptr + off_h + t64 * HD, h.to(dtype), mask=mask)
+        if SAVE:
+            pp = pre_ptr + t64 * (4 * s_state) + off_st
+            tl.store(pp, acc_i, mask=mask)
+            tl.store(pp + s_state, acc_f, mask=mask)
+            tl.store(pp + 2 * s_state, acc_z, mask=mask)
+            tl.store(pp + 3 * s_state, acc_o, mask=mask)
+            pc = cnm_ptr + t64 * (3 * s_state) + off_st
+            tl.store(pc, c, mask=mask)
+            tl.store(pc + s_state, n, mask=mask)
+            tl.store(pc + 2 * s_state, m, mask=mask)
+        if SYNC:
+            group_arrive(sync_ptr + group)
+
+    tl.store(state_out_ptr + off_st, h, mask=mask)
+    tl.store(state_out_ptr + s_state + off_st, c, mask=mask)
+    tl.store(state_out_ptr + 2 * s_state + off_st, n, mask=mask)
+    tl.store(state_out_ptr + 3 * s_state + off_st, m, mask=mask)
+
+
+# ---------------------------------------------------------------------------------- launch config
+
+BATCH_BLOCK = 16  # fixed: batch is a runtime argument, masked in blocks of 16 (tl.dot's minimum M)
+
+
+@dataclass(frozen=True)
+class SLSTMConfig:
+    """How a head is split over programs. ncb column blocks of bo columns (ncb == 1: whole head,
+    bo == dhp); bk: rows of R per chunk when R is streamed; resident: R held in registers."""
+
+    ncb: int
+    bo: int
+    bk: int
+    dhp: int
+    resident: bool
+    num_warps: int
+    sync: bool = True  # allow the persistent barrier path (GPU, co-resident grid) in split mode
+
+
+_CONFIG_OVERRIDE: dict | None = None  # test hook: see op.config_override
+
+
+def _largest_pow2_divisor(x: int, cap: int) -> int:
+    d = 16
+    while d * 2 <= cap and x % (d * 2) == 0:
+        d *= 2
+    return d
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def pick_config(NH: int, DH: int, B: int, device: torch.device) -> SLSTMConfig:
+    """Heuristic choice (to be tuned on the GPU; see bench/NOTES.md)."""
+    dhp = triton.next_power_of_2(DH)
+    if _CONFIG_OVERRIDE is not None:
+        o = dict(_CONFIG_OVERRIDE)
+        bo = o.pop("bo", dhp)
+        ncb = 1 if bo >= dhp else DH // bo
+        if ncb > 1 and DH % bo:
+            raise ValueError(f"config override: bo={bo} must divide DH={DH}")
+        bk = o.pop("bk", _largest_pow2_divisor(DH, 64))
+        return SLSTMConfig(ncb=ncb, bo=dhp if ncb == 1 else bo, bk=bk, dhp=dhp,
+                           resident=o.pop("resident", ncb == 1), num_warps=o.pop("num_warps", 4),
+                           sync=o.pop("sync", True))
+    if dhp <= 64:
+        return SLSTMConfig(ncb=1, bo=dhp, bk=dhp, dhp=dhp, resident=True, num_warps=4)
+    if dhp <= 128:
+        return SLSTMConfig(ncb=1, bo=dhp, bk=dhp, dhp=dhp, resident=True, num_warps=8)
+    # Large heads: split the columns; R (a few MB at most) is streamed from L2 every step.
+    # Smallest column block (most programs, most L2 bandwidth) whose grid still fits the SMs.
+    groups = NH * triton.cdiv(B, BATCH_BLOCK)
+    sms = num_sms(device)
+    bo = 16
+    while DH % (bo * 2) == 0 and bo < 64 and groups * (DH // bo) > sms:
+        bo *= 2
+    return SLSTMConfig(ncb=DH // bo, bo=bo, bk=_largest_pow2_divisor(DH, 64), dhp=dhp,
+                       resident=False, num_warps=4)
+
+
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """float32 inputs: 3xTF32 (about float32 accuracy on tensor cores); 16-bit inputs: native
+    (the option is ignored); in the interpreter, 16-bit operands are upcast (see `mma`)."""
+    if device.type != "cuda" and dtype != torch.float32:
+        return "upcast"
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+def use_sync(cfg: SLSTMConfig, grid: int, device: torch.device) -> bool:
+    """The persistent barrier path: split mode on a GPU, every program of the grid co-resident."""
+    return cfg.ncb > 1 and cfg.sync and device.type == "cuda" and grid <= num_sms(device)
+
+
+def slstm_fwd(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
+    """Launch the forward. wx (B, T, 4, NH, DH) (last dim contiguous), R (4, NH, DH, DH) and b
+    (4, NH, DH) contiguous in wx's dtype, state0 (4, B, NH, DH) float32 contiguous.
+    Returns h (B, T, NH, DH), last state (4, B, NH, DH) float32, and if `save` the pre-activations
+    (T, 4, B, NH, DH) and states (T, 3, B, NH, DH), float32, for the backward (else None, None)."""
+    B, T, _, NH, DH = wx.shape
+    dev, dtype = wx.device, wx.dtype
+    h = new_empty((B, T, NH, DH), dtype, dev)
+    last = new_empty((4, B, NH, DH), torch.float32, dev)
+    pre = new_empty((T, 4, B, NH, DH), torch.float32, dev) if save else h
+    cnm = new_empty((T, 3, B, NH, DH), torch.float32, dev) if save else h
+    grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
+    sync = use_sync(cfg, grid, dev)
+    counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
+    meta = dict(NH=NH, DH=DH, DHP=cfg.dhp, BB=BATCH_BLOCK, BO=cfg.bo, BK=cfg.bk, NCB=cfg.ncb,
+                RESIDENT=cfg.resident, SAVE=save, DOT_PREC=dot_precision(dtype, dev),
+                num_warps=cfg.num_warps)
+
+    def run(state_in, t0, t1, sync_flag, **extra):
+        slstm_fwd_kernel[(grid,)](
+            wx, R, b, state_in, h, last, pre, cnm, counters, B, T, t0, t1,
+            wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3), SYNC=sync_flag, **meta, **extra)
+
+    if cfg.ncb == 1:
+        run(state0, 0, T, False)
+    elif sync:
+        run(state0, 0, T, True, launch_cooperative_grid=True)
+    else:  # one launch per step; (c, n, m) carried in `last`
+        for t in range(T):
+            run(state0 if t == 0 else last, t, t + 1, False)
+    return h, last, (pre if save else None), (cnm if save else None)
