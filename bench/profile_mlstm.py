@@ -66,6 +66,8 @@ def profile(geometry, S, overrides, dtype=torch.bfloat16):
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             fwbw()
+            for t in ins:
+                t.grad = None
         torch.cuda.synchronize()
     kernels = {}
     for e in prof.key_averages():

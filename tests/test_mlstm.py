@@ -90,7 +90,7 @@ def test_extreme_gates(device, poison):
 def test_several_tiles_and_feature_blocks_per_program(device, poison, monkeypatch):
     # Chunks of 4 tiles and heads split into several DQK / DV blocks in every kernel.
     monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(
-        tile=16, block_k=16, block_v=16, block_k_states=16, block_v_states=32,
+        tile=16, tile_states=16, block_k=16, block_v=16, block_k_states=16, block_v_states=32,
         block_k_grad=16, block_v_grad=16))
     x = make_inputs(2, 1, 70, 48, 40, device, states=True)     # DQK, DV not powers of two
     check_against_reference(x, torch.float32, chunk_size=64)
@@ -262,3 +262,16 @@ def test_gpu_no_recompile_across_batch_and_length():
     for B, S in [(3, 256), (1, 512), (5, 1024), (2, 2048)]:
         step(B, S)
     assert compiled() == before, "kernels recompiled for a new batch or length"
+
+
+def test_gradient_from_the_final_state_alone(device, poison):
+    # A loss on the returned state only: dh never reaches the op (autograd sends None).
+    x = make_inputs(1, 2, 40, 16, 16, device, states=True)
+    leaves = {k: (t.clone().requires_grad_(k in NAMES)) for k, t in x.items()}
+    _, (c, n, _) = mlstm_chunkwise(**leaves, return_last_states=True, chunk_size=16)
+    (c.sum() + n.sum()).backward()
+    ref = {k: (t.double().clone().requires_grad_(k in NAMES)) for k, t in x.items()}
+    _, (cr, nr, _) = mlstm_recurrent(**ref, return_last_states=True)
+    (cr.sum() + nr.sum()).backward()
+    for k in NAMES:
+        assert_close(leaves[k].grad, ref[k].grad, TOL[torch.float32][1], f"d{k}")

@@ -49,7 +49,7 @@ def chunkwise_bwd_dz_kernel(
     h_base = h_ptr + b.to(tl.int64) * s_hb + hd.to(tl.int64) * s_hh
     dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
     dot = tl.zeros((BT,), dtype=tl.float32)
-    for vb in tl.static_range(0, DV, BV):
+    for vb in range(0, DV, BV):
         offs_v = vb + tl.arange(0, BV)
         mask = mask_t[:, None] & (offs_v < DV)[None, :]
         h = tl.load(h_base + t[:, None] * s_ht + offs_v[None, :], mask=mask, other=0.0)
@@ -95,24 +95,21 @@ def chunkwise_bwd_dstates_kernel(
         # dstates[c] is the gradient of C_{c+1}, the state at the end of chunk c.
         tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
         tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
-        acc = tl.zeros((BK, BV), dtype=tl.float32)
-        n_acc = tl.zeros((BK,), dtype=tl.float32)
-        for tt in tl.static_range(L // BT):
+        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+        dC = dC * decay
+        dn = dn * decay
+        for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
             t = c * L + tt * BT + tl.arange(0, BT)
             mask_t = t < S
             q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
             dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
                          mask=mask_t[:, None] & mask_v[None, :], other=0.0)
             gq = tl.load(g_ptr + row_base + t) * scale
-            inv_den = tl.load(inv_den_ptr + row_base + t)
-            dz = tl.load(dz_ptr + row_base + t)
-            qd = q * (gq * inv_den)[:, None]
-            acc += tl.dot(tl.trans(qd.to(DOT_DTYPE)), dh.to(DOT_DTYPE), input_precision=PRECISION)
-            n_acc += tl.sum(q * (gq * dz)[:, None], axis=0)
-        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        dC = decay * dC + acc
-        dn = decay * dn + n_acc
+            coef = gq * tl.load(inv_den_ptr + row_base + t)          # dO_t = dh_t / den_t
+            dhw = (dh.to(tl.float32) * coef[:, None]).to(DOT_DTYPE)    # scale dh, not q (as in fwd)
+            dC = tl.dot(tl.trans(q.to(DOT_DTYPE)), dhw, acc=dC, input_precision=PRECISION)
+            dn += tl.sum(q.to(tl.float32) * (gq * tl.load(dz_ptr + row_base + t))[:, None], axis=0)
 
     tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
     tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
@@ -143,7 +140,7 @@ def chunkwise_bwd_dv_kernel(
 
     # Through the state at the chunk's end: w_s dC_{c+1}^T k_s.
     dv = tl.zeros((BT, BV), dtype=tl.float32)
-    for kb in tl.static_range(0, DQK, BK):
+    for kb in range(0, DQK, BK):
         offs_k = kb + tl.arange(0, BK)
         mask_k = offs_k < DQK
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
@@ -158,7 +155,7 @@ def chunkwise_bwd_dv_kernel(
         t = i * BT + tl.arange(0, BT)
         mask_t = t < S
         scores_t = tl.zeros((BT, BT), dtype=tl.float32)           # [s, t]
-        for kb in tl.static_range(0, DQK, BK):
+        for kb in range(0, DQK, BK):
             offs_k = kb + tl.arange(0, BK)
             mask_k = offs_k < DQK
             k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
@@ -207,7 +204,7 @@ def chunkwise_bwd_dq_kernel(
 
     # Through the state at the chunk's start: g_t (C_c dO_t + dz_t n_c).
     dq = tl.zeros((BT, BK), dtype=tl.float32)
-    for vb in tl.static_range(0, DV, BV):
+    for vb in range(0, DV, BV):
         offs_v = vb + tl.arange(0, BV)
         mask_v = offs_v < DV
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -224,7 +221,7 @@ def chunkwise_bwd_dq_kernel(
         s = j * BT + tl.arange(0, BT)
         mask_s = s < S
         dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
-        for vb in tl.static_range(0, DV, BV):
+        for vb in range(0, DV, BV):
             offs_v = vb + tl.arange(0, BV)
             mask_v = offs_v < DV
             dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -274,7 +271,7 @@ def chunkwise_bwd_dk_kernel(
 
     # Through the state at the chunk's end: w_s (dC_{c+1} v_s + dn_{c+1}).
     dk = tl.zeros((BT, BK), dtype=tl.float32)
-    for vb in tl.static_range(0, DV, BV):
+    for vb in range(0, DV, BV):
         offs_v = vb + tl.arange(0, BV)
         mask_v = offs_v < DV
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
@@ -290,7 +287,7 @@ def chunkwise_bwd_dk_kernel(
         t = i * BT + tl.arange(0, BT)
         mask_t = t < S
         dS_t = tl.zeros((BT, BT), dtype=tl.float32)             # [s, t]
-        for vb in tl.static_range(0, DV, BV):
+        for vb in range(0, DV, BV):
             offs_v = vb + tl.arange(0, BV)
             mask_v = offs_v < DV
             v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
@@ -354,8 +351,9 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
     chunkwise_bwd_dstates_kernel[(triton.cdiv(DQK, cfg.block_k_states), triton.cdiv(DV, cfg.block_v_states), B * NH)](
         q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, dstates, dnstates, dc0, dn0,
         *q_st, *dh_st, NH, S, S_pad, NC, scale,
-        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_states, BV=cfg.block_v_states,
-        HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, **common)
+        DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
+        HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
+        PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states)
 
     dv = new_empty((B, NH, S, DV), v.dtype, dev)
     chunkwise_bwd_dv_kernel[(triton.cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](

@@ -28,9 +28,11 @@ FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
 class ChunkwiseConfig:
     """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT
     (a divisor of L); block_k/block_v: feature blocks of the output and dv kernels;
-    *_states: of the two state recurrences; *_grad: of the dq and dk kernels."""
+    *_states: of the two state recurrences (which read a chunk as L / tile_states row tiles);
+    *_grad: of the dq and dk kernels."""
     chunk_size: int
     tile: int
+    tile_states: int
     block_k: int
     block_v: int
     block_k_states: int
@@ -39,6 +41,8 @@ class ChunkwiseConfig:
     block_v_grad: int
     num_warps: int
     num_stages: int
+    num_warps_states: int
+    num_stages_states: int
     state_dtype: torch.dtype
     dot_dtype: tl.dtype
     precision: str
@@ -62,10 +66,11 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
         # The interpreter multiplies bf16 operands of tl.dot as raw bits (Triton 3.9): give it
         # float32 operands. States keep their storage dtype, so only the products differ.
         dot_dtype = tl.float32
-    cfg = dict(chunk_size=chunk_size, tile=tile, block_k=min(pk, 128), block_v=min(pv, 128),
+    cfg = dict(chunk_size=chunk_size, tile=tile, tile_states=min(128, chunk_size),
+               block_k=min(pk, 128), block_v=min(pv, 128),
                block_k_states=min(pk, 64), block_v_states=min(pv, 64),
                block_k_grad=min(pk, 128), block_v_grad=min(pv, 128),
-               num_warps=4, num_stages=2, state_dtype=state_dtype, dot_dtype=dot_dtype,
+               num_warps=4, num_stages=2, num_warps_states=4, num_stages_states=2, state_dtype=state_dtype, dot_dtype=dot_dtype,
                precision=precision)
     cfg.update(overrides)
     return ChunkwiseConfig(**cfg)
@@ -132,6 +137,7 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
     q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size = inputs
     h, _, _, _, inv_den, zsign = output
     ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign)
@@ -142,6 +148,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
     q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign = ctx.saved_tensors
+    if dh is None:
+        dh = torch.zeros_like(h)
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
         q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh,
         dc_last, dn_last, ctx.chunk_size)
