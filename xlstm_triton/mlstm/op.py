@@ -123,6 +123,8 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     gates = chunkwise_gates(i, f, m_initial, chunk_size)
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
+    # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
+    dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
     return chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
                          inv_den, zsign, cfg)
 
