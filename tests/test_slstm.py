@@ -77,7 +77,10 @@ CASES = [
     # split heads: several programs per head exchange h_t / dpre_t through global memory
     (3, 7, 2, 32, torch.float32, dict(bo=16, bk=16), True),             # R streamed in chunks
     (3, 7, 1, 80, torch.float32, dict(bo=16, bk=16), True),             # 5 column blocks
-    (3, 7, 1, 48, torch.float32, dict(bo=16, resident=True), True),     # R held, padded K
+    (3, 7, 1, 80, torch.float32, None, True),                           # default: fp32 R too big, split
+    (3, 7, 2, 48, torch.bfloat16, dict(bk=16), True),                   # whole head, K in 4 chunks
+    (3, 7, 1, 48, torch.float32, dict(bo=16, resident=True, bk=16), True),  # R held, K chunks, padded
+    (3, 7, 1, 64, torch.bfloat16, dict(bo=32, resident=True, bk=32), False),
     (17, 7, 1, 32, torch.bfloat16, dict(bo=16, bk=16), True),
     (2, 1, 1, 32, torch.float32, dict(bo=16, bk=16), True),
 ]
@@ -209,9 +212,9 @@ def test_barrier_helpers_are_in_the_split_kernel():
     """The persistent path's barrier (SYNC) is code the interpreter never runs (it runs programs one
     after another, a spin would never end); it is validated on the GPU. Here: the launcher only
     picks it on CUDA with a co-resident grid, and never on CPU."""
-    cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, bk=16, dhp=64, resident=False, num_warps=4)
+    cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, nkc=1, bk=16, resident=False, num_warps=4)
     assert not slstm_fwd_module.use_sync(cfg, 8, torch.device("cpu"))
-    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, bk=64, dhp=64, resident=True, num_warps=4)
+    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, nkc=2, bk=32, resident=True, num_warps=4)
     assert not slstm_fwd_module.use_sync(whole, 8, torch.device("cuda"))
 
 

@@ -29,30 +29,40 @@ import triton
 import triton.language as tl
 
 from ..utils import new_empty
-from .fwd import (BATCH_BLOCK, SLSTMConfig, dot_precision, gate_activations, group_arrive,
-                  group_wait, mask_if, mma, num_sms, use_sync)
+from .fwd import (BATCH_BLOCK, SLSTMConfig, chunk_index, chunk_sum, chunked_mm,
+                  cooperative_launch_kwargs, dot_precision,
+                  gate_activations, group_arrive, group_wait, load_r_chunks, mask_if, mma, num_sms,
+                  split_k, use_sync)
 
 
 @triton.jit
 def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mask_b, cols, head,
-                        NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr,
-                        BO: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
+                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
+                        NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
                         DOT_PREC: tl.constexpr):
     """sum_g dpre_g,t_next @ R_g[:, cols] (BB x BO), dpre read from dwx (zero when t_next == T)."""
     HD: tl.constexpr = NH * DH
     GS: tl.constexpr = NH * DH * DH
-    acc = tl.zeros((BB, BO), dtype=tl.float32)
-    base = (dwx_ptr + rb64[:, None] * (tl.cast(T, tl.int64) * (4 * HD))
-            + tl.cast(t_next, tl.int64) * (4 * HD) + head * DH)
-    if RESIDENT:
-        kk = tl.arange(0, DHP)
-        mk = mask_if(mask_b[:, None] & (kk < DH)[None, :], t_next < T)
-        p = base + kk[None, :]
-        acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, DOT_PREC)
-        acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, DOT_PREC)
-        acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, DOT_PREC)
-        acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, DOT_PREC)
-    else:
+    row_base = dwx_ptr + tl.cast(t_next, tl.int64) * (4 * HD) + head * DH
+    s_row = tl.cast(T, tl.int64) * (4 * HD)
+    if RESIDENT:  # dpre loaded in chunks of the contraction (output) dimension, like R
+        k = chunk_index(NKC, BK)
+        if NKC == 1:
+            p = row_base + rb64[:, None] * s_row + k[None, :]
+            mk = mask_if(mask_b[:, None] & (k < DH)[None, :], t_next < T)
+            acc = tl.zeros((BB, BO), dtype=tl.float32)
+        else:
+            p = row_base + rb64[None, :, None] * s_row + k
+            mk = mask_if(mask_b[None, :, None] & (k < DH), t_next < T)
+            acc = tl.zeros((NKC, BB, BO), dtype=tl.float32)
+        acc = chunked_mm(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, NKC, DOT_PREC)
+        acc = chunked_mm(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, NKC, DOT_PREC)
+        acc = chunked_mm(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, NKC, DOT_PREC)
+        acc = chunked_mm(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, NKC, DOT_PREC)
+        acc = chunk_sum(acc, NKC)
+    else:  # R streamed from L2 in BK-row chunks
+        acc = tl.zeros((BB, BO), dtype=tl.float32)
+        base = row_base + rb64[:, None] * s_row
         for k0 in range(0, DH, BK):
             kk = k0 + tl.arange(0, BK)
             mk = mask_if(mask_b[:, None] & (kk < DH)[None, :], t_next < T)
@@ -65,6 +75,21 @@ def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mas
             acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + 3 * GS),
                       acc, DOT_PREC)
     return acc
+
+
+@triton.jit
+def whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o, NKC: tl.constexpr,
+                         BK: tl.constexpr, DOT_PREC: tl.constexpr):
+    """sum_g dpre_g @ R_g for the whole head, dpre (BB, NKC * BK) in registers."""
+    if NKC == 1:
+        acc = tl.zeros((dp_i.shape[0], R_i.shape[1]), dtype=tl.float32)
+    else:
+        acc = tl.zeros((NKC, dp_i.shape[0], R_i.shape[2]), dtype=tl.float32)
+    acc = chunked_mm(split_k(dp_i, NKC, BK), R_i, acc, NKC, DOT_PREC)
+    acc = chunked_mm(split_k(dp_f, NKC, BK), R_f, acc, NKC, DOT_PREC)
+    acc = chunked_mm(split_k(dp_z, NKC, BK), R_z, acc, NKC, DOT_PREC)
+    acc = chunked_mm(split_k(dp_o, NKC, BK), R_o, acc, NKC, DOT_PREC)
+    return chunk_sum(acc, NKC)
 
 
 @triton.jit
@@ -89,8 +114,8 @@ def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off_st, o
 def slstm_bwd_kernel(
     R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, sync_ptr,
     B, T, t_lo, t_hi,
-    NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr,
-    BB: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, NCB: tl.constexpr,
+    NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, NCB: tl.constexpr,
+    NKC: tl.constexpr, BK: tl.constexpr,
     RESIDENT: tl.constexpr, SYNC: tl.constexpr, FINALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Steps t_hi - 1 down to t_lo of the backward for one (batch block, head, column block).
@@ -120,14 +145,8 @@ def slstm_bwd_kernel(
     off_dwx = rb64[:, None] * (T64 * 4 * HD) + head * DH + cols[None, :]
 
     R_i, R_f, R_z, R_o = 0, 0, 0, 0  # placeholders when R is streamed
-    if RESIDENT:  # R_g[o, i] for all o (rows, the contraction) and the own columns i
-        kk = tl.arange(0, DHP)
-        pr = R_ptr + head * DH * DH + kk[:, None] * DH + cols[None, :]
-        mr = (kk < DH)[:, None] & mask_c[None, :]
-        R_i = tl.load(pr, mask=mr, other=0.0)
-        R_f = tl.load(pr + NH * DH * DH, mask=mr, other=0.0)
-        R_z = tl.load(pr + 2 * NH * DH * DH, mask=mr, other=0.0)
-        R_o = tl.load(pr + 3 * NH * DH * DH, mask=mr, other=0.0)
+    if RESIDENT:  # R_g[o, i] for all o (the contraction, in chunks) and the own columns i
+        R_i, R_f, R_z, R_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, True)
 
     dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
     dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
@@ -151,16 +170,14 @@ def slstm_bwd_kernel(
 
         # recurrent gradient R^T dpre_{t+1} for the own columns
         if NCB == 1:
-            dh = mma(dp_i, R_i, dh_out.to(tl.float32), DOT_PREC)
-            dh = mma(dp_f, R_f, dh, DOT_PREC)
-            dh = mma(dp_z, R_z, dh, DOT_PREC)
-            dh = mma(dp_o, R_o, dh, DOT_PREC)
+            dh = dh_out.to(tl.float32) + whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o,
+                                                              NKC, BK, DOT_PREC)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, k * NCB)
             dh = dh_out.to(tl.float32) + bwd_recurrent_split(
                 dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t + 1, T, rb64, mask_b, cols, head,
-                NH, DH, DHP, BB, BO, BK, RESIDENT, DOT_PREC)
+                NH, DH, BB, BO, NKC, BK, RESIDENT, DOT_PREC)
         dh = dh + tl.where(t == T - 1, dh_last, 0.0)
 
         i_act, f_act, z_act, o_act, m_new = gate_activations(pre_i, pre_f, pre_z, pre_o, n_p, m_p)
@@ -191,16 +208,15 @@ def slstm_bwd_kernel(
     tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
     tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
     if FINALIZE:  # gradient of the initial h: R^T dpre_0
+        if RESIDENT:  # reloaded: reusing the tiles would make the compiler keep R in registers
+            R_i, R_f, R_z, R_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, True)
         if NCB == 1:
-            dh0 = mma(dp_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
-            dh0 = mma(dp_f, R_f, dh0, DOT_PREC)
-            dh0 = mma(dp_z, R_z, dh0, DOT_PREC)
-            dh0 = mma(dp_o, R_o, dh0, DOT_PREC)
+            dh0 = whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o, NKC, BK, DOT_PREC)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
             dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_lo, T, rb64, mask_b,
-                                      cols, head, NH, DH, DHP, BB, BO, BK, RESIDENT, DOT_PREC)
+                                      cols, head, NH, DH, BB, BO, NKC, BK, RESIDENT, DOT_PREC)
         tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
@@ -286,7 +302,7 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
-    meta = dict(NH=NH, DH=DH, DHP=cfg.dhp, BB=BATCH_BLOCK, BO=cfg.bo, BK=cfg.bk, NCB=cfg.ncb,
+    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
                 RESIDENT=cfg.resident, DOT_PREC=dot_precision(dtype, dev), num_warps=cfg.num_warps)
 
     def run(dstate_in, t_lo, t_hi, sync_flag, finalize, **extra):
@@ -297,7 +313,7 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     if cfg.ncb == 1:
         run(dlast, 0, T, False, True)
     elif sync:
-        run(dlast, 0, T, True, True, launch_cooperative_grid=True)
+        run(dlast, 0, T, True, True, **cooperative_launch_kwargs())
     else:  # one launch per step, (dc, dn) carried in dstate0; then dh_init from dpre_0
         for t in range(T - 1, -1, -1):
             run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)

@@ -100,37 +100,113 @@ def group_wait(counter_ptr, target):
 
 
 @triton.jit
-def load_h_prev(h_ptr, state_ptr, t, T, rb64, mask_b, kk, mask_k,
-                NH: tl.constexpr, DH: tl.constexpr, head):
-    """h_{t-1}[rows, kk] of one head in the matmul dtype: the output h at t-1, or at t == 0 the
-    h slot of the float32 initial state (B, NH, DH) (cast). Loads bypass L1 (other SMs wrote h)."""
-    mask = mask_b[:, None] & mask_k[None, :]
-    tm1 = tl.cast(t - 1, tl.int64)
-    p_out = h_ptr + rb64[:, None] * (tl.cast(T, tl.int64) * (NH * DH)) + tm1 * (NH * DH) + head * DH + kk[None, :]
-    x = tl.load(p_out, mask=mask_if(mask, t > 0), other=0.0, cache_modifier=".cg")
-    p_init = state_ptr + rb64[:, None] * (NH * DH) + head * DH + kk[None, :]
-    x0 = tl.load(p_init, mask=mask_if(mask, t == 0), other=0.0)
-    return tl.where(t > 0, x, x0.to(x.dtype))
+def load_h_prev(h_ptr, h0_ptr, t, T, rows64, mask_rows, k, mask_k,
+                NH: tl.constexpr, DH: tl.constexpr, head, H0_IS_STATE: tl.constexpr):
+    """h_{t-1}[rows, k] of one head in the matmul dtype (rows and k broadcast against each other,
+    any shape): the output h (B, T, NH, DH) at t - 1, or h0 (B, NH, DH) at t == 0, one load
+    (the base pointer and row stride are selected). Bypasses L1: other SMs wrote h.
+    H0_IS_STATE (single-step launches only): h0 is the float32 state's h slot, cast."""
+    HD: tl.constexpr = NH * DH
+    if H0_IS_STATE:
+        x = tl.load(h0_ptr + rows64 * HD + head * DH + k, mask=mask_rows & mask_k, other=0.0)
+        return x.to(h_ptr.dtype.element_ty)
+    else:
+        base = tl.where(t > 0, h_ptr + tl.cast(t - 1, tl.int64) * HD, h0_ptr)
+        row_stride = tl.where(t > 0, tl.cast(T, tl.int64) * HD, HD)
+        return tl.load(base + rows64 * row_stride + head * DH + k, mask=mask_rows & mask_k,
+                       other=0.0, cache_modifier=".cg")
 
 
 @triton.jit
-def fwd_recurrent_split(h_ptr, state_in_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o,
+def chunk_index(NKC: tl.constexpr, BK: tl.constexpr):
+    """The contraction index k = kc * BK + kk of a left operand: (BK,) if NKC == 1, else a
+    (NKC, 1, BK) tensor (chunks as a batch dimension)."""
+    if NKC == 1:
+        return tl.arange(0, BK)
+    else:
+        return tl.arange(0, NKC)[:, None, None] * BK + tl.arange(0, BK)[None, None, :]
+
+
+@triton.jit
+def load_r_chunks(R_ptr, head, cols, mask_c, NH: tl.constexpr, DH: tl.constexpr,
+                  NKC: tl.constexpr, BK: tl.constexpr, K_IS_OUT: tl.constexpr):
+    """R of one head for the own columns as right operands, contraction index k (zero for
+    k >= DH): four (BK, BO) tiles if NKC == 1, else (NKC, BK, BO) with k = kc * BK + kk.
+    Forward (K_IS_OUT False): [k, o] = R[g, head, cols[o], k]; backward: [k, i] = R[g, head, k,
+    cols[i]]. Loaded before the time loop, the compiler keeps them in shared memory."""
+    if NKC == 1:
+        k = tl.arange(0, BK)[:, None]
+        c = cols[None, :]
+        mc = mask_c[None, :]
+    else:
+        k = tl.arange(0, NKC)[:, None, None] * BK + tl.arange(0, BK)[None, :, None]
+        c = cols[None, None, :]
+        mc = mask_c[None, None, :]
+    if K_IS_OUT:
+        p = R_ptr + head * DH * DH + k * DH + c
+    else:
+        p = R_ptr + head * DH * DH + c * DH + k
+    m = (k < DH) & mc
+    GS: tl.constexpr = NH * DH * DH
+    return (tl.load(p, mask=m, other=0.0), tl.load(p + GS, mask=m, other=0.0),
+            tl.load(p + 2 * GS, mask=m, other=0.0), tl.load(p + 3 * GS, mask=m, other=0.0))
+
+
+@triton.jit
+def split_k(x, NKC: tl.constexpr, BK: tl.constexpr):
+    """(BB, NKC * BK) -> (NKC, BB, BK): the K chunks of a left operand as a batch dimension."""
+    if NKC == 1:
+        return x
+    else:
+        return tl.permute(tl.reshape(x, (x.shape[0], NKC, BK)), (1, 0, 2))
+
+
+@triton.jit
+def chunked_mm(x, R, acc, NKC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + x @ R. NKC == 1: plain 2-D product, acc (BB, BO). Else x (NKC, BB, BK), R (NKC, BK,
+    BO), acc (NKC, BB, BO): one product per chunk (chunks spread over warps, a split-K); the
+    caller sums over axis 0."""
+    return mma(x, R, acc, DOT_PREC)
+
+
+@triton.jit
+def chunk_sum(acc, NKC: tl.constexpr):
+    if NKC == 1:
+        return acc
+    else:
+        return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def fwd_recurrent_split(h_ptr, h0_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o,
                         acc_i, acc_f, acc_z, acc_o, t, T, rb64, mask_b, cols, head,
-                        NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr, BK: tl.constexpr,
-                        RESIDENT: tl.constexpr, DOT_PREC: tl.constexpr):
+                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
+                        NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
+                        H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr):
     """acc_g += h_{t-1} @ R_g[cols, :]^T for the four gates, h_{t-1} read from global memory."""
     GS: tl.constexpr = NH * DH * DH  # gate stride of R
-    if RESIDENT:
-        kk = tl.arange(0, DHP)
-        hb = load_h_prev(h_ptr, state_in_ptr, t, T, rb64, mask_b, kk, kk < DH, NH, DH, head)
-        acc_i = mma(hb, RT_i, acc_i, DOT_PREC)
-        acc_f = mma(hb, RT_f, acc_f, DOT_PREC)
-        acc_z = mma(hb, RT_z, acc_z, DOT_PREC)
-        acc_o = mma(hb, RT_o, acc_o, DOT_PREC)
-    else:
+    if RESIDENT:  # R held in NKC chunks; h_{t-1} loaded chunked: (NKC, BB, BK) or (BB, BK)
+        k = chunk_index(NKC, BK)
+        if NKC == 1:
+            hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], k[None, :],
+                             (k < DH)[None, :], NH, DH, head, H0_IS_STATE)
+            acc_i = chunked_mm(hb, RT_i, acc_i, NKC, DOT_PREC)
+            acc_f = chunked_mm(hb, RT_f, acc_f, NKC, DOT_PREC)
+            acc_z = chunked_mm(hb, RT_z, acc_z, NKC, DOT_PREC)
+            acc_o = chunked_mm(hb, RT_o, acc_o, NKC, DOT_PREC)
+        else:
+            hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[None, :, None], mask_b[None, :, None], k,
+                             k < DH, NH, DH, head, H0_IS_STATE)
+            z3 = tl.zeros((NKC, BB, BO), dtype=tl.float32)
+            acc_i += tl.sum(chunked_mm(hb, RT_i, z3, NKC, DOT_PREC), axis=0)
+            acc_f += tl.sum(chunked_mm(hb, RT_f, z3, NKC, DOT_PREC), axis=0)
+            acc_z += tl.sum(chunked_mm(hb, RT_z, z3, NKC, DOT_PREC), axis=0)
+            acc_o += tl.sum(chunked_mm(hb, RT_o, z3, NKC, DOT_PREC), axis=0)
+    else:  # R streamed from L2 in BK-row chunks
         for k0 in range(0, DH, BK):
             kk = k0 + tl.arange(0, BK)
-            hb = load_h_prev(h_ptr, state_in_ptr, t, T, rb64, mask_b, kk, kk < DH, NH, DH, head)
+            hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], kk[None, :],
+                             (kk < DH)[None, :], NH, DH, head, H0_IS_STATE)
             # RT[k, o] = R[g, head, o, k]; BK divides DH and the columns are in range: no masks
             pr = R_ptr + head * DH * DH + cols[None, :] * DH + kk[:, None]
             acc_i = mma(hb, tl.load(pr), acc_i, DOT_PREC)
@@ -142,17 +218,19 @@ def fwd_recurrent_split(h_ptr, state_in_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o,
 
 @triton.jit(do_not_specialize=["B", "T", "t_start", "t_end"])
 def slstm_fwd_kernel(
-    wx_ptr, R_ptr, b_ptr, state_in_ptr, h_ptr, state_out_ptr, pre_ptr, cnm_ptr, sync_ptr,
+    wx_ptr, R_ptr, b_ptr, state_in_ptr, h0_ptr, h_ptr, state_out_ptr, pre_ptr, cnm_ptr, sync_ptr,
     B, T, t_start, t_end,
     s_wx_b, s_wx_t, s_wx_g, s_wx_h,
-    NH: tl.constexpr, DH: tl.constexpr, DHP: tl.constexpr,
-    BB: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, NCB: tl.constexpr,
-    RESIDENT: tl.constexpr, SAVE: tl.constexpr, SYNC: tl.constexpr, DOT_PREC: tl.constexpr,
+    NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, NCB: tl.constexpr,
+    NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr, SAVE: tl.constexpr,
+    SYNC: tl.constexpr, H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Steps t_start <= t < t_end of the sLSTM for one (batch block, head, column block).
 
     state_in/state_out (4, B, NH, DH) float32: (h, c, n, m) before t_start / after t_end - 1 (may
-    be the same buffer: each program reads and writes only its own tile). h (B, T, NH, DH) output.
+    be the same buffer: each program reads and writes only its own tile). h0 (B, NH, DH): the
+    initial h in the matmul dtype (split mode; with H0_IS_STATE, a single step, it is state_in).
+    h (B, T, NH, DH) output.
     pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH) float32, written when SAVE. sync: int32
     counters, one per (batch block, head), zero at launch, used when SYNC.
     """
@@ -178,14 +256,8 @@ def slstm_fwd_kernel(
     b_z = tl.load(pb + 2 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     b_o = tl.load(pb + 3 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     RT_i, RT_f, RT_z, RT_o = 0, 0, 0, 0  # placeholders when R is streamed
-    if RESIDENT:
-        kk = tl.arange(0, DHP)
-        pr = R_ptr + head * DH * DH + cols[None, :] * DH + kk[:, None]
-        mr = (kk < DH)[:, None] & mask_c[None, :]
-        RT_i = tl.load(pr, mask=mr, other=0.0)
-        RT_f = tl.load(pr + NH * DH * DH, mask=mr, other=0.0)
-        RT_z = tl.load(pr + 2 * NH * DH * DH, mask=mr, other=0.0)
-        RT_o = tl.load(pr + 3 * NH * DH * DH, mask=mr, other=0.0)
+    if RESIDENT:  # loaded once; the compiler keeps loop-invariant dot operands in shared memory
+        RT_i, RT_f, RT_z, RT_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, False)
 
     # carried state of the own tile; the same int32 offsets address pre and cnm (time-major)
     off_st = rb[:, None] * HD + head * DH + cols[None, :]
@@ -217,17 +289,25 @@ def slstm_fwd_kernel(
         nx_o = tl.load(px + 3 * s_wx_g, mask=mnext, other=0.0)
 
         if NCB == 1:  # whole head in this program: h_{t-1} is in registers
-            hb = h.to(dtype)
-            acc_i = mma(hb, RT_i, acc_i, DOT_PREC)
-            acc_f = mma(hb, RT_f, acc_f, DOT_PREC)
-            acc_z = mma(hb, RT_z, acc_z, DOT_PREC)
-            acc_o = mma(hb, RT_o, acc_o, DOT_PREC)
+            hb = split_k(h.to(dtype), NKC, BK)
+            if NKC == 1:
+                acc_i = chunked_mm(hb, RT_i, acc_i, NKC, DOT_PREC)
+                acc_f = chunked_mm(hb, RT_f, acc_f, NKC, DOT_PREC)
+                acc_z = chunked_mm(hb, RT_z, acc_z, NKC, DOT_PREC)
+                acc_o = chunked_mm(hb, RT_o, acc_o, NKC, DOT_PREC)
+            else:
+                z3 = tl.zeros((NKC, BB, BO), dtype=tl.float32)
+                acc_i += tl.sum(chunked_mm(hb, RT_i, z3, NKC, DOT_PREC), axis=0)
+                acc_f += tl.sum(chunked_mm(hb, RT_f, z3, NKC, DOT_PREC), axis=0)
+                acc_z += tl.sum(chunked_mm(hb, RT_z, z3, NKC, DOT_PREC), axis=0)
+                acc_o += tl.sum(chunked_mm(hb, RT_o, z3, NKC, DOT_PREC), axis=0)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, (t - t_start) * NCB)
             acc_i, acc_f, acc_z, acc_o = fwd_recurrent_split(
-                h_ptr, state_in_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o, acc_i, acc_f, acc_z, acc_o,
-                t, T, rb64, mask_b, cols, head, NH, DH, DHP, BK, RESIDENT, DOT_PREC)
+                h_ptr, h0_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o, acc_i, acc_f, acc_z, acc_o,
+                t, T, rb64, mask_b, cols, head, NH, DH, BB, BO, NKC, BK, RESIDENT, H0_IS_STATE,
+                DOT_PREC)
 
         i_act, f_act, z_act, o_act, m = gate_activations(acc_i, acc_f, acc_z, acc_o, n, m)
         c = f_act * c + i_act * z_act
@@ -262,19 +342,24 @@ BATCH_BLOCK = 16  # fixed: batch is a runtime argument, masked in blocks of 16 (
 
 @dataclass(frozen=True)
 class SLSTMConfig:
-    """How a head is split over programs. ncb column blocks of bo columns (ncb == 1: whole head,
-    bo == dhp); bk: rows of R per chunk when R is streamed; resident: R held in registers."""
+    """How a head is split over programs (see the module docstring).
+
+    ncb: column blocks per head (1: whole head in one program), bo: columns per program (the
+    padded head size when ncb == 1). resident: R held on chip as nkc chunks of bk rows of the
+    contraction (nkc * bk = head size padded to a power of 2; the chunks spread over warps);
+    otherwise R is streamed from L2 in chunks of bk rows (nkc unused). sync: allow the persistent
+    barrier path (GPU, co-resident grid) in split mode; else one launch per step."""
 
     ncb: int
     bo: int
+    nkc: int
     bk: int
-    dhp: int
     resident: bool
     num_warps: int
-    sync: bool = True  # allow the persistent barrier path (GPU, co-resident grid) in split mode
+    sync: bool = True
 
 
-_CONFIG_OVERRIDE: dict | None = None  # test hook: see op.config_override
+_CONFIG_OVERRIDE: dict | None = None  # test and tuning hook: see op.config_override
 
 
 def _largest_pow2_divisor(x: int, cap: int) -> int:
@@ -290,32 +375,64 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def pick_config(NH: int, DH: int, B: int, device: torch.device) -> SLSTMConfig:
-    """Heuristic choice (to be tuned on the GPU; see bench/NOTES.md)."""
+SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
+
+
+def _config(DH, dhp, bo, resident, bk=None, num_warps=None, sync=True):
+    ncb = 1 if bo >= dhp else DH // bo
+    bo = dhp if ncb == 1 else bo
+    if resident:
+        bk = bk or min(dhp, 128)
+        nkc = dhp // bk
+        num_warps = num_warps or max(4, min(8, nkc))
+    else:
+        bk = bk or _largest_pow2_divisor(DH, 64)
+        nkc = 1
+        num_warps = num_warps or 4
+    return SLSTMConfig(ncb=ncb, bo=bo, nkc=nkc, bk=bk, resident=resident, num_warps=num_warps,
+                       sync=sync)
+
+
+def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.device) -> SLSTMConfig:
+    """Heuristic choice, from register and shared-memory use of the sm_90 compile (no spills in
+    the 16-bit configs of the benchmark); timing on the GPU may move it. `config_override`
+    replaces it.
+
+    Whole head in one program while R fits in shared memory and the tiles in registers (head
+    size up to 128: 4, 8, 16 warps for 32, 64, 128). Larger heads: the columns split over
+    programs that synchronize every step, the smallest column block (least work per step) whose
+    grid fits the SMs; R held in shared memory (contraction in chunks of 128 spread over warps)
+    when it fits, else streamed from L2 (and always for float32)."""
     dhp = triton.next_power_of_2(DH)
     if _CONFIG_OVERRIDE is not None:
         o = dict(_CONFIG_OVERRIDE)
         bo = o.pop("bo", dhp)
-        ncb = 1 if bo >= dhp else DH // bo
-        if ncb > 1 and DH % bo:
+        if bo < dhp and DH % bo:
             raise ValueError(f"config override: bo={bo} must divide DH={DH}")
-        bk = o.pop("bk", _largest_pow2_divisor(DH, 64))
-        return SLSTMConfig(ncb=ncb, bo=dhp if ncb == 1 else bo, bk=bk, dhp=dhp,
-                           resident=o.pop("resident", ncb == 1), num_warps=o.pop("num_warps", 4),
-                           sync=o.pop("sync", True))
-    if dhp <= 64:
-        return SLSTMConfig(ncb=1, bo=dhp, bk=dhp, dhp=dhp, resident=True, num_warps=4)
-    if dhp <= 128:
-        return SLSTMConfig(ncb=1, bo=dhp, bk=dhp, dhp=dhp, resident=True, num_warps=8)
-    # Large heads: split the columns; R (a few MB at most) is streamed from L2 every step.
-    # Smallest column block (most programs, most L2 bandwidth) whose grid still fits the SMs.
+        return _config(DH, dhp, bo, o.pop("resident", bo >= dhp), **o)
+    # bytes per held element of R: float32 runs as 3xTF32, which keeps two parts of each operand
+    elt = 8 if dtype == torch.float32 else 2
+    if dhp <= 128 and 4 * dhp * dhp * elt <= SMEM_FOR_R:
+        return _config(DH, dhp, dhp, True, bk=dhp, num_warps={16: 4, 32: 4, 64: 8, 128: 16}[dhp])
     groups = NH * triton.cdiv(B, BATCH_BLOCK)
     sms = num_sms(device)
     bo = 16
     while DH % (bo * 2) == 0 and bo < 64 and groups * (DH // bo) > sms:
         bo *= 2
-    return SLSTMConfig(ncb=DH // bo, bo=bo, bk=_largest_pow2_divisor(DH, 64), dhp=dhp,
-                       resident=False, num_warps=4)
+    # float32 split heads stream R: held, its 3xTF32 parts end up in registers in the backward
+    return _config(DH, dhp, bo, dtype != torch.float32 and 4 * dhp * bo * elt <= SMEM_FOR_R)
+
+
+def cooperative_launch_kwargs() -> dict:
+    """Ask the driver for a cooperative launch (all programs co-resident or an error, never a
+    hang) where this Triton version has the option."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+        if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__:
+            return {"launch_cooperative_grid": True}
+    except Exception:  # noqa: BLE001 - an older or different backend: no option
+        pass
+    return {}
 
 
 def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -345,19 +462,22 @@ def slstm_fwd(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
     grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
-    meta = dict(NH=NH, DH=DH, DHP=cfg.dhp, BB=BATCH_BLOCK, BO=cfg.bo, BK=cfg.bk, NCB=cfg.ncb,
+    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
                 RESIDENT=cfg.resident, SAVE=save, DOT_PREC=dot_precision(dtype, dev),
                 num_warps=cfg.num_warps)
 
+    h0 = state0[0].to(dtype) if cfg.ncb > 1 else state0  # initial h in the matmul dtype
+
     def run(state_in, t0, t1, sync_flag, **extra):
         slstm_fwd_kernel[(grid,)](
-            wx, R, b, state_in, h, last, pre, cnm, counters, B, T, t0, t1,
-            wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3), SYNC=sync_flag, **meta, **extra)
+            wx, R, b, state_in, h0, h, last, pre, cnm, counters, B, T, t0, t1,
+            wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3), SYNC=sync_flag,
+            H0_IS_STATE=False, **meta, **extra)
 
     if cfg.ncb == 1:
         run(state0, 0, T, False)
     elif sync:
-        run(state0, 0, T, True, launch_cooperative_grid=True)
+        run(state0, 0, T, True, **cooperative_launch_kwargs())
     else:  # one launch per step; (c, n, m) carried in `last`
         for t in range(T):
             run(state0 if t == 0 else last, t, t + 1, False)

@@ -88,7 +88,7 @@ class SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, wx, R, b, state0):
         B, T, _, NH, DH = wx.shape
-        cfg = pick_config(NH, DH, B, wx.device)
+        cfg = pick_config(NH, DH, B, wx.dtype, wx.device)
         save = any(ctx.needs_input_grad)
         h, last, pre, cnm = slstm_fwd(wx, R, b, state0, cfg, save=save)
         if save:
@@ -158,6 +158,6 @@ def slstm_step(wx_t, R, b, state):
         return slstm_step_torch(wx_t, R, b, state)
     if wx_t.stride(-1) != 1:
         wx_t = wx_t.contiguous()
-    cfg = pick_config(NH, DH, B, wx_t.device)
+    cfg = pick_config(NH, DH, B, wx_t.dtype, wx_t.device)
     return slstm_step_fwd(wx_t, R.contiguous(), b.contiguous(),
                           state.to(torch.float32).contiguous(), cfg)

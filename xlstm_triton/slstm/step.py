@@ -26,9 +26,9 @@ def slstm_step_fwd(wx_t, R, b, state, cfg: SLSTMConfig):
     unused = torch.empty(1, dtype=torch.int32, device=dev)  # barrier counters (not used: one step)
     grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
     slstm_fwd_kernel[(grid,)](
-        wx_t, R, b, state, h, new_state, h, h, unused, B, 1, 0, 1,
+        wx_t, R, b, state, state, h, new_state, h, h, unused, B, 1, 0, 1,
         wx_t.stride(0), 0, wx_t.stride(1), wx_t.stride(2),
-        NH=NH, DH=DH, DHP=cfg.dhp, BB=BATCH_BLOCK, BO=cfg.bo, BK=cfg.bk, NCB=cfg.ncb,
-        RESIDENT=cfg.resident, SAVE=False, SYNC=False, DOT_PREC=dot_precision(wx_t.dtype, dev),
-        num_warps=cfg.num_warps)
+        NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
+        RESIDENT=cfg.resident, SAVE=False, SYNC=False, H0_IS_STATE=True,
+        DOT_PREC=dot_precision(wx_t.dtype, dev), num_warps=cfg.num_warps)
     return h.view(B, NH, DH), new_state
