@@ -63,7 +63,7 @@ def _plot_mlstm(rows, stem, out_dir):
         for ax, (mode, col, label) in zip(axes, panels):
             for j, p in enumerate(providers):
                 pts = sorted((int(r["S"]), float(r[col])) for r in g
-                             if r["provider"] == p and r["mode"] == mode and _ok(r))
+                             if r["provider"] == p and r["mode"] == mode and _ok(r) and r[col] != "")
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
