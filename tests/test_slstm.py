@@ -14,6 +14,12 @@ from xlstm_triton.slstm import config_override, slstm, slstm_step
 from xlstm_triton.slstm import fwd as slstm_fwd_module
 
 NAMES = ("wx", "R", "b", "initial_state")
+
+
+@pytest.fixture(autouse=True)
+def _check_barrier(monkeypatch):
+    # persistent split-head launches report a barrier that gave up waiting (GPU only)
+    monkeypatch.setattr(slstm_fwd_module, "CHECK_BARRIER", True)
 STATE_SLOTS = ("h", "c", "n", "m")
 
 
@@ -208,14 +214,90 @@ def test_torch_path_matches_reference(monkeypatch):
     assert_close(state, st_seq, 1e-6, "state")
 
 
-def test_barrier_helpers_are_in_the_split_kernel():
+def test_barrier_path_is_chosen_only_for_co_resident_split_grids(monkeypatch):
     """The persistent path's barrier (SYNC) is code the interpreter never runs (it runs programs one
-    after another, a spin would never end); it is validated on the GPU. Here: the launcher only
-    picks it on CUDA with a co-resident grid, and never on CPU."""
+    after another, a spin would never end); it runs on the GPU (test_gpu_split_paths). The
+    launcher picks it only on CUDA, in split mode, with a grid no larger than the SM count."""
+    monkeypatch.setattr(slstm_fwd_module, "num_sms", lambda device: 132)
     cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, nkc=1, bk=16, resident=False, num_warps=4)
+    assert slstm_fwd_module.use_sync(cfg, 132, torch.device("cuda"))
+    assert not slstm_fwd_module.use_sync(cfg, 133, torch.device("cuda"))
     assert not slstm_fwd_module.use_sync(cfg, 8, torch.device("cpu"))
-    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, nkc=2, bk=32, resident=True, num_warps=4)
+    no_sync = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, nkc=1, bk=16, resident=False, num_warps=4, sync=False)
+    assert not slstm_fwd_module.use_sync(no_sync, 8, torch.device("cuda"))
+    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, nkc=1, bk=64, resident=True, num_warps=8)
     assert not slstm_fwd_module.use_sync(whole, 8, torch.device("cuda"))
+
+
+_SM90_COMPILE = r"""
+import json, os, re, subprocess, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from xlstm_triton.slstm.fwd import slstm_fwd_kernel
+from xlstm_triton.slstm.bwd import slstm_bwd_kernel
+P = "*bf16"
+common = dict(NH=1, DH=256, BB=16, BO=16, NCB=16, NKC=2, BK=128, RESIDENT=True, SYNC=True,
+              DOT_PREC="ieee")
+kernels = {
+    "fwd": (slstm_fwd_kernel, dict(wx_ptr=P, R_ptr=P, b_ptr=P, state_in_ptr="*fp32", h0_ptr=P, h_ptr=P,
+            state_out_ptr="*fp32", pre_ptr="*fp32", cnm_ptr="*fp32", sync_ptr="*i32", B="i32", T="i32",
+            t_start="i32", t_end="i32", s_wx_b="i32", s_wx_t="i32", s_wx_g="i32", s_wx_h="i32"),
+            dict(common, SAVE=True, H0_IS_STATE=False)),
+    "bwd": (slstm_bwd_kernel, dict(R_ptr=P, pre_ptr="*fp32", cnm_ptr="*fp32", state0_ptr="*fp32", dh_ptr=P,
+            dstate_in_ptr="*fp32", dwx_ptr=P, dstate_out_ptr="*fp32", sync_ptr="*i32", B="i32", T="i32",
+            t_lo="i32", t_hi="i32"), dict(common, FINALIZE=True)),
+}
+cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+out = {}
+for name, (fn, sig, ce) in kernels.items():
+    sig = dict(sig, **{k: "constexpr" for k in ce})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, k in enumerate(sig) if sig[k].startswith("*")}
+    c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    ptx = c.asm["ptx"]
+    info = {"shared": c.metadata.shared, "ptx": {k: len(re.findall(v, ptx)) for k, v in dict(
+        release=r"red\.global\.gpu\.release\.add|atom\.global\.gpu\.(release|acq_rel)\.add",
+        acquire=r"ld\.global\.gpu\.acquire|atom\.global\.gpu\.acquire",
+        cg_load=r"ld\.global\.cg", bar=r"bar\.sync").items()}}
+    path = f"/tmp/_slstm_{name}_{os.getpid()}.cubin"
+    open(path, "wb").write(c.asm["cubin"])
+    r = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True)
+    os.unlink(path)
+    m = re.search(r"REG:(\d+) .*LOCAL:(\d+)", r.stdout)
+    info["regs"], info["local_bytes"] = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    out[name] = info
+print(json.dumps(out))
+"""
+
+
+def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
+    """Compiles the persistent split-head kernels (1 x 256, bf16, R held) for sm_90 on this
+    machine (no GPU needed; a subprocess, as TRITON_INTERPRET replaces triton.jit here) and checks
+    the barrier's lowering: a GPU-scope release add after the step's stores, GPU-scope acquire
+    polls, L1-bypassing loads of the exchanged tensors; no register spills (local memory, as
+    cuobjdump reports it for Triton's cubin); shared memory within an H100's 227 KB."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _SM90_COMPILE], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in ("fwd", "bwd"):
+        ptx = info[name]["ptx"]
+        assert ptx["release"] >= 1 and ptx["acquire"] >= 1, (name, ptx)
+        assert ptx["cg_load"] >= 1 and ptx["bar"] >= 2, (name, ptx)
+        assert info[name]["shared"] <= 227 * 1024, (name, info[name])
+        if info[name]["local_bytes"] is not None:  # register spills go to local memory
+            assert info[name]["local_bytes"] <= 64, (name, info[name])
 
 
 # ---------------------------------------------------------------------------------- bad inputs
@@ -289,8 +371,9 @@ def test_gpu_long_sequence(NH, DH, poison):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("override", [dict(bo=16, bk=16), dict(bo=16, bk=32, sync=False),
-                                      dict(bo=32, resident=True, num_warps=8)],
-                         ids=["barrier", "per-step", "barrier-resident"])
+                                      dict(bo=32, resident=True, num_warps=8),
+                                      dict(bo=16, resident=True, bk=16)],
+                         ids=["barrier", "per-step", "barrier-resident", "barrier-resident-chunked"])
 def test_gpu_split_paths(override, poison):
     """The split-head paths at a small head: the persistent barrier path (validated only here) and
     the per-step launches, against the reference."""

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..utils import new_empty
-from .fwd import (BATCH_BLOCK, SLSTMConfig, chunk_index, chunk_sum, chunked_mm,
+from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, chunk_index, chunk_sum, chunked_mm,
                   cooperative_launch_kwargs, dot_precision,
                   gate_activations, group_arrive, group_wait, load_r_chunks, mask_if, mma, num_sms,
                   split_k, use_sync)
@@ -314,6 +314,7 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
         run(dlast, 0, T, False, True)
     elif sync:
         run(dlast, 0, T, True, True, **cooperative_launch_kwargs())
+        check_barrier(counters, "backward")
     else:  # one launch per step, (dc, dn) carried in dstate0; then dh_init from dpre_0
         for t in range(T - 1, -1, -1):
             run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)

@@ -90,12 +90,22 @@ def group_arrive(counter_ptr):
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
 
 
+BARRIER_BROKEN = 1 << 30  # added to a group's counter by a wait that gave up (see group_wait)
+
+
 @triton.jit
-def group_wait(counter_ptr, target):
-    """Split-phase barrier, second half: spin until `target` arrivals are visible (GPU only)."""
+def group_wait(counter_ptr, target, MAX_POLLS: tl.constexpr = 1 << 24):
+    """Split-phase barrier, second half: spin until `target` arrivals are visible (GPU only).
+    A wait never hangs: after MAX_POLLS polls (seconds; a working barrier needs microseconds)
+    it adds BARRIER_BROKEN to the counter, which also releases every later wait, so the kernel
+    ends with wrong results that `check_barrier` reports."""
     seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while seen < target:
+    polls = 0
+    while (seen < target) & (polls < MAX_POLLS):
         seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if polls >= MAX_POLLS:
+        tl.atomic_add(counter_ptr, 1 << 30, sem="relaxed", scope="gpu")  # BARRIER_BROKEN
     tl.debug_barrier()
 
 
@@ -394,15 +404,14 @@ def _config(DH, dhp, bo, resident, bk=None, num_warps=None, sync=True):
 
 
 def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.device) -> SLSTMConfig:
-    """Heuristic choice, from register and shared-memory use of the sm_90 compile (no spills in
-    the 16-bit configs of the benchmark); timing on the GPU may move it. `config_override`
-    replaces it.
+    """Heuristic choice, from register and shared-memory use of the sm_90 compile (no register
+    spills in any chosen variant); timing on the GPU may move it. `config_override` replaces it.
 
     Whole head in one program while R fits in shared memory and the tiles in registers (head
     size up to 128: 4, 8, 16 warps for 32, 64, 128). Larger heads: the columns split over
     programs that synchronize every step, the smallest column block (least work per step) whose
     grid fits the SMs; R held in shared memory (contraction in chunks of 128 spread over warps)
-    when it fits, else streamed from L2 (and always for float32)."""
+    when it fits, else streamed from L2."""
     dhp = triton.next_power_of_2(DH)
     if _CONFIG_OVERRIDE is not None:
         o = dict(_CONFIG_OVERRIDE)
@@ -419,8 +428,7 @@ def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.devi
     bo = 16
     while DH % (bo * 2) == 0 and bo < 64 and groups * (DH // bo) > sms:
         bo *= 2
-    # float32 split heads stream R: held, its 3xTF32 parts end up in registers in the backward
-    return _config(DH, dhp, bo, dtype != torch.float32 and 4 * dhp * bo * elt <= SMEM_FOR_R)
+    return _config(DH, dhp, bo, 4 * dhp * bo * elt <= SMEM_FOR_R)
 
 
 def cooperative_launch_kwargs() -> dict:
@@ -441,6 +449,15 @@ def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     if device.type != "cuda" and dtype != torch.float32:
         return "upcast"
     return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+CHECK_BARRIER = False  # tests on the GPU: synchronize after each persistent launch and check
+
+
+def check_barrier(counters: torch.Tensor, what: str) -> None:
+    """With CHECK_BARRIER, raise if a program of the persistent launch gave up waiting."""
+    if CHECK_BARRIER and int(counters.max()) >= BARRIER_BROKEN:
+        raise RuntimeError(f"sLSTM {what}: the per-step barrier timed out (programs not co-resident?)")
 
 
 def use_sync(cfg: SLSTMConfig, grid: int, device: torch.device) -> bool:
@@ -478,6 +495,7 @@ def slstm_fwd(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
         run(state0, 0, T, False)
     elif sync:
         run(state0, 0, T, True, **cooperative_launch_kwargs())
+        check_barrier(counters, "forward")
     else:  # one launch per step; (c, n, m) carried in `last`
         for t in range(T):
             run(state0 if t == 0 else last, t, t + 1, False)
