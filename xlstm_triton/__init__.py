@@ -2,5 +2,5 @@
 
 __version__ = "0.1.0"
 
-from .mlstm import mlstm_chunkwise  # noqa: F401
+from .mlstm import mlstm_chunkwise, mlstm_step  # noqa: F401
 from .utils import poison_outputs  # noqa: F401

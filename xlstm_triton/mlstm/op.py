@@ -19,6 +19,7 @@ from ..utils import triton_interpret, use_triton
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates
+from .step import mlstm_step_torch, mlstm_step_triton
 from .torch_path import mlstm_chunkwise_torch
 
 FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -244,3 +245,42 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     h, c, n, m, _, _ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
                                             float(eps), chunk_size)
     return (h, (c, n, m)) if return_last_states else h
+
+
+def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6):
+    """One mLSTM time step (decoding), state in and out (SPEC section 1).
+
+    Args:
+        q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH, 1) or (B, NH) gate pre-activations;
+        c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1): the state (float32).
+    Returns:
+        h (B, NH, DV) in q's dtype and the new state (c, n, m) in float32.
+
+    On CUDA one Triton kernel reads the state once and writes the new one once (no host sync:
+    usable inside CUDA graphs). Inputs that need gradients, and CPU tensors without
+    TRITON_INTERPRET=1, take a differentiable PyTorch path.
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError(f"q: expected a tensor of shape (B, NH, DQK), got {getattr(q, 'shape', type(q).__name__)}")
+    B, NH, DQK = q.shape
+    dev = q.device
+    triton_path = use_triton(q)
+    qdtypes = FLOAT_TYPES if triton_path else FLOAT_TYPES + (torch.float64,)
+    gdtypes = FLOAT_TYPES + (torch.float64,)
+    _check("q", q, (B, NH, DQK), dev, dtypes=qdtypes)
+    _check("k", k, (B, NH, DQK), dev, dtypes=qdtypes)
+    if not isinstance(v, torch.Tensor) or v.dim() != 3:
+        raise ValueError(f"v: expected a 3-dim tensor (B, NH, DV) = ({B}, {NH}, DV)")
+    DV = v.shape[-1]
+    _check("v", v, (B, NH, DV), dev, dtypes=qdtypes)
+    for name, t in (("i", i), ("f", f)):
+        shape = (B, NH, 1) if isinstance(t, torch.Tensor) and t.dim() == 3 else (B, NH)
+        _check(name, t, shape, dev, dtypes=gdtypes)
+    _check("c", c, (B, NH, DQK, DV), dev, dtypes=gdtypes)
+    _check("n", n, (B, NH, DQK), dev, dtypes=gdtypes)
+    _check("m", m, (B, NH, 1), dev, dtypes=gdtypes)
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, i, f, c, n))
+    if triton_path and not needs_grad:
+        return mlstm_step_triton(q, k, v, i, f, c, n, m, eps)
+    return mlstm_step_torch(q, k, v, i, f, c, n, m, eps)

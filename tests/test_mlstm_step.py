@@ -1,0 +1,92 @@
+"""mlstm_step (decoding) against the float64 reference step and against the chunkwise op."""
+
+import pytest
+import torch
+
+from reference.mlstm import mlstm_recurrent_step
+from tests.helpers import TOL, assert_close
+from xlstm_triton import mlstm_chunkwise, mlstm_step
+from xlstm_triton.mlstm.step import mlstm_step_torch
+
+
+def state(B, NH, DQK, DV, device):
+    return (torch.randn(B, NH, DQK, DV, device=device), torch.randn(B, NH, DQK, device=device),
+            torch.randn(B, NH, 1, device=device))
+
+
+@pytest.mark.parametrize("DQK,DV", [(16, 16), (32, 80), (96, 48)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fn", [mlstm_step, mlstm_step_torch])
+def test_step_matches_reference(DQK, DV, dtype, fn, device, poison):
+    B, NH = 3, 2
+    q, k = torch.randn(2, B, NH, DQK, device=device, dtype=dtype)
+    v = torch.randn(B, NH, DV, device=device, dtype=dtype)
+    i = (torch.rand(B, NH, 1, device=device) * 20 - 10).to(dtype)
+    f = (torch.rand(B, NH, 1, device=device) * 20 - 8).to(dtype)
+    c, n, m = state(B, NH, DQK, DV, device)
+    h, (c2, n2, m2) = fn(q, k, v, i, f, c, n, m)
+    ref_h, (rc, rn, rm) = mlstm_recurrent_step(*(t.double() for t in (q, k, v)), i.double()[..., 0],
+                                               f.double()[..., 0], c.double(), n.double(), m.double())
+    tol = TOL[dtype][0]
+    assert h.dtype == dtype and c2.dtype == n2.dtype == m2.dtype == torch.float32
+    assert_close(h, ref_h, tol, "h")
+    for a, b, name in zip((c2, n2, m2), (rc, rn, rm), "cnm"):
+        assert_close(a, b, tol, name)
+
+
+def test_steps_equal_the_chunkwise_op(device, poison):
+    B, NH, S, DQK, DV = 2, 2, 23, 32, 16
+    q, k = torch.randn(2, B, NH, S, DQK, device=device)
+    v = torch.randn(B, NH, S, DV, device=device)
+    i, f = torch.randn(2, B, NH, S, device=device)
+    c, n, m = state(B, NH, DQK, DV, device)
+    h_seq, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=True, chunk_size=16)
+    hs = []
+    for t in range(S):
+        h, (c, n, m) = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t, None], f[:, :, t], c, n, m)
+        hs.append(h)
+    assert_close(torch.stack(hs, dim=2), h_seq, 1e-5, "h")
+    for a, b, name in zip((c, n, m), (cs, ns, ms), "cnm"):
+        assert_close(a, b, 1e-5, name)
+
+
+def test_step_with_gradients_takes_the_differentiable_path(device):
+    B, NH, D = 1, 2, 16
+    q = torch.randn(B, NH, D, device=device, requires_grad=True)
+    k, v = torch.randn(2, B, NH, D, device=device)
+    i, f = torch.randn(2, B, NH, 1, device=device)
+    h, _ = mlstm_step(q, k, v, i, f, *state(B, NH, D, D, device))
+    h.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_step_bad_input_is_named():
+    q = torch.randn(2, 2, 16)
+    c, n, m = state(2, 2, 16, 16, "cpu")
+    with pytest.raises(ValueError, match=r"c: expected shape \(2, 2, 16, 16\)"):
+        mlstm_step(q, q, q, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), c[..., :8], n, m)
+    with pytest.raises(ValueError, match="m: expected shape"):
+        mlstm_step(q, q, q, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), c, n, m[..., 0])
+
+
+@pytest.mark.gpu
+def test_gpu_step_in_cuda_graph():
+    B, NH, DQK, DV = 4, 8, 256, 512
+    def inputs():
+        q, k = torch.randn(2, B, NH, DQK, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, NH, DV, device="cuda", dtype=torch.bfloat16)
+        i, f = torch.randn(2, B, NH, 1, device="cuda")
+        return [q, k, v, i, f, *state(B, NH, DQK, DV, "cuda")]
+    static = inputs()
+    mlstm_step(*static)                                     # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        h, (c, n, m) = mlstm_step(*static)
+    fresh = inputs()
+    for s, t in zip(static, fresh):
+        s.copy_(t)
+    graph.replay()
+    h2, (c2, n2, m2) = mlstm_step(*fresh)
+    for a, b in zip((h, c, n, m), (h2, c2, n2, m2)):
+        assert torch.equal(a, b)

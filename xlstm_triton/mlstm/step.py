@@ -1,0 +1,103 @@
+"""One mLSTM time step for decoding: the state is read once and written once.
+
+`mlstm_step_kernel`: grid (DV/BV, B*NH). Each program owns a block of BV value columns of one
+head; it walks DQK in blocks of BK, updating its slice of C and accumulating the numerator, and
+recomputes the normalizer n (DQK floats, cheap) so no program waits for another. The program
+of the first column block writes the new n and m.
+
+    m' = max(logsigmoid(f) + m, i);  f' = exp(logsigmoid(f) + m - m');  i' = exp(i - m')
+    C' = f' C + i' k v^T;  n' = f' n + i' k;  h = C'^T q^ / (max(|n'^T q^|, exp(-m')) + eps)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..utils import new_empty
+
+
+@triton.jit(do_not_specialize=["NH"])
+def mlstm_step_kernel(
+    q_ptr, k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr,
+    h_ptr, c_new_ptr, n_new_ptr, m_new_ptr,
+    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ib, s_ih, s_fb, s_fh,
+    NH, scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    pid_v, bh = tl.program_id(0), tl.program_id(1)
+    b, hd = bh // NH, bh % NH
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    i_pre = tl.load(i_ptr + b * s_ib + hd * s_ih).to(tl.float32)
+    f_pre = tl.load(f_ptr + b * s_fb + hd * s_fh).to(tl.float32)
+    logf = tl.minimum(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))     # logsigmoid, stable
+    m = tl.load(m_ptr + bh)
+    m_new = tl.maximum(logf + m, i_pre)
+    f_act = tl.exp(logf + m - m_new)
+    i_act = tl.exp(i_pre - m_new)
+    v = tl.load(v_ptr + b.to(tl.int64) * s_vb + hd * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd * s_qh
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd * s_kh
+    state = bh.to(tl.int64) * DQK * DV
+    first_v = pid_v == 0
+
+    num = tl.zeros((BV,), dtype=tl.float32)
+    nq = tl.zeros((BK,), dtype=tl.float32)
+    for kb in range(0, DQK, BK):
+        offs_k = kb + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        q = tl.load(q_base + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
+        k = tl.load(k_base + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        n = f_act * tl.load(n_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0) + i_act * k
+        tl.store(n_new_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & (offs_k * 0 + pid_v == 0))
+        nq += n * q
+        mask = mask_k[:, None] & mask_v[None, :]
+        offs = state + offs_k[:, None] * DV + offs_v[None, :]
+        C = f_act * tl.load(c_ptr + offs, mask=mask, other=0.0) + i_act * k[:, None] * v[None, :]
+        tl.store(c_new_ptr + offs, C, mask=mask)
+        num += tl.sum(C * q[:, None], axis=0)
+    den = tl.maximum(tl.abs(tl.sum(nq, axis=0)), tl.exp(-m_new)) + eps
+    tl.store(h_ptr + bh.to(tl.int64) * DV + offs_v, (num / den).to(h_ptr.dtype.element_ty), mask=mask_v)
+    if first_v:
+        tl.store(m_new_ptr + bh, m_new)
+
+
+def mlstm_step_triton(q, k, v, i, f, c, n, m, eps=1e-6):
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    h = new_empty((B, NH, DV), q.dtype, q.device)
+    c_new = new_empty((B, NH, DQK, DV), torch.float32, q.device)
+    n_new = new_empty((B, NH, DQK), torch.float32, q.device)
+    m_new = new_empty((B, NH, 1), torch.float32, q.device)
+    BV = min(64, max(16, triton.next_power_of_2(DV)))
+    BK = min(64, max(16, triton.next_power_of_2(DQK)))
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    i, f = i.reshape(B, NH), f.reshape(B, NH)
+    c, n, m = (t.float().contiguous() for t in (c, n, m))
+    mlstm_step_kernel[(triton.cdiv(DV, BV), B * NH)](
+        q, k, v, i, f, c, n, m, h, c_new, n_new, m_new,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        i.stride(0), i.stride(1), f.stride(0), f.stride(1),
+        NH, DQK**-0.5, eps, DQK=DQK, DV=DV, BK=BK, BV=BV, num_warps=4)
+    return h, (c_new, n_new, m_new)
+
+
+def mlstm_step_torch(q, k, v, i, f, c, n, m, eps=1e-6):
+    """The same step in PyTorch (differentiable; m gets no gradient)."""
+    out_dtype = q.dtype
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    i, f = i.to(dt).reshape(m.shape), f.to(dt).reshape(m.shape)
+    c, n, m = c.to(dt), n.to(dt), m.to(dt).detach()
+    logf = F.logsigmoid(f)
+    m_new = torch.maximum(logf + m, i).detach()
+    f_act, i_act = torch.exp(logf + m - m_new), torch.exp(i - m_new)
+    c_new = f_act[..., None] * c + i_act[..., None] * k[..., :, None] * v[..., None, :]
+    n_new = f_act * n + i_act * k
+    qs = q * q.shape[-1] ** -0.5
+    num = torch.einsum("bhkv,bhk->bhv", c_new, qs)
+    den = torch.maximum((n_new * qs).sum(-1, keepdim=True).abs(), torch.exp(-m_new)) + eps
+    return (num / den).to(out_dtype), (c_new, n_new, m_new)
