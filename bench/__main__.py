@@ -2,6 +2,7 @@
 
     python -m bench mlstm [--providers a,b] [--quick]     # mLSTM kernels, peers, attention
     python -m bench slstm [--providers a,b] [--quick]     # sLSTM kernels, FlashRNN, cuDNN LSTM
+    python -m bench step                                  # mLSTM decoding step vs its HBM floor
     python -m bench plot bench/results/mlstm.csv          # CSV -> PNG figures in docs/figures/
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bench import harness
 
-SUITES = ["mlstm", "slstm"]
+SUITES = ["mlstm", "slstm", "step"]
 
 
 def main(argv=None):
