@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..utils import new_empty
-from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, chunk_index, chunk_sum, chunked_mm,
+from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, chunk_index, chunk_sum,
                   cooperative_launch_kwargs, dot_precision,
                   gate_activations, group_arrive, group_wait, load_r_chunks, mask_if, mma, num_sms,
                   split_k, use_sync)
@@ -55,10 +55,10 @@ def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mas
             p = row_base + rb64[None, :, None] * s_row + k
             mk = mask_if(mask_b[None, :, None] & (k < DH), t_next < T)
             acc = tl.zeros((NKC, BB, BO), dtype=tl.float32)
-        acc = chunked_mm(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, NKC, DOT_PREC)
-        acc = chunked_mm(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, NKC, DOT_PREC)
-        acc = chunked_mm(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, NKC, DOT_PREC)
-        acc = chunked_mm(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, NKC, DOT_PREC)
+        acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, DOT_PREC)
+        acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, DOT_PREC)
+        acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, DOT_PREC)
+        acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, DOT_PREC)
         acc = chunk_sum(acc, NKC)
     else:  # R streamed from L2 in BK-row chunks
         acc = tl.zeros((BB, BO), dtype=tl.float32)
@@ -80,15 +80,16 @@ def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mas
 @triton.jit
 def whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o, NKC: tl.constexpr,
                          BK: tl.constexpr, DOT_PREC: tl.constexpr):
-    """sum_g dpre_g @ R_g for the whole head, dpre (BB, NKC * BK) in registers."""
+    """sum_g dpre_g @ R_g for the whole head, dpre (BB, NKC * BK) in registers (chunked like R
+    when NKC > 1, see fwd.add_recurrent); one sum over the chunks for all four gates."""
     if NKC == 1:
         acc = tl.zeros((dp_i.shape[0], R_i.shape[1]), dtype=tl.float32)
     else:
         acc = tl.zeros((NKC, dp_i.shape[0], R_i.shape[2]), dtype=tl.float32)
-    acc = chunked_mm(split_k(dp_i, NKC, BK), R_i, acc, NKC, DOT_PREC)
-    acc = chunked_mm(split_k(dp_f, NKC, BK), R_f, acc, NKC, DOT_PREC)
-    acc = chunked_mm(split_k(dp_z, NKC, BK), R_z, acc, NKC, DOT_PREC)
-    acc = chunked_mm(split_k(dp_o, NKC, BK), R_o, acc, NKC, DOT_PREC)
+    acc = mma(split_k(dp_i, NKC, BK), R_i, acc, DOT_PREC)
+    acc = mma(split_k(dp_f, NKC, BK), R_f, acc, DOT_PREC)
+    acc = mma(split_k(dp_z, NKC, BK), R_z, acc, DOT_PREC)
+    acc = mma(split_k(dp_o, NKC, BK), R_o, acc, DOT_PREC)
     return chunk_sum(acc, NKC)
 
 

@@ -133,7 +133,12 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
             state0 = torch.zeros(4, B, NH, DH, dtype=torch.float32, device=wx.device)
         else:
             state0 = initial_state.to(torch.float32).contiguous()
-        h, last = SLSTMFunction.apply(wx, R.contiguous(), b.contiguous(), state0)
+        R, b = R.contiguous(), b.contiguous()
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0)):
+            h, last = SLSTMFunction.apply(wx, R, b, state0)
+        else:  # inference: nothing saved for a backward
+            cfg = pick_config(NH, DH, B, wx.dtype, wx.device)
+            h, last, _, _ = slstm_fwd(wx, R, b, state0, cfg, save=False)
     return (h, last) if return_last_state else h
 
 
