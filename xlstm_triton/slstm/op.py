@@ -11,6 +11,12 @@ the state in float32. Gradients for wx, R, b and the initial (h, c, n); m gets n
 
 Dispatch: CUDA tensors run the Triton kernels; CPU tensors run them in Triton's interpreter when
 TRITON_INTERPRET=1, and the PyTorch path (torch_path.py) otherwise.
+
+Compilation: the kernels compile once per (NH, DH, dtype); batch size and sequence length are
+runtime arguments. Heads split over several programs (DH > 128) pick their column block (16, 32 or
+64) by how many batch blocks of 16 fit the GPU's SMs, so a much larger batch can add one variant.
+Gradients come back in the inputs' dtypes: with float16 inputs a gradient beyond 65504 (e.g. the n
+slot of the initial-state gradient where n is tiny) is inf, as float16 rounding of the exact value.
 """
 
 from __future__ import annotations
