@@ -382,10 +382,11 @@ def test_gpu_head_sizes(NH, DH, dtype, poison):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("NH,DH", [(12, 64), (1, 768)], ids=["12x64", "1x768"])
-def test_gpu_long_sequence(NH, DH, poison):
-    inputs = make_inputs(5, 300, NH, DH, torch.bfloat16, "cuda", states=True)
-    check_against_reference(inputs, torch.bfloat16)
+def test_gpu_long_sequence(NH, DH, dtype, poison):
+    inputs = make_inputs(5, 300, NH, DH, dtype, "cuda", states=True)
+    check_against_reference(inputs, dtype)
 
 
 @pytest.mark.gpu
