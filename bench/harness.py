@@ -83,6 +83,7 @@ def run_worker(suite_name: str, provider_name: str, cases: list[dict], dtype_nam
                     fn = provider.setup(case, mode, dtype)
                     grads = getattr(fn, "grad_to_none", None)
                     row["ms"], row["peak_mib"] = _measure(fn, grads)
+                    row["ms"] /= getattr(fn, "calls_per_run", 1)   # e.g. steps in one CUDA graph
                     del fn
                 except torch.cuda.OutOfMemoryError as e:
                     row.update(status="oom", error=str(e).splitlines()[0][:300])

@@ -1,5 +1,7 @@
 """mLSTM decoding step at the xLSTM-7B head geometry (NH=8, DQK=256, DV=512), batch 1, 8, 64.
 
+Each provider runs 16 chained steps captured in one CUDA graph (how a decoder runs them; without
+the graph, Python's launch cost dominates at small batch) and reports the time per step.
 The floor is the HBM time of reading the state (c, n, m in float32) once and writing it once,
 plus q, k, v, h: `floor_ms` in the CSV, at the 3.0 TB/s copy rate measured in bench/NOTES.md.
 """
@@ -34,26 +36,43 @@ def _inputs(case, dtype):
     return q, k, v, i, f, c, n, m
 
 
+STEPS = 16   # decoding steps captured in one CUDA graph (how a decoder runs them)
+
+
+def _graphed(step, case, dtype):
+    """STEPS chained steps captured in a CUDA graph; the harness divides the replay time by
+    STEPS. This is decoding as it runs, without Python's per-call launch cost."""
+    q, k, v, i, f, c, n, m = _inputs(case, dtype)
+    with torch.no_grad():
+        step(q, k, v, i, f, c, n, m)                 # compile / autotune outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(STEPS):
+                _, (c, n, m) = step(q, k, v, i, f, c, n, m)
+    return _PerStep(graph.replay, keep=(q, k, v, i, f, c, n, m))
+
+
+class _PerStep:
+    calls_per_run = STEPS
+
+    def __init__(self, fn, keep):
+        self.fn = fn
+        self.keep = keep            # the graph reads these buffers: keep them alive
+
+    def __call__(self):
+        self.fn()
+
+
 def _ours(case, mode, dtype):
     from xlstm_triton import mlstm_step
-    args = _inputs(case, dtype)
-
-    def fn():
-        with torch.no_grad():
-            mlstm_step(*args)
-    return fn
+    return _graphed(mlstm_step, case, dtype)
 
 
 def _mlstm_kernels(name):
     def setup(case, mode, dtype):
         from mlstm_kernels.torch import get_mlstm_step_kernel
-        step = get_mlstm_step_kernel(name)
-        args = _inputs(case, dtype)
-
-        def fn():
-            with torch.no_grad():
-                step(*args)
-        return fn
+        return _graphed(get_mlstm_step_kernel(name), case, dtype)
     return setup
 
 
