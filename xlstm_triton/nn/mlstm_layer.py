@@ -1,0 +1,204 @@
+"""The mLSTM layer of the xLSTM paper's pre-up-projection block, on `mlstm_chunkwise` /
+`mlstm_step`.
+
+    x (B, S, E) -> proj_up -> (x_m, z), each (B, S, inner)
+    x_c = SiLU(conv1d(x_m));  q = q_proj(x_c), k = k_proj(x_c), v = v_proj(x_m)   (headwise, blocks of 4)
+    i, f = igate(cat(q, k, v)), fgate(cat(q, k, v))                               (one scalar per head)
+    h = outnorm(mLSTM(q, k, v, i, f)) + learnable_skip * x_c
+    y = dropout(proj_down(h * SiLU(z)))
+
+State (`mLSTMLayerState`): the cell's (c, n, m) in float32 and the conv's last K-1 inputs.
+A sequence of length 1 runs `mlstm_step` (decoding); longer ones `mlstm_chunkwise` (training,
+prefill), both starting from the given state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..mlstm import mlstm_chunkwise, mlstm_step
+from ..utils import use_triton
+from .components import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
+                         small_init_, wang_init_)
+from .config import mLSTMLayerConfig
+
+__all__ = ["mLSTMCell", "mLSTMLayer", "mLSTMLayerState"]
+
+
+class mLSTMLayerState(NamedTuple):
+    """Recurrent state of an mLSTM layer. c (B, NH, DH, DH), n (B, NH, DH), m (B, NH, 1): the
+    stabilized cell state (float32; the memory is c * exp(m)); conv (B, K-1, inner): the last
+    K-1 inputs of the convolution (the activations' dtype)."""
+    c: torch.Tensor
+    n: torch.Tensor
+    m: torch.Tensor
+    conv: torch.Tensor
+
+
+def _check_state_tensor(name, t, shape, cls):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{cls}.{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{cls}.{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+class mLSTMCell(nn.Module):
+    """Input and forget gates (`igate`, `fgate`: Linear(3 * inner -> NH) on cat(q, k, v)), the
+    mLSTM recurrence, and the per-head norm `outnorm`. q, k, v (B, S, inner) -> (B, S, inner)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int):
+        super().__init__()
+        if num_heads <= 0 or embedding_dim % num_heads:
+            raise ValueError(f"mLSTM: num_heads={num_heads} must be > 0 and divide the inner "
+                             f"dim {embedding_dim}")
+        self.embedding_dim, self.num_heads = embedding_dim, num_heads
+        self.head_dim = embedding_dim // num_heads
+        self.igate = nn.Linear(3 * embedding_dim, num_heads)
+        self.fgate = nn.Linear(3 * embedding_dim, num_heads)
+        self.outnorm = MultiHeadLayerNorm(ndim=embedding_dim, weight=True, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.outnorm.reset_parameters()
+        nn.init.zeros_(self.fgate.weight)
+        bias_linspace_init_(self.fgate.bias, start=3.0, end=6.0)
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
+
+    def zero_state(self, batch_size: int, device=None):
+        NH, DH = self.num_heads, self.head_dim
+        device = device if device is not None else self.igate.weight.device
+        z = dict(device=device, dtype=torch.float32)
+        return (torch.zeros(batch_size, NH, DH, DH, **z), torch.zeros(batch_size, NH, DH, **z),
+                torch.zeros(batch_size, NH, 1, **z))
+
+    def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False):
+        """q, k, v (B, S, inner); state (c, n, m) or None. Returns h (B, S, inner) and, with
+        `return_state`, the new (c, n, m)."""
+        B, S, _ = q.shape
+        NH, DH = self.num_heads, self.head_dim
+        gate_in = torch.cat([q, k, v], dim=-1)
+        i, f = self.igate(gate_in), self.fgate(gate_in)                  # (B, S, NH)
+        q, k, v = (t.view(B, S, NH, DH) for t in (q, k, v))
+        if S == 1:
+            c, n, m = state if state is not None else self.zero_state(B, q.device)
+            h, new = mlstm_step(q[:, 0], k[:, 0], v[:, 0], i[:, 0, :, None], f[:, 0, :, None], c, n, m)
+            h = h[:, None]                                               # (B, 1, NH, DH)
+        else:
+            c, n, m = state if state is not None else (None, None, None)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))             # (B, NH, S, DH) views
+            if torch.compiler.is_compiling() and use_triton(q):
+                # The op's fake backward gives dq, dk, dv the strides of q, k, v, its kernels
+                # return them contiguous: with strided views the compiled backward fails.
+                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            out = mlstm_chunkwise(q, k, v, i.transpose(1, 2), f.transpose(1, 2), c, n, m,
+                                  return_last_states=return_state)
+            h, new = out if return_state else (out, None)
+            h = h.transpose(1, 2)                                        # (B, S, NH, DH)
+        h = self.outnorm(h)
+        return (h, new) if return_state else h
+
+
+class mLSTMLayer(nn.Module):
+    """mLSTM layer with the `xlstm` package's parameters (names, shapes, init); see the module
+    docstring. `forward(x, state=None, return_state=False)`; `step(x, state)` is
+    `forward(x, state, return_state=True)`."""
+
+    config_class = mLSTMLayerConfig
+
+    def __init__(self, config: mLSTMLayerConfig):
+        super().__init__()
+        self.config = config
+        E = config.embedding_dim
+        if not isinstance(E, int) or E <= 0:
+            raise ValueError(f"mLSTMLayerConfig.embedding_dim must be set (> 0), got {E!r} (inside "
+                             f"an xLSTMBlockStackConfig the stack sets it)")
+        if config._inner_embedding_dim is None:
+            config.__post_init__()
+        inner = config._inner_embedding_dim
+        if config.num_heads <= 0 or inner % config.num_heads:
+            raise ValueError(f"mLSTMLayerConfig.num_heads={config.num_heads} must divide the inner "
+                             f"dim {inner} (= proj_factor {config.proj_factor} * embedding_dim {E}, "
+                             f"rounded to {config.round_proj_up_to_multiple_of})")
+        if config.qkv_proj_blocksize <= 0 or inner % config.qkv_proj_blocksize:
+            raise ValueError(f"mLSTMLayerConfig.qkv_proj_blocksize={config.qkv_proj_blocksize} must "
+                             f"divide the inner dim {inner}")
+        if config.conv1d_kernel_size < 0:
+            raise ValueError(f"mLSTMLayerConfig.conv1d_kernel_size must be >= 0, got "
+                             f"{config.conv1d_kernel_size}")
+        self.inner = inner
+        # Creation order = the xlstm package's, so a seeded construction draws the same numbers.
+        self.proj_up = nn.Linear(E, 2 * inner, bias=config.bias)
+        blocks = inner // config.qkv_proj_blocksize
+        self.q_proj = LinearHeadwise(inner, blocks, bias=config.bias)
+        self.k_proj = LinearHeadwise(inner, blocks, bias=config.bias)
+        self.v_proj = LinearHeadwise(inner, blocks, bias=config.bias)
+        self.conv1d = CausalConv1d(inner, config.conv1d_kernel_size)
+        self.mlstm_cell = mLSTMCell(inner, config.num_heads)
+        self.learnable_skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, E, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        E = self.config.embedding_dim
+        small_init_(self.proj_up.weight, dim=E)
+        if self.proj_up.bias is not None:
+            nn.init.zeros_(self.proj_up.bias)
+        wang_init_(self.proj_down.weight, dim=E, num_blocks=self.config._num_blocks or 1)
+        if self.proj_down.bias is not None:
+            nn.init.zeros_(self.proj_down.bias)
+        nn.init.ones_(self.learnable_skip)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            small_init_(proj.weight, dim=E)        # the embedding dim, not the block size
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+        self.mlstm_cell.reset_parameters()
+
+    def zero_state(self, batch_size: int, device=None, dtype=None) -> mLSTMLayerState:
+        """The empty state (what `state=None` means), e.g. as static buffers for decoding."""
+        device = device if device is not None else self.proj_up.weight.device
+        dtype = dtype if dtype is not None else self.proj_up.weight.dtype
+        return mLSTMLayerState(*self.mlstm_cell.zero_state(batch_size, device),
+                               self.conv1d.zero_state(batch_size, device, dtype))
+
+    def _check_state(self, state, B):
+        if not isinstance(state, (tuple, list)) or len(state) != 4:
+            raise TypeError(f"mLSTMLayer state: expected an mLSTMLayerState (c, n, m, conv), got "
+                            f"{type(state).__name__}")
+        NH, DH = self.config.num_heads, self.inner // self.config.num_heads
+        shapes = dict(c=(B, NH, DH, DH), n=(B, NH, DH), m=(B, NH, 1),
+                      conv=(B, self.conv1d.state_len, self.inner))
+        for (name, shape), t in zip(shapes.items(), state):
+            _check_state_tensor(name, t, shape, "mLSTMLayerState")
+
+    def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,
+                return_state: bool = False):
+        """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new mLSTMLayerState."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.config.embedding_dim:
+            raise ValueError(f"mLSTMLayer: expected x of shape (B, S, {self.config.embedding_dim}), "
+                             f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+        B = x.shape[0]
+        if state is not None:
+            self._check_state(state, B)
+        x_m, z = self.proj_up(x).split(self.inner, dim=-1)
+        conv_state = None if state is None else state.conv
+        if return_state:
+            x_c, conv_state = self.conv1d(x_m, conv_state, return_state=True)
+        else:
+            x_c = self.conv1d(x_m, conv_state)
+        x_c = F.silu(x_c)
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        cell_state = None if state is None else tuple(state[:3])
+        out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state)
+        h, cnm = out if return_state else (out, None)
+        h = (h + self.learnable_skip * x_c) * F.silu(z)
+        y = self.dropout(self.proj_down(h))
+        return (y, mLSTMLayerState(*cnm, conv_state)) if return_state else y
+
+    def step(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None):
+        return self.forward(x, state, return_state=True)

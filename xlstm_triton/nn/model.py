@@ -1,0 +1,186 @@
+"""The xLSTM language model: token embedding, block stack, LM head; stateful forward and
+generation (chunkwise prefill, then one step per token).
+
+Decoding and CUDA graphs
+------------------------
+One decoding step is `decode_step(tokens, state, temperature, top_k)`: token embedding, every
+block's `step` (`mlstm_step` / `slstm_step` kernels, conv window, norms, projections), the LM
+head and sampling. It has static shapes (the state keeps its shapes from step to step), no
+host synchronization (no `.item()`, no data-dependent Python branches) and samples with torch
+ops only (softmax and an exponential race: argmax(p / E), E ~ Exp(1), which draws from p), so it
+can be captured in a CUDA graph:
+
+    model.eval()
+    B = prompt.shape[0]
+    tok = torch.zeros(B, dtype=torch.long, device="cuda")      # static input buffers
+    state = model.zero_state(B)
+    with torch.no_grad():
+        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):                               # warm-up: Triton compiles here
+            model.decode_step(tok, state, temperature, top_k)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            next_tok, next_state = model.decode_step(tok, state, temperature, top_k)
+        logits, prefill_state = model(prompt, return_state=True)  # chunkwise prefill
+        copy_state_(state, prefill_state)
+        tok.copy_(sample_tokens(logits[:, -1], temperature, top_k))
+        out = [tok.clone()]
+        for _ in range(max_new_tokens - 1):
+            graph.replay()                                       # one launch per token
+            tok.copy_(next_tok); copy_state_(state, next_state)
+            out.append(tok.clone())
+
+The ops allocate their outputs, so the new state lands in the graph's own buffers and is copied
+back into the input buffers (one extra read and write of the state per token). Alternatively,
+`torch.compile(model.decode_step, mode="reduce-overhead")` captures and manages the buffers
+itself. `generate()` runs the same `decode_step` eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .blocks import StackState, xLSTMBlockStack
+from .components import WeightDecayGroupsMixin, small_init_
+from .config import xLSTMLMModelConfig
+
+__all__ = ["xLSTMLMModel", "sample_tokens", "copy_state_"]
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Sample one token per row of `logits` (..., V) -> (...) int64, without host syncs.
+    temperature 0: argmax (greedy). top_k: sample among the k largest logits only."""
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def copy_state_(dst, src):
+    """Copy a (nested tuple) recurrent state into another of the same structure, in place."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+        return dst
+    if dst is None or src is None or len(dst) != len(src):
+        raise ValueError("copy_state_: states of different structure")
+    for d, s in zip(dst, src):
+        copy_state_(d, s)
+    return dst
+
+
+class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
+    """Token embedding -> xLSTMBlockStack -> lm_head, with the `xlstm` package's parameter names.
+
+    forward(idx (B, S) int, state=None, return_state=False) -> logits (B, S, V)
+        [, new state: a tuple with one block state per block].
+    step(idx, state=None) -> (logits, state)   (the `xlstm` package's name for it)
+    generate(input_ids, max_new_tokens, temperature=1.0, top_k=None) -> (B, S + max_new_tokens)
+
+    As in the `xlstm` package, construction leaves the embedding and LM head with PyTorch's
+    default init; call `reset_parameters()` for the small init of both.
+    """
+
+    config_class = xLSTMLMModelConfig
+
+    def __init__(self, config: xLSTMLMModelConfig, **kwargs):
+        super().__init__()
+        if not isinstance(config.vocab_size, int) or config.vocab_size <= 0:
+            raise ValueError(f"xLSTMLMModelConfig.vocab_size must be set (> 0), got {config.vocab_size!r}")
+        self.config = config
+        self.xlstm_block_stack = xLSTMBlockStack(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.emb_dropout = nn.Dropout(config.dropout) if config.add_embedding_dropout else nn.Identity()
+        self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def reset_parameters(self) -> None:
+        self.xlstm_block_stack.reset_parameters()
+        small_init_(self.token_embedding.weight, dim=self.config.embedding_dim)
+        if not self.config.tie_weights:
+            small_init_(self.lm_head.weight, dim=self.config.embedding_dim)
+
+    def zero_state(self, batch_size: int, device=None, dtype=None) -> StackState:
+        """The empty recurrent state (what `state=None` means) as tensors, e.g. static buffers."""
+        return self.xlstm_block_stack.zero_state(batch_size, device, dtype)
+
+    def _check_idx(self, idx, name="idx"):
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError(f"{name}: expected token ids of shape (B, S), got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(f"{name}: expected an integer tensor of token ids, got {idx.dtype}")
+        if idx.shape[1] < 1:
+            raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
+
+    def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False):
+        self._check_idx(idx)
+        x = self.emb_dropout(self.token_embedding(idx))
+        out = self.xlstm_block_stack(x, state, return_state=return_state)
+        x, new_state = out if return_state else (out, None)
+        logits = self.lm_head(x)
+        return (logits, new_state) if return_state else logits
+
+    def step(self, idx: torch.Tensor, state: Optional[StackState] = None, **kwargs):
+        """One call with state in and out: (logits, new_state). Any length; length 1 decodes."""
+        return self.forward(idx, state, return_state=True)
+
+    def decode_step(self, tokens: torch.Tensor, state: StackState, temperature: float = 1.0,
+                    top_k: Optional[int] = None, generator: Optional[torch.Generator] = None):
+        """tokens (B,) int64, the last sampled tokens; state: the model state before them.
+        Returns (next_tokens (B,), new_state). Capturable in a CUDA graph (module docstring)."""
+        logits, state = self.forward(tokens[:, None], state, return_state=True)
+        return sample_tokens(logits[:, -1], temperature, top_k, generator), state
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Continue each row of `input_ids` (B, S) by `max_new_tokens` sampled tokens.
+
+        The prompt is prefilled in one chunkwise pass (its cost grows with S, and the state
+        after it has a fixed size), then each new token costs one `decode_step`, independent of
+        the context length. temperature 0 is greedy decoding; top_k restricts sampling to the k
+        most likely tokens; `generator` makes sampling reproducible. Runs in the module's
+        current mode (call `.eval()` to disable dropout). Returns (B, S + max_new_tokens).
+        """
+        self._check_idx(input_ids, "input_ids")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
+        if max_new_tokens == 0:
+            return input_ids
+        input_ids = input_ids.to(self.token_embedding.weight.device)
+        x = self.emb_dropout(self.token_embedding(input_ids))
+        x, state = self.xlstm_block_stack(x, return_state=True)           # chunkwise prefill
+        tok = sample_tokens(self.lm_head(x[:, -1]), temperature, top_k, generator)
+        out = [tok]
+        for _ in range(max_new_tokens - 1):
+            tok, state = self.decode_step(tok, state, temperature, top_k, generator)
+            out.append(tok)
+        return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+
+    def _create_weight_decay_optim_groups(self):
+        decay, no_decay = super()._create_weight_decay_optim_groups()
+        emb = self.token_embedding.weight
+        decay = tuple(p for p in decay if p is not emb)
+        no_decay = tuple(p for p in no_decay if p is not emb)
+        if self.config.weight_decay_on_embedding:
+            decay += (emb,)
+        else:
+            no_decay += (emb,)
+        return decay, no_decay
