@@ -278,3 +278,19 @@ def test_gradient_from_the_final_state_alone(device, poison):
             assert leaves[k].grad is None or not leaves[k].grad.any(), f"d{k} should be zero"
         else:
             assert_close(leaves[k].grad, ref[k].grad, TOL[torch.float32][1], f"d{k}")
+
+
+def test_compiled_backward_with_strided_inputs():
+    # The fake (meta) backward must promise the strides the kernels return (contiguous).
+    B, S, NH, D = 2, 16, 2, 16
+
+    def f(x, i, fg):
+        q = x.view(B, S, NH, D).transpose(1, 2)          # a strided (B, NH, S, D) view
+        return mlstm_chunkwise(q, q, q, i, fg, chunk_size=16)
+
+    x = torch.randn(B, S, NH * D, requires_grad=True)
+    i, fg = torch.randn(2, B, NH, S)
+    torch.compile(f, backend="aot_eager")(x, i, fg).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    f(x2, i, fg).sum().backward()
+    assert_close(x.grad, x2.grad, 1e-6, "dx")

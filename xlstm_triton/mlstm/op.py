@@ -135,8 +135,10 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(i),
-            torch.empty_like(f), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32))
+    # The kernels return fresh contiguous gradients (whatever the inputs' strides).
+    return (q.new_empty(B, NH, S, DQK), k.new_empty(B, NH, S, DQK), v.new_empty(B, NH, S, DV),
+            i.new_empty(B, NH, S), f.new_empty(B, NH, S),
+            q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32))
 
 
 def _setup_context(ctx, inputs, output):
