@@ -39,17 +39,17 @@ def timing(NH, DH, **over):
 
 
 if __name__ == "__main__":
+    # One variant per process (a hung barrier must not take the others down):
+    #   python bench/diag_slstm.py errors B T NH DH dtype '{"bo": 16}'
+    #   python bench/diag_slstm.py timing NH DH '{"sync": false}'
+    import json
+    import sys
+
     fwd_module.CHECK_BARRIER = True
-    for over in [{}, dict(resident=False), dict(bo=16, resident=True, bk=16), dict(bo=16, resident=True, bk=32),
-                 dict(bo=16, resident=True, bk=128, sync=False)]:
-        try:
-            print("1x80 fp32", over, errors(3, 7, 1, 80, torch.float32, **over), flush=True)
-        except Exception as e:
-            print("1x80 fp32", over, "ERROR", type(e).__name__, str(e)[:200], flush=True)
-    for NH, DH, over in [(12, 64, {}), (1, 768, {}), (1, 768, dict(sync=False)), (1, 768, dict(bo=32)),
-                         (1, 768, dict(bo=64)), (1, 768, dict(resident=False, bk=64)),
-                         (3, 256, {}), (3, 256, dict(bo=32)), (6, 128, {}), (6, 128, dict(bo=64, resident=True, num_warps=8))]:
-        try:
-            print(timing(NH, DH, **over), flush=True)
-        except Exception as e:
-            print(NH, DH, over, "ERROR", type(e).__name__, str(e)[:200], flush=True)
+    kind, args = sys.argv[1], sys.argv[2:]
+    over = json.loads(args[-1]) if args and args[-1].startswith("{") else {}
+    if kind == "errors":
+        B, T, NH, DH = map(int, args[:4])
+        print("errors", args[:5], over, errors(B, T, NH, DH, getattr(torch, args[4]), **over), flush=True)
+    else:
+        print(timing(int(args[0]), int(args[1]), **over), flush=True)
