@@ -473,3 +473,14 @@ def test_gpu_step_in_cuda_graph(NH, DH):
     torch.cuda.synchronize()
     assert_close(torch.stack(hs, dim=1), h_seq, 1e-6, "h")
     assert_close(state, st_seq, 1e-6, "state")
+
+
+def test_empty_config_override_keeps_the_heuristic():
+    """config_override() with no keywords must leave the choice to pick_config (an empty override
+    once forced a whole head, which cannot hold a float32 R of head size 80 on the GPU)."""
+    dev = torch.device("cpu")
+    with config_override():
+        got = slstm_fwd_module.pick_config(1, 80, 3, torch.float32, dev)
+    assert got == slstm_fwd_module.pick_config(1, 80, 3, torch.float32, dev)
+    with config_override(bo=16, bk=16):
+        assert slstm_fwd_module.pick_config(1, 80, 3, torch.float32, dev).bo == 16
