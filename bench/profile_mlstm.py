@@ -16,6 +16,7 @@ import triton
 import triton.testing
 
 import xlstm_triton.mlstm.op as op
+from bench.suite_mlstm import _mlstm_inputs
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.mlstm import bwd, fwd
 from xlstm_triton.mlstm.gates import chunkwise_gates
@@ -36,14 +37,9 @@ def profile(geometry, S, overrides, dtype=torch.bfloat16):
     op.CONFIG_OVERRIDES.clear()
     op.CONFIG_OVERRIDES.update({k: v for k, v in overrides.items() if k != "chunk_size"})
     cfg = op.make_config(S, DQK, DV, dtype, L, **op.CONFIG_OVERRIDES)
-    dev = "cuda"
-    q = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
-    k = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
-    v = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
-    i = torch.randn(B, NH, S, device=dev, dtype=dtype)
-    f = torch.randn(B, NH, S, device=dev, dtype=dtype) + 3
-    dh = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
-    ins = [q, k, v, i, f]
+    ins = _mlstm_inputs(dict(B=B, NH=NH, S=S, DQK=DQK, DV=DV), dtype, requires_grad=False)
+    q, k, v, i, f = ins
+    dh = torch.randn(B, NH, S, DV, device="cuda", dtype=dtype)
 
     res = {}
     with torch.no_grad():
