@@ -35,7 +35,28 @@ def timing(NH, DH, **over):
         cfg = fwd_module.pick_config(NH, DH, 16, torch.bfloat16, torch.device("cuda"))
         with torch.no_grad():
             fw = triton.testing.do_bench(lambda: slstm(**x), warmup=5, rep=50, return_mode="median")
-    return f"{NH}x{DH} {over or 'default'} cfg={cfg} fw={fw:.3f} ms ({fw / 1024 * 1e3:.2f} us/step)"
+        leaves = {k: v.requires_grad_(True) for k, v in x.items()}
+        dh = torch.randn(16, 1024, NH, DH, device="cuda", dtype=torch.bfloat16)
+
+        def fwbw():
+            slstm(**leaves).backward(dh)
+        fb = triton.testing.do_bench(fwbw, warmup=5, rep=50, return_mode="median", grad_to_none=list(leaves.values()))
+        # the stages alone: forward saving for the backward, backward kernel + dR/db, dR/db
+        from xlstm_triton.slstm.bwd import slstm_bwd, slstm_dr_db
+        from xlstm_triton.slstm.fwd import slstm_fwd
+        wx, R, b = (x[k].detach() for k in ("wx", "R", "b"))
+        s0 = torch.zeros(4, 16, NH, DH, device="cuda")
+        h, last, pre, cnm = slstm_fwd(wx, R, b, s0, cfg, save=True)
+        fs = triton.testing.do_bench(lambda: slstm_fwd(wx, R, b, s0, cfg, save=True), warmup=5, rep=50,
+                                     return_mode="median")
+        dl = torch.zeros_like(s0)
+        bw = triton.testing.do_bench(lambda: slstm_bwd(dh, dl, R, h, s0, pre, cnm, cfg), warmup=5, rep=50,
+                                     return_mode="median")
+        dwx = slstm_bwd(dh, dl, R, h, s0, pre, cnm, cfg)[0]
+        dr = triton.testing.do_bench(lambda: slstm_dr_db(dwx, h, s0, R), warmup=5, rep=50,
+                                     return_mode="median")
+    return (f"{NH}x{DH} {over or 'default'} cfg={cfg} fw={fw:.3f} ms ({fw / 1024 * 1e3:.2f} us/step) "
+            f"fwbw={fb:.3f} ms | fw+save {fs:.3f} bwd {bw:.3f} (dR/db {dr:.3f})")
 
 
 if __name__ == "__main__":
@@ -48,7 +69,15 @@ if __name__ == "__main__":
     fwd_module.CHECK_BARRIER = True
     kind, args = sys.argv[1], sys.argv[2:]
     over = json.loads(args[-1]) if args and args[-1].startswith("{") else {}
-    if kind == "errors":
+    if kind == "once":  # one forward call after a warm-up, for ncu: once NH DH '{...}'
+        x = make_inputs(16, 1024, int(args[0]), int(args[1]), torch.bfloat16, "cuda")
+        with config_override(**over) if over else _null(), torch.no_grad():
+            slstm(**x)
+            torch.cuda.synchronize()
+            slstm(**x)
+            torch.cuda.synchronize()
+        print("once done", flush=True)
+    elif kind == "errors":
         B, T, NH, DH = map(int, args[:4])
         print("errors", args[:5], over, errors(B, T, NH, DH, getattr(torch, args[4]), **over), flush=True)
     else:

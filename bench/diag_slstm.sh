@@ -2,10 +2,8 @@
 # Bounded sLSTM diagnostics on the device: each variant in its own process with a timeout.
 set -u
 run() { timeout "$1" python3 bench/diag_slstm.py "${@:2}" > /tmp/diag_one.txt 2>&1; code=$?; grep -v Warn /tmp/diag_one.txt | tail -n 2; echo "  (exit $code)"; }
-run 45 errors 3 7 1 80 float32 '{}'
-run 45 errors 3 7 1 80 float32 '{"bo": 16, "resident": true, "bk": 16}'
-run 45 errors 3 7 1 80 float32 '{"bo": 16, "resident": true, "bk": 128, "sync": false}'
-run 35 timing 12 64 '{}'
-run 35 timing 1 768 '{}'
-run 45 timing 1 768 '{"sync": false}'
-run 35 timing 1 768 '{"bo": 32}'
+for v in '{}' '{"bo": 16, "resident": true, "bwd_num_warps": 4}' '{"bo": 32, "resident": false, "bwd_num_warps": 4}'; do run 60 timing 1 768 "$v"; done
+for s in "3 256" "4 512" "12 64" "6 128"; do run 60 timing $s '{}'; done
+run 60 timing 3 256 '{"bo": 32, "resident": true}'
+run 60 timing 6 128 '{"bwd_num_warps": 16}'
+run 60 timing 12 64 '{"bwd_num_warps": 4}'

@@ -84,9 +84,9 @@ CASES = [
     (3, 7, 2, 32, torch.float32, dict(bo=16, bk=16), True),             # R streamed in chunks
     (3, 7, 1, 80, torch.float32, dict(bo=16, bk=16), True),             # 5 column blocks
     (3, 7, 1, 80, torch.float32, None, True),                           # default: fp32 R too big, split
-    (3, 7, 2, 48, torch.bfloat16, dict(bk=16), True),                   # whole head, K in 4 chunks
-    (3, 7, 1, 48, torch.float32, dict(bo=16, resident=True, bk=16), True),  # R held, K chunks, padded
-    (3, 7, 1, 64, torch.bfloat16, dict(bo=32, resident=True, bk=32), False),
+    (3, 7, 2, 48, torch.bfloat16, dict(bo=16, resident=True), True),   # R held as 32 + 16 rows
+    (3, 7, 1, 112, torch.float32, dict(bo=16, resident=True), True),   # R held as 64 + 64 (padded)
+    (3, 7, 1, 64, torch.bfloat16, dict(bo=32, resident=True), False),  # R held, one block
     (17, 7, 1, 32, torch.bfloat16, dict(bo=16, bk=16), True),
     (2, 1, 1, 32, torch.float32, dict(bo=16, bk=16), True),
 ]
@@ -237,13 +237,13 @@ def test_barrier_path_is_chosen_only_for_co_resident_split_grids(monkeypatch):
     after another, a spin would never end); it runs on the GPU (test_gpu_split_paths). The
     launcher picks it only on CUDA, in split mode, with a grid no larger than the SM count."""
     monkeypatch.setattr(slstm_fwd_module, "num_sms", lambda device: 132)
-    cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, nkc=1, bk=16, resident=False, num_warps=4)
+    cfg = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, ka=0, kb=0, bk=16, resident=False, num_warps=4)
     assert slstm_fwd_module.use_sync(cfg, 132, torch.device("cuda"))
     assert not slstm_fwd_module.use_sync(cfg, 133, torch.device("cuda"))
     assert not slstm_fwd_module.use_sync(cfg, 8, torch.device("cpu"))
-    no_sync = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, nkc=1, bk=16, resident=False, num_warps=4, sync=False)
+    no_sync = slstm_fwd_module.SLSTMConfig(ncb=4, bo=16, ka=0, kb=0, bk=16, resident=False, num_warps=4, sync=False)
     assert not slstm_fwd_module.use_sync(no_sync, 8, torch.device("cuda"))
-    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, nkc=1, bk=64, resident=True, num_warps=8)
+    whole = slstm_fwd_module.SLSTMConfig(ncb=1, bo=64, ka=64, kb=0, bk=64, resident=True, num_warps=8)
     assert not slstm_fwd_module.use_sync(whole, 8, torch.device("cuda"))
 
 
@@ -255,8 +255,8 @@ from triton.compiler import ASTSource
 from xlstm_triton.slstm.fwd import slstm_fwd_kernel
 from xlstm_triton.slstm.bwd import slstm_bwd_kernel
 P = "*bf16"
-common = dict(NH=1, DH=256, BB=16, BO=16, NCB=16, NKC=2, BK=128, RESIDENT=True, SYNC=True,
-              DOT_PREC="ieee")
+common = dict(NH=1, DH=256, BB=16, BO=16, NCB=16, KA=256, KB=0, BK=64, RESIDENT=True, SYNC=True,
+              DOT_PREC="ieee", FAST_MATH=True)
 kernels = {
     "fwd": (slstm_fwd_kernel, dict(wx_ptr=P, R_ptr=P, b_ptr=P, state_in_ptr="*fp32", h0_ptr=P, h_ptr=P,
             state_out_ptr="*fp32", pre_ptr="*fp32", cnm_ptr="*fp32", sync_ptr="*i32", B="i32", T="i32",
@@ -276,7 +276,7 @@ for name, (fn, sig, ce) in kernels.items():
     ptx = c.asm["ptx"]
     info = {"shared": c.metadata.shared, "ptx": {k: len(re.findall(v, ptx)) for k, v in dict(
         release=r"red\.global\.gpu\.release\.add|atom\.global\.gpu\.(release|acq_rel)\.add",
-        acquire=r"ld\.global\.gpu\.acquire|atom\.global\.gpu\.acquire",
+        acquire=r"ld\.global\.(gpu\.acquire|acquire\.gpu)|atom\.global\.gpu\.acquire",
         cg_load=r"ld\.global\.cg", bar=r"bar\.sync").items()}}
     m = None
     if os.path.exists(cuobjdump):
@@ -393,8 +393,8 @@ def test_gpu_long_sequence(NH, DH, dtype, poison):
 @pytest.mark.gpu
 @pytest.mark.parametrize("override", [dict(bo=16, bk=16), dict(bo=16, bk=32, sync=False),
                                       dict(bo=32, resident=True, num_warps=8),
-                                      dict(bo=16, resident=True, bk=16)],
-                         ids=["barrier", "per-step", "barrier-resident", "barrier-resident-chunked"])
+                                      dict(bo=16, resident=True)],
+                         ids=["barrier", "per-step", "barrier-resident-32", "barrier-resident-16"])
 def test_gpu_split_paths(override, poison):
     """The split-head paths at a small head: the persistent barrier path (validated only here) and
     the per-step launches, against the reference."""

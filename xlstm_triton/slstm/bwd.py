@@ -12,9 +12,12 @@ Per step t (float32, one element; dh includes the recurrent term R^T dpre_{t+1})
 The gate gradients dpre_t are dwx[:, t]. After step 0, dh_init = R^T dpre_0.
 
 slstm_bwd_kernel uses the forward's program decomposition: a program owns BB batch rows and BO
-columns of one head and computes dpre for those columns; the recurrent term for its columns needs
-dpre_{t+1} of the whole head: kept in registers (whole-head mode, NCB == 1) or read back from dwx in
-global memory after a per-group barrier (split mode; or one launch per step, see fwd.py).
+columns of one head and computes dpre for those columns (pre, (c, n, m) and dwx move as fused
+(BB, 4 * BO) tiles, like the forward's gates). The recurrent term for its columns needs dpre_{t+1}
+of the whole head: in whole-head mode (NCB == 1) it stays in registers and is one product with
+the gates' R stacked along the contraction, (BB, 4 * BO) @ (4 * BO, BO); in split mode it is read
+back from dwx in global memory after a per-group barrier (or one launch per step, see fwd.py) and
+multiplied per gate, the four gates as a batch spread over warps (4, BB, K) @ (4, K, BO), summed.
 
 dR_g = sum_{b,t} dpre_g[b, t]^T h_{t-1}[b] and db_g = sum_{b,t} dpre_g[b, t] are not on the
 sequential path: slstm_dr_db_kernel computes them afterwards from dwx and h as a parallel matmul
@@ -29,86 +32,87 @@ import triton
 import triton.language as tl
 
 from ..utils import new_empty
-from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, chunk_index, chunk_sum,
-                  cooperative_launch_kwargs, dot_precision,
-                  gate_activations, group_arrive, group_wait, load_r_chunks, mask_if, mma, num_sms,
-                  split_k, use_sync)
+from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
+                  dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
+                  group_wait, mask_if, mma, num_sms, split_gates, use_sync)
 
 
 @triton.jit
-def bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_next, T, rb64, mask_b, cols, head,
-                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
-                        NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
-                        DOT_PREC: tl.constexpr):
-    """sum_g dpre_g,t_next @ R_g[:, cols] (BB x BO), dpre read from dwx (zero when t_next == T)."""
+def load_r_gates(R_ptr, head, col0, k0, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr,
+                 K: tl.constexpr):
+    """R for the gradient of the own columns, the four gates as a batch: (4, K, BO),
+    [g, k, j] = R[g, head, k0 + k, col0 + j] (zero for k0 + k >= DH or col0 + j >= DH)."""
+    g = tl.arange(0, 4)[:, None, None]
+    k = k0 + tl.arange(0, K)[None, :, None]
+    i = col0 + tl.arange(0, BO)[None, None, :]
+    return tl.load(R_ptr + g * (NH * DH * DH) + head * DH * DH + k * DH + i,
+                   mask=(k < DH) & (i < DH), other=0.0)
+
+
+@triton.jit
+def load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, k0, NH: tl.constexpr, DH: tl.constexpr,
+              K: tl.constexpr):
+    """dpre_{t_next} (4, BB, K) of the head's columns k0 <= k < k0 + K, read back from dwx (zero
+    when t_next == T). Bypasses L1: other SMs wrote it."""
     HD: tl.constexpr = NH * DH
-    GS: tl.constexpr = NH * DH * DH
-    row_base = dwx_ptr + tl.cast(t_next, tl.int64) * (4 * HD) + head * DH
-    s_row = tl.cast(T, tl.int64) * (4 * HD)
-    if RESIDENT:  # dpre loaded in chunks of the contraction (output) dimension, like R
-        k = chunk_index(NKC, BK)
-        if NKC == 1:
-            p = row_base + rb64[:, None] * s_row + k[None, :]
-            mk = mask_if(mask_b[:, None] & (k < DH)[None, :], t_next < T)
-            acc = tl.zeros((BB, BO), dtype=tl.float32)
-        else:
-            p = row_base + rb64[None, :, None] * s_row + k
-            mk = mask_if(mask_b[None, :, None] & (k < DH), t_next < T)
-            acc = tl.zeros((NKC, BB, BO), dtype=tl.float32)
-        acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), R_i, acc, DOT_PREC)
-        acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), R_f, acc, DOT_PREC)
-        acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_z, acc, DOT_PREC)
-        acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), R_o, acc, DOT_PREC)
-        acc = chunk_sum(acc, NKC)
-    else:  # R streamed from L2 in BK-row chunks
-        acc = tl.zeros((BB, BO), dtype=tl.float32)
-        base = row_base + rb64[:, None] * s_row
-        for k0 in range(0, DH, BK):
-            kk = k0 + tl.arange(0, BK)
-            mk = mask_if(mask_b[:, None] & (kk < DH)[None, :], t_next < T)
-            p = base + kk[None, :]
-            pr = R_ptr + head * DH * DH + kk[:, None] * DH + cols[None, :]  # R_g[o=kk, i=cols]
-            acc = mma(tl.load(p, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr), acc, DOT_PREC)
-            acc = mma(tl.load(p + HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + GS), acc, DOT_PREC)
-            acc = mma(tl.load(p + 2 * HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + 2 * GS),
-                      acc, DOT_PREC)
-            acc = mma(tl.load(p + 3 * HD, mask=mk, other=0.0, cache_modifier=".cg"), tl.load(pr + 3 * GS),
-                      acc, DOT_PREC)
-    return acc
+    g = tl.arange(0, 4)[:, None, None]
+    k = k0 + tl.arange(0, K)[None, None, :]
+    p = (dwx_ptr + tl.cast(t_next, tl.int64) * (4 * HD) + rb64[None, :, None] * (tl.cast(T, tl.int64) * (4 * HD))
+         + g * HD + head * DH + k)
+    m = mask_if(mask_b[None, :, None] & (k < DH), t_next < T)
+    return tl.load(p, mask=m, other=0.0, cache_modifier=".cg")
 
 
 @triton.jit
-def whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o, NKC: tl.constexpr,
-                         BK: tl.constexpr, DOT_PREC: tl.constexpr):
-    """sum_g dpre_g @ R_g for the whole head, dpre (BB, NKC * BK) in registers (chunked like R
-    when NKC > 1, see fwd.add_recurrent); one sum over the chunks for all four gates."""
-    if NKC == 1:
-        acc = tl.zeros((dp_i.shape[0], R_i.shape[1]), dtype=tl.float32)
+def bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_next, T, rb64, mask_b, head, col0,
+                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
+                        KA: tl.constexpr, KB: tl.constexpr, BK: tl.constexpr,
+                        RESIDENT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """sum_g dpre_g,t_next @ R_g[:, cols] (BB x BO), dpre of the whole head read from dwx; one
+    product per gate (the gates spread over warps), summed at the end. R held as two row blocks
+    (RESIDENT) or streamed from L2 in BK-row chunks."""
+    acc = tl.zeros((4, BB, BO), dtype=tl.float32)
+    if RESIDENT:
+        acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, 0, NH, DH, KA), R_a, acc, DOT_PREC)
+        if KB > 0:
+            acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, KA, NH, DH, KB), R_b, acc,
+                      DOT_PREC)
     else:
-        acc = tl.zeros((NKC, dp_i.shape[0], R_i.shape[2]), dtype=tl.float32)
-    acc = mma(split_k(dp_i, NKC, BK), R_i, acc, DOT_PREC)
-    acc = mma(split_k(dp_f, NKC, BK), R_f, acc, DOT_PREC)
-    acc = mma(split_k(dp_z, NKC, BK), R_z, acc, DOT_PREC)
-    acc = mma(split_k(dp_o, NKC, BK), R_o, acc, DOT_PREC)
-    return chunk_sum(acc, NKC)
+        for k0 in range(0, DH, BK):
+            acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, k0, NH, DH, BK),
+                      load_r_gates(R_ptr, head, col0, k0, NH, DH, BO, BK), acc, DOT_PREC)
+    return tl.sum(acc, axis=0)
 
 
 @triton.jit
-def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off_st, off_dh, mask,
-                     HD: tl.constexpr):
-    """pre_t (4 tiles), (c, n, m)_{t-1} (the initial state at t == 0) and dh_t, as stored."""
-    pp = pre_ptr + tl.cast(t, tl.int64) * (4 * s_state) + off_st
-    p_i = tl.load(pp, mask=mask, other=0.0)
-    p_f = tl.load(pp + s_state, mask=mask, other=0.0)
-    p_z = tl.load(pp + 2 * s_state, mask=mask, other=0.0)
-    p_o = tl.load(pp + 3 * s_state, mask=mask, other=0.0)
-    # (c, n, m)_{t-1}: cnm[t - 1], or slots 1..3 of the initial state; same tile offsets
-    pc = tl.where(t > 0, cnm_ptr + tl.cast(t - 1, tl.int64) * (3 * s_state), state0_ptr + s_state) + off_st
-    c_p = tl.load(pc, mask=mask, other=0.0)
-    n_p = tl.load(pc + s_state, mask=mask, other=0.0)
-    m_p = tl.load(pc + 2 * s_state, mask=mask, other=0.0)
+def load_r_stacked(R_ptr, head, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr):
+    """Whole-head mode: the four gates' R stacked along the contraction, (4 * BO, BO):
+    [g * BO + o, i] = R[g, head, o, i] (zero outside DH)."""
+    cc = tl.arange(0, 4 * BO)
+    o = (cc % BO)[:, None]
+    i = tl.arange(0, BO)[None, :]
+    p = R_ptr + (cc // BO)[:, None] * (NH * DH * DH) + head * DH * DH + o * DH + i
+    return tl.load(p, mask=(o < DH) & (i < DH), other=0.0)
+
+
+@triton.jit
+def join_gates(g_i, g_f, g_z, g_o, BB: tl.constexpr, BO: tl.constexpr):
+    """Four (BB, BO) gate tiles -> (BB, 4 * BO) with columns (gate, j); inverse of split_gates."""
+    x = tl.join(tl.join(g_i, g_z), tl.join(g_f, g_o))  # (b, j, g // 2, g % 2)
+    return tl.reshape(tl.permute(x, (0, 2, 3, 1)), (BB, 4 * BO))
+
+
+@triton.jit
+def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off4, mask4, off_dh, mask,
+                     HD: tl.constexpr, BO: tl.constexpr):
+    """pre_t (BB, 4 * BO) gates fused, (c, n, m)_{t-1} as a (BB, 4 * BO) tile of slots c, n, m
+    and an empty fourth (the initial state's slots at t == 0), and dh_t (BB, BO), as stored."""
+    pre4 = tl.load(pre_ptr + tl.cast(t, tl.int64) * (4 * s_state) + off4, mask=mask4, other=0.0)
+    base = tl.where(t > 0, cnm_ptr + tl.cast(t - 1, tl.int64) * (3 * s_state), state0_ptr + s_state)
+    slot = tl.arange(0, 4 * BO)[None, :] // BO
+    cnm4 = tl.load(base + off4, mask=mask4 & (slot < 3), other=0.0)
     dh = tl.load(dh_ptr + off_dh + tl.cast(t, tl.int64) * HD, mask=mask, other=0.0)
-    return p_i, p_f, p_z, p_o, c_p, n_p, m_p, dh
+    return pre4, cnm4, dh
 
 
 @triton.jit(do_not_specialize=["B", "T", "t_lo", "t_hi"])
@@ -116,8 +120,9 @@ def slstm_bwd_kernel(
     R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, sync_ptr,
     B, T, t_lo, t_hi,
     NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, NCB: tl.constexpr,
-    NKC: tl.constexpr, BK: tl.constexpr,
+    KA: tl.constexpr, KB: tl.constexpr, BK: tl.constexpr,
     RESIDENT: tl.constexpr, SYNC: tl.constexpr, FINALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     """Steps t_hi - 1 down to t_lo of the backward for one (batch block, head, column block).
 
@@ -143,81 +148,86 @@ def slstm_bwd_kernel(
     s_state = tl.cast(B, tl.int64) * HD
     off_st = rb[:, None] * HD + head * DH + cols[None, :]
     off_dh = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
-    off_dwx = rb64[:, None] * (T64 * 4 * HD) + head * DH + cols[None, :]
 
-    R_i, R_f, R_z, R_o = 0, 0, 0, 0  # placeholders when R is streamed
-    if RESIDENT:  # R_g[o, i] for all o (the contraction, in chunks) and the own columns i
-        R_i, R_f, R_z, R_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, True)
+    col0 = cb * BO
+    R_s, R_a, R_b = 0, 0, 0  # placeholders for the unused mode
+    if NCB == 1:  # whole head: the gates' R stacked, (4 * BO, BO)
+        R_s = load_r_stacked(R_ptr, head, NH, DH, BO)
+    elif RESIDENT:  # R_g[o, own i] for all o, gates batched, two row blocks of o
+        R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
+        if KB > 0:
+            R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
 
     dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
     dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
     dh_last = tl.load(dstate_in_ptr + off_st, mask=mask_if(mask, t_hi == T), other=0.0)
+    # fused-gate tiles (columns gate * BO + j), as in the forward: pre, (c, n, m), dwx
+    cc = tl.arange(0, 4 * BO)
+    o4 = col0 + cc % BO
+    mask4 = mask_b[:, None] & (o4 < DH)[None, :]
+    off4 = rb[:, None] * HD + (cc // BO)[None, :] * s_state + head * DH + o4[None, :]
+    off_dwx4 = rb64[:, None] * (T64 * 4 * HD) + (cc // BO)[None, :] * HD + head * DH + o4[None, :]
     # whole-head mode: dpre_{t+1} of the head stays in registers (zero before the first step)
-    dp_i = tl.zeros((BB, BO), dtype=dtype)
-    dp_f = tl.zeros((BB, BO), dtype=dtype)
-    dp_z = tl.zeros((BB, BO), dtype=dtype)
-    dp_o = tl.zeros((BB, BO), dtype=dtype)
+    dp4 = tl.zeros((BB, 4 * BO), dtype=dtype)
 
     # inputs of a step are loaded one step ahead
-    nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh = load_step_inputs(
-        pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t_hi - 1, s_state, off_st, off_dh,
-        mask_if(mask, t_hi > t_lo), HD)
+    nx_pre, nx_cnm, nx_dh = load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t_hi - 1, s_state,
+                                             off4, mask_if(mask4, t_hi > t_lo), off_dh,
+                                             mask_if(mask, t_hi > t_lo), HD, BO)
     for k in tl.range(0, t_hi - t_lo, num_stages=1):
         t = t_hi - 1 - k
-        pre_i, pre_f, pre_z, pre_o, c_p, n_p, m_p, dh_out = nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh
-        nx_i, nx_f, nx_z, nx_o, nx_c, nx_n, nx_m, nx_dh = load_step_inputs(
-            pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t - 1, s_state, off_st, off_dh,
-            mask_if(mask, t - 1 >= t_lo), HD)
+        pre4, cnm4, dh_out = nx_pre, nx_cnm, nx_dh
+        nx_pre, nx_cnm, nx_dh = load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t - 1, s_state,
+                                                 off4, mask_if(mask4, t - 1 >= t_lo), off_dh,
+                                                 mask_if(mask, t - 1 >= t_lo), HD, BO)
 
         # recurrent gradient R^T dpre_{t+1} for the own columns
         if NCB == 1:
-            dh = dh_out.to(tl.float32) + whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o,
-                                                              NKC, BK, DOT_PREC)
+            dh = dh_out.to(tl.float32) + mma(dp4, R_s, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, k * NCB)
             dh = dh_out.to(tl.float32) + bwd_recurrent_split(
-                dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t + 1, T, rb64, mask_b, cols, head,
-                NH, DH, BB, BO, NKC, BK, RESIDENT, DOT_PREC)
+                dwx_ptr, R_ptr, R_a, R_b, t + 1, T, rb64, mask_b, head, col0,
+                NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
         dh = dh + tl.where(t == T - 1, dh_last, 0.0)
 
-        i_act, f_act, z_act, o_act, m_new = gate_activations(pre_i, pre_f, pre_z, pre_o, n_p, m_p)
+        pre_i, pre_f, pre_z, pre_o = split_gates(pre4, BB, BO)
+        c_p, n_p, m_p, _unused = split_gates(cnm4, BB, BO)
+        i_act, f_act, z_act, o_act, m_new = gate_activations(pre_i, pre_f, pre_z, pre_o, n_p, m_p,
+                                                             FAST_MATH)
         c_t = f_act * c_p + i_act * z_act
-        inv_n = 1.0 / (f_act * n_p + i_act)
+        inv_n = fast_rcp(f_act * n_p + i_act, FAST_MATH)
         dh_o = dh * o_act * inv_n
         dc = dc + dh_o
         dn = dn - dh_o * c_t * inv_n
         g_o = dh_o * c_t * (1.0 - o_act)
         g_i = (dc * z_act + dn) * i_act
         g_z = dc * i_act * (1.0 - z_act * z_act)
-        g_f = (dc * c_p + dn * n_p) * f_act * tl.sigmoid(-pre_f)
+        g_f = (dc * c_p + dn * n_p) * f_act * fast_sigmoid(-pre_f, FAST_MATH)
         dc = dc * f_act
         dn = dn * f_act
 
-        dp_i = g_i.to(dtype)
-        dp_f = g_f.to(dtype)
-        dp_z = g_z.to(dtype)
-        dp_o = g_o.to(dtype)
-        pw = dwx_ptr + off_dwx + tl.cast(t, tl.int64) * (4 * HD)
-        tl.store(pw, dp_i, mask=mask)
-        tl.store(pw + HD, dp_f, mask=mask)
-        tl.store(pw + 2 * HD, dp_z, mask=mask)
-        tl.store(pw + 3 * HD, dp_o, mask=mask)
+        dp4 = join_gates(g_i, g_f, g_z, g_o, BB, BO).to(dtype)
+        tl.store(dwx_ptr + off_dwx4 + tl.cast(t, tl.int64) * (4 * HD), dp4, mask=mask4)
         if SYNC:
             group_arrive(sync_ptr + group)
 
     tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
     tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
     if FINALIZE:  # gradient of the initial h: R^T dpre_0
-        if RESIDENT:  # reloaded: reusing the tiles would make the compiler keep R in registers
-            R_i, R_f, R_z, R_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, True)
-        if NCB == 1:
-            dh0 = whole_head_recurrent(dp_i, dp_f, dp_z, dp_o, R_i, R_f, R_z, R_o, NKC, BK, DOT_PREC)
+        if NCB == 1:  # reloaded: reusing the tile would make the compiler keep R in registers
+            dh0 = mma(dp4, load_r_stacked(R_ptr, head, NH, DH, BO),
+                      tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
-            dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_i, R_f, R_z, R_o, t_lo, T, rb64, mask_b,
-                                      cols, head, NH, DH, BB, BO, NKC, BK, RESIDENT, DOT_PREC)
+            if RESIDENT:
+                R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
+                if KB > 0:
+                    R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
+            dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_lo, T, rb64, mask_b, head, col0,
+                                      NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
         tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
@@ -303,8 +313,9 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
-    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
-                RESIDENT=cfg.resident, DOT_PREC=dot_precision(dtype, dev), num_warps=cfg.num_warps)
+    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb, BK=cfg.bk,
+                RESIDENT=cfg.resident, DOT_PREC=dot_precision(dtype, dev), FAST_MATH=fast_math(dev),
+                num_warps=cfg.bwd_num_warps)
 
     def run(dstate_in, t_lo, t_hi, sync_flag, finalize, **extra):
         slstm_bwd_kernel[(grid,)](

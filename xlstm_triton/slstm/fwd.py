@@ -9,24 +9,32 @@ Shapes (B batch, T time, NH heads, DH head size, gate order i, f, z, o):
 
 Program decomposition. A program owns BB batch rows (a fixed block, masked: the batch size is a
 runtime argument, so no batch size recompiles) and BO output columns of one head, for all four
-gates. Its (c, n, m) tile stays in registers over the whole time range. Per step it needs the full
+gates. Its (c, n, m) tile stays in registers over the whole time range. The four gates are one
+matrix product per step: acc (BB, 4 * BO), column g * BO + j holding gate g of column j, =
+wx_t + b + h_{t-1} (BB, DH) @ RT (DH, 4 * BO); `split_gates` then takes the four (BB, BO) tiles
+apart (one layout change per step instead of one per gate). Per step a program needs the full
 h_{t-1} of its head:
 
-* whole-head mode (NCB == 1, small heads): one program owns the head; R (4 x DH x DH) is loaded once
-  and held in registers, h_{t-1} never leaves the chip. No cross-program synchronization.
+* whole-head mode (NCB == 1, heads up to 128): one program owns the head; RT is loaded once and
+  kept in shared memory, h_{t-1} never leaves the chip. No cross-program synchronization.
 * split mode (NCB > 1 column blocks per head): programs exchange h through the output tensor h
   itself (step t-1 is read back, in the matmul dtype, from global memory with L1-bypassing loads).
-  R is either held (RESIDENT) or re-read from L2 per step in BK-row chunks. Two ways to order the
-  steps across programs:
+  RT is either held in shared memory (RESIDENT; the contraction as two power-of-2 row blocks, KA
+  and KB, e.g. 768 = 512 + 256, since Triton's tiles are powers of 2) or re-read from L2 per
+  step in BK-row chunks. Two ways to order the steps across programs:
   - SYNC: one launch over the whole time range; after storing h_t every program of a
     (batch block, head) group increments a per-group int32 counter (release, GPU scope) and before
-    reading h_{t-1} spins until the counter reaches (steps done) x NCB (acquire). This needs every
-    program of the launch co-resident: the launcher uses it only when the grid is at most the SM
-    count, with a cooperative launch (the driver refuses rather than hangs if co-residency is
-    impossible). Validated on GPU only: Triton's interpreter runs programs one after another.
+    reading h_{t-1} spins until the counter reaches (steps done) x NCB (acquire loads). This needs
+    every program of the launch co-resident: the launcher uses it only when the grid is at most
+    the SM count, with a cooperative launch (the driver refuses rather than hangs if co-residency
+    is impossible). Validated on GPU only: Triton's interpreter runs programs one after another.
   - per step: one launch per time step (t_start = t, t_end = t + 1); the kernel boundary is the
     barrier and (c, n, m) are carried between launches through the state_out buffer. This is the
     same kernel code the SYNC path runs, minus the counter; CI runs it in the interpreter.
+
+Gate math runs in float32 with exponentials as 2^(x log2 e); on the GPU (FAST_MATH) exp2, log2
+and reciprocals are single MUFU instructions (.approx.ftz), which cut the instructions per step by
+about a third; the interpreter has no inline assembly and runs Triton's functions.
 
 What is stored for the backward (SAVE), time-major so that a tile has the same offsets as in the
 state: the gate pre-activations wx + R h_{t-1} + b, pre (T, 4, B, NH, DH), and (c, n, m) after each
@@ -37,6 +45,7 @@ re-reads h_{t-1} from the output.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -52,17 +61,59 @@ from ..utils import new_empty
 F_EXP_MAX = 60.0
 
 
+# log2(e) = 1.4426950408889634 and ln(2) = 0.6931471805599453 are written out in the kernels
+# (literals: a tl.constexpr global times a tensor misbehaves in Triton 3.9's interpreter).
+
+
 @triton.jit
-def gate_activations(i_pre, f_pre, z_pre, o_pre, n_prev, m_prev):
-    """One step's gates in float32: returns (i', f', tanh(z~), sigmoid(o~), m_t)."""
-    logf = tl.minimum(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))
+def fast_exp2(x, FAST: tl.constexpr):
+    """2^x. FAST (GPU): one MUFU instruction (ex2.approx.ftz, ~2 ulp; results below 2^-126
+    flush to 0). Else (the interpreter: no inline assembly) Triton's exp2."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def fast_log2(x, FAST: tl.constexpr):
+    """log2(x), x > 0: lg2.approx.ftz (absolute error ~2^-22) where FAST."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def fast_rcp(x, FAST: tl.constexpr):
+    """1 / x: rcp.approx.ftz (1 ulp) where FAST."""
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def fast_sigmoid(x, FAST: tl.constexpr):
+    """1 / (1 + e^-x) (0 for x -> -inf, 1 for x -> inf)."""
+    return fast_rcp(1.0 + fast_exp2(-x * 1.4426950408889634, FAST), FAST)
+
+
+@triton.jit
+def gate_activations(i_pre, f_pre, z_pre, o_pre, n_prev, m_prev, FAST: tl.constexpr):
+    """One step's gates in float32: returns (i', f', tanh(z~), sigmoid(o~), m_t).
+    Exponentials as 2^(x log2 e): one MUFU instruction each on the GPU (FAST)."""
+    logf = tl.minimum(f_pre, 0.0) - 0.6931471805599453 * fast_log2(1.0 + fast_exp2(-tl.abs(f_pre) * 1.4426950408889634, FAST), FAST)
     m_new = tl.where(n_prev == 0.0, i_pre, tl.maximum(i_pre, logf + m_prev))
-    i_act = tl.exp(i_pre - m_new)
-    f_act = tl.exp(tl.minimum(logf + m_prev - m_new, 60.0))  # 60.0 = F_EXP_MAX
-    e = tl.exp(-2.0 * tl.abs(z_pre))
-    z_abs = (1.0 - e) / (1.0 + e)
+    i_act = fast_exp2((i_pre - m_new) * 1.4426950408889634, FAST)
+    f_act = fast_exp2(tl.minimum(logf + m_prev - m_new, 60.0) * 1.4426950408889634, FAST)  # 60.0 = F_EXP_MAX
+    e = fast_exp2(-2.0 * 1.4426950408889634 * tl.abs(z_pre), FAST)
+    z_abs = (1.0 - e) * fast_rcp(1.0 + e, FAST)
     z_act = tl.where(z_pre < 0.0, -z_abs, z_abs)
-    o_act = tl.sigmoid(o_pre)
+    o_act = fast_sigmoid(o_pre, FAST)
     return i_act, f_act, z_act, o_act, m_new
 
 
@@ -90,6 +141,19 @@ def group_arrive(counter_ptr):
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
 
 
+# diagnostic switch (read at import): poll the counter with plain acquire loads (every thread,
+# no read-modify-write on the contended line) or with acquire atomics
+POLL_WITH_LOAD = tl.constexpr(os.environ.get("XLSTM_TRITON_POLL", "load") == "load")
+
+
+@triton.jit
+def load_acquire(ptr):
+    """ld.acquire.gpu of one int32 (every thread of the program loads it; a load, not an RMW)."""
+    v = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l",
+                                  [ptr + tl.arange(0, 1)], dtype=tl.int32, is_pure=False, pack=1)
+    return tl.max(v, axis=0)
+
+
 BARRIER_BROKEN = 1 << 30  # added to a group's counter by a wait that gave up (see group_wait)
 
 
@@ -99,10 +163,16 @@ def group_wait(counter_ptr, target, MAX_POLLS: tl.constexpr = 1 << 24):
     A wait never hangs: after MAX_POLLS polls (seconds; a working barrier needs microseconds)
     it adds BARRIER_BROKEN to the counter, which also releases every later wait, so the kernel
     ends with wrong results that `check_barrier` reports."""
-    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    if POLL_WITH_LOAD:
+        seen = load_acquire(counter_ptr)
+    else:
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     polls = 0
     while (seen < target) & (polls < MAX_POLLS):
-        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        if POLL_WITH_LOAD:
+            seen = load_acquire(counter_ptr)
+        else:
+            seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
         polls += 1
     if polls >= MAX_POLLS:
         tl.atomic_add(counter_ptr, 1 << 30, sem="relaxed", scope="gpu")  # BARRIER_BROKEN
@@ -128,102 +198,52 @@ def load_h_prev(h_ptr, h0_ptr, t, T, rows64, mask_rows, k, mask_k,
 
 
 @triton.jit
-def chunk_index(NKC: tl.constexpr, BK: tl.constexpr):
-    """The contraction index k = kc * BK + kk of a left operand: (BK,) if NKC == 1, else a
-    (NKC, 1, BK) tensor (chunks as a batch dimension)."""
-    if NKC == 1:
-        return tl.arange(0, BK)
-    else:
-        return tl.arange(0, NKC)[:, None, None] * BK + tl.arange(0, BK)[None, None, :]
+def split_gates(x, BB: tl.constexpr, BO: tl.constexpr):
+    """(BB, 4 * BO) with columns (gate, j) -> the four (BB, BO) gate tiles i, f, z, o."""
+    x = tl.permute(tl.reshape(x, (BB, 2, 2, BO)), (0, 3, 1, 2))  # (b, j, g // 2, g % 2)
+    even, odd = tl.split(x)  # gates (0, 2) and (1, 3)
+    g_i, g_z = tl.split(even)
+    g_f, g_o = tl.split(odd)
+    return g_i, g_f, g_z, g_o
 
 
 @triton.jit
-def load_r_chunks(R_ptr, head, cols, mask_c, NH: tl.constexpr, DH: tl.constexpr,
-                  NKC: tl.constexpr, BK: tl.constexpr, K_IS_OUT: tl.constexpr):
-    """R of one head for the own columns as right operands, contraction index k (zero for
-    k >= DH): four (BK, BO) tiles if NKC == 1, else (NKC, BK, BO) with k = kc * BK + kk.
-    Forward (K_IS_OUT False): [k, o] = R[g, head, cols[o], k]; backward: [k, i] = R[g, head, k,
-    cols[i]]. Loaded before the time loop, the compiler keeps them in shared memory."""
-    if NKC == 1:
-        k = tl.arange(0, BK)[:, None]
-        c = cols[None, :]
-        mc = mask_c[None, :]
-    else:
-        k = tl.arange(0, NKC)[:, None, None] * BK + tl.arange(0, BK)[None, :, None]
-        c = cols[None, None, :]
-        mc = mask_c[None, None, :]
-    if K_IS_OUT:
-        p = R_ptr + head * DH * DH + k * DH + c
-    else:
-        p = R_ptr + head * DH * DH + c * DH + k
-    m = (k < DH) & mc
-    GS: tl.constexpr = NH * DH * DH
-    return (tl.load(p, mask=m, other=0.0), tl.load(p + GS, mask=m, other=0.0),
-            tl.load(p + 2 * GS, mask=m, other=0.0), tl.load(p + 3 * GS, mask=m, other=0.0))
+def load_rt(R_ptr, head, col0, k0, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr,
+            K: tl.constexpr):
+    """The right operand of the fused-gate product, rows k0 <= k < k0 + K of the contraction:
+    RT[k, g * BO + j] = R[g, head, col0 + j, k] (zero for k >= DH or col0 + j >= DH)."""
+    cc = tl.arange(0, 4 * BO)
+    o = col0 + cc % BO
+    k = k0 + tl.arange(0, K)
+    p = R_ptr + (cc // BO) * (NH * DH * DH) + head * DH * DH + o[None, :] * DH + k[:, None]
+    return tl.load(p, mask=(k < DH)[:, None] & (o < DH)[None, :], other=0.0)
 
 
 @triton.jit
-def split_k(x, NKC: tl.constexpr, BK: tl.constexpr):
-    """(BB, NKC * BK) -> (NKC, BB, BK): the K chunks of a left operand as a batch dimension."""
-    if NKC == 1:
-        return x
-    else:
-        return tl.permute(tl.reshape(x, (x.shape[0], NKC, BK)), (1, 0, 2))
-
-
-@triton.jit
-def chunked_mm(x, R, acc, NKC: tl.constexpr, DOT_PREC: tl.constexpr):
-    """acc + x @ R. NKC == 1: plain 2-D product, acc (BB, BO). Else x (NKC, BB, BK), R (NKC, BK,
-    BO), acc (NKC, BB, BO): one product per chunk (chunks spread over warps, a split-K); the
-    caller sums over axis 0."""
-    return mma(x, R, acc, DOT_PREC)
-
-
-@triton.jit
-def chunk_sum(acc, NKC: tl.constexpr):
-    if NKC == 1:
-        return acc
-    else:
-        return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def fwd_recurrent_split(h_ptr, h0_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o,
-                        acc_i, acc_f, acc_z, acc_o, t, T, rb64, mask_b, cols, head,
-                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
-                        NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
-                        H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr):
-    """acc_g += h_{t-1} @ R_g[cols, :]^T for the four gates, h_{t-1} read from global memory."""
-    GS: tl.constexpr = NH * DH * DH  # gate stride of R
-    if RESIDENT:  # R held in NKC chunks; h_{t-1} loaded chunked: (NKC, BB, BK) or (BB, BK)
-        k = chunk_index(NKC, BK)
-        if NKC == 1:
+def split_recurrent(h_ptr, h0_ptr, R_ptr, RT_a, RT_b, acc, t, T, rb64, mask_b, head, col0,
+                    NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr, KA: tl.constexpr,
+                    KB: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
+                    H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + h_{t-1} @ RT over the whole head, h_{t-1} read from global memory (split mode).
+    Resident: RT held as rows [0, KA) and [KA, KA + KB) (powers of 2; KB may be 0). Streamed:
+    RT re-read from L2 in chunks of BK rows."""
+    if RESIDENT:
+        k = tl.arange(0, KA)
+        ha = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], k[None, :],
+                         (k < DH)[None, :], NH, DH, head, H0_IS_STATE)
+        acc = mma(ha, RT_a, acc, DOT_PREC)
+        if KB > 0:
+            k = KA + tl.arange(0, KB)
             hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], k[None, :],
                              (k < DH)[None, :], NH, DH, head, H0_IS_STATE)
-            acc_i = chunked_mm(hb, RT_i, acc_i, NKC, DOT_PREC)
-            acc_f = chunked_mm(hb, RT_f, acc_f, NKC, DOT_PREC)
-            acc_z = chunked_mm(hb, RT_z, acc_z, NKC, DOT_PREC)
-            acc_o = chunked_mm(hb, RT_o, acc_o, NKC, DOT_PREC)
-        else:
-            hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[None, :, None], mask_b[None, :, None], k,
-                             k < DH, NH, DH, head, H0_IS_STATE)
-            z3 = tl.zeros((NKC, BB, BO), dtype=tl.float32)
-            acc_i += tl.sum(chunked_mm(hb, RT_i, z3, NKC, DOT_PREC), axis=0)
-            acc_f += tl.sum(chunked_mm(hb, RT_f, z3, NKC, DOT_PREC), axis=0)
-            acc_z += tl.sum(chunked_mm(hb, RT_z, z3, NKC, DOT_PREC), axis=0)
-            acc_o += tl.sum(chunked_mm(hb, RT_o, z3, NKC, DOT_PREC), axis=0)
-    else:  # R streamed from L2 in BK-row chunks
+            acc = mma(hb, RT_b, acc, DOT_PREC)
+    else:
         for k0 in range(0, DH, BK):
-            kk = k0 + tl.arange(0, BK)
-            hb = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], kk[None, :],
-                             (kk < DH)[None, :], NH, DH, head, H0_IS_STATE)
-            # RT[k, o] = R[g, head, o, k]; BK divides DH and the columns are in range: no masks
-            pr = R_ptr + head * DH * DH + cols[None, :] * DH + kk[:, None]
-            acc_i = mma(hb, tl.load(pr), acc_i, DOT_PREC)
-            acc_f = mma(hb, tl.load(pr + GS), acc_f, DOT_PREC)
-            acc_z = mma(hb, tl.load(pr + 2 * GS), acc_z, DOT_PREC)
-            acc_o = mma(hb, tl.load(pr + 3 * GS), acc_o, DOT_PREC)
-    return acc_i, acc_f, acc_z, acc_o
+            k = k0 + tl.arange(0, BK)
+            hk = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], k[None, :],
+                             (k < DH)[None, :], NH, DH, head, H0_IS_STATE)
+            acc = mma(hk, load_rt(R_ptr, head, col0, k0, NH, DH, BO, BK), acc, DOT_PREC)
+    return acc
 
 
 @triton.jit(do_not_specialize=["B", "T", "t_start", "t_end"])
@@ -232,8 +252,9 @@ def slstm_fwd_kernel(
     B, T, t_start, t_end,
     s_wx_b, s_wx_t, s_wx_g, s_wx_h,
     NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, NCB: tl.constexpr,
-    NKC: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr, SAVE: tl.constexpr,
-    SYNC: tl.constexpr, H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr,
+    KA: tl.constexpr, KB: tl.constexpr, BK: tl.constexpr, RESIDENT: tl.constexpr,
+    SAVE: tl.constexpr, SYNC: tl.constexpr, H0_IS_STATE: tl.constexpr, DOT_PREC: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     """Steps t_start <= t < t_end of the sLSTM for one (batch block, head, column block).
 
@@ -243,6 +264,9 @@ def slstm_fwd_kernel(
     h (B, T, NH, DH) output.
     pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH) float32, written when SAVE. sync: int32
     counters, one per (batch block, head), zero at launch, used when SYNC.
+
+    The four gates are one product: acc (BB, 4 * BO), column g * BO + j = gate g of the own
+    column col0 + j, = h_{t-1} (BB, DH) @ RT (DH, 4 * BO).
     """
     pid = tl.program_id(0)
     cb = pid % NCB
@@ -251,23 +275,25 @@ def slstm_fwd_kernel(
     rb = (group // NH) * BB + tl.arange(0, BB)
     mask_b = rb < B
     rb64 = rb.to(tl.int64)
-    cols = cb * BO + tl.arange(0, BO)
-    mask_c = cols < DH
-    mask = mask_b[:, None] & mask_c[None, :]
+    col0 = cb * BO
+    cols = col0 + tl.arange(0, BO)
+    mask = mask_b[:, None] & (cols < DH)[None, :]
     dtype = R_ptr.dtype.element_ty
     HD: tl.constexpr = NH * DH
     T64 = tl.cast(T, tl.int64)
     s_state = tl.cast(B, tl.int64) * HD  # slot stride of the (4, B, NH, DH) state
 
-    # biases (float32 rows) and, if held, the transposed weights RT_g[k, o] = R[g, head, o, k]
-    pb = b_ptr + head * DH + cols
-    b_i = tl.load(pb, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    b_f = tl.load(pb + HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    b_z = tl.load(pb + 2 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    b_o = tl.load(pb + 3 * HD, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    RT_i, RT_f, RT_z, RT_o = 0, 0, 0, 0  # placeholders when R is streamed
+    # fused-gate columns: gate g and head column o
+    cc = tl.arange(0, 4 * BO)
+    g4 = cc // BO
+    o4 = col0 + cc % BO
+    mask4 = mask_b[:, None] & (o4 < DH)[None, :]
+    bias = tl.load(b_ptr + g4 * HD + head * DH + o4, mask=o4 < DH, other=0.0).to(tl.float32)[None, :]
+    RT_a, RT_b = 0, 0  # placeholders when R is streamed
     if RESIDENT:  # loaded once; the compiler keeps loop-invariant dot operands in shared memory
-        RT_i, RT_f, RT_z, RT_o = load_r_chunks(R_ptr, head, cols, mask_c, NH, DH, NKC, BK, False)
+        RT_a = load_rt(R_ptr, head, col0, 0, NH, DH, BO, KA)
+        if KB > 0:
+            RT_b = load_rt(R_ptr, head, col0, KA, NH, DH, BO, KB)
 
     # carried state of the own tile; the same int32 offsets address pre and cnm (time-major)
     off_st = rb[:, None] * HD + head * DH + cols[None, :]
@@ -275,63 +301,38 @@ def slstm_fwd_kernel(
     c = tl.load(state_in_ptr + s_state + off_st, mask=mask, other=0.0)
     n = tl.load(state_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
     m = tl.load(state_in_ptr + 3 * s_state + off_st, mask=mask, other=0.0)
+    off_pre = rb[:, None] * HD + g4[None, :] * s_state + head * DH + o4[None, :]
 
-    off_wx = rb64[:, None] * s_wx_b + head * s_wx_h + cols[None, :]
+    off_wx = rb64[:, None] * s_wx_b + g4[None, :] * s_wx_g + head * s_wx_h + o4[None, :]
     off_h = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
 
     # wx of the next step is loaded one step ahead (its latency hides behind the step)
-    px = wx_ptr + off_wx + tl.cast(t_start, tl.int64) * s_wx_t
-    nx_i = tl.load(px, mask=mask, other=0.0)
-    nx_f = tl.load(px + s_wx_g, mask=mask, other=0.0)
-    nx_z = tl.load(px + 2 * s_wx_g, mask=mask, other=0.0)
-    nx_o = tl.load(px + 3 * s_wx_g, mask=mask, other=0.0)
+    nx = tl.load(wx_ptr + off_wx + tl.cast(t_start, tl.int64) * s_wx_t, mask=mask4, other=0.0)
     # num_stages=1: the h_{t-1} loads must not be software-pipelined ahead of the barrier
     for t in tl.range(t_start, t_end, num_stages=1):
-        acc_i = nx_i.to(tl.float32) + b_i
-        acc_f = nx_f.to(tl.float32) + b_f
-        acc_z = nx_z.to(tl.float32) + b_z
-        acc_o = nx_o.to(tl.float32) + b_o
-        px = wx_ptr + off_wx + tl.cast(t + 1, tl.int64) * s_wx_t
-        mnext = mask_if(mask, t + 1 < t_end)
-        nx_i = tl.load(px, mask=mnext, other=0.0)
-        nx_f = tl.load(px + s_wx_g, mask=mnext, other=0.0)
-        nx_z = tl.load(px + 2 * s_wx_g, mask=mnext, other=0.0)
-        nx_o = tl.load(px + 3 * s_wx_g, mask=mnext, other=0.0)
+        acc = nx.to(tl.float32) + bias
+        nx = tl.load(wx_ptr + off_wx + tl.cast(t + 1, tl.int64) * s_wx_t,
+                     mask=mask_if(mask4, t + 1 < t_end), other=0.0)
 
         if NCB == 1:  # whole head in this program: h_{t-1} is in registers
-            hb = split_k(h.to(dtype), NKC, BK)
-            if NKC == 1:
-                acc_i = chunked_mm(hb, RT_i, acc_i, NKC, DOT_PREC)
-                acc_f = chunked_mm(hb, RT_f, acc_f, NKC, DOT_PREC)
-                acc_z = chunked_mm(hb, RT_z, acc_z, NKC, DOT_PREC)
-                acc_o = chunked_mm(hb, RT_o, acc_o, NKC, DOT_PREC)
-            else:
-                z3 = tl.zeros((NKC, BB, BO), dtype=tl.float32)
-                acc_i += tl.sum(chunked_mm(hb, RT_i, z3, NKC, DOT_PREC), axis=0)
-                acc_f += tl.sum(chunked_mm(hb, RT_f, z3, NKC, DOT_PREC), axis=0)
-                acc_z += tl.sum(chunked_mm(hb, RT_z, z3, NKC, DOT_PREC), axis=0)
-                acc_o += tl.sum(chunked_mm(hb, RT_o, z3, NKC, DOT_PREC), axis=0)
+            acc = mma(h.to(dtype), RT_a, acc, DOT_PREC)
         else:
             if SYNC:
                 group_wait(sync_ptr + group, (t - t_start) * NCB)
-            acc_i, acc_f, acc_z, acc_o = fwd_recurrent_split(
-                h_ptr, h0_ptr, R_ptr, RT_i, RT_f, RT_z, RT_o, acc_i, acc_f, acc_z, acc_o,
-                t, T, rb64, mask_b, cols, head, NH, DH, BB, BO, NKC, BK, RESIDENT, H0_IS_STATE,
-                DOT_PREC)
-
-        i_act, f_act, z_act, o_act, m = gate_activations(acc_i, acc_f, acc_z, acc_o, n, m)
-        c = f_act * c + i_act * z_act
-        n = f_act * n + i_act
-        h = o_act * c / n
+            acc = split_recurrent(h_ptr, h0_ptr, R_ptr, RT_a, RT_b, acc, t, T, rb64, mask_b, head,
+                                  col0, NH, DH, BO, KA, KB, BK, RESIDENT, H0_IS_STATE, DOT_PREC)
 
         t64 = tl.cast(t, tl.int64)
+        if SAVE:
+            tl.store(pre_ptr + t64 * (4 * s_state) + off_pre, acc, mask=mask4)
+        g_i, g_f, g_z, g_o = split_gates(acc, BB, BO)
+        i_act, f_act, z_act, o_act, m = gate_activations(g_i, g_f, g_z, g_o, n, m, FAST_MATH)
+        c = f_act * c + i_act * z_act
+        n = f_act * n + i_act
+        h = o_act * c * fast_rcp(n, FAST_MATH)
+
         tl.store(h_ptr + off_h + t64 * HD, h.to(dtype), mask=mask)
         if SAVE:
-            pp = pre_ptr + t64 * (4 * s_state) + off_st
-            tl.store(pp, acc_i, mask=mask)
-            tl.store(pp + s_state, acc_f, mask=mask)
-            tl.store(pp + 2 * s_state, acc_z, mask=mask)
-            tl.store(pp + 3 * s_state, acc_o, mask=mask)
             pc = cnm_ptr + t64 * (3 * s_state) + off_st
             tl.store(pc, c, mask=mask)
             tl.store(pc + s_state, n, mask=mask)
@@ -355,18 +356,21 @@ class SLSTMConfig:
     """How a head is split over programs (see the module docstring).
 
     ncb: column blocks per head (1: whole head in one program), bo: columns per program (the
-    padded head size when ncb == 1). resident: R held on chip as nkc chunks of bk rows of the
-    contraction (nkc * bk = head size padded to a power of 2; the chunks spread over warps);
-    otherwise R is streamed from L2 in chunks of bk rows (nkc unused). sync: allow the persistent
-    barrier path (GPU, co-resident grid) in split mode; else one launch per step."""
+    padded head size when ncb == 1). resident: R's slice held on chip as two row blocks of the
+    contraction, ka and kb rows (powers of 2, ka + kb >= DH, kb may be 0); otherwise streamed from
+    L2 in chunks of bk rows. sync: allow the persistent barrier path (GPU, co-resident grid) in
+    split mode; else one launch per step. num_warps / bwd_num_warps: of the forward and the
+    backward kernel."""
 
     ncb: int
     bo: int
-    nkc: int
+    ka: int
+    kb: int
     bk: int
     resident: bool
     num_warps: int
     sync: bool = True
+    bwd_num_warps: int = 8
 
 
 _CONFIG_OVERRIDE: dict | None = None  # test and tuning hook: see op.config_override
@@ -379,6 +383,14 @@ def _largest_pow2_divisor(x: int, cap: int) -> int:
     return d
 
 
+def contraction_blocks(DH: int) -> tuple[int, int]:
+    """DH as ka + kb rows with ka, kb powers of 2 (kb = 0 if DH is one; else kb padded up):
+    768 -> (512, 256), 640 -> (512, 128), 896 -> (512, 512)."""
+    ka = 1 << (DH.bit_length() - 1)
+    rest = DH - ka
+    return ka, (triton.next_power_of_2(rest) if rest else 0)
+
+
 def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 30
@@ -388,47 +400,48 @@ def num_sms(device: torch.device) -> int:
 SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
 
 
-def _config(DH, dhp, bo, resident, bk=None, num_warps=None, sync=True):
-    ncb = 1 if bo >= dhp else DH // bo
-    bo = dhp if ncb == 1 else bo
-    if resident:
-        bk = bk or min(dhp, 128)
-        nkc = dhp // bk
-        num_warps = num_warps or max(4, min(8, nkc))
-    else:
-        bk = bk or _largest_pow2_divisor(DH, 64)
-        nkc = 1
-        num_warps = num_warps or 4
-    return SLSTMConfig(ncb=ncb, bo=bo, nkc=nkc, bk=bk, resident=resident, num_warps=num_warps,
-                       sync=sync)
+def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None):
+    dhp = triton.next_power_of_2(DH)
+    if bo >= dhp:  # whole head: R held, one block of the padded head size
+        nw = num_warps or (4 if dhp <= 32 else 8)
+        return SLSTMConfig(ncb=1, bo=dhp, ka=dhp, kb=0, bk=dhp, resident=True, num_warps=nw,
+                           sync=sync, bwd_num_warps=bwd_num_warps or nw)
+    ka, kb = contraction_blocks(DH) if resident else (0, 0)
+    return SLSTMConfig(ncb=DH // bo, bo=bo, ka=ka, kb=kb, bk=bk or _largest_pow2_divisor(DH, 64),
+                       resident=resident, num_warps=num_warps or 4, sync=sync,
+                       bwd_num_warps=bwd_num_warps or 8)
+
+
+def r_bytes(DH: int, bo: int, dtype: torch.dtype) -> int:
+    """Shared memory for one program's resident slice of R (4 gates x bo columns x contraction);
+    float32 runs as 3xTF32, which keeps two parts of each operand."""
+    elt = 8 if dtype == torch.float32 else 2
+    return sum(contraction_blocks(DH)) * 4 * bo * elt
 
 
 def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.device) -> SLSTMConfig:
-    """Heuristic choice, from register and shared-memory use of the sm_90 compile (no register
-    spills in any chosen variant); timing on the GPU may move it. `config_override` replaces it.
+    """Heuristic choice, from register and shared-memory use of the sm_90 compile and H100
+    timings (bench/NOTES.md). `config_override` replaces it.
 
-    Whole head in one program while R fits in shared memory and the tiles in registers (head
-    size up to 128: 4, 8, 16 warps for 32, 64, 128). Larger heads: the columns split over
-    programs that synchronize every step, the smallest column block (least work per step) whose
-    grid fits the SMs; R held in shared memory (contraction in chunks of 128 spread over warps)
-    when it fits, else streamed from L2."""
+    Whole head in one program while R fits in shared memory (head size up to 128). Larger heads:
+    the columns split over programs that synchronize every step, the smallest column block (least
+    work per step) whose grid fits the SMs; R held in shared memory when it fits, else streamed
+    from L2."""
     dhp = triton.next_power_of_2(DH)
     if _CONFIG_OVERRIDE is not None:
         o = dict(_CONFIG_OVERRIDE)
         bo = o.pop("bo", dhp)
         if bo < dhp and DH % bo:
             raise ValueError(f"config override: bo={bo} must divide DH={DH}")
-        return _config(DH, dhp, bo, o.pop("resident", bo >= dhp), **o)
-    # bytes per held element of R: float32 runs as 3xTF32, which keeps two parts of each operand
-    elt = 8 if dtype == torch.float32 else 2
-    if dhp <= 128 and 4 * dhp * dhp * elt <= SMEM_FOR_R:
-        return _config(DH, dhp, dhp, True, bk=dhp, num_warps={16: 4, 32: 4, 64: 8, 128: 16}[dhp])
+        return _config(DH, bo, o.pop("resident", bo >= dhp), **o)
+    if dhp <= 128 and r_bytes(dhp, dhp, dtype) <= SMEM_FOR_R:
+        return _config(DH, dhp, True)
     groups = NH * triton.cdiv(B, BATCH_BLOCK)
     sms = num_sms(device)
     bo = 16
     while DH % (bo * 2) == 0 and bo < 64 and groups * (DH // bo) > sms:
         bo *= 2
-    return _config(DH, dhp, bo, 4 * dhp * bo * elt <= SMEM_FOR_R)
+    return _config(DH, bo, r_bytes(DH, bo, dtype) <= SMEM_FOR_R)
 
 
 def cooperative_launch_kwargs() -> dict:
@@ -449,6 +462,12 @@ def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     if device.type != "cuda" and dtype != torch.float32:
         return "upcast"
     return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+def fast_math(device: torch.device) -> bool:
+    """MUFU approximations (ex2/lg2/rcp .approx.ftz) on the GPU; the interpreter has no inline
+    assembly and runs the plain functions."""
+    return device.type == "cuda"
 
 
 CHECK_BARRIER = False  # tests on the GPU: synchronize after each persistent launch and check
@@ -479,9 +498,9 @@ def slstm_fwd(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
     grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
-    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
-                RESIDENT=cfg.resident, SAVE=save, DOT_PREC=dot_precision(dtype, dev),
-                num_warps=cfg.num_warps)
+    meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb,
+                BK=cfg.bk, RESIDENT=cfg.resident, SAVE=save, DOT_PREC=dot_precision(dtype, dev),
+                FAST_MATH=fast_math(dev), num_warps=cfg.num_warps)
 
     h0 = state0[0].to(dtype) if cfg.ncb > 1 else state0  # initial h in the matmul dtype
 

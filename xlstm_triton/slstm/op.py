@@ -41,7 +41,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def config_override(**kw):
     """Force the kernels' program decomposition (tests, tuning): bo (columns per program; less
     than DH splits the head), bk (rows of R per chunk when streamed), resident (hold R on chip),
-    num_warps, sync (allow the persistent barrier path)."""
+    num_warps, bwd_num_warps, sync (allow the persistent barrier path)."""
     # No keywords: no override (the heuristic decides), not an empty one that forces a whole head.
     old, _fwd._CONFIG_OVERRIDE = _fwd._CONFIG_OVERRIDE, (dict(kw) if kw else None)
     try:

@@ -12,7 +12,7 @@ import torch
 import triton
 
 from ..utils import new_empty
-from .fwd import BATCH_BLOCK, SLSTMConfig, dot_precision, slstm_fwd_kernel
+from .fwd import BATCH_BLOCK, SLSTMConfig, dot_precision, fast_math, slstm_fwd_kernel
 
 
 def slstm_step_fwd(wx_t, R, b, state, cfg: SLSTMConfig):
@@ -28,7 +28,7 @@ def slstm_step_fwd(wx_t, R, b, state, cfg: SLSTMConfig):
     slstm_fwd_kernel[(grid,)](
         wx_t, R, b, state, state, h, new_state, h, h, unused, B, 1, 0, 1,
         wx_t.stride(0), 0, wx_t.stride(1), wx_t.stride(2),
-        NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, NKC=cfg.nkc, BK=cfg.bk,
+        NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb, BK=cfg.bk,
         RESIDENT=cfg.resident, SAVE=False, SYNC=False, H0_IS_STATE=True,
-        DOT_PREC=dot_precision(wx_t.dtype, dev), num_warps=cfg.num_warps)
+        DOT_PREC=dot_precision(wx_t.dtype, dev), FAST_MATH=fast_math(dev), num_warps=cfg.num_warps)
     return h.view(B, NH, DH), new_state
