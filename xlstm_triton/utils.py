@@ -41,3 +41,10 @@ def use_triton(t: torch.Tensor) -> bool:
     """Dispatch rule: CUDA tensors run the Triton kernels; CPU tensors run them in the Triton
     interpreter when TRITON_INTERPRET=1, and the PyTorch path otherwise."""
     return t.is_cuda or (t.device.type == "cpu" and triton_interpret())
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (a very large number elsewhere: no limit)."""
+    if device.type != "cuda":
+        return 1 << 30
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty
+from ..utils import new_empty, num_sms
 
 
 @triton.jit(do_not_specialize=["NH"])
@@ -72,7 +72,12 @@ def mlstm_step_triton(q, k, v, i, f, c, n, m, eps=1e-6):
     c_new = new_empty((B, NH, DQK, DV), torch.float32, q.device)
     n_new = new_empty((B, NH, DQK), torch.float32, q.device)
     m_new = new_empty((B, NH, 1), torch.float32, q.device)
+    # value block: 64 columns, halved (down to 16) while the grid would not give every SM two
+    # programs: at batch 1 a step is a few microseconds and bound by how many SMs stream the state
+    # (one compiled variant per block size, so at most three)
     BV = min(64, max(16, triton.next_power_of_2(DV)))
+    while BV > 16 and triton.cdiv(DV, BV) * B * NH < 2 * num_sms(q.device):
+        BV //= 2
     BK = min(64, max(16, triton.next_power_of_2(DQK)))
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     i, f = i.reshape(B, NH), f.reshape(B, NH)

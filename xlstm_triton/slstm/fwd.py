@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty
+from ..utils import new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
@@ -389,12 +389,6 @@ def contraction_blocks(DH: int) -> tuple[int, int]:
     ka = 1 << (DH.bit_length() - 1)
     rest = DH - ka
     return ka, (triton.next_power_of_2(rest) if rest else 0)
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1 << 30
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
