@@ -31,10 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, num_sms
+from ..utils import new_empty
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
-                  group_wait, mask_if, mma, split_gates, use_sync)
+                  group_wait, mask_if, mma, num_sms, split_gates, use_sync)
 
 
 @triton.jit
@@ -232,80 +232,71 @@ def slstm_bwd_kernel(
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
 
-@triton.jit(do_not_specialize=["B", "T", "rows_per_split"])
+@triton.jit(do_not_specialize=["B", "T", "t_per_split"])
 def slstm_dr_db_kernel(
-    dwx_ptr, h_ptr, state0_ptr, dR_ptr, db_ptr, B, T, rows_per_split,
+    dwx_ptr, h_ptr, state0_ptr, dR_ptr, db_ptr, B, T, t_per_split,
     NH: tl.constexpr, DH: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
-    BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dR[g, head, o, i] = sum_{b,t} dwx[b, t, g, head, o] h_{t-1}[b, head, i] and
-    db[g, head, o] = sum_{b,t} dwx[b, t, g, head, o]: a product over the B * T rows (b, t),
-    r = b * T + t, which is the row index of both dwx (B, T, 4, NH, DH) and h (B, T, NH, DH).
-    grid: (4 * NH, o blocks * i blocks, row splits); a program sums rows_per_split rows and
-    stores its tile (ATOMIC: adds it, float32 atomics, into zeroed dR and db). h_{t-1} is h at row
-    r - 1, or the initial state's h (float32) at t == 0."""
+    """dR[g, head, o, i] += sum_t dwx[b, t, g, head, o] h_{t-1}[b, head, i] and
+    db[g, head, o] += sum_t dwx[b, t, g, head, o] over one batch row b and one range of t.
+    grid: (4 * NH, o blocks * i blocks, B * time splits); dR (4, NH, DH, DH) and db (4, NH, DH)
+    float32, zeroed before. h_{t-1} is the output h (B, T, NH, DH) at t - 1, or the initial
+    state's h (float32, (B, NH, DH)) at t == 0."""
     g = tl.program_id(0) // NH
     head = tl.program_id(0) % NH
     n_i_blocks: tl.constexpr = (DH + BLOCK_I - 1) // BLOCK_I
     ob = tl.program_id(1) // n_i_blocks
     ib = tl.program_id(1) % n_i_blocks
-    r_start = tl.program_id(2) * rows_per_split
-    r_end = tl.minimum(r_start + rows_per_split, B * T)
+    n_splits = tl.cdiv(T, t_per_split)
+    b = tl.program_id(2) // n_splits
+    t_start = (tl.program_id(2) % n_splits) * t_per_split
+    t_end = tl.minimum(t_start + t_per_split, T)
     HD: tl.constexpr = NH * DH
+    b64 = tl.cast(b, tl.int64)
+    T64 = tl.cast(T, tl.int64)
+    dwx_b = dwx_ptr + b64 * T64 * (4 * HD) + g * HD + head * DH  # this batch row, gate and head
+    h_b = h_ptr + b64 * T64 * HD + head * DH
+    h0_b = state0_ptr + b64 * HD + head * DH
     o = ob * BLOCK_O + tl.arange(0, BLOCK_O)
     i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
     mo = o < DH
     mi = i < DH
     acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    for r0 in range(r_start, r_end, BLOCK_N):
-        r = r0 + tl.arange(0, BLOCK_N)
-        mr = r < r_end
-        t = r % T
-        r64 = r.to(tl.int64)
-        a = tl.load(dwx_ptr + r64[:, None] * (4 * HD) + g * HD + head * DH + o[None, :],
-                    mask=mr[:, None] & mo[None, :], other=0.0)
-        mh = mr[:, None] & mi[None, :]
-        hp = tl.load(h_ptr + (r64[:, None] - 1) * HD + head * DH + i[None, :],
-                     mask=mh & (t[:, None] > 0), other=0.0)
-        h0 = tl.load(state0_ptr + (r // T)[:, None] * HD + head * DH + i[None, :],
-                     mask=mh & (t[:, None] == 0), other=0.0)
+    for t0 in range(t_start, t_end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)
+        mt = t < t_end
+        a = tl.load(dwx_b + t[:, None] * (4 * HD) + o[None, :], mask=mt[:, None] & mo[None, :], other=0.0)
+        mh = mt[:, None] & mi[None, :]
+        hp = tl.load(h_b + (t[:, None] - 1) * HD + i[None, :], mask=mh & (t[:, None] > 0), other=0.0)
+        h0 = tl.load(h0_b + i[None, :] + 0 * t[:, None], mask=mh & (t[:, None] == 0), other=0.0)
         hp = tl.where(t[:, None] > 0, hp, h0.to(hp.dtype))
         acc = mma(tl.trans(a), hp, acc, DOT_PREC)
         acc_b += tl.sum(a.to(tl.float32), axis=0)
     gh = g * NH + head
-    p_r = dR_ptr + gh * DH * DH + o[:, None] * DH + i[None, :]
-    m_r = mo[:, None] & mi[None, :]
-    m_b = mask_if(mo, ib == 0)
-    if ATOMIC:
-        tl.atomic_add(p_r, acc, mask=m_r, sem="relaxed")
-        tl.atomic_add(db_ptr + gh * DH + o, acc_b, mask=m_b, sem="relaxed")
-    else:
-        tl.store(p_r, acc, mask=m_r)
-        tl.store(db_ptr + gh * DH + o, acc_b, mask=m_b)
+    tl.atomic_add(dR_ptr + gh * DH * DH + o[:, None] * DH + i[None, :], acc,
+                  mask=mo[:, None] & mi[None, :], sem="relaxed")
+    tl.atomic_add(db_ptr + gh * DH + o, acc_b, mask=mask_if(mo, ib == 0), sem="relaxed")
 
 
 def slstm_dr_db(dwx, h, state0, R):
     """dR (4, NH, DH, DH) and db (4, NH, DH), float32, from dwx (B, T, 4, NH, DH), h (B, T, NH, DH)
-    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32. Tiles of 128 x 128
-    (64 for small heads); the B * T rows are split only as far as needed for about two programs
-    per SM (then float32 atomics, so the last bits may vary from run to run)."""
+    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32."""
     B, T, _, NH, DH = dwx.shape
-    block = min(128, max(16, triton.next_power_of_2(DH)))
+    dR = torch.zeros((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
+    db = torch.zeros((4, NH, DH), dtype=torch.float32, device=dwx.device)
+    block = min(64, triton.next_power_of_2(DH))
     block_n = 64 if dwx.is_cuda else 16
     tiles = 4 * NH * triton.cdiv(DH, block) ** 2
-    rows = B * T
-    want = triton.cdiv(2 * num_sms(dwx.device), tiles) if dwx.is_cuda else 2
-    splits = max(1, min(want, triton.cdiv(rows, 4 * block_n)))
-    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), block_n) * block_n
-    splits = triton.cdiv(rows, rows_per_split)
-    alloc = torch.zeros if splits > 1 else torch.empty
-    dR = alloc((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
-    db = alloc((4, NH, DH), dtype=torch.float32, device=dwx.device)
-    slstm_dr_db_kernel[(4 * NH, triton.cdiv(DH, block) ** 2, splits)](
-        dwx, h, state0, dR, db, B, T, rows_per_split, NH=NH, DH=DH, BLOCK_O=block, BLOCK_I=block,
-        BLOCK_N=block_n, ATOMIC=splits > 1, DOT_PREC=dot_precision(dwx.dtype, dwx.device),
-        num_warps=8 if block >= 128 else 4)
+    # about two waves of programs on the GPU; each split at least 4 row blocks
+    want = triton.cdiv(2 * num_sms(dwx.device), tiles * B) if dwx.is_cuda else 2
+    splits = max(1, min(want, triton.cdiv(T, 4 * block_n)))
+    t_per_split = triton.cdiv(triton.cdiv(T, splits), block_n) * block_n
+    splits = triton.cdiv(T, t_per_split)
+    slstm_dr_db_kernel[(4 * NH, triton.cdiv(DH, block) ** 2, B * splits)](
+        dwx, h, state0, dR, db, B, T, t_per_split, NH=NH, DH=DH, BLOCK_O=block, BLOCK_I=block,
+        BLOCK_N=block_n, DOT_PREC=dot_precision(dwx.dtype, dwx.device), num_warps=4)
     return dR, db
 
 

@@ -1,0 +1,168 @@
+"""Run a Hugging Face `transformers` xLSTM model (xLSTM-7B) on xlstm-triton's kernels, in place.
+
+    from transformers import xLSTMForCausalLM
+    from xlstm_triton.integrations.transformers import use_xlstm_triton
+    model = use_xlstm_triton(xLSTMForCausalLM.from_pretrained("NX-AI/xLSTM-7b", torch_dtype=torch.bfloat16).cuda())
+    out = model.generate(input_ids, max_new_tokens=32)          # transformers' generate, our kernels
+
+The seam. Every transformers xLSTM layer (its own `xLSTMLayer`, or the `xlstm` package's
+`mLSTMLayer` that transformers uses when `xlstm` is installed) computes projections, gates
+and norms itself and hands the mLSTM cell to a parameter-free submodule `mlstm_backend`:
+
+    h, (c, n, m) = layer.mlstm_backend(q, k, v, i, f, c_initial, n_initial, m_initial)
+    # q, k (B, NH, S, DQK); v (B, NH, S, DV); i, f (B, NH, S); c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1)
+
+(keywords `q, k, v, i, f` for the `xlstm`/`mlstm_kernels` backend, `query, key, value, igate,
+fgate` for transformers' built-in one). `use_xlstm_triton` replaces that submodule in every
+layer with `TritonMLSTMBackend`, which runs `mlstm_chunkwise` for sequences (training and
+prefill, any length, exact gradients) and `mlstm_step` for single tokens (decoding). The
+weights, the state dict, `xLSTMCache`, `generate()` and the loss stay transformers' own; the
+backend's `mode` ("train" / "inference") and `return_last_states` keep their meaning.
+`remove_xlstm_triton` puts the original backends back.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..mlstm import mlstm_chunkwise, mlstm_step
+
+__all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend"]
+
+_MODES = ("train", "train_with_padding", "inference")
+
+
+def _check_chunk_size(chunk_size):
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                   or chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"chunk_size: expected None or a power of two >= 16, got {chunk_size!r}")
+
+
+class TritonMLSTMBackend(nn.Module):
+    """Drop-in for the `mlstm_backend` of a transformers xLSTM layer, on xlstm-triton's ops.
+
+    forward(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
+            return_last_states=None, mode=None)        (or query=, key=, value=, igate=, fgate=)
+        q, k (B, NH, S, DQK); v (B, NH, S, DV); i, f (B, NH, S); optional initial state
+        c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in any float dtype (used as float32).
+    Returns h (B, NH, S, DV) in q's dtype and, in mode "inference" (always) or "train" with
+    return_last_states, the last state (c, n, m) in float32.
+
+    S == 1 runs `mlstm_step` (one kernel, no host sync); longer sequences `mlstm_chunkwise`
+    (chunk_size None: picked per length). No parameters or buffers: the layer's state dict
+    is unchanged. The replaced backend is kept in `original` (not a submodule).
+    """
+
+    def __init__(self, mode: str = "inference", return_last_states: bool = True, eps: float = 1e-6,
+                 chunk_size: Optional[int] = None, original: Optional[nn.Module] = None):
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+        _check_chunk_size(chunk_size)
+        self.mode, self.return_last_states, self.eps, self.chunk_size = mode, bool(return_last_states), eps, chunk_size
+        object.__setattr__(self, "original", original)      # plain attribute, not a submodule
+
+    @classmethod
+    def replacing(cls, backend: nn.Module, chunk_size: Optional[int] = None) -> "TritonMLSTMBackend":
+        """A backend with the settings (mode, return_last_states, eps) of `backend`, whose
+        config is transformers' xLSTMConfig or mlstm_kernels' mLSTMBackendConfig."""
+        cfg = getattr(backend, "config", None)
+        return cls(mode=getattr(cfg, "mode", "inference"),
+                   return_last_states=getattr(cfg, "return_last_states", True),
+                   eps=getattr(cfg, "eps", 1e-6), chunk_size=chunk_size, original=backend)
+
+    def forward(self, q=None, k=None, v=None, i=None, f=None, c_initial=None, n_initial=None,
+                m_initial=None, return_last_states: Optional[bool] = None, mode: Optional[str] = None,
+                *, query=None, key=None, value=None, igate=None, fgate=None):
+        args = {}
+        for short, t, long, t2 in (("q", q, "query", query), ("k", k, "key", key), ("v", v, "value", value),
+                                   ("i", i, "igate", igate), ("f", f, "fgate", fgate)):
+            if t is not None and t2 is not None:
+                raise TypeError(f"TritonMLSTMBackend: got both {short} and {long}")
+            args[short] = t if t is not None else t2
+            if args[short] is None:
+                raise TypeError(f"TritonMLSTMBackend: missing {short} (or {long})")
+        q, k, v, i, f = (args[n] for n in "qkvif")
+        mode = self.mode if mode is None else mode
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+        if mode == "inference":
+            return_states = True
+        else:
+            return_states = self.return_last_states if return_last_states is None else return_last_states
+            if mode == "train_with_padding" and return_states:
+                raise ValueError("return_last_states=True is not supported with mode 'train_with_padding'")
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            raise ValueError(f"q: expected a tensor of shape (B, NH, S, DQK), got "
+                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        c, n, m = (t if t is None or t.dtype == torch.float32 else t.float()
+                   for t in (c_initial, n_initial, m_initial))
+        B, NH, S, DQK = q.shape
+        if S == 1:
+            if c is None or n is None or m is None:
+                z = dict(device=q.device, dtype=torch.float32)
+                c = torch.zeros(B, NH, DQK, v.shape[-1], **z) if c is None else c
+                n = torch.zeros(B, NH, DQK, **z) if n is None else n
+                m = torch.zeros(B, NH, 1, **z) if m is None else m
+            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.eps)
+            h = h[:, :, None]
+        else:
+            out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_states,
+                                  eps=self.eps, chunk_size=self.chunk_size)
+            h, state = out if return_states else (out, None)
+        return (h, tuple(state)) if return_states else h
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, return_last_states={self.return_last_states}, eps={self.eps}, "
+                f"chunk_size={self.chunk_size}")
+
+
+def _xlstm_layers(model):
+    return [mod for _, mod in model.named_modules()
+            if isinstance(getattr(mod, "mlstm_backend", None), nn.Module)]
+
+
+def _check_model(model, fn):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: expected a transformers xLSTM model (xLSTMForCausalLM / xLSTMModel), "
+                        f"got {type(model).__name__}")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in (None, "xlstm"):
+        raise TypeError(f"{fn}: expected an xLSTM model (config.model_type 'xlstm'), got model_type {model_type!r}")
+    layers = _xlstm_layers(model)
+    if not layers:
+        raise TypeError(f"{fn}: {type(model).__name__} has no xLSTM layer with an `mlstm_backend` submodule "
+                        f"(expected a transformers xLSTMForCausalLM / xLSTMModel)")
+    return layers
+
+
+def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None) -> nn.Module:
+    """Make a loaded transformers xLSTM model (xLSTMForCausalLM or xLSTMModel; also the
+    `xlstm` package's xLSTMLarge) run its mLSTM cells on xlstm-triton's kernels, in place.
+
+    Replaces the `mlstm_backend` of every layer with a `TritonMLSTMBackend` (module
+    docstring); weights, device, dtype, cache and `generate()` are untouched. chunk_size: the
+    chunk of `mlstm_chunkwise` (None: picked per sequence length; a power of two >= 16).
+    Calling it again only updates chunk_size. Returns `model`.
+    """
+    layers = _check_model(model, "use_xlstm_triton")
+    _check_chunk_size(chunk_size)
+    for layer in layers:
+        old = layer.mlstm_backend
+        if isinstance(old, TritonMLSTMBackend):
+            old.chunk_size = chunk_size
+        else:
+            layer.mlstm_backend = TritonMLSTMBackend.replacing(old, chunk_size)
+    return model
+
+
+def remove_xlstm_triton(model: nn.Module) -> nn.Module:
+    """Undo `use_xlstm_triton`: put each layer's original backend back. Returns `model`."""
+    for layer in _check_model(model, "remove_xlstm_triton"):
+        backend = layer.mlstm_backend
+        if isinstance(backend, TritonMLSTMBackend) and backend.original is not None:
+            layer.mlstm_backend = backend.original
+    return model
