@@ -3,7 +3,15 @@
     python -m bench mlstm [--providers a,b] [--quick]     # mLSTM kernels, peers, attention
     python -m bench slstm [--providers a,b] [--quick]     # sLSTM kernels, FlashRNN, cuDNN LSTM
     python -m bench step                                  # mLSTM decoding step vs its HBM floor
+    python -m bench kernels                               # mLSTM, sLSTM, attention vs sequence length
+    python -m bench decode                                # per-token latency and memory vs context
+    python -m bench model                                 # LM training tokens/s and memory vs context
+    python -m bench large                                 # xLSTM-7B shape: prefill tokens/s, decode ms/token
     python -m bench plot bench/results/mlstm.csv          # CSV -> PNG figures in docs/figures/
+
+Results are appended to bench/results/<suite>.csv (with --quick: to the system's temporary
+folder, so smoke runs never mix with measurements). `python -m bench <suite> --help` describes
+a suite's cases, providers and columns.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from bench import harness
 
-SUITES = ["mlstm", "slstm", "step"]
+QUICK_DIR = Path(tempfile.gettempdir()) / "xlstm_triton_bench_quick"
+SUITES = ["mlstm", "slstm", "step", "kernels", "decode", "model", "large"]
 
 
 def main(argv=None):
@@ -29,13 +39,19 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     for name in SUITES:
-        p = sub.add_parser(name, help=importlib.import_module(f"bench.suite_{name}").__doc__.splitlines()[0])
-        p.add_argument("--providers", help="comma-separated provider names (default: all)")
-        p.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+        suite = importlib.import_module(f"bench.suite_{name}")
+        p = sub.add_parser(name, help=suite.__doc__.splitlines()[0], description=suite.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        names = ", ".join(pr.name for pr in suite.providers())
+        p.add_argument("--providers", help=f"comma-separated provider names (default: all): {names}")
+        p.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke test (runs on CPU)")
         p.add_argument("--dtype", default="bfloat16")
-        p.add_argument("--csv", type=Path, help=f"default: bench/results/{name}.csv")
+        p.add_argument("--csv", type=Path, help=f"default: bench/results/{name}.csv; with --quick "
+                                                f"{QUICK_DIR / (name + '.csv')}")
         p.add_argument("--log", type=Path, help="worker stderr goes here")
-    p = sub.add_parser("plot", help="turn result CSVs into PNG figures")
+    p = sub.add_parser("plot", help="turn result CSVs into PNG figures",
+                       description="One or more figures per CSV (the newest row of each provider, "
+                                   "case and mode), titled with the GPU, dtype and shapes.")
     p.add_argument("csv", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=harness.REPO / "docs" / "figures")
     args = ap.parse_args(argv)
@@ -54,10 +70,12 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown providers {sorted(unknown)}; known: {[p.name for p in providers]}")
         providers = [p for p in providers if p.name in wanted]
-    csv_path = args.csv or harness.REPO / "bench" / "results" / f"{args.command}.csv"
+    default_dir = QUICK_DIR if args.quick else harness.REPO / "bench" / "results"
+    csv_path = args.csv or default_dir / f"{args.command}.csv"
     rows = harness.run_suite(args.command, suite.cases(args.quick), providers, args.dtype,
                              csv_path, args.log)
     harness.print_table(rows, suite.TABLE_KEYS)
+    print(f"rows appended to {csv_path}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 mLSTM CSVs (columns geometry, S): time and peak memory against sequence length, log-log, one
 line per provider, per geometry with more than one length; bars otherwise. sLSTM CSVs (NH, DH):
-grouped bars per head split. Every title names the GPU, dtype and shapes.
+grouped bars per head split. The `kernels`, `decode` and `model` suites' CSVs (their `suite`
+column) are drawn by bench/plot_scaling.py. Every title names the GPU, dtype and shapes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def plot_csv(path: Path, out_dir: Path) -> list[Path]:
     if not rows:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
+    suite = rows[-1].get("suite", "")
+    if suite in ("kernels", "decode", "model"):
+        from bench import plot_scaling
+        plot = getattr(plot_scaling, f"plot_{suite}")
+        return plot([r for r in rows if r.get("suite") == suite], path.stem, out_dir)
     if "geometry" in rows[0]:
         return _plot_mlstm(rows, path.stem, out_dir)
     if "DH" in rows[0]:

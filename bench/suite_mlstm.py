@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import Provider
+from bench.harness import Provider, device
 
 TOKENS = 65536
 
@@ -26,7 +26,7 @@ def cases(quick: bool = False) -> list[dict]:
 
 def _mlstm_inputs(case, dtype, requires_grad):
     B, NH, S, DQK, DV = (case[k] for k in ("B", "NH", "S", "DQK", "DV"))
-    dev = "cuda"
+    dev = device()
     q = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
     k = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
     v = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
@@ -45,7 +45,7 @@ def _runner(kernel, case, mode, dtype, **kw):
             with torch.no_grad():
                 kernel(*ins, **kw)
         return fn
-    dh = torch.randn(case["B"], case["NH"], case["S"], case["DV"], device="cuda", dtype=dtype)
+    dh = torch.randn(case["B"], case["NH"], case["S"], case["DV"], device=ins[0].device, dtype=dtype)
 
     def fn():
         kernel(*ins, **kw).backward(dh)
@@ -65,14 +65,14 @@ def _ours(case, mode, dtype):
     return _runner(mlstm_chunkwise, case, mode, dtype)
 
 
-def _attention(backend_name):
+def _attention(backend_name, shape_of=lambda case: (case["B"], 32, case["S"], 128)):
+    """Causal SDPA with one backend forced; `shape_of(case)` gives q/k/v's (B, heads, S, dim)."""
     def setup(case, mode, dtype):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         import torch.nn.functional as F
 
         backend = getattr(SDPBackend, backend_name)
-        B, S = case["B"], case["S"]
-        shape = (B, 32, S, 128)
+        shape = shape_of(case)
         grad = mode == "fwbw"
         q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(3))
 

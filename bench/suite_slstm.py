@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import Provider
+from bench.harness import Provider, device
 
 
 def cases(quick: bool = False) -> list[dict]:
@@ -21,9 +21,10 @@ def cases(quick: bool = False) -> list[dict]:
 
 def _slstm_inputs(case, dtype, requires_grad):
     B, T, NH, DH = (case[k] for k in ("B", "T", "NH", "DH"))
-    wx = torch.randn(B, T, 4, NH, DH, device="cuda", dtype=dtype)
-    R = torch.randn(4, NH, DH, DH, device="cuda", dtype=dtype) / DH**0.5
-    b = torch.randn(4, NH, DH, device="cuda", dtype=dtype)
+    dev = device()
+    wx = torch.randn(B, T, 4, NH, DH, device=dev, dtype=dtype)
+    R = torch.randn(4, NH, DH, DH, device=dev, dtype=dtype) / DH**0.5
+    b = torch.randn(4, NH, DH, device=dev, dtype=dtype)
     for t in (wx, R, b):
         t.requires_grad_(requires_grad)
     return wx, R, b
@@ -36,7 +37,7 @@ def _runner(call, case, mode, dtype):
             with torch.no_grad():
                 call(wx, R, b)
         return fn
-    dh = torch.randn(case["B"], case["T"], case["NH"], case["DH"], device="cuda", dtype=dtype)
+    dh = torch.randn(case["B"], case["T"], case["NH"], case["DH"], device=wx.device, dtype=dtype)
 
     def fn():
         call(wx, R, b).backward(dh)
