@@ -30,7 +30,7 @@ from torch import nn
 
 from ..mlstm import mlstm_chunkwise, mlstm_step
 from ..nn.components import MultiHeadLayerNorm, small_init_, wang_init_
-from ..nn.model import sample_tokens
+from ..nn.model import check_token_ids, sample_tokens
 from ..utils import use_triton
 from .config import xLSTMLargeConfig
 
@@ -353,15 +353,6 @@ class xLSTMLarge(nn.Module):
         return tuple(b.mlstm_layer.zero_state(batch_size, device) for b in self.backbone.blocks)
 
     # ------------------------------------------------------------------ forward
-    def _check_ids(self, idx, name: str = "input_ids") -> None:
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"{name}: expected token ids of shape (B, S), got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"{name}: expected an integer tensor of token ids, got {idx.dtype}")
-        if idx.shape[1] < 1:
-            raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
-
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
 
@@ -369,7 +360,7 @@ class xLSTMLarge(nn.Module):
         """input_ids (B, S) int; state: None (zeros), a sequence of num_blocks (c, n, m) or a
         dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
         `return_state`, the new state (a tuple of mLSTMState, float32)."""
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, "input_ids")
         x = self.embedding(input_ids)
         out = self.backbone(x, state, return_state=return_state)
         x, new = out if return_state else (out, None)
@@ -390,7 +381,7 @@ class xLSTMLarge(nn.Module):
         prefill of the prompt, then one `decode_step` per token (constant cost per token).
         temperature 0 is greedy; top_k samples among the k most likely tokens. Returns
         (B, S + max_new_tokens) on the model's device."""
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, "input_ids")
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
         sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front

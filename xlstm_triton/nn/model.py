@@ -83,6 +83,17 @@ def copy_state_(dst, src):
     return dst
 
 
+
+def check_token_ids(idx, name: str) -> None:
+    """Token ids must be an integer tensor (B, S) with S >= 1; a clear error naming `name` else."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"{name}: expected token ids of shape (B, S), got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor of token ids, got {idx.dtype}")
+    if idx.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
+
 class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
     """Token embedding -> xLSTMBlockStack -> lm_head, with the `xlstm` package's parameter names.
 
@@ -119,17 +130,8 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         """The empty recurrent state (what `state=None` means) as tensors, e.g. static buffers."""
         return self.xlstm_block_stack.zero_state(batch_size, device, dtype)
 
-    def _check_idx(self, idx, name="idx"):
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"{name}: expected token ids of shape (B, S), got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"{name}: expected an integer tensor of token ids, got {idx.dtype}")
-        if idx.shape[1] < 1:
-            raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
-
     def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False):
-        self._check_idx(idx)
+        check_token_ids(idx, "idx")
         x = self.emb_dropout(self.token_embedding(idx))
         out = self.xlstm_block_stack(x, state, return_state=return_state)
         x, new_state = out if return_state else (out, None)
@@ -158,7 +160,7 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         most likely tokens; `generator` makes sampling reproducible. Runs in the module's
         current mode (call `.eval()` to disable dropout). Returns (B, S + max_new_tokens).
         """
-        self._check_idx(input_ids, "input_ids")
+        check_token_ids(input_ids, "input_ids")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
         sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
