@@ -30,7 +30,7 @@ from torch import nn
 
 from ..mlstm import mlstm_chunkwise, mlstm_step
 from ..nn.components import MultiHeadLayerNorm, small_init_, wang_init_
-from ..nn.model import check_token_ids, sample_tokens
+from ..nn.model import check_token_ids, generate_tokens, sample_tokens
 from ..utils import use_triton
 from .config import xLSTMLargeConfig
 
@@ -381,20 +381,11 @@ class xLSTMLarge(nn.Module):
         prefill of the prompt, then one `decode_step` per token (constant cost per token).
         temperature 0 is greedy; top_k samples among the k most likely tokens. Returns
         (B, S + max_new_tokens) on the model's device."""
-        check_token_ids(input_ids, "input_ids")
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-        sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
-        input_ids = input_ids.to(self.embedding.weight.device)
-        if max_new_tokens == 0:
-            return input_ids
-        x, state = self.backbone(self.embedding(input_ids), return_state=True)     # prefill
-        tok = sample_tokens(self._logits(x[:, -1]), temperature, top_k, generator)
-        out = [tok]
-        for _ in range(max_new_tokens - 1):
-            tok, state = self.decode_step(tok, state, temperature, top_k, generator)
-            out.append(tok)
-        return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+        def prefill(ids):  # one chunkwise pass over the prompt
+            x, state = self.backbone(self.embedding(ids), return_state=True)
+            return self._logits(x[:, -1]), state
+        return generate_tokens(prefill, self.decode_step, input_ids, max_new_tokens, temperature, top_k,
+                               generator, self.embedding.weight.device)
 
     # ------------------------------------------------------------------ loading
     @classmethod

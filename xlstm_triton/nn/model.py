@@ -94,6 +94,27 @@ def check_token_ids(idx, name: str) -> None:
     if idx.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
 
+
+def generate_tokens(prefill, decode_step, input_ids, max_new_tokens, temperature, top_k, generator,
+                    device) -> torch.Tensor:
+    """The generation loop of the LMs: checks, `prefill(ids)` -> (last-position logits (B, V),
+    state), then `decode_step(tok, state, temperature, top_k, generator)` -> (tok, state) per new
+    token. Returns (B, S + max_new_tokens) on `device`."""
+    check_token_ids(input_ids, "input_ids")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
+    input_ids = input_ids.to(device)
+    if max_new_tokens == 0:
+        return input_ids
+    logits, state = prefill(input_ids)
+    tok = sample_tokens(logits, temperature, top_k, generator)
+    out = [tok]
+    for _ in range(max_new_tokens - 1):
+        tok, state = decode_step(tok, state, temperature, top_k, generator)
+        out.append(tok)
+    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+
 class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
     """Token embedding -> xLSTMBlockStack -> lm_head, with the `xlstm` package's parameter names.
 
@@ -160,21 +181,11 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         most likely tokens; `generator` makes sampling reproducible. Runs in the module's
         current mode (call `.eval()` to disable dropout). Returns (B, S + max_new_tokens).
         """
-        check_token_ids(input_ids, "input_ids")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-        sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
-        if max_new_tokens == 0:
-            return input_ids
-        input_ids = input_ids.to(self.token_embedding.weight.device)
-        x = self.emb_dropout(self.token_embedding(input_ids))
-        x, state = self.xlstm_block_stack(x, return_state=True)           # chunkwise prefill
-        tok = sample_tokens(self.lm_head(x[:, -1]), temperature, top_k, generator)
-        out = [tok]
-        for _ in range(max_new_tokens - 1):
-            tok, state = self.decode_step(tok, state, temperature, top_k, generator)
-            out.append(tok)
-        return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+        def prefill(ids):  # one chunkwise pass over the prompt
+            x, state = self.xlstm_block_stack(self.emb_dropout(self.token_embedding(ids)), return_state=True)
+            return self.lm_head(x[:, -1]), state
+        return generate_tokens(prefill, self.decode_step, input_ids, max_new_tokens, temperature, top_k,
+                               generator, self.token_embedding.weight.device)
 
     def _create_weight_decay_optim_groups(self):
         decay, no_decay = super()._create_weight_decay_optim_groups()
