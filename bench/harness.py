@@ -43,7 +43,9 @@ class Provider:
 
     Optional attributes of the returned function: `grad_to_none` (tensors whose .grad is reset
     between calls), `calls_per_run` (the time is divided by it, e.g. steps in one CUDA graph),
-    `columns` (a dict of extra CSV columns, or a function of the measured ms returning one)."""
+    `columns` (a dict of extra CSV columns, or a function of the measured ms returning one),
+    `rep_ms` (do_bench's timing budget, default 200 ms: raise it for calls of tens of ms, which
+    would otherwise be the median of two or three)."""
     name: str
     setup: Callable[[dict, str, "torch.dtype"], Callable[[], None]]
     env: dict = dataclasses.field(default_factory=dict)
@@ -98,7 +100,7 @@ def _measure(fn, grad_to_none) -> tuple[float, float | None]:
     fn()
     torch.cuda.synchronize()
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    ms = triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none,
+    ms = triton.testing.do_bench(fn, warmup=25, rep=getattr(fn, "rep_ms", 200), grad_to_none=grad_to_none,
                                  return_mode="median")
     return float(ms), float(peak_mib)
 

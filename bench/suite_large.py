@@ -12,16 +12,21 @@ Providers (one process each):
                                config does (chunkwise--triton_xl_chunk, chunk 128,
                                native_sequence__triton, triton step; DISABLE_LLVM_OPT=1, SPEC 5).
                                transformers uses these only through the `xlstm` package
-  transformers+xlstm_triton    `use_xlstm_triton(model)`: the same model on our kernels
-  xlstm_triton.xLSTMLarge      our model built from the same weights (`from_transformers`)
+  transformers+xlstm_triton    `use_xlstm_triton(model)`: the same model on our kernels, its
+                               blocks' forwards ours (fused norms, gates and activation)
+  transformers+xlstm_triton:backend   `use_xlstm_triton(model, fuse_blocks=False)`: only the
+                               mLSTM cell swapped (transformers' own block code around it)
+  xlstm_triton.xLSTMLarge      our model built from the same weights (`from_transformers`),
+                               in the "fused" weight mode (q|k|v|o and gate|up as one GEMM each)
   *+graph                      decoding only: the one-token forward captured in a CUDA graph
 
 Phases (the `phase` column; mode "fw"):
   prefill  one forward of B x ctx tokens through the backbone with a fresh cache, plus the LM
            head on the last position (what generation's first call needs); ctx 2k, 8k, 32k at
            B=1. `tokens_per_s` = B * ctx / time.
-  decode   one token per sequence with a state (transformers: its xLSTMCache, as `generate`
-           passes it; the forward includes the LM head), B = 1 and 16; ms is per token.
+  decode   one token per sequence with a state (transformers: its xLSTMCache, bfloat16, as
+           `generate` makes it; xLSTMLarge: float32 buffers it updates in place), the forward
+           including the LM head, B = 1 and 16; ms is per token.
            `floor_ms`: the weights (less the embedding) read once and the float32 state read
            and written once at the 3.0 TB/s HBM copy rate of bench/NOTES.md (issue 6's goal:
            within 1.3x of it).
@@ -78,7 +83,8 @@ _CACHE: dict = {}
 
 def _hf_model(case: dict, dtype: torch.dtype, backend: str):
     """A random-weight transformers xLSTMForCausalLM for `case`, in eval mode, kept across
-    the cases of this process. backend: "native", "mlstm_kernels" or "xlstm_triton"."""
+    the cases of this process. backend: "native", "mlstm_kernels", "xlstm_triton" (blocks
+    fused) or "xlstm_triton:backend" (the mLSTM backends only)."""
     key = (backend, case["E"], case["NH"], case["vocab"], case["layers"], dtype)
     if key in _CACHE:
         return _CACHE[key]
@@ -102,20 +108,23 @@ def _hf_model(case: dict, dtype: torch.dtype, backend: str):
                       num_heads=case["NH"], mode="inference", **kernels)
     with torch.device(device()):
         model = xLSTMForCausalLM._from_config(cfg, dtype=dtype).eval()
-    if backend == "xlstm_triton":
+    if backend.startswith("xlstm_triton"):
         from xlstm_triton.integrations.transformers import use_xlstm_triton
-        use_xlstm_triton(model)
+        use_xlstm_triton(model, fuse_blocks=backend != "xlstm_triton:backend")
     _CACHE[key] = model
     return model
 
 
 def _ours(case: dict, dtype: torch.dtype):
-    """Our xLSTMLarge with the weights of the native transformers model (shared)."""
+    """Our xLSTMLarge with the weights of the native transformers model, in the fused weight
+    mode (concatenated copies; the transformers model is dropped)."""
     key = ("ours", case["E"], case["NH"], case["vocab"], case["layers"], dtype)
     if key not in _CACHE:
         from xlstm_triton.models import xLSTMLarge
         hf = _hf_model(case, dtype, "native")
-        _CACHE[key] = xLSTMLarge.from_transformers(hf).eval()
+        ours = xLSTMLarge.from_transformers(hf, weight_mode="fused").eval()
+        _CACHE.clear()
+        _CACHE[key] = ours
     return _CACHE[key]
 
 
@@ -132,6 +141,8 @@ def _columns(case: dict):
 
 class _Call:
     """A zero-argument benchmark function with the harness's optional attributes."""
+
+    rep_ms = 2000       # a 2k prefill takes ~70 ms: 200 ms would give a median of two calls
 
     def __init__(self, fn, case, keep=()):
         self.fn, self.columns, self.keep = fn, _columns(case), keep
@@ -179,15 +190,11 @@ def _ours_runner(graph: bool = False):
                     x, _ = model.backbone(model.embedding(ids), return_state=True)
                     model.lm_head(x[:, -1:])
             return _Call(fn, case)
-        state = model.zero_state(B)
+        state = model.zero_state(B)                          # float32, updated in place
 
         def step():
             with torch.inference_mode():
-                logits, new = model(ids, state, return_state=True)
-                for dst, src in zip(state, new):             # in place, as transformers' cache
-                    for d, s in zip(dst, src):
-                        d.copy_(s)
-                return logits
+                return model(ids, state, update_state=True)
         return _Call(_graphed(step) if graph else step, case, keep=(state, ids))
     return setup
 
@@ -217,6 +224,7 @@ def providers() -> list[Provider]:
         Provider("transformers", _hf_runner("native"), **fw),
         Provider("transformers+mlstm_kernels", _hf_runner("mlstm_kernels"), env={"DISABLE_LLVM_OPT": "1"}, **fw),
         Provider("transformers+xlstm_triton", _hf_runner("xlstm_triton"), **fw),
+        Provider("transformers+xlstm_triton:backend", _hf_runner("xlstm_triton:backend"), **fw),
         Provider("xlstm_triton.xLSTMLarge", _ours_runner(), **fw),
         Provider("transformers+mlstm_kernels+graph", _hf_runner("mlstm_kernels", graph=True),
                  env={"DISABLE_LLVM_OPT": "1"}, **graph),

@@ -27,8 +27,8 @@ from tests.helpers import assert_close  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 from tests.test_models_large import (BF16_TAME, CHUNK, NH, S_ODD, E, L, V, randomize_,  # noqa: E402
                                      reference_logits, tiny_model)
-from xlstm_triton.integrations.transformers import (TritonMLSTMBackend, remove_xlstm_triton,  # noqa: E402
-                                                    use_xlstm_triton)
+from xlstm_triton.integrations.transformers import (FusedBlockForward, TritonMLSTMBackend,  # noqa: E402
+                                                    remove_xlstm_triton, use_xlstm_triton)
 from xlstm_triton.models import (from_transformers_state_dict, to_transformers_state_dict,  # noqa: E402
                                  xLSTMLarge)
 
@@ -157,6 +157,33 @@ def test_patched_cache_prefill_and_decode_equal_full_forward(impl):
         assert_close(n * m.exp(), s.n * s.m.exp(), 1e-4, f"cache n, block {j}")
 
 
+def test_backend_decodes_into_the_given_state():
+    """S == 1 without autograd: the given state (the layer's cache, here bfloat16) is updated
+    in place and returned; with autograd a new float32 state is returned and the given one kept."""
+    B, NH_, DQK, DV = 2, 2, 16, 32
+    q, k = torch.randn(2, B, NH_, 1, DQK)
+    v = torch.randn(B, NH_, 1, DV)
+    i, f = torch.randn(2, B, NH_, 1)
+    given = (torch.randn(B, NH_, DQK, DV), torch.randn(B, NH_, DQK), torch.randn(B, NH_, 1))
+    backend = TritonMLSTMBackend()
+    h_ref, ref = backend(q, k, v, i, f, *[t.clone() for t in given])        # float32 in place
+    cache = [t.bfloat16() for t in given]
+    before = [t.clone() for t in cache]
+    with torch.no_grad():
+        h, state = backend(q, k, v, i, f, *cache)
+    assert all(a is b for a, b in zip(state, cache)) and all(t.dtype == torch.bfloat16 for t in state)
+    for a, b, name in zip(state, ref, "cnm"):
+        assert_close(a.float(), b, 1e-2, f"bf16 cache {name}")
+    assert_close(h, h_ref, 2e-2, "h from a bf16 cache")
+    q.requires_grad_(True)
+    cache = [t.clone() for t in before]
+    h, state = backend(q, k, v, i, f, *cache)
+    assert all(a is not b for a, b in zip(state, cache)) and state[0].dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(cache, before))
+    h.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
 def test_patched_gradients_match_original():
     model = hf_model()
     ids = torch.randint(0, V, (1, 24))
@@ -255,9 +282,18 @@ def test_backbone_only_idempotent_and_remove():
         use_xlstm_triton(model, chunk_size=16)           # again: only the chunk size changes
         assert uses_triton(backbone)
         assert {m.mlstm_backend.chunk_size for m in model.modules() if hasattr(m, "mlstm_backend")} == {16}
+        for block in backbone.blocks:                    # our block forward, on the block's own parameters
+            fwd = block.__dict__["forward"]
+            assert isinstance(fwd, FusedBlockForward) and fwd.block.mlstm_layer.config.chunk_size == 16
+            assert [id(p) for p in fwd.block.parameters()] == [id(p) for p in block.parameters()]
         assert_close(backbone(ids).last_hidden_state, ref, 1e-4, "patched xLSTMModel")
+        use_xlstm_triton(model, fuse_blocks=False)       # the backends only
+        assert uses_triton(backbone) and not any("forward" in b.__dict__ for b in backbone.blocks)
+        assert_close(backbone(ids).last_hidden_state, ref, 1e-4, "patched xLSTMModel, backends only")
+        use_xlstm_triton(model)
         remove_xlstm_triton(model)
         assert type(backbone.blocks[0].mlstm_layer.mlstm_backend) is original
+        assert not any("forward" in b.__dict__ for b in backbone.blocks)
         assert torch.equal(backbone(ids).last_hidden_state, ref)
 
 
@@ -346,6 +382,10 @@ def _bf16_paths(weights: dict, ids: torch.Tensor) -> dict:
         parts = [model(ids[:, :S0], cache_params=cache, use_cache=True).logits]
         parts += [model(ids[:, t:t + 1], cache_params=cache, use_cache=True).logits for t in range(S0, ids.shape[1])]
         out["patched prefill + decode"] = torch.cat(parts, dim=1)
+        cache = hf_xlstm.xLSTMCache(model.config, ids.shape[0], dtype=torch.bfloat16, device="cuda")
+        parts = [model(ids[:, :S0], cache_params=cache, use_cache=True).logits]   # generate's cache dtype
+        parts += [model(ids[:, t:t + 1], cache_params=cache, use_cache=True).logits for t in range(S0, ids.shape[1])]
+        out["patched prefill + decode, bf16 cache"] = torch.cat(parts, dim=1)
         if hf_xlstm.external_xlstm:
             mk = hf_model(device="cuda", **weights, **MLSTM_KERNELS).to(torch.bfloat16)
             out["mlstm_kernels"] = mk(ids).logits
@@ -359,7 +399,7 @@ def test_gpu_bf16_logits_within_2e2():
     ids = torch.randint(0, V, (2, 77), device="cuda")
     out = _bf16_paths(dict(num_hidden_layers=2, **BF16_TAME), ids)
     ref = out.pop("reference")
-    for name in ("ours", "patched", "patched prefill + decode"):
+    for name in ("ours", "patched", "patched prefill + decode", "patched prefill + decode, bf16 cache"):
         assert_close(out[name], ref, 2e-2, f"bf16 {name} vs float64")
     assert_close(out["patched"], out["native"], 2e-2, "bf16 patched vs transformers native")
 

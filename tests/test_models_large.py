@@ -206,6 +206,32 @@ def test_prefill_then_decode_equals_full_forward(mode):
         assert_close(s.n * s.m.exp(), sf.n * sf.m.exp(), 1e-5, "n e^m")
 
 
+def test_update_state_in_place_equals_returned_state():
+    """update_state=True: the given buffers receive the state (prefill and decoding steps), the
+    logits equal those of the returning path, and the tensors stay the same objects."""
+    model = tiny_model()
+    ids = torch.randint(0, V, (2, 21 + 3))
+    with torch.no_grad():
+        ref, ref_state = model(ids[:, :21], return_state=True)
+        refs = [ref]
+        for t in range(21, ids.shape[1]):
+            logits, ref_state = model(ids[:, t:t + 1], ref_state, return_state=True)
+            refs.append(logits)
+        buffers = model.zero_state(2)
+        tensors = [t for s in buffers for t in s]
+        outs = [model(ids[:, :21], buffers, update_state=True)]
+        for t in range(21, ids.shape[1]):
+            logits, returned = model(ids[:, t:t + 1], buffers, return_state=True, update_state=True)
+            outs.append(logits)
+            assert all(a is b for a, b in zip((t for s in returned for t in s), tensors))
+    assert_close(torch.cat(outs, 1), torch.cat(refs, 1), 1e-6, "logits, update_state vs returned state")
+    for s, r in zip(buffers, ref_state):
+        for a, b, name in zip(s, r, "cnm"):
+            assert_close(a, b, 1e-6, f"state {name}")
+    with pytest.raises(ValueError, match="update_state=True needs a state"):
+        model(ids, update_state=True)
+
+
 def test_state_forms_and_zero_state():
     model = tiny_model()
     ids = torch.randint(0, V, (2, 19))

@@ -18,7 +18,12 @@ layer with `TritonMLSTMBackend`, which runs `mlstm_chunkwise` for sequences (tra
 prefill, any length, exact gradients) and `mlstm_step` for single tokens (decoding). The
 weights, the state dict, `xLSTMCache`, `generate()` and the loss stay transformers' own; the
 backend's `mode` ("train" / "inference") and `return_last_states` keep their meaning.
-`remove_xlstm_triton` puts the original backends back.
+With `fuse_blocks` (the default) each block's forward is also replaced, by xlstm-triton's
+`mLSTMLargeBlock` holding the block's own parameter objects: in inference it fuses what
+transformers runs as several small kernels per step (the RMS norms, the gate soft cap, the
+per-head norm with the output gate, SwiGLU's activation), which is most of a decoding
+step's launches and host time; with autograd it is the same composition of PyTorch ops.
+`remove_xlstm_triton` puts the original backends and forwards back.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import torch
 from torch import nn
 
 from ..mlstm import mlstm_chunkwise, mlstm_step
+from ..models.config import xLSTMLargeConfig
+from ..models.xlstm_large import mLSTMLargeBlock
 
-__all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend"]
+__all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend", "FusedBlockForward"]
 
 _MODES = ("train", "train_with_padding", "inference")
 
@@ -49,10 +56,14 @@ class TritonMLSTMBackend(nn.Module):
         q, k (B, NH, S, DQK); v (B, NH, S, DV); i, f (B, NH, S); optional initial state
         c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in any float dtype (used as float32).
     Returns h (B, NH, S, DV) in q's dtype and, in mode "inference" (always) or "train" with
-    return_last_states, the last state (c, n, m) in float32.
+    return_last_states, the last state (c, n, m).
 
     S == 1 runs `mlstm_step` (one kernel, no host sync); longer sequences `mlstm_chunkwise`
-    (chunk_size None: picked per length). No parameters or buffers: the layer's state dict
+    (chunk_size None: picked per length). In decoding (S == 1, no autograd) a given state is
+    updated in place, in its own dtype, and returned: the layers hand in their cache
+    (`xLSTMCache`, bfloat16 in `generate`) and copy the returned state into it, which is then
+    a no-op; this saves a conversion pass and a copy of c, the largest tensor, per layer and
+    token. Otherwise the new state is float32. No parameters or buffers: the layer's state dict
     is unchanged. The replaced backend is kept in `original` (not a submodule).
     """
 
@@ -98,18 +109,24 @@ class TritonMLSTMBackend(nn.Module):
         if not isinstance(q, torch.Tensor) or q.dim() != 4:
             raise ValueError(f"q: expected a tensor of shape (B, NH, S, DQK), got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
-        c, n, m = (t if t is None or t.dtype == torch.float32 else t.float()
-                   for t in (c_initial, n_initial, m_initial))
         B, NH, S, DQK = q.shape
         if S == 1:
-            if c is None or n is None or m is None:
+            given = (c_initial, n_initial, m_initial)
+            inplace = (all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in given)
+                       and not (torch.is_grad_enabled()
+                                and any(t.requires_grad for t in (q, k, v, i, f, *given))))
+            if inplace:                  # the layer's cache, updated where it lies (see class doc)
+                c, n, m = given
+            else:
                 z = dict(device=q.device, dtype=torch.float32)
-                c = torch.zeros(B, NH, DQK, v.shape[-1], **z) if c is None else c
-                n = torch.zeros(B, NH, DQK, **z) if n is None else n
-                m = torch.zeros(B, NH, 1, **z) if m is None else m
-            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.eps)
+                c, n, m = (torch.zeros(shape, **z) if t is None else t for t, shape in
+                           zip(given, ((B, NH, DQK, v.shape[-1]), (B, NH, DQK), (B, NH, 1))))
+            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.eps,
+                                  inplace=inplace)
             h = h[:, :, None]
         else:
+            c, n, m = (t if t is None or t.dtype == torch.float32 else t.float()
+                       for t in (c_initial, n_initial, m_initial))
             out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_states,
                                   eps=self.eps, chunk_size=self.chunk_size)
             h, state = out if return_states else (out, None)
@@ -123,6 +140,45 @@ class TritonMLSTMBackend(nn.Module):
 def _xlstm_layers(model):
     return [mod for _, mod in model.named_modules()
             if isinstance(getattr(mod, "mlstm_backend", None), nn.Module)]
+
+
+def _xlstm_blocks(model):
+    """The blocks (modules with `norm_mlstm`, `mlstm_layer`, `norm_ffn`, `ffn`), in order."""
+    return [mod for _, mod in model.named_modules()
+            if all(hasattr(mod, a) for a in ("norm_mlstm", "mlstm_layer", "norm_ffn", "ffn"))]
+
+
+class FusedBlockForward:
+    """Stands in for a transformers xLSTM block's `forward(x, state=None) -> (x, state)`: runs
+    `block`, an `mLSTMLargeBlock` whose parameters are the transformers block's own objects
+    (training, `.to()`, optimizers and the state dict see one set). Without autograd a given
+    state (the cache) is updated in place; otherwise a new float32 state is returned."""
+
+    def __init__(self, block: mLSTMLargeBlock):
+        self.block = block
+
+    def __call__(self, x, state=None):
+        update = (state is not None and not torch.is_grad_enabled()
+                  and all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in state))
+        x, new = self.block(x, state, return_state=True, update_state=update)
+        return x, tuple(new)
+
+
+def _bind_block(hf_block: nn.Module, config: xLSTMLargeConfig) -> mLSTMLargeBlock:
+    """An mLSTMLargeBlock built on the meta device, then given hf_block's parameter objects
+    (the names and shapes within a block are the same in transformers and here)."""
+    with torch.device("meta"):
+        ours = mLSTMLargeBlock(config)
+    theirs = dict(hf_block.named_parameters())
+    mine = {k: tuple(p.shape) for k, p in ours.named_parameters()}
+    if mine != {k: tuple(p.shape) for k, p in theirs.items()}:
+        diff = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != tuple(theirs[k].shape)]
+        raise ValueError(f"use_xlstm_triton: a {type(hf_block).__name__} whose parameters differ from the "
+                         f"xLSTM-7B block's ({diff[:4]}); call it with fuse_blocks=False")
+    for name, p in theirs.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(ours.get_submodule(owner), leaf, p)
+    return ours
 
 
 def _check_model(model, fn):
@@ -139,30 +195,47 @@ def _check_model(model, fn):
     return layers
 
 
-def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None) -> nn.Module:
+def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_blocks: bool = True) -> nn.Module:
     """Make a loaded transformers xLSTM model (xLSTMForCausalLM or xLSTMModel; also the
-    `xlstm` package's xLSTMLarge) run its mLSTM cells on xlstm-triton's kernels, in place.
+    `xlstm` package's xLSTMLarge) run on xlstm-triton's kernels, in place.
 
-    Replaces the `mlstm_backend` of every layer with a `TritonMLSTMBackend` (module
-    docstring); weights, device, dtype, cache and `generate()` are untouched. chunk_size: the
-    chunk of `mlstm_chunkwise` (None: picked per sequence length; a power of two >= 16).
-    Calling it again only updates chunk_size. Returns `model`.
+    Replaces the `mlstm_backend` of every layer with a `TritonMLSTMBackend` and, with
+    `fuse_blocks` (needs the model's `config`, a transformers xLSTMConfig), every block's
+    forward with a `FusedBlockForward` (module docstring). Weights, device, dtype, cache and
+    `generate()` are untouched. chunk_size: the chunk of `mlstm_chunkwise` (None: picked per
+    sequence length; a power of two >= 16). Calling it again updates chunk_size and
+    fuse_blocks. Returns `model`.
     """
     layers = _check_model(model, "use_xlstm_triton")
     _check_chunk_size(chunk_size)
+    blocks = []
+    if fuse_blocks:
+        if getattr(getattr(model, "config", None), "model_type", None) != "xlstm":
+            raise TypeError("use_xlstm_triton: fuse_blocks=True needs a transformers model with its xLSTMConfig "
+                            "(model.config); pass fuse_blocks=False for other models")
+        config = xLSTMLargeConfig.from_transformers(model.config, chunk_size=chunk_size)
+        blocks = [(b, _bind_block(b, config)) for b in _xlstm_blocks(model)]     # all checked first
     for layer in layers:
         old = layer.mlstm_backend
         if isinstance(old, TritonMLSTMBackend):
             old.chunk_size = chunk_size
         else:
             layer.mlstm_backend = TritonMLSTMBackend.replacing(old, chunk_size)
+    for block in _xlstm_blocks(model):
+        block.__dict__.pop("forward", None)
+    for block, ours in blocks:
+        block.forward = FusedBlockForward(ours)
     return model
 
 
 def remove_xlstm_triton(model: nn.Module) -> nn.Module:
-    """Undo `use_xlstm_triton`: put each layer's original backend back. Returns `model`."""
+    """Undo `use_xlstm_triton`: put each layer's original backend and each block's own
+    forward back. Returns `model`."""
     for layer in _check_model(model, "remove_xlstm_triton"):
         backend = layer.mlstm_backend
         if isinstance(backend, TritonMLSTMBackend) and backend.original is not None:
             layer.mlstm_backend = backend.original
+    for block in _xlstm_blocks(model):
+        if isinstance(block.__dict__.get("forward"), FusedBlockForward):
+            del block.__dict__["forward"]
     return model

@@ -249,14 +249,21 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     return (h, (c, n, m)) if return_last_states else h
 
 
-def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6):
+def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
     """One mLSTM time step (decoding), state in and out (SPEC section 1).
 
     Args:
         q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH, 1) or (B, NH) gate pre-activations;
-        c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1): the state (float32).
+        c (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1): the state (float32, or any float
+            dtype: it is read as it is stored and computed with in float32).
+        inplace: write the new state into c, n, m themselves (contiguous tensors; they keep
+            their dtype, e.g. a bfloat16 cache) and return them: for decoding loops with
+            static state buffers (CUDA graphs) or a cache. Not with autograd.
+        gate_soft_cap: if given, i and f are first soft-capped, cap * tanh(x / cap), inside the
+            kernel (xLSTM-7B caps its gate pre-activations at 15: two fewer kernels per step).
     Returns:
-        h (B, NH, DV) in q's dtype and the new state (c, n, m) in float32.
+        h (B, NH, DV) in q's dtype and the new state (c, n, m): float32 tensors, or with
+        `inplace` the given ones.
 
     On CUDA one Triton kernel reads the state once and writes the new one once (no host sync:
     usable inside CUDA graphs). Inputs that need gradients, and CPU tensors without
@@ -283,6 +290,20 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6):
     _check("m", m, (B, NH, 1), dev, dtypes=gdtypes)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, i, f, c, n))
+    if inplace:
+        if needs_grad:
+            raise ValueError("inplace=True: the state is overwritten, which autograd cannot "
+                             "differentiate; use it without gradients (decoding)")
+        for name, t in (("c", c), ("n", n), ("m", m)):
+            if not t.is_contiguous():
+                raise ValueError(f"{name}: inplace=True needs a contiguous state tensor")
+    if gate_soft_cap is not None and not gate_soft_cap > 0:
+        raise ValueError(f"gate_soft_cap: expected None or a number > 0, got {gate_soft_cap!r}")
     if triton_path and not needs_grad:
-        return mlstm_step_triton(q, k, v, i, f, c, n, m, eps)
-    return mlstm_step_torch(q, k, v, i, f, c, n, m, eps)
+        return mlstm_step_triton(q, k, v, i, f, c, n, m, eps, inplace, gate_soft_cap)
+    h, new = mlstm_step_torch(q, k, v, i, f, c, n, m, eps, gate_soft_cap)
+    if not inplace:
+        return h, new
+    for dst, src in zip((c, n, m), new):
+        dst.copy_(src)
+    return h, (c, n, m)

@@ -33,6 +33,7 @@ from ..nn.components import MultiHeadLayerNorm, small_init_, wang_init_
 from ..nn.model import check_token_ids, generate_tokens, sample_tokens
 from ..utils import use_triton
 from .config import xLSTMLargeConfig
+from .fused import gated_head_norm, silu_mul, use_fused
 
 __all__ = ["xLSTMLarge", "xLSTMLargeBackbone", "mLSTMLargeBlock", "mLSTMLargeLayer",
            "SwiGLUFeedForward", "RMSNorm", "mLSTMState", "soft_cap"]
@@ -75,6 +76,9 @@ class RMSNorm(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None and use_fused(x):
+            # one kernel (it reduces in float32 and rounds once) instead of four
+            return F.rms_norm(x, (self.num_features,), self.weight, self.eps)
         y = x.float() if self.force_float32_reductions else x
         y = F.rms_norm(y, (self.num_features,), eps=self.eps).to(x.dtype)
         if self.weight is not None:
@@ -107,7 +111,7 @@ class SwiGLUFeedForward(nn.Module):
             gate, up = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
         else:
             gate, up = self.proj_up_gate(x), self.proj_up(x)
-        return self.proj_down(F.silu(gate) * up)
+        return self.proj_down(silu_mul(gate, up) if use_fused(x) else F.silu(gate) * up)
 
 
 def _check_tensor(name: str, t, shape: tuple) -> None:
@@ -166,33 +170,42 @@ class mLSTMLargeLayer(nn.Module):
             _check_tensor(f"{name}.{part}", t, shape)
         return mLSTMState(*state)
 
-    def _projections(self, x):
-        cfg = self.config
+    def _projections(self, x, cap: Optional[float]):
         if self.fused:
             q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
-            i, f = soft_cap(self.ifgate_preact(x), cfg.gate_soft_cap).split(self.num_heads, dim=-1)
+            i, f = soft_cap(self.ifgate_preact(x), cap).split(self.num_heads, dim=-1)
         else:
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
-            i = soft_cap(self.igate_preact(x), cfg.gate_soft_cap)
-            f = soft_cap(self.fgate_preact(x), cfg.gate_soft_cap)
+            i = soft_cap(self.igate_preact(x), cap)
+            f = soft_cap(self.fgate_preact(x), cap)
         return q, k, v, o, i, f
 
-    def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
+                update_state: bool = False):
         """x (B, S, E); state (c, n, m) or None (zeros). Returns y (B, S, E) and, with
-        `return_state`, the new mLSTMState (float32)."""
+        `return_state`, the new mLSTMState (float32). `update_state` writes the new state into
+        the given one (static buffers, e.g. for CUDA-graph decoding; no autograd)."""
         E = self.config.embedding_dim
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != E:
             raise ValueError(f"mLSTMLargeLayer: expected x of shape (B, S, {E}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         B, S, _ = x.shape
         NH = self.num_heads
-        q, k, v, o, i, f = self._projections(x)
+        if update_state and state is None:
+            raise ValueError("update_state=True needs a state to update (e.g. layer.zero_state(B))")
+        # Inference on the GPU fuses the small steps: the gate soft cap into the decoding step,
+        # the head norm and the output gate into one kernel (`fused`).
+        fused = use_fused(x)
+        cap = self.config.gate_soft_cap
+        step_cap = cap if fused and S == 1 else None
+        q, k, v, o, i, f = self._projections(x, None if step_cap is not None else cap)
         # (B, S, NH * D) -> (B, NH, S, D) views; the ops take strided inputs.
         q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))
         i, f = i.transpose(1, 2), f.transpose(1, 2)                       # (B, NH, S)
         if S == 1:
             c, n, m = state if state is not None else self.zero_state(B, x.device)
-            h, new = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.config.eps)
+            h, new = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.config.eps,
+                                inplace=update_state, gate_soft_cap=step_cap)
             h = h[:, :, None]
         else:
             c, n, m = state if state is not None else (None, None, None)
@@ -200,10 +213,18 @@ class mLSTMLargeLayer(nn.Module):
                 # The op's fake backward gives dq, dk, dv the strides of q, k, v while its
                 # kernels return them contiguous: compiled backward needs contiguous inputs.
                 q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-            out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_state,
+            out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_state or update_state,
                                   eps=self.config.eps, chunk_size=self.config.chunk_size)
-            h, new = out if return_state else (out, None)
+            h, new = out if return_state or update_state else (out, None)
+            if update_state:
+                for dst, src in zip(state, new):
+                    dst.copy_(src)
+                new = state
         h = h.transpose(1, 2)                                             # (B, S, NH, DV)
+        if fused:
+            norm = self.multihead_norm
+            y = self.out_proj(gated_head_norm(h, o, norm.weight_proxy, norm.bias, norm.eps))
+            return (y, mLSTMState(*new)) if return_state else y
         if self.config.norm_reduction_force_float32:
             h = self.multihead_norm(h.float()).to(x.dtype)
         else:
@@ -225,8 +246,9 @@ class mLSTMLargeBlock(nn.Module):
         self.norm_ffn = RMSNorm(config.embedding_dim, **norm)
         self.ffn = SwiGLUFeedForward(config)
 
-    def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False):
-        out = self.mlstm_layer(self.norm_mlstm(x), state, return_state)
+    def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
+                update_state: bool = False):
+        out = self.mlstm_layer(self.norm_mlstm(x), state, return_state, update_state)
         y, new = out if return_state else (out, None)
         x = x + y
         x = x + self.ffn(self.norm_ffn(x))
@@ -264,15 +286,18 @@ class xLSTMLargeBackbone(nn.Module):
         return [block.mlstm_layer.check_state(s, batch_size, f"state[{j}]")
                 for j, (block, s) in enumerate(zip(self.blocks, state))]
 
-    def forward(self, x: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
+                update_state: bool = False):
         states = self.normalize_state(state, x.shape[0])
+        if update_state and state is None:
+            raise ValueError("update_state=True needs a state to update (e.g. model.zero_state(B))")
         new_states = []
         for block, s in zip(self.blocks, states):
             if return_state:
-                x, s = block(x, s, return_state=True)
+                x, s = block(x, s, return_state=True, update_state=update_state)
                 new_states.append(s)
             else:
-                x = block(x, s)
+                x = block(x, s, update_state=update_state)
         x = self.out_norm(x)
         return (x, tuple(new_states)) if return_state else x
 
@@ -356,13 +381,18 @@ class xLSTMLarge(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
 
-    def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False):
+    def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
+                update_state: bool = False):
         """input_ids (B, S) int; state: None (zeros), a sequence of num_blocks (c, n, m) or a
         dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
-        `return_state`, the new state (a tuple of mLSTMState, float32)."""
+        `return_state`, the new state (a tuple of mLSTMState, float32). `update_state=True`
+        writes the new state into the given one instead of new tensors (contiguous tensors, no
+        autograd): a decoding loop with static buffers, such as a CUDA graph of one step,
+        needs no copies (`state = model.zero_state(B)`; `logits = model(tok, state,
+        update_state=True)`)."""
         check_token_ids(input_ids, "input_ids")
         x = self.embedding(input_ids)
-        out = self.backbone(x, state, return_state=return_state)
+        out = self.backbone(x, state, return_state=return_state, update_state=update_state)
         x, new = out if return_state else (out, None)
         logits = self._logits(x)
         return (logits, new) if return_state else logits

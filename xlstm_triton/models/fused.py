@@ -1,0 +1,127 @@
+"""Fused elementwise kernels of the xLSTM-7B block, for inference (no autograd).
+
+Decoding one token through a 7B block is a chain of small launches: each of the norm, gate and
+activation steps below is several PyTorch kernels, and at batch 1 a launch costs about as much
+as it computes. These fuse each step into one kernel, computing in float32 and rounding once:
+
+    gated_head_norm(h, o, weight, bias, eps) = sigmoid(o) * (LayerNorm_per_head(h) * weight + bias)
+        h (B, S, NH, DH), o (B, S, NH * DH) -> (B, S, NH * DH) in o's dtype
+    silu_mul(gate, up) = silu(gate) * up
+        gate, up (..., P) -> (..., P) in up's dtype
+
+The modules call them only where no gradient is needed (`use_fused`); training takes the
+PyTorch compositions, which `*_torch` spell out and the tests compare against.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..utils import new_empty, use_triton
+
+__all__ = ["gated_head_norm", "silu_mul", "use_fused"]
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """The fused kernels run where the Triton kernels run and autograd is off."""
+    return use_triton(x) and not torch.is_grad_enabled()
+
+
+@triton.jit
+def gated_head_norm_kernel(h_ptr, o_ptr, w_ptr, b_ptr, y_ptr,
+                           s_hb, s_hs, s_hh, s_ob, s_os, S, NH, eps,
+                           DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """One program per (b, s, head): normalize DH features of h, scale, shift, gate by sigmoid(o)."""
+    pid = tl.program_id(0)
+    hd = pid % NH
+    bs = pid // NH
+    b, s = bs // S, bs % S
+    d = tl.arange(0, BLOCK)
+    mask = d < DH
+    h = tl.load(h_ptr + b.to(tl.int64) * s_hb + s.to(tl.int64) * s_hs + hd * s_hh + d,
+                mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(h, axis=0) / DH
+    xc = tl.where(mask, h - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / DH
+    y = xc / tl.sqrt(var + eps)
+    col = hd * DH + d
+    if HAS_W:
+        y = y * tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(b_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(o_ptr + b.to(tl.int64) * s_ob + s.to(tl.int64) * s_os + col, mask=mask, other=0.0).to(tl.float32)
+    y = y / (1.0 + tl.exp(-o))
+    tl.store(y_ptr + bs.to(tl.int64) * (NH * DH) + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):
+    """The composition the kernel fuses (float32 inside, o's dtype out)."""
+    NH, DH = h.shape[-2:]
+    y = F.layer_norm(h.float(), (DH,), eps=eps)
+    if weight is not None:
+        y = y * weight.float().view(NH, DH)
+    if bias is not None:
+        y = y + bias.float().view(NH, DH)
+    return (torch.sigmoid(o.float()) * y.flatten(-2)).to(o.dtype)
+
+
+def gated_head_norm(h: torch.Tensor, o: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                    bias: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
+    """sigmoid(o) * (per-head LayerNorm(h) * weight + bias).
+
+    h: (B, S, NH, DH), last dim contiguous; o: (B, S, NH * DH), last dim contiguous;
+    weight, bias: (NH * DH,) or None. Returns (B, S, NH * DH) in o's dtype.
+    """
+    if h.dim() != 4 or o.shape != (*h.shape[:2], h.shape[2] * h.shape[3]):
+        raise ValueError(f"gated_head_norm: expected h (B, S, NH, DH) and o (B, S, NH * DH), got "
+                         f"{tuple(h.shape)} and {tuple(o.shape)}")
+    if not use_triton(h):
+        return gated_head_norm_torch(h, o, weight, bias, eps)
+    B, S, NH, DH = h.shape
+    if h.stride(-1) != 1:
+        h = h.contiguous()
+    if o.stride(-1) != 1:
+        o = o.contiguous()
+    y = new_empty((B, S, NH * DH), o.dtype, o.device)
+    gated_head_norm_kernel[(B * S * NH,)](
+        h, o, weight if weight is not None else o, bias if bias is not None else o, y,
+        h.stride(0), h.stride(1), h.stride(2), o.stride(0), o.stride(1), S, NH, eps,
+        DH=DH, BLOCK=triton.next_power_of_2(DH), HAS_W=weight is not None, HAS_B=bias is not None,
+        num_warps=4)
+    return y
+
+
+@triton.jit
+def silu_mul_kernel(g_ptr, u_ptr, y_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
+    row, pid = tl.program_id(0), tl.program_id(1)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < P
+    g = tl.load(g_ptr + row.to(tl.int64) * s_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row.to(tl.int64) * s_u + cols, mask=mask, other=0.0).to(tl.float32)
+    y = g / (1.0 + tl.exp(-g)) * u
+    tl.store(y_ptr + row.to(tl.int64) * P + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in float32, rounded once. gate, up (..., P) with the same shape, last
+    dim contiguous (e.g. the two halves of one fused projection). Returns (..., P) in up's dtype."""
+    if gate.shape != up.shape:
+        raise ValueError(f"silu_mul: gate and up must have one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    if not use_triton(up):
+        return (F.silu(gate.float()) * up.float()).to(up.dtype)
+    P = up.shape[-1]
+    g2, u2 = gate.reshape(-1, P), up.reshape(-1, P)        # views for (B, S, P) slices
+    if g2.stride(-1) != 1:
+        g2 = g2.contiguous()
+    if u2.stride(-1) != 1:
+        u2 = u2.contiguous()
+    y = new_empty(up.shape, up.dtype, up.device)
+    BLOCK = min(1024, triton.next_power_of_2(P))
+    silu_mul_kernel[(g2.shape[0], triton.cdiv(P, BLOCK))](g2, u2, y, g2.stride(0), u2.stride(0), P,
+                                                          BLOCK=BLOCK, num_warps=4)
+    return y
