@@ -18,6 +18,12 @@ start (mc_0 = m_0, mc_NC = m after the last step):
 
 All of these are <= 1 by construction of m. The sequence is padded to whole chunks with i = -inf
 and logsigmoid(f) = 0, so padded steps change nothing.
+
+`chunkwise_gates` runs `chunkwise_gates_kernel` where the Triton kernels run: one program per
+(batch, head) row walks the chunks in order, carrying F and the running max, in float64. The
+PyTorch spelling, `chunkwise_gates_torch`, is the CPU path and the kernel's test oracle; it is
+some forty small ops, which at a few thousand steps cost more host time than the whole layer's
+GPU work (a 2k-token prefill of xLSTM-7B was host-bound on them).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..utils import use_triton
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -45,10 +55,78 @@ class ChunkGates:
     padded_len: int
 
 
-@torch.no_grad()
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
                     chunk_size: int) -> ChunkGates:
     """i, f: (B, NH, S) gate pre-activations; m_initial: (B, NH, 1) or None (zeros)."""
+    if use_triton(i):
+        return chunkwise_gates_triton(i, f, m_initial, chunk_size)
+    return chunkwise_gates_torch(i, f, m_initial, chunk_size)
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr, decay_ptr, m_last_ptr,
+                           S, S_pad, NC, L: tl.constexpr, HAS_M0: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, L)
+    log2e = 1.4426950408889634
+    mc = tl.zeros((), dtype=tl.float64)                  # stabilizer of the state at the chunk start
+    if HAS_M0:
+        mc = tl.load(m0_ptr + row).to(tl.float64)
+    m0 = mc
+    f_prev = tl.zeros((), dtype=tl.float64)              # F at the step before the chunk
+    run_max = tl.full((), float("-inf"), tl.float64)     # max_{s < chunk} (i_s - F_s)
+    for c in range(NC):
+        pos = c * L + t
+        real = pos < S
+        ig = tl.load(i_ptr + row * S + pos, mask=real, other=float("-inf")).to(tl.float64)
+        fg = tl.load(f_ptr + row * S + pos, mask=real, other=0.0).to(tl.float64)
+        logf = tl.where(real, tl.minimum(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg))), 0.0)
+        b = tl.cumsum(logf, axis=0)                      # chunk-local F_t - F_{cL-1}
+        cum = f_prev + b
+        run = tl.maximum(tl.associative_scan(ig - cum, 0, _max), run_max)
+        m = cum + tl.maximum(m0, run)
+        last = t == L - 1
+        b_end = tl.sum(tl.where(last, b, 0.0), axis=0)
+        mc_next = tl.sum(tl.where(last, m, 0.0), axis=0)
+        out = row * S_pad + pos
+        tl.store(u2_ptr + out, ((b - m) * log2e).to(tl.float32))
+        tl.store(r2_ptr + out, ((ig - b) * log2e).to(tl.float32))
+        tl.store(g_ptr + out, tl.exp(b + mc - m).to(tl.float32))
+        tl.store(w_ptr + out, tl.exp(b_end - b + ig - mc_next).to(tl.float32))
+        tl.store(m_ptr + out, m.to(tl.float32))
+        tl.store(decay_ptr + row * NC + c, tl.exp(b_end + mc - mc_next).to(tl.float32))
+        run_max = tl.max(run, axis=0)
+        f_prev = f_prev + b_end
+        mc = mc_next
+    tl.store(m_last_ptr + row, mc)
+
+
+def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
+    B, NH, S = i.shape
+    L = chunk_size
+    NC = -(-S // L)
+    S_pad = NC * L
+    rows = B * NH
+    i, f = i.reshape(rows, S).contiguous(), f.reshape(rows, S).contiguous()
+    m0 = None if m_initial is None else m_initial.reshape(rows).contiguous()
+    step = [torch.empty(rows, S_pad, dtype=torch.float32, device=i.device) for _ in range(5)]
+    decay = torch.empty(rows, NC, dtype=torch.float32, device=i.device)
+    m_last = torch.empty(B, NH, 1, dtype=torch.float64, device=i.device)
+    chunkwise_gates_kernel[(rows,)](i, f, m0 if m0 is not None else i, *step, decay, m_last,
+                                    S, S_pad, NC, L=L, HAS_M0=m0 is not None, num_warps=4)
+    u2, r2, g, w, m = step
+    return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad)
+
+
+@torch.no_grad()
+def chunkwise_gates_torch(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
+                          chunk_size: int) -> ChunkGates:
+    """The PyTorch spelling (CPU path, oracle of the kernel)."""
     B, NH, S = i.shape
     L = chunk_size
     NC = -(-S // L)
