@@ -11,7 +11,7 @@ FIELDS = ("u2", "r2", "g", "w", "m", "decay", "m_last")
 
 @pytest.mark.parametrize("B,NH,S,L", [(1, 2, 37, 16), (2, 1, 64, 16), (1, 1, 130, 64), (2, 3, 5, 16)])
 @pytest.mark.parametrize("with_m0", [False, True])
-def test_gates_kernel_matches_torch(B, NH, S, L, with_m0, device):
+def test_gates_kernel_matches_torch(B, NH, S, L, with_m0, device, poison):
     g = torch.Generator().manual_seed(S + L)
     i = torch.randn(B, NH, S, generator=g) * 8
     f = torch.randn(B, NH, S, generator=g) * 6 + 2

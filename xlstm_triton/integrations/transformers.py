@@ -222,7 +222,8 @@ def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_bl
         else:
             layer.mlstm_backend = TritonMLSTMBackend.replacing(old, chunk_size)
     for block in _xlstm_blocks(model):
-        block.__dict__.pop("forward", None)
+        if isinstance(block.__dict__.get("forward"), FusedBlockForward):
+            del block.__dict__["forward"]
     for block, ours in blocks:
         block.forward = FusedBlockForward(ours)
     return model

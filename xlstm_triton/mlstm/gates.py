@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import use_triton
+from ..utils import new_empty, use_triton
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -114,9 +114,9 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
     rows = B * NH
     i, f = i.reshape(rows, S).contiguous(), f.reshape(rows, S).contiguous()
     m0 = None if m_initial is None else m_initial.reshape(rows).contiguous()
-    step = [torch.empty(rows, S_pad, dtype=torch.float32, device=i.device) for _ in range(5)]
-    decay = torch.empty(rows, NC, dtype=torch.float32, device=i.device)
-    m_last = torch.empty(B, NH, 1, dtype=torch.float64, device=i.device)
+    step = [new_empty((rows, S_pad), torch.float32, i.device) for _ in range(5)]
+    decay = new_empty((rows, NC), torch.float32, i.device)
+    m_last = new_empty((B, NH, 1), torch.float64, i.device)
     chunkwise_gates_kernel[(rows,)](i, f, m0 if m0 is not None else i, *step, decay, m_last,
                                     S, S_pad, NC, L=L, HAS_M0=m0 is not None, num_warps=4)
     u2, r2, g, w, m = step
