@@ -151,52 +151,60 @@ class _Call:
         self.fn()
 
 
-def _hf_runner(backend: str, graph: bool = False):
+def _runner(get_model, prefill, decode_step, graph: bool):
+    """A provider setup: random ids of the case's shape, then for "prefill" one
+    `prefill(model, ids)` call, for "decode" the step `decode_step(model, ids, dtype)` returns
+    (a zero-argument function and the buffers it updates), optionally as a CUDA graph."""
     def setup(case, mode, dtype):
-        from transformers.models.xlstm.modeling_xlstm import xLSTMCache
-
         if graph:
             require_cuda("a CUDA graph")
-        model = _hf_model(case, dtype, backend)
-        dev = model.lm_head.weight.device
-        B, S = case["B"], case["ctx"]
-        ids = torch.randint(0, case["vocab"], (B, S), device=dev)
+        model = get_model(case, dtype)
+        ids = torch.randint(0, case["vocab"], (case["B"], case["ctx"]), device=model.lm_head.weight.device)
         if case["phase"] == "prefill":
-            def fn():
-                with torch.inference_mode():
-                    out = model.backbone(input_ids=ids, use_cache=True)
-                    model.lm_head(out.last_hidden_state[:, -1:])
-            return _Call(fn, case)
-        cache = xLSTMCache(model.config, B, dtype=dtype, device=dev)    # what generate() makes
-
-        def step():
-            with torch.inference_mode():
-                return model(input_ids=ids, cache_params=cache, use_cache=True).logits
-        return _Call(_graphed(step) if graph else step, case, keep=(cache, ids))
+            return _Call(lambda: prefill(model, ids), case)
+        step, state = decode_step(model, ids, dtype)
+        return _Call(_graphed(step) if graph else step, case, keep=(state, ids))
     return setup
+
+
+@torch.inference_mode()
+def _hf_prefill(model, ids):
+    out = model.backbone(input_ids=ids, use_cache=True)
+    model.lm_head(out.last_hidden_state[:, -1:])
+
+
+def _hf_decode_step(model, ids, dtype):
+    from transformers.models.xlstm.modeling_xlstm import xLSTMCache
+
+    cache = xLSTMCache(model.config, ids.shape[0], dtype=dtype, device=ids.device)   # what generate() makes
+
+    def step():
+        with torch.inference_mode():
+            return model(input_ids=ids, cache_params=cache, use_cache=True).logits
+    return step, cache
+
+
+@torch.inference_mode()
+def _ours_prefill(model, ids):
+    x, _ = model.backbone(model.embedding(ids), return_state=True)
+    model.lm_head(x[:, -1:])
+
+
+def _ours_decode_step(model, ids, dtype):
+    state = model.zero_state(ids.shape[0])                   # float32, updated in place
+
+    def step():
+        with torch.inference_mode():
+            return model(ids, state, update_state=True)
+    return step, state
+
+
+def _hf_runner(backend: str, graph: bool = False):
+    return _runner(lambda case, dtype: _hf_model(case, dtype, backend), _hf_prefill, _hf_decode_step, graph)
 
 
 def _ours_runner(graph: bool = False):
-    def setup(case, mode, dtype):
-        if graph:
-            require_cuda("a CUDA graph")
-        model = _ours(case, dtype)
-        dev = model.lm_head.weight.device
-        B, S = case["B"], case["ctx"]
-        ids = torch.randint(0, case["vocab"], (B, S), device=dev)
-        if case["phase"] == "prefill":
-            def fn():
-                with torch.inference_mode():
-                    x, _ = model.backbone(model.embedding(ids), return_state=True)
-                    model.lm_head(x[:, -1:])
-            return _Call(fn, case)
-        state = model.zero_state(B)                          # float32, updated in place
-
-        def step():
-            with torch.inference_mode():
-                return model(ids, state, update_state=True)
-        return _Call(_graphed(step) if graph else step, case, keep=(state, ids))
-    return setup
+    return _runner(_ours, _ours_prefill, _ours_decode_step, graph)
 
 
 def _graphed(step):
