@@ -294,3 +294,123 @@ def test_compiled_backward_with_strided_inputs():
     x2 = x.detach().clone().requires_grad_()
     f(x2, i, fg).sum().backward()
     assert_close(x.grad, x2.grad, 1e-6, "dx")
+
+
+# ---------------------------------------------------------------- non-finite values, causality
+
+@pytest.mark.parametrize("fn", [mlstm_chunkwise, mlstm_chunkwise_torch], ids=["op", "torch_path"])
+@pytest.mark.parametrize("name", ["q", "k", "v", "i", "f"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_reach_only_their_own_and_later_steps(fn, name, value, device):
+    # A NaN or Inf at step `pos` must leave every earlier output untouched, inside its chunk
+    # too: the set of non-finite outputs is the recurrence's, and the finite ones match it.
+    # (f = -inf, "forget everything", gives finite outputs in the recurrence.)
+    B, NH, S, D, L = 2, 2, 40, 16, 16
+    for pos in (0, 7, 16, 17, 39):    # first step, inside a chunk, chunk starts, last step
+        x = make_inputs(B, NH, S, D, D, device)
+        if name in "qkv":
+            x[name][1, 0, pos, 3] = value
+        else:
+            x[name][1, 0, pos] = value
+        ref = mlstm_recurrent(**{k: t.double() for k, t in x.items()})
+        out = fn(**x, chunk_size=L)
+        finite = torch.isfinite(ref)
+        assert torch.equal(torch.isfinite(out).cpu(), finite.cpu()), \
+            f"{name}[{pos}] = {value}: non-finite outputs {(~torch.isfinite(out)).sum().item()}, " \
+            f"recurrence {(~finite).sum().item()}"
+        assert_close(out[finite], ref[finite], TOL[torch.float32][0], f"finite outputs ({name}[{pos}])")
+
+
+def test_forget_everything_gate_gradients(device, poison):
+    # f = -inf at a few steps (inside a chunk and at a chunk start): outputs, states and every
+    # gradient but f's stay finite and match the recurrence.
+    x = make_inputs(1, 2, 40, 16, 16, device, states=True)
+    x["f"][0, 0, 5] = float("-inf")
+    x["f"][0, 1, 16] = float("-inf")
+    x64 = {k: t.double() for k, t in x.items()}
+    ref_out, ref_grads, weights = run_and_grad(mlstm_recurrent, x64)
+    out, grads, _ = run_and_grad(mlstm_chunkwise, x, weights, chunk_size=16)
+    for a, b, name in zip(out, ref_out, ["h", "c_last", "n_last", "m_last"]):
+        assert_close(a, b, TOL[torch.float32][0], name)
+    for name in ("q", "k", "v", "i", "c_initial", "n_initial"):
+        assert_close(grads[name], ref_grads[name], TOL[torch.float32][1], f"d{name}")
+    finite_f = torch.isfinite(x["f"])
+    assert_close(grads["f"][finite_f], ref_grads["f"][finite_f], TOL[torch.float32][1], "df")
+    assert (grads["f"][~finite_f] == 0).all(), "the floored forget gate gets no gradient"
+
+
+def test_nan_gate_gives_nan_stabilizer_and_state(device):
+    # A NaN gate must not vanish in a maximum (tl.maximum drops NaN): the final m, c, n are NaN.
+    for name in ("i", "f"):
+        x = make_inputs(1, 1, 20, 16, 16, device)
+        x[name][0, 0, 3] = float("nan")
+        h, (c, n, m) = mlstm_chunkwise(**x, chunk_size=16, return_last_states=True)
+        assert torch.isnan(m).all() and torch.isnan(c).all() and torch.isnan(n).all(), name
+        assert torch.isfinite(h[0, 0, :3]).all() and torch.isnan(h[0, 0, 3:]).all(), name
+
+
+# ---------------------------------------------------------------- torch.compile
+
+COMPILE_CASES = [  # (S, gate dtype, q/k/v a transposed view of a (B, S, NH * D) tensor)
+    (16, torch.float32, False),
+    (20, torch.float32, False),     # S not a multiple of the chunk: padded gate gradients
+    (33, torch.float32, True),
+    (20, torch.bfloat16, False),
+]
+
+
+@pytest.mark.parametrize("S,gate_dtype,strided", COMPILE_CASES)
+def test_compiled_forward_and_backward_inductor(S, gate_dtype, strided, device):
+    # Inductor checks every custom-op output against the fake implementation's layout (size
+    # and strides): a gradient returned as a strided view of a padded buffer fails here.
+    B, NH, D = 2, 2, 16
+    dtype = torch.float32
+
+    def f(x, i, fg):
+        if strided:
+            q = x.view(B, S, NH, D).transpose(1, 2)
+        else:
+            q = x.view(B, NH, S, D)
+        return mlstm_chunkwise(q, q * 0.5, q.flip(-1), i, fg, chunk_size=16)
+
+    torch._dynamo.reset()
+    x = torch.randn(B, S, NH * D, device=device, dtype=dtype)
+    i = torch.randn(B, NH, S, device=device, dtype=gate_dtype)
+    fg = (torch.randn(B, NH, S, device=device) + 2).to(gate_dtype)
+    w = torch.randn(B, NH, S, D, device=device, dtype=torch.float64)
+    results = []
+    for fn in (torch.compile(f, backend="inductor", fullgraph=True), f):
+        leaves = [t.clone().requires_grad_() for t in (x, i, fg)]
+        out = fn(*leaves)
+        (out.double() * w).sum().backward()
+        for t in [out] + [t.grad for t in leaves]:
+            assert t.is_contiguous() or t is out
+        results.append([out] + [t.grad for t in leaves])
+    for a, b, name in zip(*results, ["h", "dx", "di", "df"]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert_close(a, b, 1e-5, name)
+
+
+# ---------------------------------------------------------------- float64 and empty batches
+
+def test_float64_runs_the_pytorch_path_exactly(device):
+    # float64 (what gradcheck runs with) takes the PyTorch path on every device, in float64.
+    x = {k: t.double() for k, t in make_inputs(1, 2, 20, 16, 16, device, states=True).items()}
+    ref_out, ref_grads, weights = run_and_grad(mlstm_recurrent, x)
+    out, grads, _ = run_and_grad(mlstm_chunkwise, x, weights, chunk_size=16)
+    for a, b, name in zip(out, ref_out, ["h", "c_last", "n_last", "m_last"]):
+        assert a.dtype == torch.float64
+        assert_close(a, b, 1e-10, name)
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], 1e-10, f"d{name}")
+
+
+@pytest.mark.parametrize("B,NH", [(0, 2), (2, 0)])
+def test_empty_batch_or_heads_give_empty_results(B, NH, device):
+    x = make_inputs(B, NH, 20, 16, 32, device, states=True)
+    leaves = {k: t.requires_grad_(k in NAMES) for k, t in x.items()}
+    h, (c, n, m) = mlstm_chunkwise(**leaves, return_last_states=True, chunk_size=16)
+    assert h.shape == (B, NH, 20, 32) and c.shape == (B, NH, 16, 32) and m.shape == (B, NH, 1)
+    (h.sum() + c.sum()).backward()
+    for name in NAMES:
+        assert leaves[name].grad.shape == x[name].shape, name

@@ -136,6 +136,31 @@ def test_step_bad_input_is_named():
         mlstm_step(q, q, q, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), c[..., :8], n, m)
     with pytest.raises(ValueError, match="m: expected shape"):
         mlstm_step(q, q, q, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), c, n, m[..., 0])
+    # empty head dims: the op's error, not a ZeroDivisionError from the 1/sqrt(DQK) scale
+    for DQK, DV in ((0, 16), (16, 0)):
+        q0, v0 = torch.randn(2, 2, DQK), torch.randn(2, 2, DV)
+        with pytest.raises(ValueError, match="DQK, DV >= 1"):
+            mlstm_step(q0, q0, v0, torch.zeros(2, 2, 1), torch.zeros(2, 2, 1), *state(2, 2, DQK, DV, "cpu"))
+
+
+@pytest.mark.parametrize("B,NH", [(0, 2), (2, 0)])
+def test_step_empty_batch_or_heads(B, NH, device):
+    q = torch.randn(B, NH, 16, device=device)
+    g = torch.randn(B, NH, 1, device=device)
+    h, (c, n, m) = mlstm_step(q, q, q, g, g, *state(B, NH, 16, 16, device))
+    assert h.shape == (B, NH, 16) and c.shape == (B, NH, 16, 16) and m.shape == (B, NH, 1)
+
+
+def test_step_float64_matches_reference(device):
+    q, k, v = (torch.randn(2, 3, 16, device=device, dtype=torch.float64) for _ in range(3))
+    i, f = torch.randn(2, 2, 3, device=device, dtype=torch.float64)
+    c, n, m = (t.double() for t in state(2, 3, 16, 16, device))
+    h, new = mlstm_step(q, k, v, i[..., None], f[..., None], c, n, m)
+    h_ref, ref = mlstm_recurrent_step(q, k, v, i, f, c, n, m)
+    assert h.dtype == torch.float64
+    assert_close(h, h_ref, 1e-12, "h")
+    for a, b, name in zip(new, ref, "cnm"):
+        assert_close(a, b, 1e-12, name)
 
 
 @pytest.mark.gpu

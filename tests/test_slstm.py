@@ -329,7 +329,7 @@ def _bad(device):
     return [
         ("wx", TypeError, dict(wx=wx.numpy() if device == "cpu" else wx.cpu().numpy())),
         ("wx", TypeError, dict(wx=wx.to(torch.int32))),
-        ("wx", TypeError, dict(wx=wx.double())),
+        ("wx", TypeError, dict(wx=wx.to(torch.complex64))),
         ("wx", ValueError, dict(wx=wx[0])),
         ("gate dim", ValueError, dict(wx=wx[:, :, :3])),
         ("R", ValueError, dict(R=R[:, :1])),
@@ -484,3 +484,49 @@ def test_empty_config_override_keeps_the_heuristic():
     assert got == slstm_fwd_module.pick_config(1, 80, 3, torch.float32, dev)
     with config_override(bo=16, bk=16):
         assert slstm_fwd_module.pick_config(1, 80, 3, torch.float32, dev).bo == 16
+
+
+# ---------------------------------------------------------------- float64, empty batches, NaN
+
+def test_float64_runs_the_pytorch_path_exactly(device):
+    # float64 (what gradcheck runs with) takes the PyTorch path on every device, in float64.
+    x = make_inputs(2, 5, 2, 8, torch.float64, device, states=True)
+    h, state, grads = run_with_grads(slstm, x)
+    h_ref, state_ref, grads_ref = reference_with_grads(x)
+    assert h.dtype == state.dtype == torch.float64
+    assert_close(h, h_ref, 1e-12, "h")
+    assert_close(state[:3], state_ref[:3], 1e-12, "state")
+    for k in ("wx", "R", "b"):
+        assert_close(grads[k], grads_ref[k], 1e-12, f"d{k}")
+    leaves = [x["wx"][:1, :3].clone().requires_grad_(), x["R"].clone().requires_grad_()]
+    assert torch.autograd.gradcheck(lambda wx, R: slstm(wx, R, x["b"]), leaves)
+    h_t, new = slstm_step(x["wx"][:, 0], x["R"], x["b"], x["initial_state"])
+    h_t_ref = slstm_recurrent(x["wx"][:, :1], x["R"], x["b"], x["initial_state"])[:, 0]
+    assert_close(h_t, h_t_ref, 1e-12, "step")
+
+
+@pytest.mark.parametrize("B,NH", [(0, 2), (2, 0)])
+def test_empty_batch_or_heads_give_empty_results(B, NH, device):
+    x = make_inputs(B, 3, NH, 16, torch.float32, device, states=True)
+    leaves = {k: v.requires_grad_() for k, v in x.items()}
+    h, state = slstm(**leaves, return_last_state=True)
+    assert h.shape == (B, 3, NH, 16) and state.shape == (4, B, NH, 16)
+    (h.sum() + state.sum()).backward()
+    assert leaves["R"].grad.shape == x["R"].shape and (leaves["R"].grad == 0).all()
+    h_t, new = slstm_step(x["wx"][:, 0].detach(), x["R"].detach(), x["b"].detach(),
+                          x["initial_state"].detach())
+    assert h_t.shape == (B, NH, 16) and new.shape == (4, B, NH, 16)
+
+
+@pytest.mark.parametrize("gate", range(4))
+def test_nan_pre_activation_propagates(gate, device):
+    # A NaN gate pre-activation must make h and the state NaN from its step on, as in the
+    # reference; a minimum or maximum that drops the NaN let c and n grow to ~1e25 with a
+    # finite h.
+    x = make_inputs(2, 6, 1, 16, torch.float32, device, states=True)
+    x["wx"][1, 2, gate, 0, 3] = float("nan")
+    h, state = slstm(**x, return_last_state=True)
+    h_ref, state_ref = slstm_recurrent(**{k: v.double() for k, v in x.items()}, return_last_state=True)
+    assert torch.equal(torch.isfinite(h).cpu(), torch.isfinite(h_ref).cpu())
+    assert torch.equal(torch.isfinite(state[:3]).cpu(), torch.isfinite(state_ref[:3]).cpu())
+    assert torch.isnan(h[1, 2:]).any() and torch.isfinite(h[:, :2]).all() and torch.isfinite(h[0]).all()

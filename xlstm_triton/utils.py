@@ -1,4 +1,5 @@
-"""Small helpers shared by the ops: output allocation (poisonable for tests) and dispatch."""
+"""Small helpers shared by the ops: output allocation (poisonable for tests), dispatch, and the
+NaN-propagating minimum and maximum of the kernels."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import contextlib
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 _POISON_OUTPUTS = False
 
@@ -43,8 +46,29 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda or (t.device.type == "cpu" and triton_interpret())
 
 
+def use_kernels(t: torch.Tensor) -> bool:
+    """The ops' dispatch: the Triton kernels where `use_triton(t)`, except for float64 tensors
+    (the PyTorch path computes in float64, what `gradcheck` needs) and empty ones (a batch or
+    head count of 0: nothing to launch, the PyTorch path returns the empty result)."""
+    return use_triton(t) and t.dtype != torch.float64 and t.numel() > 0
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a very large number elsewhere: no limit)."""
     if device.type != "cuda":
         return 1 << 30
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@triton.jit
+def maximum_nan(a, b):
+    """max(a, b), NaN where either is NaN. `tl.maximum` (and the `tl.max` reduction) return the
+    other operand instead, which let a NaN input vanish from a stabilizer: the kernels use this
+    one for every maximum, and `tl.reduce(x, axis, maximum_nan)` for reductions."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def minimum_nan(a, b):
+    """min(a, b), NaN where either is NaN (see `maximum_nan`)."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)

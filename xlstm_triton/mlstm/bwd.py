@@ -28,11 +28,13 @@ Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ..utils import new_empty
 from .fwd import chunkwise_fwd_states
+from .gates import LOGF_FLOOR
 
 
 @triton.jit(do_not_specialize=["NH", "S"])
@@ -165,8 +167,10 @@ def chunkwise_bwd_dv_kernel(
             scores_t += tl.dot(k.to(DOT_DTYPE), tl.trans(q.to(DOT_DTYPE)), input_precision=PRECISION)
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
-        weight = tl.where(t[None, :] >= s[:, None], tl.exp2(r2[:, None] + u2[None, :]), 0.0)
-        scores_t = scores_t * weight * (scale * inv_den)[None, :]    # dO_t = dh_t / den_t
+        # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
+        scores_t = tl.where(t[None, :] >= s[:, None],
+                            scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
+                            0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
                      mask=mask_t[:, None] & mask_v[None, :], other=0.0)
         dv += tl.dot(scores_t.to(DOT_DTYPE), dh.to(DOT_DTYPE), input_precision=PRECISION)
@@ -230,8 +234,8 @@ def chunkwise_bwd_dq_kernel(
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        weight = tl.where(s[None, :] <= t[:, None], tl.exp2(u2[:, None] + r2[None, :]), 0.0)
-        dS = (dS * inv_den[:, None] + dz[:, None]) * weight
+        dS = tl.where(s[None, :] <= t[:, None],
+                      (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
         dq += tl.dot(dS.to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=PRECISION)
@@ -298,8 +302,8 @@ def chunkwise_bwd_dk_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         dz = tl.load(dz_ptr + row_base + t)
-        weight = tl.where(t[None, :] >= s[:, None], tl.exp2(r2[:, None] + u2[None, :]), 0.0)
-        dS_t = (dS_t * inv_den[None, :] + dz[None, :]) * weight
+        dS_t = tl.where(t[None, :] >= s[:, None],
+                        (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)
         dk += tl.dot(dS_t.to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=PRECISION) * scale
@@ -371,6 +375,8 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
 
     # Gates: di_s = k_s . dk_s;  dF_t = q_t . dq_t - k_t . dk_t (+ the final state's terms);
     # dlogsigmoid(f)_j = sum_{t >= j} dF_t.
+    # Sliced off the padding: strided views. The gate gradients are returned contiguous, as
+    # the op's fake implementation promises (a compiled backward checks the strides).
     qdq = qdq.sum(0)[:, :S].reshape(B, NH, S)
     kdk = kdk.sum(0)[:, :S].reshape(B, NH, S)
     dF = (qdq - kdk).double()
@@ -379,6 +385,9 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
     if dn_last is not None:
         dF[..., -1] += (dn_last.double() * n_last.double()).sum(-1)
     dlogf = dF.flip(-1).cumsum(-1).flip(-1)
-    df = (dlogf * torch.sigmoid(-f.double())).to(f.dtype)
-    di = kdk.to(f.dtype)
+    f64 = f.double()
+    # d logsigmoid(f) / df = sigmoid(-f), and 0 where the floor of gates.py clamps it.
+    df = torch.where(F.logsigmoid(f64) < LOGF_FLOOR, 0.0, dlogf * torch.sigmoid(-f64))
+    df = df.to(f.dtype).contiguous()
+    di = kdk.to(f.dtype).contiguous()
     return dq, dk, dv, di, df, dc0, dn0

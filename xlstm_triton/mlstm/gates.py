@@ -19,6 +19,11 @@ start (mc_0 = m_0, mc_NC = m after the last step):
 All of these are <= 1 by construction of m. The sequence is padded to whole chunks with i = -inf
 and logsigmoid(f) = 0, so padded steps change nothing.
 
+logsigmoid(f) is floored at LOGF_FLOOR = -1000 (a weight exp(-1000) is 0 in float64): a forget
+gate of -inf, "forget everything", then forgets exactly as in the recurrence, where the
+differences of an unfloored F would be -inf - (-inf) = NaN. The floor acts like a clamp: below
+it (f < -1000) the forget gate gets no gradient.
+
 `chunkwise_gates` runs `chunkwise_gates_kernel` where the Triton kernels run: one program per
 (batch, head) row walks the chunks in order, carrying F and the running max, in float64. The
 PyTorch spelling, `chunkwise_gates_torch`, is the CPU path and the kernel's test oracle; it is
@@ -36,14 +41,21 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, use_triton
+from ..utils import maximum_nan, minimum_nan, new_empty, use_triton
 
 LOG2E = 1.0 / math.log(2.0)
+LOGF_FLOOR = -1000.0
+
+
+def floored_logsigmoid(f: torch.Tensor) -> torch.Tensor:
+    """logsigmoid(f) floored at LOGF_FLOOR (NaN stays NaN); differentiable like a clamp."""
+    return torch.clamp(F.logsigmoid(f), min=LOGF_FLOOR)
 
 
 @dataclass
 class ChunkGates:
-    """Per-step arrays are (B*NH, S_pad) float32; per-chunk arrays (B*NH, NC) float32."""
+    """Per-step arrays are (B*NH, S_pad) float32; per-chunk arrays (B*NH, NC) float32 (float64
+    from the PyTorch spelling for float64 gates)."""
     u2: torch.Tensor      # (b_t - m_t) * log2(e)
     r2: torch.Tensor      # (i_s - b_s) * log2(e); -inf on padding
     g: torch.Tensor       # inter-chunk weight of row t
@@ -58,14 +70,9 @@ class ChunkGates:
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
                     chunk_size: int) -> ChunkGates:
     """i, f: (B, NH, S) gate pre-activations; m_initial: (B, NH, 1) or None (zeros)."""
-    if use_triton(i):
+    if use_triton(i) and i.numel() > 0:
         return chunkwise_gates_triton(i, f, m_initial, chunk_size)
     return chunkwise_gates_torch(i, f, m_initial, chunk_size)
-
-
-@triton.jit
-def _max(a, b):
-    return tl.maximum(a, b)
 
 
 @triton.jit
@@ -85,11 +92,12 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m
         real = pos < S
         ig = tl.load(i_ptr + row * S + pos, mask=real, other=float("-inf")).to(tl.float64)
         fg = tl.load(f_ptr + row * S + pos, mask=real, other=0.0).to(tl.float64)
-        logf = tl.where(real, tl.minimum(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg))), 0.0)
+        logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))      # logsigmoid
+        logf = tl.where(real, maximum_nan(logf, -1000.0), 0.0)              # -1000.0 = LOGF_FLOOR
         b = tl.cumsum(logf, axis=0)                      # chunk-local F_t - F_{cL-1}
         cum = f_prev + b
-        run = tl.maximum(tl.associative_scan(ig - cum, 0, _max), run_max)
-        m = cum + tl.maximum(m0, run)
+        run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
+        m = cum + maximum_nan(m0, run)
         last = t == L - 1
         b_end = tl.sum(tl.where(last, b, 0.0), axis=0)
         mc_next = tl.sum(tl.where(last, m, 0.0), axis=0)
@@ -100,7 +108,7 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m
         tl.store(w_ptr + out, tl.exp(b_end - b + ig - mc_next).to(tl.float32))
         tl.store(m_ptr + out, m.to(tl.float32))
         tl.store(decay_ptr + row * NC + c, tl.exp(b_end + mc - mc_next).to(tl.float32))
-        run_max = tl.max(run, axis=0)
+        run_max = tl.reduce(run, 0, maximum_nan)
         f_prev = f_prev + b_end
         mc = mc_next
     tl.store(m_last_ptr + row, mc)
@@ -132,7 +140,7 @@ def chunkwise_gates_torch(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Ten
     NC = -(-S // L)
     S_pad = NC * L
     ig = i.double()
-    logf = F.logsigmoid(f.double())
+    logf = floored_logsigmoid(f.double())
     if S_pad > S:
         ig = F.pad(ig, (0, S_pad - S), value=float("-inf"))
         logf = F.pad(logf, (0, S_pad - S), value=0.0)
@@ -148,8 +156,10 @@ def chunkwise_gates_torch(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Ten
     w = torch.exp(per_step(b_end) - b + ig - per_step(m_bound[..., 1:]))
     decay = torch.exp(b_end + m_bound[..., :-1] - m_bound[..., 1:])
 
+    out_dtype = torch.float64 if i.dtype == torch.float64 else torch.float32   # float64 path: exact
+
     def flat(x):
-        return x.reshape(B * NH, -1).float().contiguous()
+        return x.reshape(B * NH, x.shape[-1]).to(out_dtype).contiguous()
 
     return ChunkGates(u2=flat((b - m) * LOG2E), r2=flat((ig - b) * LOG2E), g=flat(g), w=flat(w),
                       m=flat(m), decay=flat(decay), m_last=m_bound[..., -1:],

@@ -1,7 +1,8 @@
 """The public chunkwise mLSTM op: input checks, kernel configuration, autograd, dispatch.
 
 `mlstm_chunkwise` runs the Triton kernels for CUDA tensors (and for CPU tensors under
-TRITON_INTERPRET=1), and the PyTorch path of `torch_path.py` for other CPU tensors. The Triton
+TRITON_INTERPRET=1), and the PyTorch path of `torch_path.py` for other CPU tensors, float64
+tensors (on any device) and empty batches (B or NH = 0). The Triton
 path is registered as two `torch.library` custom ops (forward and backward, with fake
 implementations), so models using it compile under `torch.compile(fullgraph=True)`.
 """
@@ -15,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import triton_interpret, use_triton
+from ..utils import triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates
@@ -189,8 +190,9 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     """Chunkwise-parallel mLSTM over a whole sequence (SPEC section 1), exact forward and backward.
 
     Args:
-        q, k: (B, NH, S, DQK) queries and keys; v: (B, NH, S, DV) values. float32, bfloat16 or
-            float16, all three the same dtype; any strides.
+        q, k: (B, NH, S, DQK) queries and keys; v: (B, NH, S, DV) values. float32, bfloat16,
+            float16 or float64 (PyTorch path), all three the same dtype; any strides. B or NH
+            may be 0 (an empty result).
         i, f: (B, NH, S) input and forget gate pre-activations (any float dtype).
         c_initial (B, NH, DQK, DV), n_initial (B, NH, DQK), m_initial (B, NH, 1): optional
             initial state (stabilized: the memory is c * exp(m)); missing parts are zeros.
@@ -200,19 +202,23 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
 
     Returns:
         h (B, NH, S, DV) in q's dtype; with return_last_states, (h, (c, n, m)) with c
-        (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in float32.
+        (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in float32 (float64 for float64 inputs).
 
     Gradients flow to q, k, v, i, f, c_initial and n_initial (m_initial gets none: the
     stabilizer cancels). CUDA tensors run Triton kernels; CPU tensors run a PyTorch path (or
-    the kernels in Triton's interpreter when TRITON_INTERPRET=1).
+    the kernels in Triton's interpreter when TRITON_INTERPRET=1); float64 and empty inputs run
+    the PyTorch path everywhere.
+
+    Non-finite values stay causal: a NaN or Inf in q, k, v, i or f at step t makes outputs
+    non-finite from step t on (as the recurrence does) and never earlier ones. A forget gate of
+    -inf forgets the state exactly.
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q: expected a torch.Tensor of shape (B, NH, S, DQK), got {type(q).__name__}")
     if q.dim() != 4:
         raise ValueError(f"q: expected 4 dims (B, NH, S, DQK), got shape {tuple(q.shape)}")
-    triton_path = use_triton(q)
-    qdtypes = FLOAT_TYPES if triton_path else FLOAT_TYPES + (torch.float64,)
-    gdtypes = FLOAT_TYPES + (torch.float64,)
+    triton_path = use_kernels(q)
+    qdtypes = gdtypes = FLOAT_TYPES + (torch.float64,)
     B, NH, S, DQK = q.shape
     dev = q.device
     _check("q", q, (B, NH, S, DQK), dev, dtypes=qdtypes)
@@ -266,16 +272,16 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=No
         `inplace` the given ones.
 
     On CUDA one Triton kernel reads the state once and writes the new one once (no host sync:
-    usable inside CUDA graphs). Inputs that need gradients, and CPU tensors without
-    TRITON_INTERPRET=1, take a differentiable PyTorch path.
+    usable inside CUDA graphs). Inputs that need gradients, CPU tensors without
+    TRITON_INTERPRET=1, float64 and empty (B or NH = 0) inputs take a differentiable PyTorch
+    path.
     """
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         raise ValueError(f"q: expected a tensor of shape (B, NH, DQK), got {getattr(q, 'shape', type(q).__name__)}")
     B, NH, DQK = q.shape
     dev = q.device
-    triton_path = use_triton(q)
-    qdtypes = FLOAT_TYPES if triton_path else FLOAT_TYPES + (torch.float64,)
-    gdtypes = FLOAT_TYPES + (torch.float64,)
+    triton_path = use_kernels(q)
+    qdtypes = gdtypes = FLOAT_TYPES + (torch.float64,)
     _check("q", q, (B, NH, DQK), dev, dtypes=qdtypes)
     _check("k", k, (B, NH, DQK), dev, dtypes=qdtypes)
     if not isinstance(v, torch.Tensor) or v.dim() != 3:
@@ -288,6 +294,8 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=No
     _check("c", c, (B, NH, DQK, DV), dev, dtypes=gdtypes)
     _check("n", n, (B, NH, DQK), dev, dtypes=gdtypes)
     _check("m", m, (B, NH, 1), dev, dtypes=gdtypes)
+    if DQK < 1 or DV < 1:
+        raise ValueError(f"q, v: expected DQK, DV >= 1, got DQK={DQK}, DV={DV}")
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, i, f, c, n))
     if inplace:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, num_sms
+from ..utils import maximum_nan, minimum_nan, new_empty, num_sms
 
 
 @triton.jit(do_not_specialize=["NH"])
@@ -41,9 +41,9 @@ def mlstm_step_kernel(
         tf = tl.exp(-2.0 * tl.abs(f_pre) / cap)
         i_pre = tl.where(i_pre < 0, -cap, cap) * (1.0 - ti) / (1.0 + ti)
         f_pre = tl.where(f_pre < 0, -cap, cap) * (1.0 - tf) / (1.0 + tf)
-    logf = tl.minimum(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))     # logsigmoid, stable
+    logf = minimum_nan(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))     # logsigmoid, stable
     m = tl.load(m_ptr + bh).to(tl.float32)
-    m_new = tl.maximum(logf + m, i_pre)
+    m_new = maximum_nan(logf + m, i_pre)
     f_act = tl.exp(logf + m - m_new)
     i_act = tl.exp(i_pre - m_new)
     v = tl.load(v_ptr + b.to(tl.int64) * s_vb + hd * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
@@ -68,7 +68,7 @@ def mlstm_step_kernel(
         C = f_act * tl.load(c_ptr + offs, mask=mask, other=0.0).to(tl.float32) + i_act * k[:, None] * v[None, :]
         tl.store(c_new_ptr + offs, C.to(c_new_ptr.dtype.element_ty), mask=mask)
         num += tl.sum(C * q[:, None], axis=0)
-    den = tl.maximum(tl.abs(tl.sum(nq, axis=0)), tl.exp(-m_new)) + eps
+    den = maximum_nan(tl.abs(tl.sum(nq, axis=0)), tl.exp(-m_new)) + eps
     tl.store(h_ptr + bh.to(tl.int64) * DV + offs_v, (num / den).to(h_ptr.dtype.element_ty), mask=mask_v)
     if first_v:
         tl.store(m_new_ptr + bh, m_new.to(m_new_ptr.dtype.element_ty))

@@ -1,7 +1,7 @@
 """Chunkwise mLSTM in plain PyTorch: the CPU path (same contract as the Triton kernels).
 
 Vectorized over batch, heads and chunks; a Python loop over chunks carries the state. Autograd
-differentiates it; the stabilizer comes from `gates.chunkwise_gates` under no_grad, so m gets
+differentiates it; the stabilizer comes from `gates.chunkwise_gates_torch` under no_grad, so m gets
 no gradient, as in the kernels. Computes in float32 for 16-bit inputs, else in the input dtype.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .gates import chunkwise_gates
+from .gates import chunkwise_gates_torch, floored_logsigmoid
 
 
 def mlstm_chunkwise_torch(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
@@ -19,7 +19,7 @@ def mlstm_chunkwise_torch(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
     DV = v.shape[-1]
     L = chunk_size
     cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    gates = chunkwise_gates(i, f, m_initial, L)
+    gates = chunkwise_gates_torch(i, f, m_initial, L)
     NC, S_pad = gates.num_chunks, gates.padded_len
 
     def chunks(x, value=0.0):                    # (B, NH, S, ...) -> (B, NH, NC, L, ...)
@@ -29,7 +29,7 @@ def mlstm_chunkwise_torch(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
 
     qc, kc, vc = chunks(q) * DQK**-0.5, chunks(k), chunks(v)
     ic = chunks(i, float("-inf"))
-    b = torch.cumsum(chunks(F.logsigmoid(f.to(cdt))), dim=-1)          # chunk-local cumsum
+    b = torch.cumsum(chunks(floored_logsigmoid(f.to(cdt))), dim=-1)    # chunk-local cumsum
     m = gates.m.reshape(B, NH, NC, L).to(cdt)                             # detached
     m_bound = torch.cat([torch.zeros(B, NH, 1, dtype=cdt, device=q.device) if m_initial is None
                          else m_initial.to(cdt).detach(),
@@ -54,8 +54,14 @@ def mlstm_chunkwise_torch(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
         n = decay[:, :, c] * n + kw.sum(-2)
     Cs, ns = torch.stack(Cs, dim=2), torch.stack(ns, dim=2)              # states at chunk starts
 
-    scores = (qc @ kc.transpose(-1, -2)) * weight
-    num = scores @ vc + g[..., None] * (qc @ Cs)
+    # Causality for every value, finite or not: later keys are selected out (not multiplied by a
+    # zero weight), and non-finite values are zeroed in the product and make their own and the
+    # later rows NaN in their column instead, as the recurrence would.
+    scores = torch.where(causal, (qc @ kc.transpose(-1, -2)) * weight, 0.0)
+    finite = torch.isfinite(vc)
+    reached = torch.cummax(~finite, dim=-2).values                      # (B, NH, NC, L, DV)
+    num = scores @ torch.where(finite, vc, 0.0) + g[..., None] * (qc @ Cs)
+    num = torch.where(reached, float("nan"), num)
     nq = scores.sum(-1) + g * (qc * ns[..., None, :]).sum(-1)
     den = torch.maximum(nq.abs(), torch.exp(-m)) + eps
     h = (num / den[..., None]).reshape(B, NH, S_pad, DV)[:, :, :S].to(q.dtype)

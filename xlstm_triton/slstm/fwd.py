@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, num_sms
+from ..utils import maximum_nan, minimum_nan, new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
@@ -106,10 +106,10 @@ def fast_sigmoid(x, FAST: tl.constexpr):
 def gate_activations(i_pre, f_pre, z_pre, o_pre, n_prev, m_prev, FAST: tl.constexpr):
     """One step's gates in float32: returns (i', f', tanh(z~), sigmoid(o~), m_t).
     Exponentials as 2^(x log2 e): one MUFU instruction each on the GPU (FAST)."""
-    logf = tl.minimum(f_pre, 0.0) - 0.6931471805599453 * fast_log2(1.0 + fast_exp2(-tl.abs(f_pre) * 1.4426950408889634, FAST), FAST)
-    m_new = tl.where(n_prev == 0.0, i_pre, tl.maximum(i_pre, logf + m_prev))
+    logf = minimum_nan(f_pre, 0.0) - 0.6931471805599453 * fast_log2(1.0 + fast_exp2(-tl.abs(f_pre) * 1.4426950408889634, FAST), FAST)
+    m_new = tl.where(n_prev == 0.0, i_pre, maximum_nan(i_pre, logf + m_prev))
     i_act = fast_exp2((i_pre - m_new) * 1.4426950408889634, FAST)
-    f_act = fast_exp2(tl.minimum(logf + m_prev - m_new, 60.0) * 1.4426950408889634, FAST)  # 60.0 = F_EXP_MAX
+    f_act = fast_exp2(minimum_nan(logf + m_prev - m_new, 60.0) * 1.4426950408889634, FAST)  # 60.0 = F_EXP_MAX
     e = fast_exp2(-2.0 * 1.4426950408889634 * tl.abs(z_pre), FAST)
     z_abs = (1.0 - e) * fast_rcp(1.0 + e, FAST)
     z_act = tl.where(z_pre < 0.0, -z_abs, z_abs)

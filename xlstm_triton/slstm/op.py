@@ -1,16 +1,20 @@
-"""The public sLSTM ops: input checks, dispatch, and the autograd function over the kernels.
+"""The public sLSTM ops: input checks, dispatch, and the custom ops over the kernels.
 
     h = slstm(wx, R, b, initial_state=None, return_last_state=False)   # h (B, T, NH, DH)
     h, state = slstm(..., return_last_state=True)                       # state (4, B, NH, DH)
     h_t, state = slstm_step(wx_t, R, b, state)                          # wx_t (B, 4, NH, DH)
 
-Layout (SPEC.md section 2): wx (B, T, 4, NH, DH) gate order (i, f, z, o); R (4, NH, DH_out, DH_in);
-b (4, NH, DH); state (4, B, NH, DH) ordered (h, c, n, m). Inputs float32, bfloat16 or float16 (R
-and b are cast to wx's dtype); gate math and states in float32; h is returned in wx's dtype and
-the state in float32. Gradients for wx, R, b and the initial (h, c, n); m gets none.
+Layout: wx (B, T, 4, NH, DH) gate order (i, f, z, o); R (4, NH, DH_out, DH_in);
+b (4, NH, DH); state (4, B, NH, DH) ordered (h, c, n, m). Inputs float32, bfloat16, float16 or
+float64 (R and b are cast to wx's dtype); gate math and states in float32 (float64 for float64
+inputs); h is returned in wx's dtype and the state in float32 (float64). Gradients for wx, R, b
+and the initial (h, c, n); m gets none. B or NH may be 0 (an empty result).
 
 Dispatch: CUDA tensors run the Triton kernels; CPU tensors run them in Triton's interpreter when
-TRITON_INTERPRET=1, and the PyTorch path (torch_path.py) otherwise.
+TRITON_INTERPRET=1, and the PyTorch path (torch_path.py) otherwise; float64 and empty inputs run
+the PyTorch path everywhere. The Triton path is three `torch.library` custom ops (forward,
+backward, step) with fake implementations: models using it compile with
+`torch.compile(fullgraph=True)`.
 
 Compilation: the kernels compile once per (NH, DH, dtype); batch size and sequence length are
 runtime arguments. Heads split over several programs (DH > 128) pick their column block (16, 32 or
@@ -25,7 +29,7 @@ import contextlib
 
 import torch
 
-from ..utils import use_triton
+from ..utils import use_kernels
 from . import fwd as _fwd
 from .bwd import slstm_bwd
 from .fwd import pick_config, slstm_fwd
@@ -34,7 +38,7 @@ from .torch_path import slstm_step_torch, slstm_torch
 
 __all__ = ["slstm", "slstm_step", "config_override"]
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @contextlib.contextmanager
@@ -56,7 +60,7 @@ def _check_tensor(name, x, ndim, shape_doc):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(x).__name__}")
     if x.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must have shape {shape_doc}, got {tuple(x.shape)}")
 
@@ -81,36 +85,85 @@ def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name):
         if x.device != wx.device:
             raise ValueError(f"{name} is on {x.device} but {wx_name} is on {wx.device}: all "
                              f"tensors must be on the same device")
-    if use_triton(wx) and DH % 16:
+    if use_kernels(wx) and DH % 16:
         raise ValueError(f"head size DH = {DH}: the Triton kernels need a multiple of 16 "
                          f"(wx (..., NH, DH), R (4, NH, DH, DH))")
 
 
-# ------------------------------------------------------------------------------ autograd function
+# ------------------------------------------------------------------------------------ custom ops
+# The Triton path as `torch.library` custom ops (forward, backward, step) with fake
+# implementations: torch.compile(fullgraph=True) treats them as opaque calls. Inputs as prepared
+# by `slstm` / `slstm_step`: wx with a contiguous last dim, R and b contiguous in wx's dtype, the
+# state float32 contiguous. Every output is a fresh contiguous tensor, as the fakes promise.
 
-class SLSTMFunction(torch.autograd.Function):
-    """Triton forward and backward. Inputs as prepared by `slstm`: wx (last dim contiguous), R and
-    b contiguous in wx's dtype, state0 float32 contiguous. Outputs h and the last state."""
+@torch.library.custom_op("xlstm_triton::slstm_fwd", mutates_args=())
+def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch.Tensor,
+               save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h, last state, and (when `save`) the pre-activations and (c, n, m) of every step for the
+    backward; without `save` those two are empty."""
+    B, T, _, NH, DH = wx.shape
+    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, pick_config(NH, DH, B, wx.dtype, wx.device), save=save)
+    if not save:
+        pre, cnm = wx.new_empty(0, dtype=torch.float32), wx.new_empty(0, dtype=torch.float32)
+    return h, last, pre, cnm
 
-    @staticmethod
-    def forward(ctx, wx, R, b, state0):
-        B, T, _, NH, DH = wx.shape
-        cfg = pick_config(NH, DH, B, wx.dtype, wx.device)
-        save = any(ctx.needs_input_grad)
-        h, last, pre, cnm = slstm_fwd(wx, R, b, state0, cfg, save=save)
-        if save:
-            ctx.save_for_backward(R, h, state0, pre, cnm)
-            ctx.cfg = cfg
-        return h, last
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dh, dlast):
-        R, h, state0, pre, cnm = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).contiguous()
-        dlast = torch.zeros_like(state0) if dlast is None else dlast.to(torch.float32).contiguous()
-        dwx, dR, db, dstate0 = slstm_bwd(dh, dlast, R, h, state0, pre, cnm, ctx.cfg)
-        return dwx, dR.to(R.dtype), db.to(R.dtype), dstate0
+@_slstm_fwd.register_fake
+def _(wx, R, b, state0, save):
+    B, T, _, NH, DH = wx.shape
+    f32 = dict(dtype=torch.float32)
+    return (wx.new_empty(B, T, NH, DH), wx.new_empty(4, B, NH, DH, **f32),
+            wx.new_empty((T, 4, B, NH, DH) if save else (0,), **f32),
+            wx.new_empty((T, 3, B, NH, DH) if save else (0,), **f32))
+
+
+@torch.library.custom_op("xlstm_triton::slstm_bwd", mutates_args=())
+def _slstm_bwd(dh: torch.Tensor, dlast: torch.Tensor, R: torch.Tensor, h: torch.Tensor,
+               state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dwx in h's dtype; dR, db and the initial state's gradient in float32."""
+    B, T, NH, DH = h.shape
+    cfg = pick_config(NH, DH, B, h.dtype, h.device)   # any config computes the same gradients
+    return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg)
+
+
+@_slstm_bwd.register_fake
+def _(dh, dlast, R, h, state0, pre, cnm):
+    B, T, NH, DH = h.shape
+    f32 = dict(dtype=torch.float32)
+    return (h.new_empty(B, T, 4, NH, DH), h.new_empty(4, NH, DH, DH, **f32),
+            h.new_empty(4, NH, DH, **f32), h.new_empty(4, B, NH, DH, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
+    wx, R, b, state0, save = inputs
+    h, _, pre, cnm = output
+    ctx.save_for_backward(R, h, state0, pre, cnm)
+
+
+def _backward(ctx, dh, dlast, dpre, dcnm):
+    R, h, state0, pre, cnm = ctx.saved_tensors
+    dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).contiguous()
+    dlast = torch.zeros_like(state0) if dlast is None else dlast.to(torch.float32).contiguous()
+    dwx, dR, db, dstate0 = _slstm_bwd(dh, dlast, R, h, state0, pre, cnm)
+    return dwx, dR.to(R.dtype), db.to(R.dtype), dstate0, None
+
+
+_slstm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("xlstm_triton::slstm_step", mutates_args=())
+def _slstm_step(wx_t: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    B, _, NH, DH = wx_t.shape
+    return slstm_step_fwd(wx_t, R, b, state, pick_config(NH, DH, B, wx_t.dtype, wx_t.device))
+
+
+@_slstm_step.register_fake
+def _(wx_t, R, b, state):
+    B, _, NH, DH = wx_t.shape
+    return wx_t.new_empty(B, NH, DH), wx_t.new_empty(4, B, NH, DH, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------- public ops
@@ -127,11 +180,11 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
     B, T, G, NH, DH = wx.shape
     if G != 4:
         raise ValueError(f"wx must have shape (B, T, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
-    if B < 1 or T < 1 or NH < 1 or DH < 1:
-        raise ValueError(f"wx must have shape (B, T, 4, NH, DH) with every size >= 1, got {tuple(wx.shape)}")
+    if T < 1 or DH < 1:
+        raise ValueError(f"wx must have shape (B, T, 4, NH, DH) with T, DH >= 1, got {tuple(wx.shape)}")
     _check_common("wx", B, NH, DH, wx, R, b, initial_state, "initial_state")
     R, b = R.to(wx.dtype), b.to(wx.dtype)
-    if not use_triton(wx):
+    if not use_kernels(wx):
         h, last = slstm_torch(wx, R, b, initial_state)
     else:
         if wx.stride(-1) != 1:
@@ -141,11 +194,9 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
         else:
             state0 = initial_state.to(torch.float32).contiguous()
         R, b = R.contiguous(), b.contiguous()
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0)):
-            h, last = SLSTMFunction.apply(wx, R, b, state0)
-        else:  # inference: nothing saved for a backward
-            cfg = pick_config(NH, DH, B, wx.dtype, wx.device)
-            h, last, _, _ = slstm_fwd(wx, R, b, state0, cfg, save=False)
+        # Inference saves nothing for a backward.
+        save = torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0))
+        h, last, _, _ = _slstm_fwd(wx, R, b, state0, save)
     return (h, last) if return_last_state else h
 
 
@@ -166,10 +217,8 @@ def slstm_step(wx_t, R, b, state):
         h, new_state = slstm(wx_t.unsqueeze(1), R, b, state, return_last_state=True)
         return h[:, 0], new_state
     R, b = R.to(wx_t.dtype), b.to(wx_t.dtype)
-    if not use_triton(wx_t):
+    if not use_kernels(wx_t):
         return slstm_step_torch(wx_t, R, b, state)
     if wx_t.stride(-1) != 1:
         wx_t = wx_t.contiguous()
-    cfg = pick_config(NH, DH, B, wx_t.dtype, wx_t.device)
-    return slstm_step_fwd(wx_t, R.contiguous(), b.contiguous(),
-                          state.to(torch.float32).contiguous(), cfg)
+    return _slstm_step(wx_t, R.contiguous(), b.contiguous(), state.to(torch.float32).contiguous())
