@@ -31,7 +31,7 @@ def device():
 @pytest.fixture
 def poison():
     """Kernel outputs start as NaN inside the test: unwritten elements fail the comparison."""
-    from xlstm_triton import poison_outputs
+    from xlstm_triton.utils import poison_outputs
 
     with poison_outputs():
         yield

@@ -8,11 +8,11 @@ plain weighted-sum loss on h and on the final states, by relative Frobenius norm
 import pytest
 import torch
 
-import xlstm_triton.mlstm.op as mlstm_op
+import xlstm_triton.ops.mlstm.op as mlstm_op
 from reference.mlstm import mlstm_parallel, mlstm_recurrent
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
-from xlstm_triton.mlstm.torch_path import mlstm_chunkwise_torch
+from xlstm_triton.ops.mlstm.torch_path import mlstm_chunkwise_torch
 
 GPU = torch.cuda.is_available()
 NAMES = ["q", "k", "v", "i", "f", "c_initial", "n_initial"]
@@ -245,7 +245,7 @@ def test_gpu_compiles_fullgraph_and_captures_in_cuda_graph():
 
 @pytest.mark.gpu
 def test_gpu_no_recompile_across_batch_and_length():
-    from xlstm_triton.mlstm import bwd, fwd
+    from xlstm_triton.ops.mlstm import bwd, fwd
 
     kernels = [fwd.chunkwise_fwd_states_kernel, fwd.chunkwise_fwd_output_kernel, bwd.chunkwise_bwd_dq_kernel]
 

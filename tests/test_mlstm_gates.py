@@ -4,7 +4,7 @@ mLSTM tests check against the float64 recurrence)."""
 import pytest
 import torch
 
-from xlstm_triton.mlstm.gates import chunkwise_gates_torch, chunkwise_gates_triton
+from xlstm_triton.ops.mlstm.gates import chunkwise_gates_torch, chunkwise_gates_triton
 
 FIELDS = ("u2", "r2", "g", "w", "m", "decay", "m_last")
 

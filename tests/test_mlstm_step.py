@@ -6,7 +6,7 @@ import torch
 from reference.mlstm import mlstm_recurrent_step
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise, mlstm_step
-from xlstm_triton.mlstm.step import mlstm_step_torch
+from xlstm_triton.ops.mlstm.step import mlstm_step_torch
 
 
 def state(B, NH, DQK, DV, device):

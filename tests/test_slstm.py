@@ -10,8 +10,8 @@ import torch
 import xlstm_triton.utils as xt_utils
 from reference.slstm import slstm_recurrent
 from tests.helpers import TOL, assert_close, weighted_sum_loss
-from xlstm_triton.slstm import config_override, slstm, slstm_step
-from xlstm_triton.slstm import fwd as slstm_fwd_module
+from xlstm_triton.ops.slstm import config_override, slstm, slstm_step
+from xlstm_triton.ops.slstm import fwd as slstm_fwd_module
 
 NAMES = ("wx", "R", "b", "initial_state")
 
@@ -168,7 +168,7 @@ def test_step_with_grad_matches_reference(device, poison):
 
 def test_inference_saves_nothing_for_backward(device, monkeypatch):
     """Without grad mode (or without inputs that require grad) the forward saves no activations."""
-    from xlstm_triton.slstm import op   # (xlstm_triton.slstm is also the op's name at top level)
+    from xlstm_triton.ops.slstm import op
 
     saves = []
     real = op.slstm_fwd
@@ -213,11 +213,11 @@ def test_inputs_not_modified(device, poison):
 def test_torch_path_matches_reference(monkeypatch):
     """CPU without TRITON_INTERPRET: the PyTorch path, same contract (float32 and bfloat16)."""
     monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    from xlstm_triton.slstm import torch_path
+    from xlstm_triton.ops.slstm import torch_path
 
     calls = []
     real = torch_path.slstm_torch
-    from xlstm_triton.slstm import op
+    from xlstm_triton.ops.slstm import op
     monkeypatch.setattr(op, "slstm_torch", lambda *a: calls.append(1) or real(*a))
     for dtype in (torch.float32, torch.bfloat16):
         inputs = make_inputs(3, 20, 2, 12, dtype, "cpu", states=True, fresh_fraction=0.2)  # DH 12 ok here
@@ -252,8 +252,8 @@ import json, os, re, subprocess, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from xlstm_triton.slstm.fwd import slstm_fwd_kernel
-from xlstm_triton.slstm.bwd import slstm_bwd_kernel
+from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
+from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel
 P = "*bf16"
 common = dict(NH=1, DH=256, BB=16, BO=16, NCB=16, KA=256, KB=0, BK=64, RESIDENT=True, SYNC=True,
               DOT_PREC="ieee", FAST_MATH=True)
@@ -409,8 +409,8 @@ def test_gpu_no_recompile_across_batch_sizes(NH, DH):
     """The batch size is a runtime argument: no recompile when it changes. Split heads choose
     their column block from how many batch blocks fit the SMs, so a much larger batch may compile
     one more variant (bounded: column blocks of 16, 32 or 64), never one per batch size."""
-    from xlstm_triton.slstm.bwd import slstm_bwd_kernel, slstm_dr_db_kernel
-    from xlstm_triton.slstm.fwd import slstm_fwd_kernel
+    from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel, slstm_dr_db_kernel
+    from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
 
     kernels = (slstm_fwd_kernel, slstm_bwd_kernel, slstm_dr_db_kernel)
 

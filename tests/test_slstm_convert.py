@@ -5,7 +5,7 @@ import torch
 
 import xlstm_triton.utils as xt_utils
 from tests.helpers import assert_close
-from xlstm_triton.slstm import (bias_from_xlstm, bias_to_xlstm, recurrent_from_xlstm,
+from xlstm_triton.ops.slstm import (bias_from_xlstm, bias_to_xlstm, recurrent_from_xlstm,
                                 recurrent_to_xlstm, slstm)
 
 NH, DH = 3, 4

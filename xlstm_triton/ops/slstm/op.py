@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from ..utils import use_kernels
+from ...utils import use_kernels
 from . import fwd as _fwd
 from .bwd import slstm_bwd
 from .fwd import pick_config, slstm_fwd

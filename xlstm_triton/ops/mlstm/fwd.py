@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import maximum_nan, new_empty
+from ...utils import maximum_nan, new_empty
 
 
 @triton.jit(do_not_specialize=["NH", "S", "NC"])

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty
+from ...utils import new_empty
 from .fwd import chunkwise_fwd_states
 from .gates import LOGF_FLOOR
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, num_sms
+from ...utils import new_empty, num_sms
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
                   group_wait, mask_if, mma, split_gates, use_sync)

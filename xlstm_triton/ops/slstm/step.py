@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..utils import new_empty
+from ...utils import new_empty
 from .fwd import BATCH_BLOCK, SLSTMConfig, dot_precision, fast_math, slstm_fwd_kernel
 
 

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import maximum_nan, minimum_nan, new_empty, num_sms
+from ...utils import maximum_nan, minimum_nan, new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,

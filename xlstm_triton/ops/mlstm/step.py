@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import maximum_nan, minimum_nan, new_empty, num_sms
+from ...utils import maximum_nan, minimum_nan, new_empty, num_sms
 
 
 @triton.jit(do_not_specialize=["NH"])

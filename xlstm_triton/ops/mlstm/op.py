@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..utils import triton_interpret, use_kernels
+from ...utils import triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import maximum_nan, minimum_nan, new_empty, use_triton
+from ...utils import maximum_nan, minimum_nan, new_empty, use_triton
 
 LOG2E = 1.0 / math.log(2.0)
 LOGF_FLOOR = -1000.0
