@@ -16,15 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ...checks import check_tensor
 from ...utils import triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates
 from .step import mlstm_step_torch, mlstm_step_triton
 from .torch_path import mlstm_chunkwise_torch
-
-FLOAT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
-
 
 @dataclass(frozen=True)
 class ChunkwiseConfig:
@@ -50,7 +48,7 @@ class ChunkwiseConfig:
     precision: str
 
 
-def default_chunk_size(S: int, DQK: int, DV: int) -> int:
+def default_chunk_size(S: int) -> int:
     """Chunk size when none is given: 128, smaller for short sequences."""
     return max(16, min(128, triton.next_power_of_2(S)))
 
@@ -170,21 +168,6 @@ _mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 # ---------------------------------------------------------------------- public op
 
-def _check(name, t, shape, device, allow_none=False, dtypes=FLOAT_TYPES):
-    if t is None:
-        if allow_none:
-            return
-        raise TypeError(f"{name}: expected a tensor of shape {shape}, got None")
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape {shape}, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name}: expected device {device} (that of q), got {t.device}")
-
-
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
                     return_last_states=False, eps=1e-6, chunk_size=None):
     """Chunkwise-parallel mLSTM over a whole sequence (SPEC section 1), exact forward and backward.
@@ -213,31 +196,25 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     non-finite from step t on (as the recurrence does) and never earlier ones. A forget gate of
     -inf forgets the state exactly.
     """
-    if not isinstance(q, torch.Tensor):
-        raise TypeError(f"q: expected a torch.Tensor of shape (B, NH, S, DQK), got {type(q).__name__}")
-    if q.dim() != 4:
-        raise ValueError(f"q: expected 4 dims (B, NH, S, DQK), got shape {tuple(q.shape)}")
+    check_tensor("q", q, ndim=4, doc="(B, NH, S, DQK)")
     triton_path = use_kernels(q)
-    qdtypes = gdtypes = FLOAT_TYPES + (torch.float64,)
     B, NH, S, DQK = q.shape
-    dev = q.device
-    _check("q", q, (B, NH, S, DQK), dev, dtypes=qdtypes)
-    _check("k", k, (B, NH, S, DQK), dev, dtypes=qdtypes)
-    if not isinstance(v, torch.Tensor) or v.dim() != 4:
-        raise ValueError(f"v: expected a 4-dim tensor (B, NH, S, DV) = ({B}, {NH}, {S}, DV)")
+    dev = dict(device=q.device, device_of="q")
+    check_tensor("k", k, (B, NH, S, DQK), doc="(B, NH, S, DQK)", **dev)
+    check_tensor("v", v, ndim=4, doc="(B, NH, S, DV)")
     DV = v.shape[-1]
-    _check("v", v, (B, NH, S, DV), dev, dtypes=qdtypes)
+    check_tensor("v", v, (B, NH, S, DV), doc="(B, NH, S, DV)", **dev)
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    _check("i", i, (B, NH, S), dev, dtypes=gdtypes)
-    _check("f", f, (B, NH, S), dev, dtypes=gdtypes)
-    _check("c_initial", c_initial, (B, NH, DQK, DV), dev, allow_none=True, dtypes=gdtypes)
-    _check("n_initial", n_initial, (B, NH, DQK), dev, allow_none=True, dtypes=gdtypes)
-    _check("m_initial", m_initial, (B, NH, 1), dev, allow_none=True, dtypes=gdtypes)
+    check_tensor("i", i, (B, NH, S), doc="(B, NH, S)", **dev)
+    check_tensor("f", f, (B, NH, S), doc="(B, NH, S)", **dev)
+    check_tensor("c_initial", c_initial, (B, NH, DQK, DV), doc="(B, NH, DQK, DV)", allow_none=True, **dev)
+    check_tensor("n_initial", n_initial, (B, NH, DQK), doc="(B, NH, DQK)", allow_none=True, **dev)
+    check_tensor("m_initial", m_initial, (B, NH, 1), doc="(B, NH, 1)", allow_none=True, **dev)
     if S < 1 or DQK < 1 or DV < 1:
         raise ValueError(f"q, v: expected S, DQK, DV >= 1, got S={S}, DQK={DQK}, DV={DV}")
     if chunk_size is None:
-        chunk_size = default_chunk_size(S, DQK, DV)
+        chunk_size = default_chunk_size(S)
     if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size: expected None or a power of two >= 16, got {chunk_size!r}")
     if not eps >= 0:
@@ -276,24 +253,22 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=No
     TRITON_INTERPRET=1, float64 and empty (B or NH = 0) inputs take a differentiable PyTorch
     path.
     """
-    if not isinstance(q, torch.Tensor) or q.dim() != 3:
-        raise ValueError(f"q: expected a tensor of shape (B, NH, DQK), got {getattr(q, 'shape', type(q).__name__)}")
+    check_tensor("q", q, ndim=3, doc="(B, NH, DQK)")
     B, NH, DQK = q.shape
-    dev = q.device
     triton_path = use_kernels(q)
-    qdtypes = gdtypes = FLOAT_TYPES + (torch.float64,)
-    _check("q", q, (B, NH, DQK), dev, dtypes=qdtypes)
-    _check("k", k, (B, NH, DQK), dev, dtypes=qdtypes)
-    if not isinstance(v, torch.Tensor) or v.dim() != 3:
-        raise ValueError(f"v: expected a 3-dim tensor (B, NH, DV) = ({B}, {NH}, DV)")
+    dev = dict(device=q.device, device_of="q")
+    check_tensor("k", k, (B, NH, DQK), doc="(B, NH, DQK)", **dev)
+    check_tensor("v", v, ndim=3, doc="(B, NH, DV)")
     DV = v.shape[-1]
-    _check("v", v, (B, NH, DV), dev, dtypes=qdtypes)
+    check_tensor("v", v, (B, NH, DV), doc="(B, NH, DV)", **dev)
     for name, t in (("i", i), ("f", f)):
-        shape = (B, NH, 1) if isinstance(t, torch.Tensor) and t.dim() == 3 else (B, NH)
-        _check(name, t, shape, dev, dtypes=gdtypes)
-    _check("c", c, (B, NH, DQK, DV), dev, dtypes=gdtypes)
-    _check("n", n, (B, NH, DQK), dev, dtypes=gdtypes)
-    _check("m", m, (B, NH, 1), dev, dtypes=gdtypes)
+        if isinstance(t, torch.Tensor) and t.dim() == 3:
+            check_tensor(name, t, (B, NH, 1), doc="(B, NH, 1)", **dev)
+        else:
+            check_tensor(name, t, (B, NH), doc="(B, NH) or (B, NH, 1)", **dev)
+    check_tensor("c", c, (B, NH, DQK, DV), doc="(B, NH, DQK, DV)", **dev)
+    check_tensor("n", n, (B, NH, DQK), doc="(B, NH, DQK)", **dev)
+    check_tensor("m", m, (B, NH, 1), doc="(B, NH, 1)", **dev)
     if DQK < 1 or DV < 1:
         raise ValueError(f"q, v: expected DQK, DV >= 1, got DQK={DQK}, DV={DV}")
     needs_grad = torch.is_grad_enabled() and any(

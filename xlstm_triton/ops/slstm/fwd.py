@@ -46,7 +46,9 @@ re-reads h_{t-1} from the output.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import astuple, dataclass, fields
+from typing import Optional
 
 import torch
 import triton
@@ -372,8 +374,19 @@ class SLSTMConfig:
     sync: bool = True
     bwd_num_warps: int = 8
 
+    def as_ints(self) -> list[int]:
+        """The fields as a list of ints (how the custom ops take a config)."""
+        return [int(x) for x in astuple(self)]
 
-_CONFIG_OVERRIDE: dict | None = None  # test and tuning hook: see op.config_override
+    @classmethod
+    def from_ints(cls, values) -> "SLSTMConfig":
+        return cls(**{f.name: (bool(v) if f.name in ("resident", "sync") else int(v))
+                      for f, v in zip(fields(cls), values)})
+
+
+# Test and tuning hook, set by op.config_override for the code inside its `with` block (a context
+# variable: other threads and contexts keep the heuristic).
+CONFIG_OVERRIDE: ContextVar[Optional[dict]] = ContextVar("slstm_config_override", default=None)
 
 
 def _largest_pow2_divisor(x: int, cap: int) -> int:
@@ -422,8 +435,9 @@ def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.devi
     work per step) whose grid fits the SMs; R held in shared memory when it fits, else streamed
     from L2."""
     dhp = triton.next_power_of_2(DH)
-    if _CONFIG_OVERRIDE is not None:
-        o = dict(_CONFIG_OVERRIDE)
+    override = CONFIG_OVERRIDE.get()
+    if override is not None:
+        o = dict(override)
         bo = o.pop("bo", dhp)
         if bo < dhp and DH % bo:
             raise ValueError(f"config override: bo={bo} must divide DH={DH}")

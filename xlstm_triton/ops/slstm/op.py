@@ -29,16 +29,15 @@ import contextlib
 
 import torch
 
+from ...checks import check_tensor
 from ...utils import use_kernels
-from . import fwd as _fwd
 from .bwd import slstm_bwd
-from .fwd import pick_config, slstm_fwd
+from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
 from .step import slstm_step_fwd
 from .torch_path import slstm_step_torch, slstm_torch
 
 __all__ = ["slstm", "slstm_step", "config_override"]
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @contextlib.contextmanager
@@ -47,44 +46,21 @@ def config_override(**kw):
     than DH splits the head), bk (rows of R per chunk when streamed), resident (hold R on chip),
     num_warps, bwd_num_warps, sync (allow the persistent barrier path)."""
     # No keywords: no override (the heuristic decides), not an empty one that forces a whole head.
-    old, _fwd._CONFIG_OVERRIDE = _fwd._CONFIG_OVERRIDE, (dict(kw) if kw else None)
+    token = CONFIG_OVERRIDE.set(dict(kw) if kw else None)
     try:
         yield
     finally:
-        _fwd._CONFIG_OVERRIDE = old
+        CONFIG_OVERRIDE.reset(token)
 
 
 # ------------------------------------------------------------------------------------------ checks
 
-def _check_tensor(name, x, ndim, shape_doc):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have shape {shape_doc}, got {tuple(x.shape)}")
-
-
 def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name):
-    _check_tensor("R", R, 4, f"(4, NH, DH, DH) = (4, {NH}, {DH}, {DH})")
-    if tuple(R.shape) != (4, NH, DH, DH):
-        raise ValueError(f"R must have shape (4, NH, DH, DH) = (4, {NH}, {DH}, {DH}) to match "
-                         f"{wx_name}, got {tuple(R.shape)}")
-    _check_tensor("b", b, 3, f"(4, NH, DH) = (4, {NH}, {DH})")
-    if tuple(b.shape) != (4, NH, DH):
-        raise ValueError(f"b must have shape (4, NH, DH) = (4, {NH}, {DH}) to match {wx_name}, "
-                         f"got {tuple(b.shape)}")
-    tensors = [("R", R), ("b", b)]
-    if state is not None:
-        _check_tensor(state_name, state, 4, f"(4, B, NH, DH) = (4, {B}, {NH}, {DH})")
-        if tuple(state.shape) != (4, B, NH, DH):
-            raise ValueError(f"{state_name} must have shape (4, B, NH, DH) = (4, {B}, {NH}, {DH}) "
-                             f"(h, c, n, m), got {tuple(state.shape)}")
-        tensors.append((state_name, state))
-    for name, x in tensors:
-        if x.device != wx.device:
-            raise ValueError(f"{name} is on {x.device} but {wx_name} is on {wx.device}: all "
-                             f"tensors must be on the same device")
+    dev = dict(device=wx.device, device_of=wx_name)
+    check_tensor("R", R, (4, NH, DH, DH), doc=f"(4, NH, DH, DH) from {wx_name}", **dev)
+    check_tensor("b", b, (4, NH, DH), doc=f"(4, NH, DH) from {wx_name}", **dev)
+    check_tensor(state_name, state, (4, B, NH, DH), doc="(4, B, NH, DH), slots (h, c, n, m)",
+                 allow_none=state_name == "initial_state", **dev)
     if use_kernels(wx) and DH % 16:
         raise ValueError(f"head size DH = {DH}: the Triton kernels need a multiple of 16 "
                          f"(wx (..., NH, DH), R (4, NH, DH, DH))")
@@ -93,23 +69,24 @@ def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name):
 # ------------------------------------------------------------------------------------ custom ops
 # The Triton path as `torch.library` custom ops (forward, backward, step) with fake
 # implementations: torch.compile(fullgraph=True) treats them as opaque calls. Inputs as prepared
-# by `slstm` / `slstm_step`: wx with a contiguous last dim, R and b contiguous in wx's dtype, the
+# by `slstm` / `slstm_step`, with the launch config chosen there (`config`, SLSTMConfig.as_ints()):
+# wx with a contiguous last dim, R and b contiguous in wx's dtype, the
 # state float32 contiguous. Every output is a fresh contiguous tensor, as the fakes promise.
 
 @torch.library.custom_op("xlstm_triton::slstm_fwd", mutates_args=())
 def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch.Tensor,
-               save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               save: bool, config: list[int]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """h, last state, and (when `save`) the pre-activations and (c, n, m) of every step for the
-    backward; without `save` those two are empty."""
-    B, T, _, NH, DH = wx.shape
-    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, pick_config(NH, DH, B, wx.dtype, wx.device), save=save)
+    backward; without `save` those two are empty. `config`: SLSTMConfig.as_ints()."""
+    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, SLSTMConfig.from_ints(config), save=save)
     if not save:
         pre, cnm = wx.new_empty(0, dtype=torch.float32), wx.new_empty(0, dtype=torch.float32)
     return h, last, pre, cnm
 
 
 @_slstm_fwd.register_fake
-def _(wx, R, b, state0, save):
+def _(wx, R, b, state0, save, config):
     B, T, _, NH, DH = wx.shape
     f32 = dict(dtype=torch.float32)
     return (wx.new_empty(B, T, NH, DH), wx.new_empty(4, B, NH, DH, **f32),
@@ -119,16 +96,14 @@ def _(wx, R, b, state0, save):
 
 @torch.library.custom_op("xlstm_triton::slstm_bwd", mutates_args=())
 def _slstm_bwd(dh: torch.Tensor, dlast: torch.Tensor, R: torch.Tensor, h: torch.Tensor,
-               state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor
+               state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor, config: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dwx in h's dtype; dR, db and the initial state's gradient in float32."""
-    B, T, NH, DH = h.shape
-    cfg = pick_config(NH, DH, B, h.dtype, h.device)   # any config computes the same gradients
-    return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg)
+    return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, SLSTMConfig.from_ints(config))
 
 
 @_slstm_bwd.register_fake
-def _(dh, dlast, R, h, state0, pre, cnm):
+def _(dh, dlast, R, h, state0, pre, cnm, config):
     B, T, NH, DH = h.shape
     f32 = dict(dtype=torch.float32)
     return (h.new_empty(B, T, 4, NH, DH), h.new_empty(4, NH, DH, DH, **f32),
@@ -137,31 +112,31 @@ def _(dh, dlast, R, h, state0, pre, cnm):
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
-    wx, R, b, state0, save = inputs
+    wx, R, b, state0, save, config = inputs
     h, _, pre, cnm = output
     ctx.save_for_backward(R, h, state0, pre, cnm)
+    ctx.config = config          # the forward's config (an override is not seen by the backward)
 
 
 def _backward(ctx, dh, dlast, dpre, dcnm):
     R, h, state0, pre, cnm = ctx.saved_tensors
     dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).contiguous()
     dlast = torch.zeros_like(state0) if dlast is None else dlast.to(torch.float32).contiguous()
-    dwx, dR, db, dstate0 = _slstm_bwd(dh, dlast, R, h, state0, pre, cnm)
-    return dwx, dR.to(R.dtype), db.to(R.dtype), dstate0, None
+    dwx, dR, db, dstate0 = _slstm_bwd(dh, dlast, R, h, state0, pre, cnm, ctx.config)
+    return dwx, dR.to(R.dtype), db.to(R.dtype), dstate0, None, None
 
 
 _slstm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("xlstm_triton::slstm_step", mutates_args=())
-def _slstm_step(wx_t: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    B, _, NH, DH = wx_t.shape
-    return slstm_step_fwd(wx_t, R, b, state, pick_config(NH, DH, B, wx_t.dtype, wx_t.device))
+def _slstm_step(wx_t: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state: torch.Tensor,
+                config: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return slstm_step_fwd(wx_t, R, b, state, SLSTMConfig.from_ints(config))
 
 
 @_slstm_step.register_fake
-def _(wx_t, R, b, state):
+def _(wx_t, R, b, state, config):
     B, _, NH, DH = wx_t.shape
     return wx_t.new_empty(B, NH, DH), wx_t.new_empty(4, B, NH, DH, dtype=torch.float32)
 
@@ -176,12 +151,12 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
     (h, c, n, m), zeros if None. Returns h (B, T, NH, DH) in wx's dtype and, with
     `return_last_state`, the state after the last step (4, B, NH, DH) in float32.
     """
-    _check_tensor("wx", wx, 5, "(B, T, 4, NH, DH)")
+    check_tensor("wx", wx, ndim=5, doc="(B, T, 4, NH, DH)")
     B, T, G, NH, DH = wx.shape
     if G != 4:
-        raise ValueError(f"wx must have shape (B, T, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
+        raise ValueError(f"wx: expected shape (B, T, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
     if T < 1 or DH < 1:
-        raise ValueError(f"wx must have shape (B, T, 4, NH, DH) with T, DH >= 1, got {tuple(wx.shape)}")
+        raise ValueError(f"wx: expected shape (B, T, 4, NH, DH) with T, DH >= 1, got {tuple(wx.shape)}")
     _check_common("wx", B, NH, DH, wx, R, b, initial_state, "initial_state")
     R, b = R.to(wx.dtype), b.to(wx.dtype)
     if not use_kernels(wx):
@@ -196,7 +171,8 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
         R, b = R.contiguous(), b.contiguous()
         # Inference saves nothing for a backward.
         save = torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0))
-        h, last, _, _ = _slstm_fwd(wx, R, b, state0, save)
+        config = pick_config(NH, DH, B, wx.dtype, wx.device).as_ints()
+        h, last, _, _ = _slstm_fwd(wx, R, b, state0, save, config)
     return (h, last) if return_last_state else h
 
 
@@ -206,12 +182,13 @@ def slstm_step(wx_t, R, b, state):
 
     Without gradients (inference) on CUDA it is one kernel launch with no host synchronization,
     usable inside a CUDA graph. When a gradient is needed it runs `slstm` over one step."""
-    _check_tensor("wx_t", wx_t, 4, "(B, 4, NH, DH)")
+    check_tensor("wx_t", wx_t, ndim=4, doc="(B, 4, NH, DH)")
     B, G, NH, DH = wx_t.shape
     if G != 4:
-        raise ValueError(f"wx_t must have shape (B, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
+        raise ValueError(f"wx_t: expected shape (B, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
     if state is None:
-        raise ValueError(f"state must be a tensor of shape (4, B, NH, DH) = (4, {B}, {NH}, {DH})")
+        raise ValueError(f"state: expected a tensor of shape (4, B, NH, DH) = (4, {B}, {NH}, {DH}), "
+                         f"got None")
     _check_common("wx_t", B, NH, DH, wx_t, R, b, state, "state")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (wx_t, R, b, state)):
         h, new_state = slstm(wx_t.unsqueeze(1), R, b, state, return_last_state=True)
@@ -221,4 +198,6 @@ def slstm_step(wx_t, R, b, state):
         return slstm_step_torch(wx_t, R, b, state)
     if wx_t.stride(-1) != 1:
         wx_t = wx_t.contiguous()
-    return _slstm_step(wx_t, R.contiguous(), b.contiguous(), state.to(torch.float32).contiguous())
+    config = pick_config(NH, DH, B, wx_t.dtype, wx_t.device).as_ints()
+    return _slstm_step(wx_t, R.contiguous(), b.contiguous(), state.to(torch.float32).contiguous(),
+                       config)

@@ -1,0 +1,45 @@
+"""Argument checks shared by the ops, layers and models: every error names the argument and
+says what was expected (shape, dtype, device) and what was given."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(name: str, t, shape: Optional[Sequence[int]] = None, *, ndim: Optional[int] = None,
+                 doc: Optional[str] = None, dtypes: Optional[Sequence[torch.dtype]] = FLOAT_DTYPES,
+                 device: Optional[torch.device] = None, device_of: str = "the other inputs",
+                 allow_none: bool = False) -> None:
+    """Raise unless `t` is a tensor of `shape` (or of `ndim` dims), with a dtype in `dtypes`
+    (None: any), on `device` (None: any).
+
+    `doc` spells the shape with its symbols, e.g. "(B, NH, S, DQK)": messages then read
+    "expected shape (2, 4, 128, 64) = (B, NH, S, DQK)". `device_of` names where `device` comes
+    from. TypeError for a wrong type or dtype, ValueError for a wrong shape or device."""
+    if shape is not None:
+        want = f"{tuple(shape)} = {doc}" if doc else f"{tuple(shape)}"
+    else:
+        want = doc or f"{ndim} dims"
+    if t is None:
+        if allow_none:
+            return
+        raise TypeError(f"{name}: expected a tensor of shape {want}, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {want}, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in ({_dtype_names(dtypes)}), got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims {doc or ''}, got shape {tuple(t.shape)}")
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{name}: expected device {device} (the same device as {device_of}), "
+                         f"got {t.device}")
