@@ -66,6 +66,13 @@ def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name):
                          f"(wx (..., NH, DH), R (4, NH, DH, DH))")
 
 
+@torch.compiler.assume_constant_result
+def _config(NH, DH, B, dtype, device) -> list[int]:
+    """The launch config for the custom ops, SLSTMConfig.as_ints(). A constant to torch.compile,
+    which guards on the shapes it depends on (an override is read when the graph is traced)."""
+    return pick_config(NH, DH, B, dtype, device).as_ints()
+
+
 # ------------------------------------------------------------------------------------ custom ops
 # The Triton path as `torch.library` custom ops (forward, backward, step) with fake
 # implementations: torch.compile(fullgraph=True) treats them as opaque calls. Inputs as prepared
@@ -171,8 +178,7 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
         R, b = R.contiguous(), b.contiguous()
         # Inference saves nothing for a backward.
         save = torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0))
-        config = pick_config(NH, DH, B, wx.dtype, wx.device).as_ints()
-        h, last, _, _ = _slstm_fwd(wx, R, b, state0, save, config)
+        h, last, _, _ = _slstm_fwd(wx, R, b, state0, save, _config(NH, DH, B, wx.dtype, wx.device))
     return (h, last) if return_last_state else h
 
 
@@ -198,6 +204,5 @@ def slstm_step(wx_t, R, b, state):
         return slstm_step_torch(wx_t, R, b, state)
     if wx_t.stride(-1) != 1:
         wx_t = wx_t.contiguous()
-    config = pick_config(NH, DH, B, wx_t.dtype, wx_t.device).as_ints()
     return _slstm_step(wx_t, R.contiguous(), b.contiguous(), state.to(torch.float32).contiguous(),
-                       config)
+                       _config(NH, DH, B, wx_t.dtype, wx_t.device))
