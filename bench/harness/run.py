@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODES = ("fw", "fwbw")
 EXIT_CONTEXT_LOST = 3      # a worker's exit code after a sticky CUDA error, its row already printed
 
