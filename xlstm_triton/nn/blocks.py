@@ -6,7 +6,8 @@
 Every module takes `forward(x, state=None, return_state=False)`. The state of a block is its
 layer's (`mLSTMLayerState` / `sLSTMLayerState`); the state of a stack is a tuple with one block
 state per block (None entries mean "fresh"). States are tuples of tensors, so they pass through
-`torch.compile` and can live in static buffers for CUDA graphs.
+`torch.compile` and can live in static buffers for CUDA graphs. Plain tuples or lists (e.g. a
+state rebuilt by `tuple(t.to(device) for t in s)`) are accepted wherever a state goes in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from .components import GatedFeedForward, LayerNorm, WeightDecayGroupsMixin
 from .config import (FeedForwardConfig, mLSTMBlockConfig, sLSTMBlockConfig, xLSTMBlockStackConfig)
-from .mlstm_layer import mLSTMLayer, mLSTMLayerState
+from .mlstm_layer import _is_sequence, mLSTMLayer, mLSTMLayerState
 from .slstm_layer import sLSTMLayer, sLSTMLayerState
 
 __all__ = ["xLSTMBlock", "mLSTMBlock", "sLSTMBlock", "xLSTMBlockStack", "BlockState", "StackState"]
@@ -150,10 +151,10 @@ class xLSTMBlockStack(WeightDecayGroupsMixin, nn.Module):
         y (B, S, E) and, with `return_state`, the new stack state (a tuple)."""
         if state is None:
             state = (None,) * len(self.blocks)
-        elif not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
-            raise ValueError(f"xLSTMBlockStack state: expected a tuple of {len(self.blocks)} block "
-                             f"states, got {type(state).__name__}"
-                             f"{f' of length {len(state)}' if isinstance(state, (tuple, list)) else ''}")
+        elif not _is_sequence(state) or len(state) != len(self.blocks):
+            raise ValueError(f"state: expected a tuple of {len(self.blocks)} block states (or a list; "
+                             f"one per block, None for a fresh one), got {type(state).__name__}"
+                             f"{f' of length {len(state)}' if _is_sequence(state) else ''}")
         new_states = []
         for block, block_state in zip(self.blocks, state):
             if return_state:

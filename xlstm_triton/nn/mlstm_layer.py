@@ -14,6 +14,7 @@ prefill), both starting from the given state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
 import torch
@@ -37,6 +38,11 @@ class mLSTMLayerState(NamedTuple):
     n: torch.Tensor
     m: torch.Tensor
     conv: torch.Tensor
+
+
+def _is_sequence(state) -> bool:
+    """A layer state may be any sequence of tensors (NamedTuple, tuple, list), not a string."""
+    return isinstance(state, Sequence) and not isinstance(state, (str, bytes))
 
 
 def _check_state_tensor(name, t, shape, cls):
@@ -166,15 +172,20 @@ class mLSTMLayer(nn.Module):
         return mLSTMLayerState(*self.mlstm_cell.zero_state(batch_size, device),
                                self.conv1d.zero_state(batch_size, device, dtype))
 
-    def _check_state(self, state, B):
-        if not isinstance(state, (tuple, list)) or len(state) != 4:
-            raise TypeError(f"mLSTMLayer state: expected an mLSTMLayerState (c, n, m, conv), got "
-                            f"{type(state).__name__}")
+    def _check_state(self, state, B) -> mLSTMLayerState:
+        """Validate a state for batch size B: an mLSTMLayerState or any sequence of the four
+        tensors (c, n, m, conv), e.g. a tuple rebuilt by a comprehension. Returns it as an
+        mLSTMLayerState."""
+        if not _is_sequence(state) or len(state) != 4:
+            got = f"a {type(state).__name__} of length {len(state)}" if _is_sequence(state) else type(state).__name__
+            raise TypeError(f"mLSTMLayer state: expected an mLSTMLayerState (c, n, m, conv) or a sequence "
+                            f"of those 4 tensors, got {got}")
         NH, DH = self.config.num_heads, self.inner // self.config.num_heads
         shapes = dict(c=(B, NH, DH, DH), n=(B, NH, DH), m=(B, NH, 1),
                       conv=(B, self.conv1d.state_len, self.inner))
         for (name, shape), t in zip(shapes.items(), state):
             _check_state_tensor(name, t, shape, "mLSTMLayerState")
+        return mLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,
                 return_state: bool = False):
@@ -184,7 +195,7 @@ class mLSTMLayer(nn.Module):
                              f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
         B = x.shape[0]
         if state is not None:
-            self._check_state(state, B)
+            state = self._check_state(state, B)
         x_m, z = self.proj_up(x).split(self.inner, dim=-1)
         conv_state = None if state is None else state.conv
         if return_state:

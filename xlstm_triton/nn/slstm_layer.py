@@ -29,7 +29,7 @@ from ..slstm import bias_from_xlstm, recurrent_from_xlstm, slstm, slstm_step
 from ..utils import use_triton
 from .components import CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, small_init_
 from .config import sLSTMLayerConfig
-from .mlstm_layer import _check_state_tensor
+from .mlstm_layer import _check_state_tensor, _is_sequence
 
 __all__ = ["sLSTMCell", "sLSTMLayer", "sLSTMLayerState"]
 
@@ -227,13 +227,17 @@ class sLSTMLayer(nn.Module):
                            dtype=dtype)
         return sLSTMLayerState(self.slstm_cell.zero_state(batch_size, device), conv)
 
-    def _check_state(self, state, B):
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"sLSTMLayer state: expected an sLSTMLayerState (slstm, conv), got "
-                            f"{type(state).__name__}")
+    def _check_state(self, state, B) -> sLSTMLayerState:
+        """Validate a state for batch size B: an sLSTMLayerState or any sequence of the two
+        tensors (slstm, conv). Returns it as an sLSTMLayerState."""
+        if not _is_sequence(state) or len(state) != 2:
+            got = f"a {type(state).__name__} of length {len(state)}" if _is_sequence(state) else type(state).__name__
+            raise TypeError(f"sLSTMLayer state: expected an sLSTMLayerState (slstm, conv) or a sequence of "
+                            f"those 2 tensors, got {got}")
         _check_state_tensor("slstm", state[0], (4, B, self.num_heads, self.head_dim), "sLSTMLayerState")
         _check_state_tensor("conv", state[1], (B, self._conv_len, self.config.embedding_dim),
                             "sLSTMLayerState")
+        return sLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[sLSTMLayerState] = None,
                 return_state: bool = False):
@@ -244,7 +248,7 @@ class sLSTMLayer(nn.Module):
                              f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
         B, S, _ = x.shape
         if state is not None:
-            self._check_state(state, B)
+            state = self._check_state(state, B)
         conv_state = None if state is None else state.conv
         if self.config.conv1d_kernel_size > 0:
             if return_state:
