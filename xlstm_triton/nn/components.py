@@ -209,7 +209,12 @@ class LinearHeadwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.einsum("...hd,hod->...ho", x.reshape(*lead, self.num_heads, -1), self.weight)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"LinearHeadwise: expected x of shape (..., {self.in_features}), got "
+                             f"{tuple(x.shape)}")
+        # explicit block size (not -1): a reshape of an empty batch cannot infer it
+        x = x.reshape(*lead, self.num_heads, self.in_features // self.num_heads)
+        y = torch.einsum("...hd,hod->...ho", x, self.weight)
         y = y.reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias
 
