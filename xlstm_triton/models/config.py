@@ -43,6 +43,11 @@ class xLSTMLargeConfig:
     weight_mode "single" keeps separate q, k, v, ogate_preact, igate_preact, fgate_preact and
     FFN proj_up_gate / proj_up weights; "fused" concatenates q|k|v|ogate into `qkv_opreact`,
     igate|fgate into `ifgate_preact` and gate|up into `proj_up_gate_z` (fewer, larger matmuls).
+
+    tie_word_embeddings is read from config.json and kept (it round-trips), but it does not tie
+    anything: transformers' xLSTMForCausalLM (5.23) declares no tied weights, so with either
+    value it builds, saves and loads `lm_head.weight` as a parameter of its own, and the logits
+    use it. `xLSTMLarge` does the same, so both compute the same logits from one checkpoint.
     """
     vocab_size: int = 50304
     embedding_dim: int = 4096

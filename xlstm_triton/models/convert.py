@@ -175,8 +175,6 @@ def load_safetensors_dir(path, device="cpu", dtype: Optional[torch.dtype] = None
 def _build(config: xLSTMLargeConfig, state_dict: Dict[str, torch.Tensor], source: str) -> xLSTMLarge:
     """An xLSTMLarge whose parameters are the tensors of `state_dict` (no copy)."""
     sd = dict(state_dict)
-    if config.tie_word_embeddings and "lm_head.weight" not in sd and _OURS_EMB in sd:
-        sd["lm_head.weight"] = sd[_OURS_EMB]
     if config.use_bias and config.add_out_norm and "backbone.out_norm.bias" not in sd and \
             "backbone.out_norm.weight" in sd:
         sd["backbone.out_norm.bias"] = torch.zeros_like(sd["backbone.out_norm.weight"])   # transformers has none
@@ -192,8 +190,6 @@ def _build(config: xLSTMLargeConfig, state_dict: Dict[str, torch.Tensor], source
                          f"NH={config.num_heads}, weight_mode={config.weight_mode!r}): missing {missing[:6]}, "
                          f"unexpected {unexpected[:6]}, wrong shapes {wrong[:6]}")
     model.load_state_dict(sd, strict=True, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.embedding.weight
     return model
 
 
@@ -218,7 +214,8 @@ def load_checkpoint(path, dtype: Optional[torch.dtype] = None, device=None, weig
             converted if the checkpoint has the other mode.
         config: use this config instead of config.json; config_overrides replace its fields
             (e.g. chunk_size=64).
-    Returns the model in eval mode.
+    Returns the model in eval mode. The LM head is the checkpoint's `lm_head.weight` even with
+    `tie_word_embeddings` (as transformers loads it); a checkpoint without one is an error.
     """
     path = Path(path)
     if not path.is_dir():

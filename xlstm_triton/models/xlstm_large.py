@@ -325,9 +325,8 @@ class xLSTMLarge(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
         self.backbone = xLSTMLargeBackbone(config)
+        # Never tied to the embedding, whatever `tie_word_embeddings` says (see xLSTMLargeConfig).
         self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.embedding.weight
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init and state
@@ -339,8 +338,7 @@ class xLSTMLarge(nn.Module):
         cfg = self.config
         E, L, NH = cfg.embedding_dim, cfg.num_blocks, cfg.num_heads
         small_init_(self.embedding.weight, dim=E)
-        if not cfg.tie_word_embeddings:
-            small_init_(self.lm_head.weight, dim=E)
+        small_init_(self.lm_head.weight, dim=E)
         for module in self.modules():
             if isinstance(module, (RMSNorm, MultiHeadLayerNorm)):
                 module.reset_parameters()
