@@ -313,9 +313,18 @@ class xLSTMLarge(nn.Module):
     Loading: `xLSTMLarge.from_pretrained(dir)` (a safetensors checkpoint, sharded or not, with
     its config.json), `xLSTMLarge.from_transformers(hf_model)` (a loaded `transformers`
     xLSTMForCausalLM); `convert.to_transformers_state_dict(model.state_dict())` goes back.
+
+    Token ids: int64 or int32, on the model's device, each in [0, vocab_size); anything else
+    raises an error naming the argument. The range check reads the ids on the host: on a GPU
+    that is one sync per forward (and per `generate` call), so it runs there only while
+    `check_token_range` is True (the default); set `model.check_token_range = False` for
+    training or decoding loops that must not sync. On CPU it always runs; `decode_step`
+    (whose tokens the model sampled itself), torch.compile and CUDA-graph capture skip it on
+    the GPU.
     """
 
     config_class = xLSTMLargeConfig
+    check_token_range: bool = True
 
     def __init__(self, config: xLSTMLargeConfig):
         super().__init__()
@@ -381,14 +390,18 @@ class xLSTMLarge(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
                 update_state: bool = False):
-        """input_ids (B, S) int; state: None (zeros), a sequence of num_blocks (c, n, m) or a
-        dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
+        """input_ids (B, S) int64 / int32 on the model's device (B may be 0; see the class
+        docstring for the checks); state: None (zeros), a sequence (tuple or list) of num_blocks
+        (c, n, m) or a dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
         `return_state`, the new state (a tuple of mLSTMState, float32). `update_state=True`
         writes the new state into the given one instead of new tensors (contiguous tensors, no
         autograd): a decoding loop with static buffers, such as a CUDA graph of one step,
         needs no copies (`state = model.zero_state(B)`; `logits = model(tok, state,
         update_state=True)`)."""
-        check_token_ids(input_ids, "input_ids")
+        return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range)
+
+    def _forward(self, input_ids, state, return_state: bool, update_state: bool, name: str, check_range: bool):
+        check_token_ids(input_ids, name, self.config.vocab_size, self.embedding.weight.device, check_range)
         x = self.embedding(input_ids)
         out = self.backbone(x, state, return_state=return_state, update_state=update_state)
         x, new = out if return_state else (out, None)
@@ -399,7 +412,7 @@ class xLSTMLarge(nn.Module):
                     top_k: Optional[int] = None, generator: Optional[torch.Generator] = None):
         """tokens (B,) int64, the last tokens; state: the model state before them. Returns
         (next_tokens (B,), new_state). Static shapes, no host sync (CUDA-graph capturable)."""
-        logits, state = self.forward(tokens[:, None], state, return_state=True)
+        logits, state = self._forward(tokens[:, None], state, True, False, "tokens", check_range=False)
         return sample_tokens(logits[:, -1], temperature, top_k, generator), state
 
     @torch.no_grad()
@@ -413,7 +426,8 @@ class xLSTMLarge(nn.Module):
             x, state = self.backbone(self.embedding(ids), return_state=True)
             return self._logits(x[:, -1]), state
         return generate_tokens(prefill, self.decode_step, input_ids, max_new_tokens, temperature, top_k,
-                               generator, self.embedding.weight.device)
+                               generator, self.embedding.weight.device, self.config.vocab_size,
+                               self.check_token_range)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -84,27 +84,52 @@ def copy_state_(dst, src):
 
 
 
-def check_token_ids(idx, name: str) -> None:
-    """Token ids must be an integer tensor (B, S) with S >= 1; a clear error naming `name` else."""
+_TOKEN_DTYPES = (torch.int64, torch.int32)       # what nn.Embedding indexes with
+
+
+def check_token_ids(idx, name: str, vocab_size: Optional[int] = None, device=None,
+                    check_range: bool = True) -> None:
+    """Token ids must be an int64 / int32 tensor (B, S) with S >= 1 (B may be 0), on `device`
+    (if given), with every id in [0, vocab_size) (if given); a clear error naming `name` else.
+
+    The range check reads the ids on the host: free on CPU, where it always runs, but one
+    device-to-host sync on a GPU, where it runs only with `check_range`. It is skipped inside
+    torch.compile and during CUDA-graph capture (no sync is possible there)."""
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
         raise ValueError(f"{name}: expected token ids of shape (B, S), got "
                          f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise TypeError(f"{name}: expected an integer tensor of token ids, got {idx.dtype}")
+    if idx.dtype not in _TOKEN_DTYPES:
+        raise TypeError(f"{name}: expected an integer tensor of token ids (torch.int64 or torch.int32), "
+                        f"got {idx.dtype}")
     if idx.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
+    if device is not None and idx.device != torch.device(device):
+        raise ValueError(f"{name}: expected token ids on the model's device {torch.device(device)}, got "
+                         f"{idx.device} (move them with .to({str(torch.device(device))!r}))")
+    if vocab_size is None or not (check_range or idx.device.type == "cpu"):
+        return
+    if idx.device.type == "meta" or torch.compiler.is_compiling() or (
+            idx.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = (idx < 0) | (idx >= vocab_size)
+    if bad.any():
+        raise ValueError(f"{name}: token id {int(idx[bad][0])} is out of range for the vocabulary size "
+                         f"{vocab_size} (expected 0 <= id < {vocab_size})")
 
 
 def generate_tokens(prefill, decode_step, input_ids, max_new_tokens, temperature, top_k, generator,
-                    device) -> torch.Tensor:
+                    device, vocab_size: int, check_range: bool) -> torch.Tensor:
     """The generation loop of the LMs: checks, `prefill(ids)` -> (last-position logits (B, V),
     state), then `decode_step(tok, state, temperature, top_k, generator)` -> (tok, state) per new
-    token. Returns (B, S + max_new_tokens) on `device`."""
+    token. The prompt is moved to `device` and range-checked once (see `check_token_ids`); the
+    sampled tokens are in range by construction. Returns (B, S + max_new_tokens) on `device`;
+    a batch of 0 prompts gives (0, S + max_new_tokens)."""
     check_token_ids(input_ids, "input_ids")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
     input_ids = input_ids.to(device)
+    check_token_ids(input_ids, "input_ids", vocab_size, device, check_range)
     if max_new_tokens == 0:
         return input_ids
     logits, state = prefill(input_ids)
@@ -125,9 +150,17 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
 
     As in the `xlstm` package, construction leaves the embedding and LM head with PyTorch's
     default init; call `reset_parameters()` for the small init of both.
+
+    Token ids: int64 or int32, on the model's device, each in [0, vocab_size); anything else
+    raises an error naming the argument. The range check reads the ids on the host: on a GPU
+    that is one sync per forward (and per `generate` call), so it runs there only while
+    `check_token_range` is True (the default); set `model.check_token_range = False` in
+    training loops that must not sync. On CPU it always runs; `decode_step` (whose tokens the
+    model sampled itself), torch.compile and CUDA-graph capture skip it on the GPU.
     """
 
     config_class = xLSTMLMModelConfig
+    check_token_range: bool = True
 
     def __init__(self, config: xLSTMLMModelConfig, **kwargs):
         super().__init__()
@@ -152,7 +185,10 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         return self.xlstm_block_stack.zero_state(batch_size, device, dtype)
 
     def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False):
-        check_token_ids(idx, "idx")
+        return self._forward(idx, state, return_state, "idx", self.check_token_range)
+
+    def _forward(self, idx, state, return_state: bool, name: str, check_range: bool):
+        check_token_ids(idx, name, self.config.vocab_size, self.token_embedding.weight.device, check_range)
         x = self.emb_dropout(self.token_embedding(idx))
         out = self.xlstm_block_stack(x, state, return_state=return_state)
         x, new_state = out if return_state else (out, None)
@@ -167,7 +203,7 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
                     top_k: Optional[int] = None, generator: Optional[torch.Generator] = None):
         """tokens (B,) int64, the last sampled tokens; state: the model state before them.
         Returns (next_tokens (B,), new_state). Capturable in a CUDA graph (module docstring)."""
-        logits, state = self.forward(tokens[:, None], state, return_state=True)
+        logits, state = self._forward(tokens[:, None], state, True, "tokens", check_range=False)
         return sample_tokens(logits[:, -1], temperature, top_k, generator), state
 
     @torch.no_grad()
@@ -185,7 +221,8 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
             x, state = self.xlstm_block_stack(self.emb_dropout(self.token_embedding(ids)), return_state=True)
             return self.lm_head(x[:, -1]), state
         return generate_tokens(prefill, self.decode_step, input_ids, max_new_tokens, temperature, top_k,
-                               generator, self.token_embedding.weight.device)
+                               generator, self.token_embedding.weight.device, self.config.vocab_size,
+                               self.check_token_range)
 
     def _create_weight_decay_optim_groups(self):
         decay, no_decay = super()._create_weight_decay_optim_groups()
