@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tests.helpers import assert_close
 from xlstm_triton.models.fused import gated_head_norm, gated_head_norm_torch, silu_mul, use_fused
+from xlstm_triton.utils import use_triton
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -48,9 +49,10 @@ def test_silu_mul(dtype, shape, device, poison):
 
 
 def test_fused_only_without_autograd(device):
+    """Where the Triton kernels run (CUDA, or CPU with TRITON_INTERPRET=1), and only then."""
     x = torch.zeros(1, device=device)
     with torch.no_grad():
-        assert use_fused(x)
+        assert use_fused(x) == use_triton(x)
     assert not use_fused(x)
 
 
