@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bench import harness, suite_decode, suite_kernels, suite_model
+from bench.harness import measure
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG"
@@ -25,7 +26,7 @@ PNG_MAGIC = b"\x89PNG"
 def _fast_cpu_runs(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")         # for the command line's worker processes
-    monkeypatch.setattr(harness, "WALL_CLOCK_REPS", 1)
+    monkeypatch.setattr(measure, "WALL_CLOCK_REPS", 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # tiny ops: thread synchronization would cost more than the work
     yield

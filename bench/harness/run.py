@@ -1,176 +1,22 @@
-"""The benchmark library every suite uses.
-
-A suite is a list of cases (shapes) and providers (implementations). Each provider runs in its
-own Python process over all cases, so a provider that aborts the process (the TFLA `xl_chunk`
-kernel under Triton 3.6 without DISABLE_LLVM_OPT=1) or leaks memory cannot take the others
-down; a case that kills its worker is recorded as such and the worker restarts after it.
-
-For each (case, mode) a worker reports the median time of `triton.testing.do_bench` after its
-warm-up and the peak memory of one call, inputs included (`torch.cuda.max_memory_allocated`).
-Rows go to a CSV with the suite, GPU name, torch/triton/peer versions, date and git commit.
-
-Without CUDA (smoke tests, `--quick` on a laptop) a worker times a few calls with the wall clock
-and leaves the memory empty; a provider that needs CUDA or a missing package raises
-`Unavailable` from its setup and is recorded with status "unavailable".
-"""
+"""The parent side: `run_suite` starts one worker process per provider (`python -m bench
+_worker ...`, measure.py), collects their rows, records a case that killed its worker, and
+appends everything to the suite's CSV with the environment (GPU, versions, date, commit);
+`print_table` prints the short summary."""
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import datetime
-import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
-MODES = ("fw", "fwbw")
-EXIT_CONTEXT_LOST = 3      # a worker's exit code after a sticky CUDA error, its row already printed
+from bench.harness.measure import EXIT_CONTEXT_LOST
+from bench.harness.provider import Provider
+from bench.harness.results import REPO, append_csv
 
-
-@dataclasses.dataclass
-class Provider:
-    """One implementation. `setup(case, mode, dtype)` allocates inputs and returns a zero-argument
-    function that runs one forward (mode "fw") or forward+backward (mode "fwbw") call.
-    `skip(case)` may return a reason to leave a case out (recorded as status "skipped");
-    `applies(case)` False leaves it out without a row (a case of another kernel family).
-
-    Optional attributes of the returned function: `grad_to_none` (tensors whose .grad is reset
-    between calls), `calls_per_run` (the time is divided by it, e.g. steps in one CUDA graph),
-    `columns` (a dict of extra CSV columns, or a function of the measured ms returning one),
-    `rep_ms` (do_bench's timing budget, default 200 ms: raise it for calls of tens of ms, which
-    would otherwise be the median of two or three)."""
-    name: str
-    setup: Callable[[dict, str, "torch.dtype"], Callable[[], None]]
-    env: dict = dataclasses.field(default_factory=dict)
-    skip: Callable[[dict], str | None] = lambda case: None
-    modes: tuple = MODES
-    timeout_s: float = 900.0
-    applies: Callable[[dict], bool] = lambda case: True
-
-
-class Unavailable(Exception):
-    """Raised by a setup that cannot run on this machine (no CUDA, a package not installed)."""
-
-
-def device() -> str:
-    """Where the suites allocate: "cuda" when there is a GPU, else "cpu" (smoke tests)."""
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def require_cuda(what: str) -> None:
-    import torch
-    if not torch.cuda.is_available():
-        raise Unavailable(f"{what} needs CUDA; this machine has none")
-
-
-def require_module(name: str):
-    """Imports `name` or raises Unavailable (an optional peer such as flash_attn)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise Unavailable(f"{name} not importable: {e}") from e
-
-
-def case_label(case: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in case.items() if not k.startswith("_"))
-
-
-# ------------------------------------------------------------------ worker side
-
-def _measure(fn, grad_to_none) -> tuple[float, float | None]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return _measure_wall_clock(fn, grad_to_none)
-    import triton.testing
-
-    fn()                                    # compile / autotune / first-call work
-    for t in grad_to_none or []:
-        t.grad = None                       # peak of one call as a training step sees it
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    ms = triton.testing.do_bench(fn, warmup=25, rep=getattr(fn, "rep_ms", 200), grad_to_none=grad_to_none,
-                                 return_mode="median")
-    return float(ms), float(peak_mib)
-
-
-WALL_CLOCK_REPS = 3
-
-
-def _measure_wall_clock(fn, grad_to_none) -> tuple[float, None]:
-    """CPU stand-in for `_measure`: the median of a few wall-clock calls, no memory."""
-    fn()
-    times = []
-    for _ in range(WALL_CLOCK_REPS):
-        for t in grad_to_none or []:
-            t.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3, None
-
-
-def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
-    """Runs one provider over `cases` in this process; yields one row dict per (case, mode)."""
-    import gc
-
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    for case in cases:
-        for mode in provider.modes:
-            row = {"case": case, "mode": mode, "ms": None, "peak_mib": None, "status": "ok", "error": ""}
-            reason = provider.skip(case)
-            if reason:
-                row.update(status="skipped", error=reason)
-            else:
-                try:
-                    if torch.cuda.is_available():
-                        gc.collect()              # the last case's model / cache, if any
-                        torch.cuda.empty_cache()
-                    fn = provider.setup(case, mode, dtype)
-                    grads = getattr(fn, "grad_to_none", None)
-                    row["ms"], row["peak_mib"] = _measure(fn, grads)
-                    row["ms"] /= getattr(fn, "calls_per_run", 1)   # e.g. steps in one CUDA graph
-                    columns = getattr(fn, "columns", None)
-                    if columns:
-                        row["columns"] = columns(row["ms"]) if callable(columns) else dict(columns)
-                except Unavailable as e:
-                    row.update(status="unavailable", error=str(e).splitlines()[0][:300])
-                except torch.cuda.OutOfMemoryError as e:
-                    row.update(status="oom", error=str(e).splitlines()[0][:300])
-                except Exception as e:  # a refusing peer is a result, not a crash
-                    row.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
-                    traceback.print_exc(file=sys.stderr)
-                finally:
-                    fn = None                     # free this case's inputs, also after a failure
-            yield row
-
-
-def run_worker(suite_name: str, provider_name: str, cases: list[dict], dtype_name: str) -> None:
-    """Runs one provider over cases in this process; prints one JSON line per (case, mode)."""
-    suite = importlib.import_module(f"bench.suite_{suite_name}")
-    provider = {p.name: p for p in suite.providers()}[provider_name]
-    for row in measure_cases(provider, cases, dtype_name):
-        print("ROW " + json.dumps(row), flush=True)
-        if row["status"] == "error" and "CUDA error" in row["error"]:
-            # e.g. an illegal memory access: this process's CUDA context is unusable, so a
-            # fresh worker takes the remaining cases
-            sys.exit(EXIT_CONTEXT_LOST)
-
-
-# ------------------------------------------------------------------ parent side
 
 def environment() -> dict:
     import torch
@@ -277,27 +123,6 @@ def _flatten(env, provider_name, dtype_name, row) -> dict:
     return {"provider": provider_name, **case, "mode": row["mode"], "dtype": dtype_name,
             "ms": row["ms"], "peak_mib": row["peak_mib"], "status": row["status"],
             "error": row["error"], **env}
-
-
-def append_csv(path: Path, rows: list[dict]) -> None:
-    """Appends rows; if the file exists with other columns, rewrites it with the union."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = read_csv(path) if path.exists() else []
-    fields = []
-    for r in old + rows:
-        for k in r:
-            if k not in fields:
-                fields.append(k)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in old + rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def print_table(rows: list[dict], keys: list[str]) -> None:
