@@ -17,29 +17,27 @@ a suite's cases, providers and columns.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import harness
+from bench import harness, suites
 
 QUICK_DIR = Path(tempfile.gettempdir()) / "xlstm_triton_bench_quick"
-SUITES = ["mlstm", "slstm", "step", "kernels", "decode", "model", "large"]
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_worker":            # internal: one provider in its own process
         suite, provider, dtype, cases = argv[1:5]
-        harness.run_worker(suite, provider, json.loads(cases), dtype)
+        harness.run_worker(suites.load(suite), provider, json.loads(cases), dtype)
         return
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in SUITES:
-        suite = importlib.import_module(f"bench.suite_{name}")
+    for name in suites.NAMES:
+        suite = suites.load(name)
         p = sub.add_parser(name, help=suite.__doc__.splitlines()[0], description=suite.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         names = ", ".join(pr.name for pr in suite.providers())
@@ -62,7 +60,7 @@ def main(argv=None):
             for fig in plot.plot_csv(path, args.out):
                 print(fig)
         return
-    suite = importlib.import_module(f"bench.suite_{args.command}")
+    suite = suites.load(args.command)
     providers = suite.providers()
     if args.providers:
         wanted = args.providers.split(",")

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from bench import harness, suite_large
+from bench import harness
+from bench.suites import large as suite_large
 from xlstm_triton.integrations.transformers import remove_xlstm_triton, use_xlstm_triton
 
 VARIANTS = {

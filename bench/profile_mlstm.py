@@ -16,7 +16,7 @@ import triton
 import triton.testing
 
 import xlstm_triton.mlstm.op as op
-from bench.suite_mlstm import _mlstm_inputs
+from bench.suites.mlstm import _mlstm_inputs
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.mlstm import bwd, fwd
 from xlstm_triton.mlstm.gates import chunkwise_gates

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import harness, suite_decode, suite_kernels, suite_model
+from bench import harness
 from bench.harness import measure
+from bench.suites import decode as suite_decode
+from bench.suites import kernels as suite_kernels
+from bench.suites import model as suite_model
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG"

@@ -3,7 +3,6 @@ its peak memory taken; `run_worker` prints the rows for the parent (run.py) to r
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -87,9 +86,9 @@ def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
             yield row
 
 
-def run_worker(suite_name: str, provider_name: str, cases: list[dict], dtype_name: str) -> None:
-    """Runs one provider over cases in this process; prints one JSON line per (case, mode)."""
-    suite = importlib.import_module(f"bench.suite_{suite_name}")
+def run_worker(suite, provider_name: str, cases: list[dict], dtype_name: str) -> None:
+    """Runs one provider of the suite module `suite` over cases in this process; prints one JSON
+    line per (case, mode)."""
     provider = {p.name: p for p in suite.providers()}[provider_name]
     for row in measure_cases(provider, cases, dtype_name):
         print("ROW " + json.dumps(row), flush=True)

@@ -31,8 +31,7 @@ Phases (the `phase` column; mode "fw"):
            and written once at the 3.0 TB/s HBM copy rate of bench/NOTES.md (issue 6's goal:
            within 1.3x of it).
 
-Run: `python -m bench large [--quick]` once bench/__main__.py lists "large" in SUITES; until
-then `harness.run_suite("large", suite_large.cases(), suite_large.providers(), "bfloat16", path)`.
+Run: `python -m bench large [--quick]`.
 """
 
 from __future__ import annotations

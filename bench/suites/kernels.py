@@ -25,7 +25,7 @@ import importlib.util
 
 import torch
 
-from bench import suite_mlstm, suite_slstm
+from bench.suites import mlstm, slstm
 from bench.harness import Provider, require_cuda, require_module
 
 TOKENS = 65536
@@ -74,8 +74,8 @@ def _slstm_case(case):
 
 def _ours(case, mode, dtype):
     if case["kernel"] == "mlstm":
-        return suite_mlstm._ours(case, mode, dtype)
-    return suite_slstm._ours(_slstm_case(case), mode, dtype)
+        return mlstm._ours(case, mode, dtype)
+    return slstm._ours(_slstm_case(case), mode, dtype)
 
 
 def _cuda_only(setup, what):
@@ -87,11 +87,11 @@ def _cuda_only(setup, what):
 
 def _flashrnn(case, mode, dtype):
     require_cuda("flashrnn triton_fused")
-    return suite_slstm._flashrnn("triton_fused")(_slstm_case(case), mode, dtype)
+    return slstm._flashrnn("triton_fused")(_slstm_case(case), mode, dtype)
 
 
 def _sdpa(backend_name):
-    setup = suite_mlstm._attention(backend_name, shape_of=lambda c: (c["B"], c["NH"], c["S"], c["DQK"]))
+    setup = mlstm._attention(backend_name, shape_of=lambda c: (c["B"], c["NH"], c["S"], c["DQK"]))
     return _cuda_only(setup, f"SDPA {backend_name}")
 
 
@@ -123,7 +123,7 @@ def _flash_attn_package(module_name):
 
 
 def providers() -> list[Provider]:
-    xl_chunk = suite_mlstm._mlstm_kernels("chunkwise--triton_xl_chunk", chunk_size=128)
+    xl_chunk = mlstm._mlstm_kernels("chunkwise--triton_xl_chunk", chunk_size=128)
     xl_chunk_lengths = (512, 8192, 65536, 32, 64)          # full size, and the quick cases
     return [
         Provider("xlstm_triton", _ours, applies=_for("mlstm", "slstm")),
