@@ -118,7 +118,7 @@ def test_model_quick_rows_and_matching_size():
 
 
 def test_matching_transformer_at_full_size():
-    from bench.transformer import matching_config, parameter_count
+    from bench.baselines.transformer import matching_config, parameter_count
 
     target = suite_model.xlstm_parameter_count(suite_model.cases()[0])
     assert 200e6 < target < 400e6

@@ -131,14 +131,14 @@ def _xlstm_package_layer(case, mode, dtype):
 
 
 def _attention_layer(backend_name):
-    """The Transformer baseline's attention (bench/transformer.py) decoding one token at
-    position ctx over a KV cache of ctx+1 positions; `backend_name` None: SDPA's own choice."""
+    """The Transformer baseline's attention (bench/baselines/transformer.py) decoding one token
+    at position ctx over a KV cache of ctx+1 positions; `backend_name` None: SDPA's own choice."""
     def setup(case, mode, dtype):
         import contextlib
 
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from bench.transformer import Attention, TransformerConfig, rope_tables
+        from bench.baselines.transformer import Attention, TransformerConfig, rope_tables
 
         if backend_name is not None:
             require_cuda(f"SDPA {backend_name}")

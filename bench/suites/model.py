@@ -9,8 +9,8 @@ Models (parameters in the CSV's `params` column):
                  running mlstm_kernels' chunkwise `xl_chunk` Triton kernel (DISABLE_LLVM_OPT=1)
                  and its sLSTM the `cuda` backend, which builds with nvcc for every batch size
                  (a compile-time constant there); a failed build is recorded as the row's error
-  transformer    bench/transformer.py with the parameter count of the xLSTM LM: d=1024, 16
-                 heads of 64, RoPE, SwiGLU, pre-norm; SDPA as dispatched by PyTorch
+  transformer    bench/baselines/transformer.py with the parameter count of the xLSTM LM:
+                 d=1024, 16 heads of 64, RoPE, SwiGLU, pre-norm; SDPA as dispatched by PyTorch
   transformer.sdpa_cudnn   the same with SDPA's cuDNN backend forced
 at context 2048, 4096, 8192, 16384 with 16,384 tokens per step (B = 16384 / ctx).
 
@@ -125,7 +125,7 @@ def _build_xlstm_package(case, dev):
 
 
 def _build_transformer(case, dev):
-    from bench.transformer import TransformerLM, matching_config
+    from bench.baselines.transformer import TransformerLM, matching_config
     cfg = matching_config(xlstm_parameter_count(case), case["vocab"], case["E"], head_dim=min(64, case["E"]),
                           multiple_of=min(64, case["E"] // 8))
     with torch.device(dev):
