@@ -55,7 +55,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.command == "plot":
-        from bench import plot
+        from bench.tools import plot
         for path in args.csv:
             for fig in plot.plot_csv(path, args.out):
                 print(fig)

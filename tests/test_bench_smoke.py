@@ -148,7 +148,7 @@ def test_command_line_writes_rows(tmp_path, capsys):
 # ------------------------------------------------------------------ plots
 
 def test_crossover_interpolates_in_log_log():
-    from bench.plot_scaling import crossover
+    from bench.tools.plot_scaling import crossover
 
     ours = {512: 10.0, 2048: 10.0, 8192: 10.0}
     attention = {512: 2.0, 2048: 8.0, 8192: 32.0}            # linear in S: equals 10 at S=2560
@@ -171,7 +171,7 @@ def _env(suite):
 
 def test_plots_of_new_suites(tmp_path):
     pytest.importorskip("matplotlib")
-    from bench.plot import plot_csv
+    from bench.tools.plot import plot_csv
 
     kernels = []
     for S in (512, 2048, 8192):
@@ -213,7 +213,7 @@ def test_plots_of_new_suites(tmp_path):
 
 def test_existing_plots_still_work(tmp_path):
     pytest.importorskip("matplotlib")
-    from bench.plot import plot_csv
+    from bench.tools.plot import plot_csv
 
     figs = plot_csv(REPO / "bench" / "results" / "mlstm.csv", tmp_path)
     assert {f.name for f in figs} >= {"mlstm_7B.png"}

@@ -1,6 +1,6 @@
 """Per-stage times of the chunkwise mLSTM kernels, for tuning (GPU).
 
-    python bench/profile_mlstm.py [--geometry 7B|TFLA] [--S 8192] [--configs '{"chunk_size":128}' ...]
+    python -m bench.tools.profile_mlstm [--geometry 7B|TFLA] [--S 8192] [--configs '{"chunk_size":128}' ...]
 
 For each config: the forward and forward+backward medians (do_bench) and each stage alone, next
 to the floor of that stage (max of FLOPs / matmul ceiling and bytes / copy ceiling).

@@ -3,7 +3,7 @@
 mLSTM CSVs (columns geometry, S): time and peak memory against sequence length, log-log, one
 line per provider, per geometry with more than one length; bars otherwise. sLSTM CSVs (NH, DH):
 grouped bars per head split. The `kernels`, `decode` and `model` suites' CSVs (their `suite`
-column) are drawn by bench/plot_scaling.py. Every title names the GPU, dtype and shapes.
+column) are drawn by bench/tools/plot_scaling.py. Every title names the GPU, dtype and shapes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def plot_csv(path: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suite = rows[-1].get("suite", "")
     if suite in ("kernels", "decode", "model"):
-        from bench import plot_scaling
+        from bench.tools import plot_scaling
         plot = getattr(plot_scaling, f"plot_{suite}")
         return plot([r for r in rows if r.get("suite") == suite], path.stem, out_dir)
     if "geometry" in rows[0]:

@@ -13,7 +13,7 @@ in one process, so a drift hits all variants alike:
 (remove_xlstm_triton goes back to the first.) Each point is a do_bench median; the summary
 is the median over rounds. Usage (on the GPU, with transformers, xlstm and mlstm_kernels):
 
-    DISABLE_LLVM_OPT=1 python -m bench.ab_large [--rounds 3] [--layers 32] [--csv PATH]
+    DISABLE_LLVM_OPT=1 python -m bench.tools.ab_large [--rounds 3] [--layers 32] [--csv PATH]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One forward+backward call of the chunkwise mLSTM at a benchmark shape, for `ncu`:
 
-    ncu --clock-control none -k regex:chunkwise_fwd_states -c 1 python3 bench/one_call_mlstm.py
+    ncu --clock-control none -k regex:chunkwise_fwd_states -c 1 python3 -m bench.tools.one_call_mlstm
 """
 
 import json

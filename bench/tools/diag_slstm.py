@@ -1,5 +1,5 @@
 """sLSTM diagnostics on the GPU: errors per output for chosen configs, and per-step timings of
-program decompositions (`python bench/diag_slstm.py`)."""
+program decompositions (`python -m bench.tools.diag_slstm`)."""
 
 import torch
 import triton.testing
@@ -61,8 +61,8 @@ def timing(NH, DH, **over):
 
 if __name__ == "__main__":
     # One variant per process (a hung barrier must not take the others down):
-    #   python bench/diag_slstm.py errors B T NH DH dtype '{"bo": 16}'
-    #   python bench/diag_slstm.py timing NH DH '{"sync": false}'
+    #   python -m bench.tools.diag_slstm errors B T NH DH dtype '{"bo": 16}'
+    #   python -m bench.tools.diag_slstm timing NH DH '{"sync": false}'
     import json
     import sys
 

@@ -1,6 +1,6 @@
 """Figures of the scaling suites (`kernels`, `decode`, `model`): time, throughput and memory
 against sequence or context length, log-log, with the crossover marked where our line crosses
-the best attention line. Called by `bench.plot.plot_csv`; each figure's title names the GPU,
+the best attention line. Called by `bench.tools.plot.plot_csv`; each figure's title names the GPU,
 dtype, software versions and shapes, taken from the CSV's columns. Failed and unavailable
 providers are listed under the axes, not silently dropped.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.plot import MARKERS, _latest, _ok, _subtitle
+from bench.tools.plot import MARKERS, _latest, _ok, _subtitle
 
 OURS = "xlstm_triton"
 
