@@ -11,19 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.harness import read_csv
-
-MARKERS = "os^vD<>ph*"
-
-
-def _latest(rows, keys):
-    out = {}
-    for r in rows:
-        out[tuple(r.get(k, "") for k in keys)] = r
-    return list(out.values())
-
-
-def _ok(r):
-    return r["status"] == "ok" and r["ms"] not in ("", None)
+from bench.tools import plot_scaling
+from bench.tools.plot_common import MARKERS, is_ok, latest, subtitle
 
 
 def plot_csv(path: Path, out_dir: Path) -> list[Path]:
@@ -36,7 +25,6 @@ def plot_csv(path: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suite = rows[-1].get("suite", "")
     if suite in ("kernels", "decode", "model"):
-        from bench.tools import plot_scaling
         plot = getattr(plot_scaling, f"plot_{suite}")
         return plot([r for r in rows if r.get("suite") == suite], path.stem, out_dir)
     if "geometry" in rows[0]:
@@ -46,16 +34,11 @@ def plot_csv(path: Path, out_dir: Path) -> list[Path]:
     raise ValueError(f"{path}: no plot for these columns: {list(rows[0])}")
 
 
-def _subtitle(rows):
-    r = rows[-1]
-    return f"{r['gpu']}, {r['dtype']}, torch {r['torch']}, triton {r['triton']}, {r['date']}"
-
-
 def _plot_mlstm(rows, stem, out_dir):
     import matplotlib.pyplot as plt
 
     keys = ["provider", "geometry", "B", "NH", "S", "DQK", "DV", "mode"]
-    rows = _latest(rows, keys)
+    rows = latest(rows, keys)
     figs = []
     for geom in sorted({r["geometry"] for r in rows}):
         g = [r for r in rows if r["geometry"] == geom]
@@ -69,7 +52,7 @@ def _plot_mlstm(rows, stem, out_dir):
         for ax, (mode, col, label) in zip(axes, panels):
             for j, p in enumerate(providers):
                 pts = sorted((int(r["S"]), float(r[col])) for r in g
-                             if r["provider"] == p and r["mode"] == mode and _ok(r) and r[col] != "")
+                             if r["provider"] == p and r["mode"] == mode and is_ok(r) and r[col] != "")
                 if not pts:
                     continue
                 xs, ys = zip(*pts)
@@ -87,7 +70,7 @@ def _plot_mlstm(rows, stem, out_dir):
             ax.set_title(label)
             ax.grid(True, which="both", alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{shape}; attention: 32 heads x 128, causal\n{_subtitle(g)}", fontsize=10)
+        fig.suptitle(f"{shape}; attention: 32 heads x 128, causal\n{subtitle(g)}", fontsize=10)
         fig.tight_layout()
         out = out_dir / f"{stem}_{geom}.png"
         fig.savefig(out, dpi=110)
@@ -100,7 +83,7 @@ def _plot_slstm(rows, stem, out_dir):
     import matplotlib.pyplot as plt
 
     keys = ["provider", "B", "T", "NH", "DH", "mode"]
-    rows = _latest(rows, keys)
+    rows = latest(rows, keys)
     splits = sorted({(int(r["NH"]), int(r["DH"])) for r in rows}, key=lambda s: (s[0] * s[1], -s[0]))
     providers = sorted({r["provider"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
@@ -110,7 +93,7 @@ def _plot_slstm(rows, stem, out_dir):
             for x, (nh, dh) in enumerate(splits):
                 r = [r for r in rows if r["provider"] == p and r["mode"] == mode
                      and (int(r["NH"]), int(r["DH"])) == (nh, dh)]
-                if r and _ok(r[0]):
+                if r and is_ok(r[0]):
                     ax.bar(x + j * width, float(r[0]["ms"]), width, color=f"C{j}",
                            label=p if x == 0 or not ax.get_legend_handles_labels()[1].count(p) else None)
                 elif r and r[0]["status"] != "skipped":       # a failure is a result: show it
@@ -126,7 +109,7 @@ def _plot_slstm(rows, stem, out_dir):
     uniq = dict(zip(labels, handles))
     axes[0].legend(uniq.values(), uniq.keys(), fontsize=8)
     r0 = rows[0]
-    fig.suptitle(f"sLSTM B={r0['B']} T={r0['T']} (cuDNN LSTM: hidden NHxDH)\n{_subtitle(rows)}", fontsize=10)
+    fig.suptitle(f"sLSTM B={r0['B']} T={r0['T']} (cuDNN LSTM: hidden NHxDH)\n{subtitle(rows)}", fontsize=10)
     fig.tight_layout()
     out = out_dir / f"{stem}.png"
     fig.savefig(out, dpi=110)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.tools.plot import MARKERS, _latest, _ok, _subtitle
+from bench.tools.plot_common import MARKERS, is_ok, latest, subtitle
 
 OURS = "xlstm_triton"
 
@@ -21,7 +21,7 @@ def _num(r, col):
 
 
 def _series(rows, x_col, y_col, scale=1.0):
-    pts = sorted((int(r[x_col]), _num(r, y_col) * scale) for r in rows if _ok(r) and _num(r, y_col) is not None)
+    pts = sorted((int(r[x_col]), _num(r, y_col) * scale) for r in rows if is_ok(r) and _num(r, y_col) is not None)
     return dict(pts)
 
 
@@ -63,7 +63,7 @@ def _failures_note(rows, x_col):
     """'provider: status at x=...' for every row that did not measure."""
     bad = {}
     for r in rows:
-        if not _ok(r) and r["status"] != "skipped":
+        if not is_ok(r) and r["status"] != "skipped":
             kind = r.get("error", "").split(":")[0][:40] if r["status"] == "error" else ""
             status = f"{r['status']} ({kind})" if kind else r["status"]
             bad.setdefault((r["provider"], status), set()).add(int(r[x_col]))
@@ -116,7 +116,7 @@ def plot_kernels(rows, stem, out_dir: Path) -> list[Path]:
     """One figure per recurrent geometry, beside the attention of the same hidden size."""
     import matplotlib.pyplot as plt
 
-    rows = _latest(rows, ["provider", "kernel", "geometry", "B", "S", "NH", "DQK", "DV", "mode"])
+    rows = latest(rows, ["provider", "kernel", "geometry", "B", "S", "NH", "DQK", "DV", "mode"])
     attention = [r for r in rows if r["kernel"] == "attention"]
     figs = []
     for kernel, geom in sorted({(r["kernel"], r["geometry"]) for r in rows if r["kernel"] != "attention"}):
@@ -150,7 +150,7 @@ def plot_kernels(rows, stem, out_dir: Path) -> list[Path]:
         att_geoms = sorted({r["geometry"] for r in att})
         title = (f"{kernel} {geom} ({heads}) vs causal attention {', '.join(att_geoms) or '(none)'} "
                  f"(heads x dim, same hidden {hidden}); B*S = {int(r0['B']) * int(r0['S']):,} tokens\n"
-                 f"{_subtitle(group)}")
+                 f"{subtitle(group)}")
         figs.append(_finish(fig, axes, title, _failures_note(group, "S"), out_dir / f"{stem}_{kernel}_{geom}.png"))
     return figs
 
@@ -160,7 +160,7 @@ def plot_kernels(rows, stem, out_dir: Path) -> list[Path]:
 def plot_decode(rows, stem, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = _latest(rows, ["provider", "E", "B", "ctx", "mode"])
+    rows = latest(rows, ["provider", "E", "B", "ctx", "mode"])
     batches = sorted({int(r["B"]) for r in rows})
     fig, axes = plt.subplots(len(batches), 2, figsize=(13, 4.2 * len(batches)), squeeze=False)
     providers = sorted({r["provider"] for r in rows}, key=lambda p: (p.startswith("attention"), p))
@@ -194,7 +194,7 @@ def plot_decode(rows, stem, out_dir: Path) -> list[Path]:
     r0 = rows[0]
     title = (f"One layer decoding one token per sequence, E={r0['E']}: mLSTM layer ({r0['mlstm_heads']} heads, "
              f"state of fixed size) vs attention (head dim {r0['attn_head_dim']}, KV cache of ctx tokens); "
-             f"{'16 steps per CUDA graph' if r0['gpu'] != 'cpu' else 'eager steps (no GPU)'}\n{_subtitle(rows)}")
+             f"{'16 steps per CUDA graph' if r0['gpu'] != 'cpu' else 'eager steps (no GPU)'}\n{subtitle(rows)}")
     return [_finish(fig, axes.ravel(), title, _failures_note(rows, "ctx"), out_dir / f"{stem}.png")]
 
 
@@ -207,7 +207,7 @@ def _count(n):
 def plot_model(rows, stem, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = _latest(rows, ["provider", "ctx", "B", "E", "blocks", "mode"])
+    rows = latest(rows, ["provider", "ctx", "B", "E", "blocks", "mode"])
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     providers = sorted({r["provider"] for r in rows}, key=lambda p: (p.startswith("transformer"), p))
     curves = {}
@@ -237,5 +237,5 @@ def plot_model(rows, stem, out_dir: Path) -> list[Path]:
     r0 = rows[0]
     arch_line = "; ".join(dict.fromkeys(a for a in archs.values() if a))
     title = (f"LM training step (forward + backward + AdamW), {int(r0['tokens']):,} tokens per step, "
-             f"vocabulary {r0['vocab']}\n{arch_line}\n{_subtitle(rows)}")
+             f"vocabulary {r0['vocab']}\n{arch_line}\n{subtitle(rows)}")
     return [_finish(fig, axes, title, _failures_note(rows, "ctx"), out_dir / f"{stem}.png")]
