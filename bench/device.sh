@@ -12,7 +12,7 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-[ -n "${CEILINGS:-}" ] && python3 bench/ceilings.py 2>&1 | tee "$OUT/ceilings.txt"
+[ -n "${CEILINGS:-}" ] && python3 -m bench.harness.ceilings 2>&1 | tee "$OUT/ceilings.txt"
 if [ "${TESTS:-tests}" != "none" ]; then
   python3 -m pytest -q ${TESTS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -n 40
 fi

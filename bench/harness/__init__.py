@@ -19,6 +19,7 @@ Map:
     measure.py   the worker side: measure_cases(), run_worker()
     run.py       the parent side: run_suite(), environment(), print_table()
     results.py   the CSVs under bench/results/: append_csv(), read_csv()
+    ceilings.py  the GPU's matmul and copy rates (TFLOPS, TBPS) the floors use; run it to measure
 """
 
 from bench.harness.measure import EXIT_CONTEXT_LOST, measure_cases, run_worker

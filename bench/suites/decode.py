@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 from bench.harness import Provider, device, require_cuda
+from bench.harness.ceilings import TBPS
 
-TBPS = 3.0e12
 STEPS = 16              # decoding steps captured in one CUDA graph
 E, MLSTM_HEADS, ATTENTION_HEAD_DIM = 1024, 4, 64
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)

@@ -42,8 +42,8 @@ import os
 import torch
 
 from bench.harness import Provider, Unavailable, device, require_cuda, require_module
+from bench.harness.ceilings import TBPS
 
-TBPS = 3.0e12
 SHAPE_7B = dict(E=4096, NH=8, vocab=50304, layers=32)
 TINY = dict(E=128, NH=2, vocab=256, layers=2)          # --quick: runs on a CPU
 

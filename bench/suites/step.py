@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from bench.harness import Provider
-
-TBPS = 3.0e12
+from bench.harness.ceilings import TBPS
 
 
 def cases(quick: bool = False) -> list[dict]:

@@ -16,13 +16,13 @@ import triton
 import triton.testing
 
 import xlstm_triton.mlstm.op as op
+from bench.harness.ceilings import TBPS, TFLOPS
 from bench.suites.mlstm import _mlstm_inputs
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.mlstm import bwd, fwd
 from xlstm_triton.mlstm.gates import chunkwise_gates
 
 GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256)}
-TFLOPS, TBPS = 756e12, 3.0e12          # measured ceilings (bench/NOTES.md)
 
 
 def bench(fn, grad_to_none=None):

@@ -1,10 +1,18 @@
-"""Measure the two ceilings of METHOD.md on this GPU: a bf16 matrix product and a device copy."""
+"""The two ceilings the floors are measured against: a bf16 matrix product and a device copy.
 
-import torch
-import triton.testing
+TFLOPS and TBPS are their values measured on the H100 (bench/NOTES.md, "Ceilings"); the floors
+of the suites (`floor_ms`) and of tools/profile_mlstm.py use them. `python -m bench.harness.ceilings` measures them on
+this GPU (bench/device.sh does with CEILINGS=1).
+"""
+
+TFLOPS = 756e12     # bf16 matmul 8192^3, FLOP/s
+TBPS = 3.0e12       # device copy of 1 GiB, bytes/s counting read + write (the HBM rate)
 
 
 def main():
+    import torch
+    import triton.testing
+
     n = 8192
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
