@@ -29,7 +29,9 @@ def mlstm_chunkwise_torch(q, k, v, i, f, c_initial=None, n_initial=None, m_initi
 
     qc, kc, vc = chunks(q) * DQK**-0.5, chunks(k), chunks(v)
     ic = chunks(i, float("-inf"))
-    b = torch.cumsum(chunks(floored_logsigmoid(f.to(cdt))), dim=-1)    # chunk-local cumsum
+    # f made contiguous first: with a strided f (the layers pass a transposed view) the
+    # compiled backward of the floor gave f's gradient a layout a later view could not take.
+    b = torch.cumsum(chunks(floored_logsigmoid(f.to(cdt).contiguous())), dim=-1)   # chunk-local
     m = gates.m.reshape(B, NH, NC, L).to(cdt)                             # detached
     m_bound = torch.cat([torch.zeros(B, NH, 1, dtype=cdt, device=q.device) if m_initial is None
                          else m_initial.to(cdt).detach(),
