@@ -88,18 +88,28 @@ def test_compiled_training_step_matches_eager(monkeypatch):
 
 
 def test_compiles_with_the_kernels(device):
-    """Default dispatch (Triton kernels; the interpreter on CPU): the mLSTM op is a custom op
-    inside the graph, the sLSTM op runs outside it (one graph break). Forward and backward."""
+    """Default dispatch (Triton kernels; the interpreter on CPU): the mLSTM and sLSTM ops are
+    custom ops inside one graph (fullgraph=True, inductor). Forward, backward and a decoding
+    step with a carried state."""
     if not xt_utils.use_triton(torch.empty(0, device=device)):
         pytest.skip("CPU without TRITON_INTERPRET=1")
     torch._dynamo.reset()
     model = fresh_lm(device, num_blocks=2, slstm_at=(1,))
     idx = torch.randint(0, V, (2, 9), device=device)
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend="inductor", fullgraph=True)
     out = compiled(idx)
     assert_close(out, model(idx), 1e-5, "logits")
     out.square().mean().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(idx).square().mean().backward()
+    for n, p in model.named_parameters():
+        assert_close(grads[n], p.grad, 1e-4, n)
+    with torch.no_grad():     # prefill, then one step (S = 1: mlstm_step, slstm_step) compiled
+        _, state = model(idx[:, :8], return_state=True)
+        step = torch.compile(lambda t, s: model(t, s, return_state=True), fullgraph=True)
+        logits, _ = step(idx[:, 8:], state)
+        assert_close(logits, model(idx[:, 8:], state, return_state=True)[0], 1e-5, "step")
 
 
 @pytest.mark.slow

@@ -31,7 +31,6 @@ from torch import nn
 from ..mlstm import mlstm_chunkwise, mlstm_step
 from ..nn.components import MultiHeadLayerNorm, small_init_, wang_init_
 from ..nn.model import check_token_ids, generate_tokens, sample_tokens
-from ..utils import use_triton
 from .config import xLSTMLargeConfig
 from .fused import gated_head_norm, silu_mul, use_fused
 
@@ -209,10 +208,6 @@ class mLSTMLargeLayer(nn.Module):
             h = h[:, :, None]
         else:
             c, n, m = state if state is not None else (None, None, None)
-            if torch.compiler.is_compiling() and use_triton(q):
-                # The op's fake backward gives dq, dk, dv the strides of q, k, v while its
-                # kernels return them contiguous: compiled backward needs contiguous inputs.
-                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_state or update_state,
                                   eps=self.config.eps, chunk_size=self.config.chunk_size)
             h, new = out if return_state or update_state else (out, None)

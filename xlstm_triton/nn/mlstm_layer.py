@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mlstm import mlstm_chunkwise, mlstm_step
-from ..utils import use_triton
 from .components import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
                          small_init_, wang_init_)
 from .config import mLSTMLayerConfig
@@ -97,10 +96,6 @@ class mLSTMCell(nn.Module):
         else:
             c, n, m = state if state is not None else (None, None, None)
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))             # (B, NH, S, DH) views
-            if torch.compiler.is_compiling() and use_triton(q):
-                # The op's fake backward gives dq, dk, dv the strides of q, k, v, its kernels
-                # return them contiguous: with strided views the compiled backward fails.
-                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             out = mlstm_chunkwise(q, k, v, i.transpose(1, 2), f.transpose(1, 2), c, n, m,
                                   return_last_states=return_state)
             h, new = out if return_state else (out, None)

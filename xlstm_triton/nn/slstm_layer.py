@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..slstm import bias_from_xlstm, recurrent_from_xlstm, slstm, slstm_step
-from ..utils import use_triton
 from .components import CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, small_init_
 from .config import sLSTMLayerConfig
 from .mlstm_layer import _check_state_tensor, _is_sequence
@@ -50,21 +49,6 @@ _UNSUPPORTED = (  # (field, value this implementation computes, what it means)
     ("gradient_recurrent_clipval", None, "clipping the recurrent gradient"),
     ("forward_clipval", None, "clipping h in the forward pass"),
 )
-
-
-@torch.compiler.disable
-def _slstm_ops_eager(op, *args, **kwargs):
-    return op(*args, **kwargs)
-
-
-def _run(op, wx, *args, **kwargs):
-    """Call an sLSTM op. Under torch.compile its Triton path runs eagerly, outside the graph
-    (one graph break per call): that path launches its kernels from an autograd.Function rather
-    than a registered custom op, and Dynamo cannot be relied on to trace it (with
-    TRITON_INTERPRET=1 tracing fails). The PyTorch path (CPU) is traced."""
-    if use_triton(wx) and torch.compiler.is_compiling():
-        return _slstm_ops_eager(op, wx, *args, **kwargs)
-    return op(wx, *args, **kwargs)
 
 
 class sLSTMCell(nn.Module):
@@ -149,10 +133,10 @@ class sLSTMCell(nn.Module):
         if S == 1:
             if state is None:
                 state = self.zero_state(B, wx.device)
-            h, new = _run(slstm_step, wx[:, 0], R, b, state)
+            h, new = slstm_step(wx[:, 0], R, b, state)
             h = h[:, None]
         else:
-            h, new = _run(slstm, wx, R, b, state, return_last_state=True)
+            h, new = slstm(wx, R, b, state, return_last_state=True)
         return (h, new) if return_state else h
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

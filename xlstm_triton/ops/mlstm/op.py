@@ -166,6 +166,38 @@ def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
 _mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("xlstm_triton::mlstm_step", mutates_args=())
+def _mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                c: torch.Tensor, n: torch.Tensor, m: torch.Tensor, eps: float,
+                gate_soft_cap: Optional[float]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoding step kernel: h and the new state (c, n, m) in float32."""
+    h, (c, n, m) = mlstm_step_triton(q, k, v, i, f, c, n, m, eps, False, gate_soft_cap)
+    return h, c, n, m
+
+
+@_mlstm_step.register_fake
+def _(q, k, v, i, f, c, n, m, eps, gate_soft_cap):
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    f32 = dict(dtype=torch.float32)
+    return (q.new_empty(B, NH, DV), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32),
+            q.new_empty(B, NH, 1, **f32))
+
+
+@torch.library.custom_op("xlstm_triton::mlstm_step_inplace", mutates_args=("c", "n", "m"))
+def _mlstm_step_inplace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
+                        f: torch.Tensor, c: torch.Tensor, n: torch.Tensor, m: torch.Tensor,
+                        eps: float, gate_soft_cap: Optional[float]) -> torch.Tensor:
+    """The decoding step kernel writing the new state into c, n, m (in their dtype): h."""
+    return mlstm_step_triton(q, k, v, i, f, c, n, m, eps, True, gate_soft_cap)[0]
+
+
+@_mlstm_step_inplace.register_fake
+def _(q, k, v, i, f, c, n, m, eps, gate_soft_cap):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+
+
 # ---------------------------------------------------------------------- public op
 
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
@@ -283,7 +315,12 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=No
     if gate_soft_cap is not None and not gate_soft_cap > 0:
         raise ValueError(f"gate_soft_cap: expected None or a number > 0, got {gate_soft_cap!r}")
     if triton_path and not needs_grad:
-        return mlstm_step_triton(q, k, v, i, f, c, n, m, eps, inplace, gate_soft_cap)
+        gate_soft_cap = None if gate_soft_cap is None else float(gate_soft_cap)
+        if inplace:
+            h = _mlstm_step_inplace(q, k, v, i, f, c, n, m, float(eps), gate_soft_cap)
+            return h, (c, n, m)
+        h, c, n, m = _mlstm_step(q, k, v, i, f, c, n, m, float(eps), gate_soft_cap)
+        return h, (c, n, m)
     h, new = mlstm_step_torch(q, k, v, i, f, c, n, m, eps, gate_soft_cap)
     if not inplace:
         return h, new
