@@ -1,4 +1,4 @@
-"""mLSTM cell, written for a reader: the test oracle (SPEC.md section 1).
+"""mLSTM cell, written for a reader: the test oracle (docs/mlstm.md).
 
 Layout (the one `mlstm_kernels`, `transformers` and `xlstm` use):
     q, k  (B, NH, S, DQK)      v (B, NH, S, DV)      i, f (B, NH, S)   gate pre-activations

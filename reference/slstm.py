@@ -1,4 +1,4 @@
-"""sLSTM cell, written for a reader: the test oracle (SPEC.md section 2).
+"""sLSTM cell, written for a reader: the test oracle (docs/slstm.md).
 
 Layout (FlashRNN's):
     wx (B, T, 4, NH, DH)   input pre-activations, gate order (i, f, z, o)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-# Tolerances of DEVELOPERS.md: relative Frobenius norm, (forward, gradients).
+# Tolerances of the project's test policy: relative Frobenius norm, (forward, gradients).
 TOL = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (2e-3, 5e-3),

@@ -341,7 +341,7 @@ def test_bench_suite_large_smoke(monkeypatch):
     quick = suite.cases(quick=True)
     for name, provider in providers.items():
         if "mlstm_kernels" in name and torch.cuda.is_available():
-            continue    # its xl_chunk kernel may abort the process without the provider's env (SPEC 5)
+            continue    # its xl_chunk kernel may abort the process without the provider's env
         cases = [c for c in quick if provider.applies(c)]
         rows = list(harness.measure_cases(provider, cases, "float32"))
         assert len(rows) == len(cases) and all(r["mode"] == "fw" for r in rows), name

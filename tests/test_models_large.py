@@ -1,5 +1,5 @@
-"""xlstm_triton.models.xLSTMLarge (the xLSTM-7B architecture, SPEC.md section 4): parameter
-names and shapes, logits against a float64 reference written here from the SPEC, prefill +
+"""xlstm_triton.models.xLSTMLarge (the xLSTM-7B architecture, docs/checkpoints.md): parameter
+names and shapes, logits against a float64 reference written here from the equations, prefill +
 decoding == full forward, fused == single weights, generation, sharded safetensors loading and
 input checks. Shapes stay tiny: on CPU the kernels run in Triton's interpreter."""
 
@@ -64,10 +64,10 @@ def tiny_model(device="cpu", seed=0, gate_scale=4.0, weight_scale=1.0, **kw) -> 
     return randomize_(xLSTMLarge(tiny_config(**kw)), seed, gate_scale, weight_scale).to(device).eval()
 
 
-# ---------------------------------------------------------------------- reference (SPEC section 4)
+# ---------------------------------------------------------------------- reference (docs/checkpoints.md)
 
 def reference_logits(sd: dict, cfg: xLSTMLargeConfig, ids: torch.Tensor) -> torch.Tensor:
-    """Float64 forward from the SPEC's equations on a single-mode state dict (our names).
+    """Float64 forward from the architecture's equations on a single-mode state dict (our names).
     Differentiable: float64 leaves in `sd` receive gradients."""
     sd = {k: t.double().cpu() for k, t in sd.items()}
     ids = ids.cpu()
@@ -105,7 +105,7 @@ def reference_logits(sd: dict, cfg: xLSTMLargeConfig, ids: torch.Tensor) -> torc
 # ---------------------------------------------------------------------- names and shapes
 
 def expected_shapes(E, NH, V, F_, L, fused):
-    """xlstm-keys.md, written out for these sizes."""
+    """The parameter names of docs/checkpoints.md, written out for these sizes."""
     out = {"embedding.weight": (V, E), "backbone.out_norm.weight": (E,), "lm_head.weight": (V, E)}
     for j in range(L):
         p = f"backbone.blocks.{j}."

@@ -1,4 +1,4 @@
-"""sLSTM op (issue 4) against the float64 reference (reference/slstm.py).
+"""sLSTM op against the float64 reference (reference/slstm.py).
 
 On CPU the Triton kernels run in the interpreter (small shapes; the split-head modes are forced
 with `config_override`); tests marked gpu run the real kernels at the benchmark's head sizes.

@@ -1,4 +1,4 @@
-"""Converters between our sLSTM layout and the `xlstm` package's (SPEC.md section 2)."""
+"""Converters between our sLSTM layout and the `xlstm` package's (docs/slstm.md)."""
 
 import pytest
 import torch

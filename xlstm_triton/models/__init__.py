@@ -4,7 +4,7 @@
     model = xLSTMLarge.from_pretrained("path/to/xLSTM-7b", dtype=torch.bfloat16, device="cuda")
     out = model.generate(input_ids, max_new_tokens=32, temperature=0)
 
-`xLSTMLarge` is the xLSTM-7B architecture (SPEC.md section 4) with the parameter names of the
+`xLSTMLarge` is the xLSTM-7B architecture (docs/checkpoints.md) with the parameter names of the
 `xlstm` package (both weight modes); `convert` loads sharded safetensors checkpoints and maps
 weights to and from Hugging Face `transformers`.
 """

@@ -1,4 +1,4 @@
-"""Configuration of the xLSTM-7B architecture ("xLSTM Large", SPEC.md section 4).
+"""Configuration of the xLSTM-7B architecture ("xLSTM Large", docs/checkpoints.md).
 
 Field names and defaults are those of the 7B checkpoint's config: the Hugging Face
 `transformers` `xLSTMConfig` (model_type "xlstm") and the `xlstm` package's `xLSTMLargeConfig`

@@ -1,6 +1,6 @@
 """xLSTM-7B checkpoints: parameter names, weight modes, safetensors loading, `transformers`.
 
-Names. `xLSTMLarge` uses the `xlstm` package's names (xlstm-keys.md); `transformers`'
+Names. `xLSTMLarge` uses the `xlstm` package's names (docs/checkpoints.md); `transformers`'
 `xLSTMForCausalLM` differs only in the embedding:
 
     ours / xlstm                          transformers

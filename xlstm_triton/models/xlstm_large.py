@@ -1,4 +1,4 @@
-"""The xLSTM-7B architecture ("xLSTM Large", SPEC.md section 4) on xlstm-triton's kernels.
+"""The xLSTM-7B architecture ("xLSTM Large", docs/checkpoints.md) on xlstm-triton's kernels.
 
     x = embedding(input_ids)                                          (B, S, E)
     per block:  x = x + mLSTMLayer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
@@ -12,7 +12,7 @@
 
 with cap_c(x) = c * tanh(x / c). Parameter names and shapes are those of the `xlstm` package's
 `xLSTMLarge` (`embedding.weight`, `backbone.blocks.{i}...`, `backbone.out_norm.weight`,
-`lm_head.weight`; `xlstm-keys.md`), in the "single" or the "fused" weight mode;
+`lm_head.weight`; `docs/checkpoints.md`), in the "single" or the "fused" weight mode;
 `xlstm_triton.models.convert` maps them to and from the `transformers` names.
 
 State: one `mLSTMState(c, n, m)` per block, float32: c (B, NH, DQK, DV), n (B, NH, DQK),

@@ -1,6 +1,6 @@
 """Gate preparation for the chunkwise mLSTM: everything that depends on the gates alone.
 
-The stabilizer m_t of SPEC section 1 is a function of the gates only:
+The stabilizer m_t of docs/mlstm.md is a function of the gates only:
 
     F_t = sum_{j<=t} logsigmoid(f_j)                  (log forget product, global cumsum)
     m_t = F_t + max(m_0, max_{s<=t} (i_s - F_s))      (the recurrent m_t, unrolled)

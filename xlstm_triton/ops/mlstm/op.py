@@ -202,7 +202,7 @@ def _(q, k, v, i, f, c, n, m, eps, gate_soft_cap):
 
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
                     return_last_states=False, eps=1e-6, chunk_size=None):
-    """Chunkwise-parallel mLSTM over a whole sequence (SPEC section 1), exact forward and backward.
+    """Chunkwise-parallel mLSTM over a whole sequence (docs/mlstm.md), exact forward and backward.
 
     Args:
         q, k: (B, NH, S, DQK) queries and keys; v: (B, NH, S, DV) values. float32, bfloat16,
@@ -265,7 +265,7 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
-    """One mLSTM time step (decoding), state in and out (SPEC section 1).
+    """One mLSTM time step (decoding), state in and out (docs/mlstm.md).
 
     Args:
         q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH, 1) or (B, NH) gate pre-activations;

@@ -1,4 +1,4 @@
-"""sLSTM forward: one Triton kernel that loops over time (SPEC.md section 2).
+"""sLSTM forward: one Triton kernel that loops over time (docs/slstm.md).
 
 Shapes (B batch, T time, NH heads, DH head size, gate order i, f, z, o):
     wx (B, T, 4, NH, DH)  input pre-activations, any float dtype (the "matmul dtype")

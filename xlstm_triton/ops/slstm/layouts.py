@@ -1,4 +1,4 @@
-"""Converters between our sLSTM parameter layout and the `xlstm` package's (SPEC.md section 2).
+"""Converters between our sLSTM parameter layout and the `xlstm` package's (docs/slstm.md).
 
 Ours (FlashRNN's): R (4, NH, DH_out, DH_in), b (4, NH, DH), gate order (i, f, z, o).
 `xlstm` sLSTM cell parameters `_recurrent_kernel_` and `_bias_`, by backend:

@@ -151,7 +151,7 @@ def _(wx_t, R, b, state, config):
 # ------------------------------------------------------------------------------------- public ops
 
 def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
-    """The sLSTM over a sequence (SPEC.md section 2).
+    """The sLSTM over a sequence (docs/slstm.md).
 
     wx (B, T, 4, NH, DH) input pre-activations, gates (i, f, z, o); R (4, NH, DH, DH) recurrent
     weights [gate, head, out, in]; b (4, NH, DH) biases; initial_state (4, B, NH, DH) ordered
