@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 
-import torch
-
-from bench.suites import mlstm, slstm
 from bench.harness import Provider, require_cuda, require_module
+from bench.harness.setups import attention_call
+from bench.suites import mlstm, slstm
 
 TOKENS = 65536
 LENGTHS = (512, 2048, 8192, 32768, 65536)
@@ -74,8 +73,8 @@ def _slstm_case(case):
 
 def _ours(case, mode, dtype):
     if case["kernel"] == "mlstm":
-        return mlstm._ours(case, mode, dtype)
-    return slstm._ours(_slstm_case(case), mode, dtype)
+        return mlstm.ours(case, mode, dtype)
+    return slstm.ours(_slstm_case(case), mode, dtype)
 
 
 def _cuda_only(setup, what):
@@ -87,11 +86,11 @@ def _cuda_only(setup, what):
 
 def _flashrnn(case, mode, dtype):
     require_cuda("flashrnn triton_fused")
-    return slstm._flashrnn("triton_fused")(_slstm_case(case), mode, dtype)
+    return slstm.flashrnn_backend("triton_fused")(_slstm_case(case), mode, dtype)
 
 
 def _sdpa(backend_name):
-    setup = mlstm._attention(backend_name, shape_of=lambda c: (c["B"], c["NH"], c["S"], c["DQK"]))
+    setup = mlstm.sdpa(backend_name, shape_of=lambda c: (c["B"], c["NH"], c["S"], c["DQK"]))
     return _cuda_only(setup, f"SDPA {backend_name}")
 
 
@@ -101,29 +100,16 @@ def _flash_attn_package(module_name):
     def setup(case, mode, dtype):
         require_cuda(module_name)
         flash_attn_func = require_module(module_name).flash_attn_func
-        shape = (case["B"], case["S"], case["NH"], case["DQK"])
-        grad = mode == "fwbw"
-        q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(3))
 
-        def attn():
+        def attend(q, k, v):
             out = flash_attn_func(q, k, v, causal=True)
             return out[0] if isinstance(out, tuple) else out     # FA3 may return (out, lse)
-        if mode == "fw":
-            def fn():
-                with torch.no_grad():
-                    attn()
-            return fn
-        dout = torch.randn(shape, device="cuda", dtype=dtype)
-
-        def fn():
-            attn().backward(dout)
-        fn.grad_to_none = [q, k, v]
-        return fn
+        return attention_call(attend, (case["B"], case["S"], case["NH"], case["DQK"]), mode, dtype)
     return setup
 
 
 def providers() -> list[Provider]:
-    xl_chunk = mlstm._mlstm_kernels("chunkwise--triton_xl_chunk", chunk_size=128)
+    xl_chunk = mlstm.mlstm_kernels_chunkwise("chunkwise--triton_xl_chunk", chunk_size=128)
     xl_chunk_lengths = (512, 8192, 65536, 32, 64)          # full size, and the quick cases
     return [
         Provider("xlstm_triton", _ours, applies=_for("mlstm", "slstm")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from bench.harness import Provider, device
+from bench.harness.setups import attention_call, fw_fwbw
 
 TOKENS = 65536
 
@@ -24,7 +25,8 @@ def cases(quick: bool = False) -> list[dict]:
     return out
 
 
-def _mlstm_inputs(case, dtype, requires_grad):
+def mlstm_inputs(case, dtype, requires_grad):
+    """q, k, v, i, f of the case's shape (f shifted by +3: forget gates mostly open)."""
     B, NH, S, DQK, DV = (case[k] for k in ("B", "NH", "S", "DQK", "DV"))
     dev = device()
     q = torch.randn(B, NH, S, DQK, device=dev, dtype=dtype)
@@ -39,57 +41,38 @@ def _mlstm_inputs(case, dtype, requires_grad):
 
 
 def _runner(kernel, case, mode, dtype, **kw):
-    ins = _mlstm_inputs(case, dtype, mode == "fwbw")
-    if mode == "fw":
-        def fn():
-            with torch.no_grad():
-                kernel(*ins, **kw)
-        return fn
-    dh = torch.randn(case["B"], case["NH"], case["S"], case["DV"], device=ins[0].device, dtype=dtype)
-
-    def fn():
-        kernel(*ins, **kw).backward(dh)
-    fn.grad_to_none = ins
-    return fn
+    ins = mlstm_inputs(case, dtype, mode == "fwbw")
+    return fw_fwbw(lambda: kernel(*ins, **kw), mode,
+                   lambda: torch.randn(case["B"], case["NH"], case["S"], case["DV"], device=ins[0].device, dtype=dtype),
+                   ins)
 
 
-def _mlstm_kernels(name, **kw):
+def mlstm_kernels_chunkwise(name, **kw):
+    """Setup of mlstm_kernels' kernel `name` (keywords: its chunk_size); the kernels suite too."""
     def setup(case, mode, dtype):
         from mlstm_kernels.torch import get_mlstm_kernel
         return _runner(get_mlstm_kernel(name), case, mode, dtype, **kw)
     return setup
 
 
-def _ours(case, mode, dtype):
+def ours(case, mode, dtype):
+    """Setup of xlstm_triton's mlstm_chunkwise; the kernels suite uses it too."""
     from xlstm_triton import mlstm_chunkwise
     return _runner(mlstm_chunkwise, case, mode, dtype)
 
 
-def _attention(backend_name, shape_of=lambda case: (case["B"], 32, case["S"], 128)):
+def sdpa(backend_name, shape_of=lambda case: (case["B"], 32, case["S"], 128)):
     """Causal SDPA with one backend forced; `shape_of(case)` gives q/k/v's (B, heads, S, dim)."""
     def setup(case, mode, dtype):
         from torch.nn.attention import SDPBackend, sdpa_kernel
         import torch.nn.functional as F
 
         backend = getattr(SDPBackend, backend_name)
-        shape = shape_of(case)
-        grad = mode == "fwbw"
-        q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=grad) for _ in range(3))
 
-        def attn():
+        def attend(q, k, v):
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        if mode == "fw":
-            def fn():
-                with torch.no_grad():
-                    attn()
-            return fn
-        dout = torch.randn(shape, device="cuda", dtype=dtype)
-
-        def fn():
-            attn().backward(dout)
-        fn.grad_to_none = [q, k, v]
-        return fn
+        return attention_call(attend, shape_of(case), mode, dtype)
     return setup
 
 
@@ -99,17 +82,17 @@ def _skip_long(max_s):
 
 def providers() -> list[Provider]:
     return [
-        Provider("xlstm_triton", _ours),
+        Provider("xlstm_triton", ours),
         # Triton 3.6's LLVM aborts on xl_chunk (SLP vectorizer) unless its optimizer is off.
-        Provider("mlstm_kernels.xl_chunk", _mlstm_kernels("chunkwise--triton_xl_chunk", chunk_size=128),
+        Provider("mlstm_kernels.xl_chunk", mlstm_kernels_chunkwise("chunkwise--triton_xl_chunk", chunk_size=128),
                  env={"DISABLE_LLVM_OPT": "1"}),
-        Provider("mlstm_kernels.limit_chunk", _mlstm_kernels("chunkwise--triton_limit_chunk", chunk_size=64)),
-        Provider("mlstm_kernels.xl_chunk_siging", _mlstm_kernels("chunkwise--triton_xl_chunk_siging", chunk_size=128),
+        Provider("mlstm_kernels.limit_chunk", mlstm_kernels_chunkwise("chunkwise--triton_limit_chunk", chunk_size=64)),
+        Provider("mlstm_kernels.xl_chunk_siging", mlstm_kernels_chunkwise("chunkwise--triton_xl_chunk_siging", chunk_size=128),
                  env={"DISABLE_LLVM_OPT": "1"}),
-        Provider("mlstm_kernels.native_autograd", _mlstm_kernels("chunkwise--native_autograd", chunk_size=64),
+        Provider("mlstm_kernels.native_autograd", mlstm_kernels_chunkwise("chunkwise--native_autograd", chunk_size=64),
                  skip=_skip_long(8192)),
-        Provider("sdpa_flash", _attention("FLASH_ATTENTION")),
-        Provider("sdpa_cudnn", _attention("CUDNN_ATTENTION")),
+        Provider("sdpa_flash", sdpa("FLASH_ATTENTION")),
+        Provider("sdpa_cudnn", sdpa("CUDNN_ATTENTION")),
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from bench.harness import Provider, device
+from bench.harness.setups import fw_fwbw
 
 
 def cases(quick: bool = False) -> list[dict]:
@@ -32,20 +33,13 @@ def _slstm_inputs(case, dtype, requires_grad):
 
 def _runner(call, case, mode, dtype):
     wx, R, b = _slstm_inputs(case, dtype, mode == "fwbw")
-    if mode == "fw":
-        def fn():
-            with torch.no_grad():
-                call(wx, R, b)
-        return fn
-    dh = torch.randn(case["B"], case["T"], case["NH"], case["DH"], device=wx.device, dtype=dtype)
-
-    def fn():
-        call(wx, R, b).backward(dh)
-    fn.grad_to_none = [wx, R, b]
-    return fn
+    return fw_fwbw(lambda: call(wx, R, b), mode,
+                   lambda: torch.randn(case["B"], case["T"], case["NH"], case["DH"], device=wx.device, dtype=dtype),
+                   [wx, R, b])
 
 
-def _flashrnn(backend):
+def flashrnn_backend(backend):
+    """Setup of flashrnn's sLSTM with `backend`; the kernels suite uses it too."""
     def setup(case, mode, dtype):
         from flashrnn import flashrnn
 
@@ -56,7 +50,8 @@ def _flashrnn(backend):
     return setup
 
 
-def _ours(case, mode, dtype):
+def ours(case, mode, dtype):
+    """Setup of xlstm_triton's slstm; the kernels suite uses it too."""
     from xlstm_triton import slstm
     return _runner(lambda wx, R, b: slstm(wx, R, b), case, mode, dtype)
 
@@ -65,27 +60,18 @@ def _cudnn_lstm(case, mode, dtype):
     H = case["hidden"]
     lstm = torch.nn.LSTM(H, H, batch_first=True).to(device="cuda", dtype=dtype)
     x = torch.randn(case["B"], case["T"], H, device="cuda", dtype=dtype, requires_grad=mode == "fwbw")
-    if mode == "fw":
-        def fn():
-            with torch.no_grad():
-                lstm(x)
-        return fn
-    dy = torch.randn(case["B"], case["T"], H, device="cuda", dtype=dtype)
-
-    def fn():
-        lstm(x)[0].backward(dy)
-    fn.grad_to_none = [x, *lstm.parameters()]
-    return fn
+    return fw_fwbw(lambda: lstm(x)[0], mode, lambda: torch.randn(case["B"], case["T"], H, device="cuda", dtype=dtype),
+                   [x, *lstm.parameters()])
 
 
 def providers() -> list[Provider]:
     return [
-        Provider("xlstm_triton", _ours),
-        Provider("flashrnn.triton_fused", _flashrnn("triton_fused")),
+        Provider("xlstm_triton", ours),
+        Provider("flashrnn.triton_fused", flashrnn_backend("triton_fused")),
         # Builds its CUDA extension with nvcc at first call; give the build its time.
-        Provider("flashrnn.cuda_fused", _flashrnn("cuda_fused"), timeout_s=600,
+        Provider("flashrnn.cuda_fused", flashrnn_backend("cuda_fused"), timeout_s=600,
                  skip=lambda c: None if (c["NH"], c["DH"]) == (12, 64) else "one try is enough"),
-        Provider("flashrnn.vanilla_fwbw", _flashrnn("vanilla_fwbw"),
+        Provider("flashrnn.vanilla_fwbw", flashrnn_backend("vanilla_fwbw"),
                  skip=lambda c: None if (c["NH"], c["DH"]) == (12, 64) else "PyTorch loop: one split"),
         Provider("torch.nn.LSTM", _cudnn_lstm,
                  skip=lambda c: None if c["NH"] in (1, 4) else "depends on hidden size only"),

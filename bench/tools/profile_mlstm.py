@@ -17,7 +17,7 @@ import triton.testing
 
 import xlstm_triton.mlstm.op as op
 from bench.harness.ceilings import TBPS, TFLOPS
-from bench.suites.mlstm import _mlstm_inputs
+from bench.suites.mlstm import mlstm_inputs
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.mlstm import bwd, fwd
 from xlstm_triton.mlstm.gates import chunkwise_gates
@@ -37,7 +37,7 @@ def profile(geometry, S, overrides, dtype=torch.bfloat16):
     op.CONFIG_OVERRIDES.clear()
     op.CONFIG_OVERRIDES.update({k: v for k, v in overrides.items() if k != "chunk_size"})
     cfg = op.make_config(S, DQK, DV, dtype, L, **op.CONFIG_OVERRIDES)
-    ins = _mlstm_inputs(dict(B=B, NH=NH, S=S, DQK=DQK, DV=DV), dtype, requires_grad=False)
+    ins = mlstm_inputs(dict(B=B, NH=NH, S=S, DQK=DQK, DV=DV), dtype, requires_grad=False)
     q, k, v, i, f = ins
     dh = torch.randn(B, NH, S, DV, device="cuda", dtype=dtype)
 
