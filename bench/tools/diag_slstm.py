@@ -1,37 +1,70 @@
 """sLSTM diagnostics on the GPU: errors per output for chosen configs, and per-step timings of
 program decompositions (`python -m bench.tools.diag_slstm`)."""
 
+import contextlib
+
 import torch
 import triton.testing
 
-from tests.helpers import rel_err
-from tests.test_slstm import STATE_SLOTS, make_inputs, reference_with_grads, run_with_grads
-from xlstm_triton.slstm import config_override, slstm
-from xlstm_triton.slstm import fwd as fwd_module
+from reference.slstm import slstm_recurrent
+from xlstm_triton.ops.slstm import config_override, slstm
+from xlstm_triton.ops.slstm import fwd as fwd_module
+
+STATE_SLOTS = ("h", "c", "n", "m")
+
+
+def make_inputs(B, T, NH, DH, dtype, states=False, fresh_fraction=0.0):
+    """Random inputs on the GPU: wx, R (scaled by 0.5 / sqrt(DH)), b; with `states` an initial
+    state h, c, m ~ N(0, 1), n in [0.5, 1.5) with `fresh_fraction` of it 0 (a fresh state)."""
+    x = dict(wx=torch.randn(B, T, 4, NH, DH), R=torch.randn(4, NH, DH, DH) * 0.5 / DH**0.5,
+             b=torch.randn(4, NH, DH))
+    if states:
+        h, c, m = torch.randn(3, B, NH, DH)
+        n = torch.rand(B, NH, DH) + 0.5
+        fresh = torch.rand(B, NH, DH) < fresh_fraction
+        x["initial_state"] = torch.stack([h, c, n.masked_fill(fresh, 0.0), m])
+    return {k: v.to(device="cuda", dtype=dtype) for k, v in x.items()}
+
+
+def with_grads(fn, inputs, seed=0):
+    """h, the last state and every input's gradient of fn(**inputs, return_last_state=True)
+    under a loss that weighs each element of h and the state by a fixed random number."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    h, state = fn(**leaves, return_last_state=True)
+    weights = torch.Generator().manual_seed(seed)
+    loss = sum((t.double() * torch.randn(t.shape, generator=weights, dtype=torch.float64).to(t.device)).sum()
+               for t in (h, state))
+    loss.backward()
+    return h, state, {k: v.grad for k, v in leaves.items()}
+
+
+def rel_err(out, ref) -> float:
+    """Relative Frobenius error in float64; inf if `out` is not finite everywhere."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    norm = ref.norm().item()
+    return (out - ref).norm().item() / (norm if norm > 0 else 1.0)
+
+
+def _override(over):
+    return config_override(**over) if over else contextlib.nullcontext()
 
 
 def errors(B, T, NH, DH, dtype, **over):
-    x = make_inputs(B, T, NH, DH, dtype, "cuda", states=True, fresh_fraction=0.2)
-    with config_override(**over) if over else _null():
-        h, st, g = run_with_grads(slstm, x)
-    hr, sr, gr = reference_with_grads(x)
+    x = make_inputs(B, T, NH, DH, dtype, states=True, fresh_fraction=0.2)
+    with _override(over):
+        h, st, g = with_grads(slstm, x)
+    hr, sr, gr = with_grads(slstm_recurrent, {k: v.double() for k, v in x.items()})   # float64 reference
     out = {"h": rel_err(h, hr)}
     out.update({f"state_{s}": rel_err(st[i], sr[i]) for i, s in enumerate(STATE_SLOTS)})
     out.update({f"d{k}": rel_err(g[k], gr[k]) for k in g})
     return {k: f"{v:.1e}" for k, v in out.items()}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def timing(NH, DH, **over):
-    x = make_inputs(16, 1024, NH, DH, torch.bfloat16, "cuda")
-    with config_override(**over) if over else _null():
+    x = make_inputs(16, 1024, NH, DH, torch.bfloat16)
+    with _override(over):
         cfg = fwd_module.pick_config(NH, DH, 16, torch.bfloat16, torch.device("cuda"))
         with torch.no_grad():
             fw = triton.testing.do_bench(lambda: slstm(**x), warmup=5, rep=50, return_mode="median")
@@ -42,8 +75,8 @@ def timing(NH, DH, **over):
             slstm(**leaves).backward(dh)
         fb = triton.testing.do_bench(fwbw, warmup=5, rep=50, return_mode="median", grad_to_none=list(leaves.values()))
         # the stages alone: forward saving for the backward, backward kernel + dR/db, dR/db
-        from xlstm_triton.slstm.bwd import slstm_bwd, slstm_dr_db
-        from xlstm_triton.slstm.fwd import slstm_fwd
+        from xlstm_triton.ops.slstm.bwd import slstm_bwd, slstm_dr_db
+        from xlstm_triton.ops.slstm.fwd import slstm_fwd
         wx, R, b = (x[k].detach() for k in ("wx", "R", "b"))
         s0 = torch.zeros(4, 16, NH, DH, device="cuda")
         h, last, pre, cnm = slstm_fwd(wx, R, b, s0, cfg, save=True)
@@ -70,8 +103,8 @@ if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
     over = json.loads(args[-1]) if args and args[-1].startswith("{") else {}
     if kind == "once":  # one forward call after a warm-up, for ncu: once NH DH '{...}'
-        x = make_inputs(16, 1024, int(args[0]), int(args[1]), torch.bfloat16, "cuda")
-        with config_override(**over) if over else _null(), torch.no_grad():
+        x = make_inputs(16, 1024, int(args[0]), int(args[1]), torch.bfloat16)
+        with _override(over), torch.no_grad():
             slstm(**x)
             torch.cuda.synchronize()
             slstm(**x)

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-import xlstm_triton.mlstm.op as op
+import xlstm_triton.ops.mlstm.op as op
 from xlstm_triton import mlstm_chunkwise
 
 B, NH, S, DQK, DV = 8, 8, 8192, 256, 512
