@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench --help`."""
+"""Benchmarks: `python -m bench --help`; bench/README.md maps this folder."""

@@ -18,6 +18,7 @@ Map:
                  writes its providers with
     measure.py   the worker side: measure_cases(), run_worker()
     run.py       the parent side: run_suite(), environment(), print_table()
+    setups.py    pieces of provider setups several suites share: fw_fwbw(), attention_call()
     results.py   the CSVs under bench/results/: append_csv(), read_csv()
     ceilings.py  the GPU's matmul and copy rates (TFLOPS, TBPS) the floors use; run it to measure
 """

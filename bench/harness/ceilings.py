@@ -1,8 +1,8 @@
 """The two ceilings the floors are measured against: a bf16 matrix product and a device copy.
 
 TFLOPS and TBPS are their values measured on the H100 (bench/NOTES.md, "Ceilings"); the floors
-of the suites (`floor_ms`) and of tools/profile_mlstm.py use them. `python -m bench.harness.ceilings` measures them on
-this GPU (bench/device.sh does with CEILINGS=1).
+of the suites (`floor_ms`) and of tools/profile_mlstm.py use them.
+`python -m bench.harness.ceilings` measures them on this GPU (bench/device.sh with CEILINGS=1).
 """
 
 TFLOPS = 756e12     # bf16 matmul 8192^3, FLOP/s
