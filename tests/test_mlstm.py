@@ -414,3 +414,22 @@ def test_empty_batch_or_heads_give_empty_results(B, NH, device):
     (h.sum() + c.sum()).backward()
     for name in NAMES:
         assert leaves[name].grad.shape == x[name].shape, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_results_do_not_depend_on_stale_memory(dtype):
+    # The same inputs twice, the caching allocator's free memory filled with different values in
+    # between: every output and gradient must be bitwise the same (a kernel variant that read
+    # stale memory, or raced, changed h and the gradients in the last bits).
+    x = make_inputs(2, 2, 200, 256, 512, "cuda", dtype=dtype, states=True)
+    weights = None
+    results = []
+    for fill in (float("nan"), 0.0, -7.0):
+        junk = torch.full((1 << 28,), fill, device="cuda")
+        del junk
+        out, grads, weights = run_and_grad(mlstm_chunkwise, x, weights)
+        results.append(list(out) + [grads[k] for k in NAMES])
+    for other in results[1:]:
+        for a, b, name in zip(results[0], other, ["h", "c", "n", "m"] + [f"d{k}" for k in NAMES]):
+            assert torch.equal(a, b), f"{name} changed between identical calls"

@@ -79,42 +79,6 @@ def chunkwise_fwd_states_kernel(
     tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
 
 
-@triton.jit
-def add_key_tile(num, nq, q_base, k_base, v_base, r2_row, t, mask_t, u2, s, offs_v, mask_v, S,
-                 s_qt, s_kt, s_vt, DQK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 DIAGONAL: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """num += (W * q^ k^T) v and nq += rowsum(W * q^ k^T) over the keys s of one tile of the
-    rows' chunk (the scale is applied by the caller).
-
-    On the DIAGONAL tile (s = t) causality must hold for every value, finite or not: keys after
-    a row are excluded with a select (a zero weight times a NaN or Inf score is NaN), values are
-    multiplied with their non-finite entries zeroed (a zero score times a NaN value is NaN in the
-    product), and such an entry makes its own and the later rows NaN in that column instead,
-    as the recurrence would."""
-    scores = tl.zeros((BT, BT), dtype=tl.float32)
-    for kb in range(0, DQK, BK):
-        offs_k = kb + tl.arange(0, BK)
-        mask_k = offs_k < DQK
-        q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-        k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
-                    mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
-        scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
-    scores = scores * tl.exp2(u2[:, None] + tl.load(r2_row + s)[None, :])
-    v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                mask=(s < S)[:, None] & mask_v[None, :], other=0.0)
-    if DIAGONAL:
-        scores = tl.where(s[None, :] <= t[:, None], scores, 0.0)
-        finite = tl.abs(v.to(tl.float32)) < float("inf")          # False for NaN and +-Inf
-        v = tl.where(finite, v, 0.0)
-        reached = tl.cumsum(tl.where(finite, 0, 1), axis=0) > 0   # a non-finite value at or above
-    nq += tl.sum(scores, axis=1)
-    num += tl.dot(scores.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=PRECISION)
-    if DIAGONAL:
-        num = tl.where(reached, float("nan"), num)
-    return num, nq
-
-
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_fwd_output_kernel(
     q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr,
@@ -157,14 +121,35 @@ def chunkwise_fwd_output_kernel(
     num = num * g[:, None]
     nq = nq * g
 
-    # Contributions inside the chunk: the key tiles before the diagonal, then the diagonal one.
-    for j in range(chunk * TILES_PER_CHUNK, tile):
-        num, nq = add_key_tile(num, nq, q_base, k_base, v_base, r2_ptr + row_base, t, mask_t, u2,
-                               j * BT + tl.arange(0, BT), offs_v, mask_v, S, s_qt, s_kt, s_vt,
-                               DQK, BT, BK, False, DOT_DTYPE, PRECISION)
-    num, nq = add_key_tile(num, nq, q_base, k_base, v_base, r2_ptr + row_base, t, mask_t, u2,
-                           t, offs_v, mask_v, S, s_qt, s_kt, s_vt,
-                           DQK, BT, BK, True, DOT_DTYPE, PRECISION)
+    # Contributions inside the chunk, key tile by key tile up to the diagonal. Causality holds
+    # for every value, finite or not: later keys are selected out (a zero weight times a NaN or
+    # Inf score is NaN), values are multiplied with their non-finite entries zeroed (a zero score
+    # times a NaN value is NaN in the product), and such an entry makes its own and the later
+    # rows NaN in its column instead, as the recurrence would. The rows it reaches are counted
+    # by a product with the causal mask (0/1 operands, exact float32 sums), in num's layout.
+    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+        s = j * BT + tl.arange(0, BT)
+        scores = tl.zeros((BT, BT), dtype=tl.float32)
+        for kb in range(0, DQK, BK):
+            offs_k = kb + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                        mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
+            scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
+        r2 = tl.load(r2_ptr + row_base + s)
+        causal = s[None, :] <= t[:, None]
+        scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        nq += tl.sum(scores, axis=1)
+        v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                    mask=(s < S)[:, None] & mask_v[None, :], other=0.0)
+        finite = tl.abs(v.to(tl.float32)) < float("inf")          # False for NaN and +-Inf
+        reached = tl.dot(tl.where(causal, 1.0, 0.0).to(DOT_DTYPE),
+                         tl.where(finite, 0.0, 1.0).to(DOT_DTYPE), input_precision=PRECISION)
+        num += tl.dot(scores.to(DOT_DTYPE), tl.where(finite, v, 0.0).to(DOT_DTYPE),
+                      input_precision=PRECISION)
+        num = tl.where(reached > 0.5, float("nan"), num)
 
     num = num * scale
     nq = nq * scale
