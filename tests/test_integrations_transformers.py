@@ -324,9 +324,9 @@ def test_errors():
 # ---------------------------------------------------------------------- benchmark suite
 
 def test_bench_suite_large_smoke(monkeypatch):
-    """bench/suite_large.py follows the suite conventions and runs at tiny shapes on CPU."""
+    """bench/suites/large.py follows the suite conventions and runs at tiny shapes on CPU."""
     from bench import harness
-    from bench import suite_large as suite
+    from bench.suites import large as suite
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")          # timing only: the ops' PyTorch path
     assert suite.__doc__ and suite.TABLE_KEYS

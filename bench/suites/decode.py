@@ -1,4 +1,4 @@
-"""Decoding: per-token latency and memory of one layer vs context length (issue 7).
+"""Decoding: per-token latency and memory of one layer vs context length.
 
 One layer of hidden size E=1024 (the `model` suite's width) advances one token per sequence:
   xLSTM: the paper's mLSTM layer (`xlstm_triton.nn.mLSTMLayer`: up-projection to 2048, conv,

@@ -1,7 +1,7 @@
 """mLSTM and sLSTM kernels vs causal attention vs peer kernels, over sequence length at a fixed
-number of tokens per batch (B*S = 65,536; issue 7).
+number of tokens per batch (B*S = 65,536).
 
-Every case names a kernel family and a head geometry (SPEC.md section 5):
+Every case names a kernel family and a head geometry :
   mlstm      7B (NH=8, DQK=256, DV=512) and TFLA (NH=16, DQK=128, DV=256)
   slstm      12x64 and 3x256 (hidden 768, NH x DH; DQK = DV = DH in the CSV)
   attention  32x128 (hidden 4096: the mLSTM geometries' NH*DV) and 12x64 (hidden 768: the

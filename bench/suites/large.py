@@ -1,4 +1,4 @@
-"""xLSTM-7B in Hugging Face transformers: prefill tokens/s and decoding ms/token (issue 6).
+"""xLSTM-7B in Hugging Face transformers: prefill tokens/s and decoding ms/token.
 
 Model: a random-weight `transformers` xLSTMForCausalLM at the 7B shape (E=4096, 8 heads of
 DQK=256 / DV=512, FFN 10944, vocabulary 50,304, 32 blocks: 6.9B parameters, 13.7 GB in bf16),
@@ -10,7 +10,7 @@ Providers (one process each):
                                kernels when the `xlstm` package is installed, else its built-in)
   transformers+mlstm_kernels   its config selecting mlstm_kernels' Triton kernels, as the 7B
                                config does (chunkwise--triton_xl_chunk, chunk 128,
-                               native_sequence__triton, triton step; DISABLE_LLVM_OPT=1, SPEC 5).
+                               native_sequence__triton, triton step; DISABLE_LLVM_OPT=1).
                                transformers uses these only through the `xlstm` package
   transformers+xlstm_triton    `use_xlstm_triton(model)`: the same model on our kernels, its
                                blocks' forwards ours (fused norms, gates and activation)
@@ -28,7 +28,7 @@ Phases (the `phase` column; mode "fw"):
            `generate` makes it; xLSTMLarge: float32 buffers it updates in place), the forward
            including the LM head, B = 1 and 16; ms is per token.
            `floor_ms`: the weights (less the embedding) read once and the float32 state read
-           and written once at the 3.0 TB/s HBM copy rate of bench/NOTES.md (issue 6's goal:
+           and written once at the 3.0 TB/s HBM copy rate of bench/NOTES.md (the goal:
            within 1.3x of it).
 
 Run: `python -m bench large [--quick]`.

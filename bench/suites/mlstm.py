@@ -1,4 +1,4 @@
-"""mLSTM chunkwise kernels vs peers vs causal attention, at 65,536 tokens per batch (SPEC.md 5).
+"""mLSTM chunkwise kernels vs peers vs causal attention, at 65,536 tokens per batch.
 
 Geometries: the xLSTM-7B heads (NH=8, DQK=256, DV=512) at S = 2048, 8192, 32768 and the TFLA
 paper's heads (NH=16, DQK=128, DV=256) at S = 8192. Attention runs 32 heads of 128 at the same

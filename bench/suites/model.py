@@ -19,7 +19,7 @@ random tokens, backward, AdamW (fused on CUDA). Parameters, activations and opti
 the run's dtype (bfloat16 by default; no autocast, no float32 master weights), eager PyTorch (no
 torch.compile). `tokens_per_s` = tokens per step / step time; `peak_mib` is the peak of one
 step with parameters, gradients and AdamW state included. About 4 minutes on an H100, half
-of it the `xlstm` provider's two nvcc builds (issue 5 needs its contexts 2048 and 8192).
+of it the `xlstm` provider's two nvcc builds (for its contexts 2048 and 8192).
 """
 
 from __future__ import annotations

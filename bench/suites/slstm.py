@@ -1,4 +1,4 @@
-"""sLSTM kernels vs FlashRNN vs cuDNN LSTM (SPEC.md 5, issue 4).
+"""sLSTM kernels vs FlashRNN vs cuDNN LSTM.
 
 B=16, T=1024; hidden 768 split as 12x64, 6x128, 3x256, 1x768, plus 4x128 (TiRex) and 4x512
 (xLSTM 1.3B, hidden 2048). Layout: wx (B, T, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH).

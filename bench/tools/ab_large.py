@@ -1,4 +1,4 @@
-"""Interleaved A/B of the host-bound points of `python -m bench large` (issue 6).
+"""Interleaved A/B of the host-bound points of `python -m bench large`.
 
 An eager decoding step of the 7B model (and, partly, a 2k prefill) is bound by the host: its
 time is how fast Python issues ~1,500 kernels, and on a shared machine that speed drifts by
