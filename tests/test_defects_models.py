@@ -321,7 +321,7 @@ def test_token_range_check_on_gpu_syncs_only_when_asked():
     wrong[0, 0] = V_LARGE
     with pytest.raises(ValueError, match=rf"input_ids: token id {V_LARGE} is out of range"):
         model(wrong)
-    from xlstm_triton.nn.model import check_token_ids
+    from xlstm_triton.generation import check_token_ids
     torch.cuda.synchronize()
     old = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")

@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..mlstm import mlstm_chunkwise, mlstm_step
+from ..ops.mlstm import mlstm_chunkwise, mlstm_step
 from ..models.config import xLSTMLargeConfig
 from ..models.xlstm_large import mLSTMLargeBlock
 

@@ -10,7 +10,7 @@ weights to and from Hugging Face `transformers`.
 """
 
 from .config import xLSTMLargeConfig
-from .convert import (convert_weight_mode, detect_weight_mode, from_transformers,
+from .checkpoint import (convert_weight_mode, detect_weight_mode, from_transformers,
                       from_transformers_state_dict, load_checkpoint, load_safetensors_dir,
                       to_transformers_state_dict)
 from .xlstm_large import (RMSNorm, SwiGLUFeedForward, mLSTMLargeBlock, mLSTMLargeLayer, mLSTMState,

@@ -13,7 +13,7 @@
 with cap_c(x) = c * tanh(x / c). Parameter names and shapes are those of the `xlstm` package's
 `xLSTMLarge` (`embedding.weight`, `backbone.blocks.{i}...`, `backbone.out_norm.weight`,
 `lm_head.weight`; `docs/checkpoints.md`), in the "single" or the "fused" weight mode;
-`xlstm_triton.models.convert` maps them to and from the `transformers` names.
+`xlstm_triton.models.checkpoint` maps them to and from the `transformers` names.
 
 State: one `mLSTMState(c, n, m)` per block, float32: c (B, NH, DQK, DV), n (B, NH, DQK),
 m (B, NH, 1) (the memory is c * exp(m)). A sequence of length 1 runs `mlstm_step` (decoding),
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mlstm import mlstm_chunkwise, mlstm_step
+from ..ops.mlstm import mlstm_chunkwise, mlstm_step
 from ..nn.components import MultiHeadLayerNorm, small_init_, wang_init_
-from ..nn.model import check_token_ids, generate_tokens, sample_tokens
+from ..checks import check_tensor
+from ..generation import check_token_ids, generate_tokens, sample_tokens
 from .config import xLSTMLargeConfig
 from .fused import gated_head_norm, silu_mul, use_fused
 
@@ -113,15 +114,6 @@ class SwiGLUFeedForward(nn.Module):
         return self.proj_down(silu_mul(gate, up) if use_fused(x) else F.silu(gate) * up)
 
 
-def _check_tensor(name: str, t, shape: tuple) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
-    if not t.dtype.is_floating_point:
-        raise TypeError(f"{name}: expected a float tensor (float32), got {t.dtype}")
-
-
 class mLSTMLargeLayer(nn.Module):
     """The mLSTM layer of xLSTM-7B (module docstring). x (B, S, E) -> y (B, S, E).
 
@@ -166,7 +158,7 @@ class mLSTMLargeLayer(nn.Module):
         B, NH = batch_size, self.num_heads
         DQK, DV = self.qk_dim // NH, self.v_dim // NH
         for part, t, shape in zip("cnm", state, ((B, NH, DQK, DV), (B, NH, DQK), (B, NH, 1))):
-            _check_tensor(f"{name}.{part}", t, shape)
+            check_tensor(f"{name}.{part}", t, shape)
         return mLSTMState(*state)
 
     def _projections(self, x, cap: Optional[float]):
@@ -430,7 +422,7 @@ class xLSTMLarge(nn.Module):
                         weight_mode: Optional[str] = None, config: Optional[xLSTMLargeConfig] = None,
                         **config_overrides) -> "xLSTMLarge":
         """Load a safetensors checkpoint directory (see `convert.load_checkpoint`)."""
-        from .convert import load_checkpoint
+        from .checkpoint import load_checkpoint
         return load_checkpoint(path, dtype=dtype, device=device, weight_mode=weight_mode,
                                config=config, **config_overrides)
 
@@ -438,5 +430,5 @@ class xLSTMLarge(nn.Module):
     def from_transformers(cls, hf_model, copy: bool = False, weight_mode: Optional[str] = None,
                           **config_overrides) -> "xLSTMLarge":
         """Build from a loaded `transformers` xLSTMForCausalLM (see `convert.from_transformers`)."""
-        from .convert import from_transformers
+        from .checkpoint import from_transformers
         return from_transformers(hf_model, copy=copy, weight_mode=weight_mode, **config_overrides)

@@ -12,7 +12,7 @@ from .components import (CausalConv1d, GatedFeedForward, LayerNorm, LinearHeadwi
                          MultiHeadLayerNorm)
 from .config import (FeedForwardConfig, mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig,
                      sLSTMCellConfig, sLSTMLayerConfig, xLSTMBlockStackConfig, xLSTMLMModelConfig)
-from .convert import convert_xlstm_state_dict
+from .checkpoint import convert_xlstm_state_dict
 from .mlstm_layer import mLSTMCell, mLSTMLayer, mLSTMLayerState
 from .model import copy_state_, sample_tokens, xLSTMLMModel
 from .slstm_layer import sLSTMCell, sLSTMLayer, sLSTMLayerState

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mlstm import mlstm_chunkwise, mlstm_step
+from ..ops.mlstm import mlstm_chunkwise, mlstm_step
 from .components import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
                          small_init_, wang_init_)
+from ..checks import check_tensor
 from .config import mLSTMLayerConfig
 
 __all__ = ["mLSTMCell", "mLSTMLayer", "mLSTMLayerState"]
@@ -42,13 +43,6 @@ class mLSTMLayerState(NamedTuple):
 def _is_sequence(state) -> bool:
     """A layer state may be any sequence of tensors (NamedTuple, tuple, list), not a string."""
     return isinstance(state, Sequence) and not isinstance(state, (str, bytes))
-
-
-def _check_state_tensor(name, t, shape, cls):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{cls}.{name}: expected a tensor of shape {shape}, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{cls}.{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
 class mLSTMCell(nn.Module):
@@ -179,7 +173,7 @@ class mLSTMLayer(nn.Module):
         shapes = dict(c=(B, NH, DH, DH), n=(B, NH, DH), m=(B, NH, 1),
                       conv=(B, self.conv1d.state_len, self.inner))
         for (name, shape), t in zip(shapes.items(), state):
-            _check_state_tensor(name, t, shape, "mLSTMLayerState")
+            check_tensor(f"mLSTMLayerState.{name}", t, shape, dtypes=None)
         return mLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,

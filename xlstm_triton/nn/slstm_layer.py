@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..slstm import bias_from_xlstm, recurrent_from_xlstm, slstm, slstm_step
+from ..ops.slstm import bias_from_xlstm, recurrent_from_xlstm, slstm, slstm_step
 from .components import CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, small_init_
+from ..checks import check_tensor
 from .config import sLSTMLayerConfig
-from .mlstm_layer import _check_state_tensor, _is_sequence
+from .mlstm_layer import _is_sequence
 
 __all__ = ["sLSTMCell", "sLSTMLayer", "sLSTMLayerState"]
 
@@ -218,9 +219,9 @@ class sLSTMLayer(nn.Module):
             got = f"a {type(state).__name__} of length {len(state)}" if _is_sequence(state) else type(state).__name__
             raise TypeError(f"sLSTMLayer state: expected an sLSTMLayerState (slstm, conv) or a sequence of "
                             f"those 2 tensors, got {got}")
-        _check_state_tensor("slstm", state[0], (4, B, self.num_heads, self.head_dim), "sLSTMLayerState")
-        _check_state_tensor("conv", state[1], (B, self._conv_len, self.config.embedding_dim),
-                            "sLSTMLayerState")
+        check_tensor("sLSTMLayerState.slstm", state[0], (4, B, self.num_heads, self.head_dim), dtypes=None)
+        check_tensor("sLSTMLayerState.conv", state[1], (B, self._conv_len, self.config.embedding_dim),
+                     dtypes=None)
         return sLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[sLSTMLayerState] = None,

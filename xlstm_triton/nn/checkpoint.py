@@ -19,7 +19,7 @@ from typing import Mapping
 
 import torch
 
-from ..slstm import bias_from_xlstm, bias_to_xlstm, recurrent_from_xlstm, recurrent_to_xlstm
+from ..ops.slstm import bias_from_xlstm, bias_to_xlstm, recurrent_from_xlstm, recurrent_to_xlstm
 
 __all__ = ["convert_xlstm_state_dict"]
 

@@ -1,0 +1,105 @@
+"""Generation shared by every LM of the package: token-id checks, sampling, the state copy of
+CUDA-graph decoding loops, and the prefill-then-decode loop of `generate()`.
+
+A model provides `prefill(ids) -> (last-position logits (B, V), state)` and
+`decode_step(tok, state, temperature, top_k, generator) -> (tok, state)`; `generate_tokens`
+runs them. `xlstm_triton.nn.model` describes how a decoding step is captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["check_token_ids", "sample_tokens", "copy_state_", "generate_tokens"]
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Sample one token per row of `logits` (..., V) -> (...) int64, without host syncs.
+    temperature 0: argmax (greedy). top_k: sample among the k largest logits only."""
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def copy_state_(dst, src):
+    """Copy a (nested tuple) recurrent state into another of the same structure, in place."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+        return dst
+    if dst is None or src is None or len(dst) != len(src):
+        raise ValueError("copy_state_: states of different structure")
+    for d, s in zip(dst, src):
+        copy_state_(d, s)
+    return dst
+
+
+
+_TOKEN_DTYPES = (torch.int64, torch.int32)       # what nn.Embedding indexes with
+
+
+def check_token_ids(idx, name: str, vocab_size: Optional[int] = None, device=None,
+                    check_range: bool = True) -> None:
+    """Token ids must be an int64 / int32 tensor (B, S) with S >= 1 (B may be 0), on `device`
+    (if given), with every id in [0, vocab_size) (if given); a clear error naming `name` else.
+
+    The range check reads the ids on the host: free on CPU, where it always runs, but one
+    device-to-host sync on a GPU, where it runs only with `check_range`. It is skipped inside
+    torch.compile and during CUDA-graph capture (no sync is possible there)."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"{name}: expected token ids of shape (B, S), got "
+                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if idx.dtype not in _TOKEN_DTYPES:
+        raise TypeError(f"{name}: expected an integer tensor of token ids (torch.int64 or torch.int32), "
+                        f"got {idx.dtype}")
+    if idx.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
+    if device is not None and idx.device != torch.device(device):
+        raise ValueError(f"{name}: expected token ids on the model's device {torch.device(device)}, got "
+                         f"{idx.device} (move them with .to({str(torch.device(device))!r}))")
+    if vocab_size is None or not (check_range or idx.device.type == "cpu"):
+        return
+    if idx.device.type == "meta" or torch.compiler.is_compiling() or (
+            idx.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = (idx < 0) | (idx >= vocab_size)
+    if bad.any():
+        raise ValueError(f"{name}: token id {int(idx[bad][0])} is out of range for the vocabulary size "
+                         f"{vocab_size} (expected 0 <= id < {vocab_size})")
+
+
+def generate_tokens(prefill, decode_step, input_ids, max_new_tokens, temperature, top_k, generator,
+                    device, vocab_size: int, check_range: bool) -> torch.Tensor:
+    """The generation loop of the LMs: checks, `prefill(ids)` -> (last-position logits (B, V),
+    state), then `decode_step(tok, state, temperature, top_k, generator)` -> (tok, state) per new
+    token. The prompt is moved to `device` and range-checked once (see `check_token_ids`); the
+    sampled tokens are in range by construction. Returns (B, S + max_new_tokens) on `device`;
+    a batch of 0 prompts gives (0, S + max_new_tokens)."""
+    check_token_ids(input_ids, "input_ids")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks, up front
+    input_ids = input_ids.to(device)
+    check_token_ids(input_ids, "input_ids", vocab_size, device, check_range)
+    if max_new_tokens == 0:
+        return input_ids
+    logits, state = prefill(input_ids)
+    tok = sample_tokens(logits, temperature, top_k, generator)
+    out = [tok]
+    for _ in range(max_new_tokens - 1):
+        tok, state = decode_step(tok, state, temperature, top_k, generator)
+        out.append(tok)
+    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
