@@ -20,7 +20,7 @@ import xlstm_triton.utils as xt_utils
 from tests.helpers import assert_close
 from tests.test_models_large import CHUNK, S_ODD, randomize_, reference_logits, tiny_config, tiny_model
 from tests.test_models_large import V as V_LARGE
-from tests.test_nn_helpers import E, V, small_lm
+from tests.test_nn_helpers import V, small_lm
 from xlstm_triton.models import load_checkpoint, to_transformers_state_dict, xLSTMLarge
 from xlstm_triton.nn import mLSTMLayerState, sLSTMLayerState
 from xlstm_triton.nn.components import LinearHeadwise
