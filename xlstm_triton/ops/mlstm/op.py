@@ -24,6 +24,7 @@ from .gates import chunkwise_gates
 from .step import mlstm_step_torch, mlstm_step_triton
 from .torch_path import mlstm_chunkwise_torch
 
+
 @dataclass(frozen=True)
 class ChunkwiseConfig:
     """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT

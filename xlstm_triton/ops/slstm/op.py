@@ -39,7 +39,6 @@ from .torch_path import slstm_step_torch, slstm_torch
 __all__ = ["slstm", "slstm_step", "config_override"]
 
 
-
 @contextlib.contextmanager
 def config_override(**kw):
     """Force the kernels' program decomposition (tests, tuning): bo (columns per program; less
@@ -156,7 +155,8 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
     wx (B, T, 4, NH, DH) input pre-activations, gates (i, f, z, o); R (4, NH, DH, DH) recurrent
     weights [gate, head, out, in]; b (4, NH, DH) biases; initial_state (4, B, NH, DH) ordered
     (h, c, n, m), zeros if None. Returns h (B, T, NH, DH) in wx's dtype and, with
-    `return_last_state`, the state after the last step (4, B, NH, DH) in float32.
+    `return_last_state`, the state after the last step (4, B, NH, DH) in float32 (float64
+    for float64 inputs).
     """
     check_tensor("wx", wx, ndim=5, doc="(B, T, 4, NH, DH)")
     B, T, G, NH, DH = wx.shape
@@ -184,7 +184,8 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
 
 def slstm_step(wx_t, R, b, state):
     """One step for decoding: wx_t (B, 4, NH, DH), state (4, B, NH, DH) (h, c, n, m).
-    Returns h_t (B, NH, DH) in wx_t's dtype and the new state (4, B, NH, DH) float32.
+    Returns h_t (B, NH, DH) in wx_t's dtype and the new state (4, B, NH, DH) float32 (float64
+    for float64 inputs).
 
     Without gradients (inference) on CUDA it is one kernel launch with no host synchronization,
     usable inside a CUDA graph. When a gradient is needed it runs `slstm` over one step."""
