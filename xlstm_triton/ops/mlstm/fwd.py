@@ -208,6 +208,7 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg):
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *h.stride()[:3],
         NH, S, S_pad, gates.num_chunks, DQK**-0.5, eps,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, BV=cfg.block_v,
-        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages_output,
     )
     return h, inv_den, zsign

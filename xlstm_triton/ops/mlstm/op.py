@@ -30,7 +30,10 @@ class ChunkwiseConfig:
     """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT
     (a divisor of L); block_k/block_v: feature blocks of the output and dv kernels;
     *_states: of the two state recurrences (which read a chunk as L / tile_states row tiles);
-    *_grad: of the dq and dk kernels."""
+    *_grad: of the dq and dk kernels. num_stages_output is 1: with 2 stages, Triton 3.6 on H100
+    compiles the output kernel's non-finite marking into code whose h changed in the last bits
+    between identical calls (tests/test_mlstm.py, stale-memory test); 1 stage costs nothing
+    measurable there (bench/NOTES.md)."""
     chunk_size: int
     tile: int
     tile_states: int
@@ -42,6 +45,7 @@ class ChunkwiseConfig:
     block_v_grad: int
     num_warps: int
     num_stages: int
+    num_stages_output: int
     num_warps_states: int
     num_stages_states: int
     state_dtype: torch.dtype
@@ -71,7 +75,8 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
                block_k=min(pk, 128), block_v=min(pv, 128),
                block_k_states=min(pk, 64), block_v_states=min(pv, 64),
                block_k_grad=min(pk, 128), block_v_grad=min(pv, 128),
-               num_warps=4, num_stages=2, num_warps_states=4, num_stages_states=2, state_dtype=state_dtype, dot_dtype=dot_dtype,
+               num_warps=4, num_stages=2, num_stages_output=1, num_warps_states=4, num_stages_states=2,
+               state_dtype=state_dtype, dot_dtype=dot_dtype,
                precision=precision)
     cfg.update(overrides)
     return ChunkwiseConfig(**cfg)
