@@ -2,7 +2,7 @@
 # Runs on the device machine (see README, "GPU"): installs the carried peer wheels, prints the
 # environment, runs the GPU tests (TESTS, default tests/) and the benchmark suites (SUITES,
 # default none; PROVIDERS optional), and copies results and logs to $OUT.
-#   TESTS="tests/test_mlstm.py" SUITES="mlstm" PROVIDERS="xlstm_triton" bash bench/device.sh
+#   TESTS="tests/ops/test_mlstm.py" SUITES="mlstm" PROVIDERS="xlstm_triton" bash bench/device.sh
 # With pytest-xdist among the wheels (pip download --no-deps pytest-xdist execnet -d .whl), the
 # tests run in WORKERS processes (default 6): the whole suite in ~5 min on an H100 instead of >10.
 set -uo pipefail

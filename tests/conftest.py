@@ -41,3 +41,21 @@ def poison():
 def _seed(request):
     # Fresh random inputs per test, reproducible from the test's name.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(params=["kernels", "torch-path"])
+def path(request, monkeypatch, device):
+    """Run a test through the Triton kernels (CUDA, or the interpreter on CPU) and through the
+    PyTorch path of the ops (CPU only)."""
+    import xlstm_triton.utils as xt_utils     # after TRITON_INTERPRET is set above
+
+    if request.param == "torch-path":
+        if device != "cpu":
+            pytest.skip("the ops' PyTorch path runs for CPU tensors only")
+        monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    elif not xt_utils.use_triton(torch.empty(0, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: the kernels need the interpreter")
+    if device == "cuda":    # float32 parity: no TF32 in convolutions and matmuls
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    return request.param

@@ -43,3 +43,27 @@ def check_tensor(name: str, t, shape: Optional[Sequence[int]] = None, *, ndim: O
     if device is not None and t.device != torch.device(device):
         raise ValueError(f"{name}: expected device {device} (the same device as {device_of}), "
                          f"got {t.device}")
+
+
+def check_chunk_size(chunk_size, name: str = "chunk_size") -> None:
+    """The mLSTM chunk size: None (picked per sequence length) or a power of two >= 16."""
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                   or chunk_size < 16 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"{name}: expected None or a power of two >= 16, got {chunk_size!r}")
+
+
+def check_layer_input(owner: str, x, embedding_dim: int) -> None:
+    """A layer's input: a tensor (B, S, E) with E = embedding_dim; a ValueError naming `owner`."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != embedding_dim:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{owner}: expected x of shape (B, S, {embedding_dim}), got {got}")
+
+
+def check_embedding_dim(config) -> int:
+    """A layer config's `embedding_dim`, which must be set (> 0); returns it."""
+    E = config.embedding_dim
+    if not isinstance(E, int) or E <= 0:
+        raise ValueError(f"{type(config).__name__}.embedding_dim must be set (> 0), got {E!r} (inside "
+                         f"an xLSTMBlockStackConfig the stack sets it)")
+    return E
+

@@ -1,9 +1,17 @@
 """Generation shared by every LM of the package: token-id checks, sampling, the state copy of
-CUDA-graph decoding loops, and the prefill-then-decode loop of `generate()`.
+CUDA-graph decoding loops, the prefill-then-decode loop of `generate()`, and that loop with
+the decoding step captured in a CUDA graph (`CUDAGraphDecoder`).
 
-A model provides `prefill(ids) -> (last-position logits (B, V), state)` and
-`decode_step(tok, state, temperature, top_k, generator) -> (tok, state)`; `generate_tokens`
-runs them. `xlstm_triton.nn.model` describes how a decoding step is captured in a CUDA graph.
+A model provides `prefill(ids) -> (last-position logits (B, V), state)`,
+`decode_step(tok, state, temperature, top_k, generator) -> (tok, state)` and
+`zero_state(B)`; `generate_tokens` and `CUDAGraphDecoder` run them.
+
+A decoding step (token embedding, every block's step kernels, norms, projections, the LM head
+and sampling) has static shapes (the state keeps its shapes from step to step), no host
+synchronization and samples with torch ops only (softmax and an exponential race: argmax(p / E),
+E ~ Exp(1), which draws from p), so it can be captured in a CUDA graph. The ops allocate their
+outputs, so the new state lands in the graph's own buffers and is copied back into the input
+buffers (one extra read and write of the state per token).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_token_ids", "sample_tokens", "copy_state_", "generate_tokens"]
+__all__ = ["check_token_ids", "sample_tokens", "copy_state_", "generate_tokens", "CUDAGraphDecoder"]
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -103,3 +111,67 @@ def generate_tokens(prefill, decode_step, input_ids, max_new_tokens, temperature
         tok, state = decode_step(tok, state, temperature, top_k, generator)
         out.append(tok)
     return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+
+
+class CUDAGraphDecoder:
+    """`model.generate` with the decoding step captured once in a CUDA graph and replayed per
+    token: one launch per token instead of hundreds, what decoding at small batch needs.
+
+        decoder = CUDAGraphDecoder(model, batch_size=B, temperature=0.0)   # captures (Triton compiles first)
+        out = decoder.generate(input_ids, max_new_tokens=64)                # (B, S + 64)
+
+    model: an `xLSTMLMModel` or `xLSTMLarge` (or any model with `prefill`, `decode_step`,
+    `zero_state`) on a CUDA device, in the mode it should decode in (call `.eval()` first).
+    The graph holds static token and state buffers for `batch_size` rows and the sampling
+    settings; prompts must have that batch size. Same tokens as `model.generate` with
+    temperature 0; sampling draws from the same distribution (the graph's own random stream).
+    """
+
+    def __init__(self, model, batch_size: int, temperature: float = 1.0, top_k: Optional[int] = None):
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            raise ValueError(f"CUDAGraphDecoder: the model must be on a CUDA device, got {device}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        sample_tokens(torch.zeros(1, 1), temperature, top_k)        # argument checks
+        self.model, self.batch_size, self.temperature, self.top_k = model, batch_size, temperature, top_k
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.state = model.zero_state(batch_size)
+        with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):                            # warm-up: Triton compiles here
+                model.decode_step(self.tokens, self.state, temperature, top_k)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.next_tokens, self.next_state = model.decode_step(self.tokens, self.state, temperature, top_k)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Continue each row of `input_ids` (batch_size, S): one eager chunkwise prefill, then
+        one graph replay per new token. Returns (batch_size, S + max_new_tokens)."""
+        model = self.model
+        check_token_ids(input_ids, "input_ids")
+        if input_ids.shape[0] != self.batch_size:
+            raise ValueError(f"input_ids: expected batch size {self.batch_size} (the captured graph's), "
+                             f"got shape {tuple(input_ids.shape)}")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        device = self.tokens.device
+        input_ids = input_ids.to(device)
+        vocab_size = model.config.vocab_size
+        check_token_ids(input_ids, "input_ids", vocab_size, device, getattr(model, "check_token_range", True))
+        if max_new_tokens == 0:
+            return input_ids
+        logits, state = model.prefill(input_ids)
+        copy_state_(self.state, state)
+        self.tokens.copy_(sample_tokens(logits, self.temperature, self.top_k))
+        out = [self.tokens.clone()]
+        for _ in range(max_new_tokens - 1):
+            self.graph.replay()
+            self.tokens.copy_(self.next_tokens)
+            copy_state_(self.state, self.next_state)
+            out.append(self.tokens.clone())
+        return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+

@@ -53,6 +53,12 @@ def use_kernels(t: torch.Tensor) -> bool:
     return use_triton(t) and t.dtype != torch.float64 and t.numel() > 0
 
 
+def use_fused(t: torch.Tensor) -> bool:
+    """The fused inference kernels of `xlstm_triton.modules` run where the Triton kernels run
+    and autograd is off."""
+    return use_triton(t) and not torch.is_grad_enabled()
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a very large number elsewhere: no limit)."""
     if device.type != "cuda":

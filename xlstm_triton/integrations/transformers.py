@@ -33,19 +33,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.mlstm import mlstm_chunkwise, mlstm_step
-from ..models.config import xLSTMLargeConfig
-from ..models.xlstm_large import mLSTMLargeBlock
+from ..checks import check_chunk_size
+from ..layers import mlstm_recurrence
+from ..models.xlstm_large import mLSTMLargeBlock, xLSTMLargeConfig
 
 __all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend", "FusedBlockForward"]
 
 _MODES = ("train", "train_with_padding", "inference")
-
-
-def _check_chunk_size(chunk_size):
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
-                                   or chunk_size < 16 or chunk_size & (chunk_size - 1)):
-        raise ValueError(f"chunk_size: expected None or a power of two >= 16, got {chunk_size!r}")
 
 
 class TritonMLSTMBackend(nn.Module):
@@ -72,7 +66,7 @@ class TritonMLSTMBackend(nn.Module):
         super().__init__()
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         self.mode, self.return_last_states, self.eps, self.chunk_size = mode, bool(return_last_states), eps, chunk_size
         object.__setattr__(self, "original", original)      # plain attribute, not a submodule
 
@@ -110,26 +104,21 @@ class TritonMLSTMBackend(nn.Module):
             raise ValueError(f"q: expected a tensor of shape (B, NH, S, DQK), got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
         B, NH, S, DQK = q.shape
+        given = (c_initial, n_initial, m_initial)
+        inplace = False
         if S == 1:
-            given = (c_initial, n_initial, m_initial)
             inplace = (all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in given)
                        and not (torch.is_grad_enabled()
                                 and any(t.requires_grad for t in (q, k, v, i, f, *given))))
-            if inplace:                  # the layer's cache, updated where it lies (see class doc)
-                c, n, m = given
-            else:
+            if not inplace:              # a missing part of the state is zeros
                 z = dict(device=q.device, dtype=torch.float32)
-                c, n, m = (torch.zeros(shape, **z) if t is None else t for t, shape in
-                           zip(given, ((B, NH, DQK, v.shape[-1]), (B, NH, DQK), (B, NH, 1))))
-            h, state = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c, n, m, eps=self.eps,
-                                  inplace=inplace)
-            h = h[:, :, None]
-        else:
-            c, n, m = (t if t is None or t.dtype == torch.float32 else t.float()
-                       for t in (c_initial, n_initial, m_initial))
-            out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_states,
-                                  eps=self.eps, chunk_size=self.chunk_size)
-            h, state = out if return_states else (out, None)
+                given = tuple(torch.zeros(shape, **z) if t is None else t for t, shape in
+                              zip(given, ((B, NH, DQK, v.shape[-1]), (B, NH, DQK), (B, NH, 1))))
+        else:                            # the layer's cache may be bfloat16: the op takes float32
+            given = tuple(t if t is None or t.dtype == torch.float32 else t.float() for t in given)
+        out = mlstm_recurrence(q, k, v, i, f, given, return_state=return_states, eps=self.eps,
+                               chunk_size=self.chunk_size, inplace=inplace)
+        h, state = out if return_states else (out, None)
         return (h, tuple(state)) if return_states else h
 
     def extra_repr(self) -> str:
@@ -207,7 +196,7 @@ def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_bl
     fuse_blocks. Returns `model`.
     """
     layers = _check_model(model, "use_xlstm_triton")
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     blocks = []
     if fuse_blocks:
         if getattr(getattr(model, "config", None), "model_type", None) != "xlstm":

@@ -1,20 +1,22 @@
-"""Large xLSTM language models on xlstm-triton's kernels.
+"""The models on xlstm-triton's layers.
+
+    models/xlstm/        the `xlstm` package's paper architecture (re-exported by `xlstm_triton.nn`)
+    models/xlstm_large/  the xLSTM-7B architecture, re-exported here:
 
     from xlstm_triton.models import xLSTMLarge, xLSTMLargeConfig
     model = xLSTMLarge.from_pretrained("path/to/xLSTM-7b", dtype=torch.bfloat16, device="cuda")
     out = model.generate(input_ids, max_new_tokens=32, temperature=0)
 
-`xLSTMLarge` is the xLSTM-7B architecture (docs/checkpoints.md) with the parameter names of the
-`xlstm` package (both weight modes); `convert` loads sharded safetensors checkpoints and maps
-weights to and from Hugging Face `transformers`.
+`xLSTMLarge` has the parameter names of the `xlstm` package (both weight modes; docs/checkpoints.md);
+`load_checkpoint` reads sharded safetensors checkpoints, and the state-dict functions map weights
+to and from Hugging Face `transformers`.
 """
 
-from .config import xLSTMLargeConfig
-from .checkpoint import (convert_weight_mode, detect_weight_mode, from_transformers,
-                      from_transformers_state_dict, load_checkpoint, load_safetensors_dir,
-                      to_transformers_state_dict)
-from .xlstm_large import (RMSNorm, SwiGLUFeedForward, mLSTMLargeBlock, mLSTMLargeLayer, mLSTMState,
-                          soft_cap, xLSTMLarge, xLSTMLargeBackbone)
+from ..layers import mLSTMLargeLayer, mLSTMState
+from ..modules import RMSNorm, SwiGLUFeedForward, soft_cap
+from .xlstm_large import (convert_weight_mode, detect_weight_mode, from_transformers, from_transformers_state_dict,
+                          load_checkpoint, load_safetensors_dir, mLSTMLargeBlock, to_transformers_state_dict,
+                          xLSTMLarge, xLSTMLargeBackbone, xLSTMLargeConfig)
 
 __all__ = [
     "xLSTMLarge", "xLSTMLargeConfig", "xLSTMLargeBackbone", "mLSTMLargeBlock", "mLSTMLargeLayer",

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...checks import check_tensor
+from ...checks import check_chunk_size, check_tensor
 from ...utils import triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
@@ -32,7 +32,7 @@ class ChunkwiseConfig:
     *_states: of the two state recurrences (which read a chunk as L / tile_states row tiles);
     *_grad: of the dq and dk kernels. num_stages_output is 1: with 2 stages, Triton 3.6 on H100
     compiles the output kernel's non-finite marking into code whose h changed in the last bits
-    between identical calls (tests/test_mlstm.py, stale-memory test); 1 stage costs nothing
+    between identical calls (tests/ops/test_mlstm.py, stale-memory test); 1 stage costs nothing
     measurable there (bench/NOTES.md)."""
     chunk_size: int
     tile: int
@@ -251,10 +251,9 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     check_tensor("m_initial", m_initial, (B, NH, 1), doc="(B, NH, 1)", allow_none=True, **dev)
     if S < 1 or DQK < 1 or DV < 1:
         raise ValueError(f"q, v: expected S, DQK, DV >= 1, got S={S}, DQK={DQK}, DV={DV}")
+    check_chunk_size(chunk_size)
     if chunk_size is None:
         chunk_size = default_chunk_size(S)
-    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size: expected None or a power of two >= 16, got {chunk_size!r}")
     if not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
 

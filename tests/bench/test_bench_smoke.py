@@ -1,0 +1,220 @@
+"""Smoke tests of the benchmark suites `kernels`, `decode`, `model` and their plots, on CPU with
+tiny shapes: every case function builds, every provider either measures or says why not, the
+command line writes CSV rows, and the plots write PNG files. Timings on CPU mean nothing; the
+kernels' own correctness is tested elsewhere, so the ops take their PyTorch paths here
+(TRITON_INTERPRET=0) on one thread, which keeps this file at a few seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import harness
+from bench.harness import measure
+from bench.suites import decode as suite_decode
+from bench.suites import kernels as suite_kernels
+from bench.suites import model as suite_model
+
+REPO = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG"
+
+
+@pytest.fixture(autouse=True)
+def _fast_cpu_runs(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")         # for the command line's worker processes
+    monkeypatch.setattr(measure, "WALL_CLOCK_REPS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # tiny ops: thread synchronization would cost more than the work
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(suite, provider_names, cases, dtype="float32"):
+    """In-process rows of the named providers over `cases` (the cases each applies to)."""
+    providers = {p.name: p for p in suite.providers()}
+    rows = []
+    for name in provider_names:
+        p = providers[name]
+        for row in harness.measure_cases(p, [c for c in cases if p.applies(c)], dtype):
+            rows.append(dict(row, provider=name))
+    return rows
+
+
+def _ok(rows, provider):
+    got = [r for r in rows if r["provider"] == provider]
+    assert got, f"{provider}: no rows"
+    for r in got:
+        assert r["status"] == "ok", (provider, r["status"], r["error"])
+        assert r["ms"] > 0
+    return got
+
+
+def test_kernels_quick_cases_and_providers():
+    cases = [c for c in suite_kernels.cases(quick=True) if c["S"] == 32]
+    assert {c["kernel"] for c in cases} == {"mlstm", "slstm", "attention"}
+    assert len({c["hidden"] for c in cases}) == 1          # each figure pairs equal hidden sizes
+    full = suite_kernels.cases()
+    assert {c["S"] for c in full} == {512, 2048, 8192, 32768, 65536}
+    assert all(c["B"] * c["S"] == suite_kernels.TOKENS for c in full)
+
+    rows = _run(suite_kernels, [p.name for p in suite_kernels.providers()], cases)
+    ours = _ok(rows, "xlstm_triton")
+    assert {(r["case"]["kernel"], r["mode"]) for r in ours} == {
+        ("mlstm", "fw"), ("mlstm", "fwbw"), ("slstm", "fw"), ("slstm", "fwbw")}
+    if not torch.cuda.is_available():
+        for r in rows:
+            if r["provider"] != "xlstm_triton":
+                assert r["status"] == "unavailable", r
+        # attention providers only get attention cases, peers only their kernel's
+        assert all(r["case"]["kernel"] == "attention" for r in rows if r["provider"].startswith("attention"))
+        assert all(r["case"]["kernel"] == "mlstm" for r in rows if r["provider"].startswith("mlstm_kernels"))
+
+
+def test_decode_quick_rows_and_floors():
+    cases = [c for c in suite_decode.cases(quick=True) if c["B"] == 2]
+    names = ["xlstm_triton.mLSTMLayer", "attention.sdpa", "attention.sdpa_flash"]
+    rows = _run(suite_decode, names, cases)
+    ours = _ok(rows, "xlstm_triton.mLSTMLayer")
+    attention = _ok(rows, "attention.sdpa")
+    for r in ours + attention:
+        assert r["mode"] == "step"
+        assert {"params", "state_bytes", "floor_ms"} <= set(r["columns"])
+    # the mLSTM state has a fixed size; the KV cache grows with the context
+    assert len({r["columns"]["state_bytes"] for r in ours}) == 1
+    by_ctx = sorted((r["case"]["ctx"], r["columns"]["state_bytes"]) for r in attention)
+    assert by_ctx[0][1] < by_ctx[-1][1]
+    E, B, ctx = cases[-1]["E"], cases[-1]["B"], cases[-1]["ctx"]
+    assert by_ctx[-1][1] == 2 * B * (ctx + 1) * E * 4   # k and v, float32
+    flash = [r for r in rows if r["provider"] == "attention.sdpa_flash"]
+    if not torch.cuda.is_available():
+        assert {r["status"] for r in flash} == {"unavailable"}
+
+
+def test_model_quick_rows_and_matching_size():
+    case = suite_model.cases(quick=True)[0]
+    names = ["xlstm_triton", "transformer"]
+    try:
+        import mlstm_kernels  # noqa: F401
+        import xlstm  # noqa: F401
+        names.append("xlstm")
+    except ImportError:
+        pass
+    rows = _run(suite_model, names, [case])
+    got = {name: _ok(rows, name)[0]["columns"] for name in names}
+    xlstm_params = got["xlstm_triton"]["params"]
+    assert xlstm_params == suite_model.xlstm_parameter_count(case)
+    assert abs(got["transformer"]["params"] - xlstm_params) / xlstm_params < 0.1
+    if "xlstm" in got:       # same config in the xlstm package: the same parameter count
+        assert got["xlstm"]["params"] == xlstm_params
+    for cols in got.values():
+        assert cols["tokens_per_s"] > 0 and cols["arch"]
+
+
+def test_matching_transformer_at_full_size():
+    from bench.baselines.transformer import matching_config, parameter_count
+
+    target = suite_model.xlstm_parameter_count(suite_model.cases()[0])
+    assert 200e6 < target < 400e6
+    cfg = matching_config(target, 50304, 1024)
+    assert abs(parameter_count(cfg) - target) / target < 0.01
+    assert cfg.num_heads * cfg.head_dim == 1024
+
+
+def test_command_line_writes_rows(tmp_path, capsys):
+    out = tmp_path / "decode.csv"
+    cmd = [sys.executable, "-m", "bench", "decode", "--quick", "--dtype", "float32",
+           "--providers", "attention.sdpa", "--csv", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(suite_decode.cases(quick=True))
+    for r in rows:
+        assert r["suite"] == "decode" and r["provider"] == "attention.sdpa" and r["status"] == "ok"
+        assert float(r["ms"]) > 0 and r["date"] and r["torch"] and r["gpu"]
+    from bench.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["model", "--help"])
+    help_text = capsys.readouterr().out
+    assert "tokens_per_s" in help_text and "--quick" in help_text
+
+
+# ------------------------------------------------------------------ plots
+
+def test_crossover_interpolates_in_log_log():
+    from bench.tools.plot_scaling import crossover
+
+    ours = {512: 10.0, 2048: 10.0, 8192: 10.0}
+    attention = {512: 2.0, 2048: 8.0, 8192: 32.0}            # linear in S: equals 10 at S=2560
+    x, ours_better_after = crossover(ours, attention)
+    assert x == pytest.approx(2560) and ours_better_after
+    assert crossover(ours, {s: 1.0 for s in ours}) is None
+    x, _ = crossover({1: 100.0, 4: 100.0}, {1: 400.0, 4: 25.0}, higher_is_better=True)
+    assert x == pytest.approx(2.0)
+
+
+def _write_csv(path, rows):
+    harness.append_csv(path, rows)
+    return path
+
+
+def _env(suite):
+    return dict(suite=suite, dtype="bfloat16", status="ok", error="", date="2026-11-24", torch="2.11.0",
+                triton="3.6.0", gpu="NVIDIA H100 80GB HBM3", peers="", commit="abc1234")
+
+
+def test_plots_of_new_suites(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.tools.plot import plot_csv
+
+    kernels = []
+    for S in (512, 2048, 8192):
+        B = 65536 // S
+        for mode in ("fw", "fwbw"):
+            kernels.append(dict(provider="xlstm_triton", kernel="mlstm", geometry="7B", B=B, S=S, NH=8,
+                                DQK=256, DV=512, hidden=4096, mode=mode, ms=3.0, peak_mib=4000, **_env("kernels")))
+            kernels.append(dict(provider="attention.sdpa_cudnn", kernel="attention", geometry="32x128", B=B,
+                                S=S, NH=32, DQK=128, DV=128, hidden=4096, mode=mode, ms=S / 1000,
+                                peak_mib=S / 2, **_env("kernels")))
+            kernels.append(dict(provider="mlstm_kernels.xl_chunk", kernel="mlstm", geometry="7B", B=B, S=S,
+                                NH=8, DQK=256, DV=512, hidden=4096, mode=mode, ms=None, peak_mib=None,
+                                **dict(_env("kernels"), status="crashed", error="worker died")))
+    decode = []
+    for B in (1, 16):
+        for ctx in (1024, 4096, 16384):
+            decode.append(dict(provider="xlstm_triton.mLSTMLayer", E=1024, B=B, ctx=ctx, mlstm_heads=4,
+                               attn_head_dim=64, params=6.4e6, state_bytes=4 * 2**20 * B, floor_ms=0.007,
+                               mode="step", ms=0.02, peak_mib=40, **_env("decode")))
+            decode.append(dict(provider="attention.sdpa_flash", E=1024, B=B, ctx=ctx, mlstm_heads=4,
+                               attn_head_dim=64, params=4.2e6, state_bytes=ctx * B * 4096, floor_ms=ctx * 1e-6,
+                               mode="step", ms=ctx * 5e-6, peak_mib=ctx * B / 256, **_env("decode")))
+    model = []
+    for ctx in (2048, 4096, 8192):
+        for provider, tps, arch in (("xlstm_triton", 60000.0, "xLSTM[21:3]"),
+                                    ("transformer", 200000.0 * 2048 / ctx, "Transformer 12 layers")):
+            model.append(dict(provider=provider, ctx=ctx, B=16384 // ctx, tokens=16384, E=1024, blocks=24,
+                              slstm_at="7,15,23", mlstm_heads=4, slstm_heads=4, vocab=50304, params=2.56e8,
+                              params_non_embedding=1.5e8, tokens_per_s=tps, arch=arch, mode="train",
+                              ms=16384 / tps * 1e3, peak_mib=30000, **_env("model")))
+    figs = []
+    for name, rows in (("kernels", kernels), ("decode", decode), ("model", model)):
+        figs += plot_csv(_write_csv(tmp_path / f"{name}.csv", rows), tmp_path / "figures")
+    names = sorted(f.name for f in figs)
+    assert names == ["decode.png", "kernels_mlstm_7B.png", "model.png"]
+    for f in figs:
+        assert f.read_bytes()[:4] == PNG_MAGIC and f.stat().st_size > 10_000
+
+
+def test_existing_plots_still_work(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.tools.plot import plot_csv
+
+    figs = plot_csv(REPO / "bench" / "results" / "mlstm.csv", tmp_path)
+    assert {f.name for f in figs} >= {"mlstm_7B.png"}
+    assert all(f.read_bytes()[:4] == PNG_MAGIC for f in figs)

@@ -1,0 +1,114 @@
+"""The mLSTM layer of the xLSTM-7B architecture.
+
+    q, k = x W_q, x W_k (E -> qk_dim);  v, o = x W_v, x W_o (E -> v_dim)
+    i, f = cap_15(x W_i + b_i), cap_15(x W_f + b_f)   (E -> NH)
+    h = mLSTM(q, k, v, i, f) per head                 (DQK = qk_dim / NH, DV = v_dim / NH)
+    y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))
+
+with cap_c(x) = c * tanh(x / c). The config is an `xLSTMLargeConfig` (any object with its
+fields). State: one `mLSTMState(c, n, m)`, float32. In inference on the GPU the gate cap moves
+into the step kernel and the head norm with the output gate into one kernel
+(`modules.gated_head_norm`); with autograd it is a composition of PyTorch ops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..checks import check_layer_input
+from ..modules import MultiHeadLayerNorm, gated_head_norm, soft_cap
+from ..utils import use_fused
+from .mlstm import mlstm_recurrence
+from .state import check_mlstm_state, mLSTMState, zero_mlstm_state
+
+__all__ = ["mLSTMLargeLayer"]
+
+
+class mLSTMLargeLayer(nn.Module):
+    """The mLSTM layer of xLSTM-7B (module docstring). x (B, S, E) -> y (B, S, E).
+
+    Weights, single mode: q, k (qk_dim, E); v, ogate_preact (v_dim, E); igate_preact,
+    fgate_preact (NH, E) + bias (NH); fused mode: qkv_opreact (2 qk_dim + 2 v_dim, E) with rows
+    q|k|v|o, ifgate_preact (2 NH, E) + bias (2 NH) with rows i|f. Both: multihead_norm.weight
+    (v_dim), out_proj (E, v_dim); biases of the projections only with `use_bias`.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        E, NH, bias = config.embedding_dim, config.num_heads, config.use_bias
+        self.qk_dim, self.v_dim, self.num_heads = config.qk_dim, config.v_dim, NH
+        self.fused = config.weight_mode == "fused"
+        if self.fused:
+            self.qkv_opreact = nn.Linear(E, 2 * self.qk_dim + 2 * self.v_dim, bias=bias)
+            self.ifgate_preact = nn.Linear(E, 2 * NH, bias=True)
+        else:
+            self.q = nn.Linear(E, self.qk_dim, bias=bias)
+            self.k = nn.Linear(E, self.qk_dim, bias=bias)
+            self.v = nn.Linear(E, self.v_dim, bias=bias)
+            self.ogate_preact = nn.Linear(E, self.v_dim, bias=bias)
+            self.igate_preact = nn.Linear(E, NH, bias=True)
+            self.fgate_preact = nn.Linear(E, NH, bias=True)
+        # Per-head LayerNorm whose weight is the scale itself (no "1 + w" offset).
+        self.multihead_norm = MultiHeadLayerNorm(ndim=self.v_dim, weight=True, bias=bias,
+                                                 eps=config.norm_eps, residual_weight=False)
+        self.out_proj = nn.Linear(self.v_dim, E, bias=bias)
+
+    def zero_state(self, batch_size: int, device=None) -> mLSTMState:
+        NH = self.num_heads
+        device = device if device is not None else self.out_proj.weight.device
+        return zero_mlstm_state(batch_size, NH, self.qk_dim // NH, self.v_dim // NH, device)
+
+    def check_state(self, state, batch_size: int, name: str = "state") -> mLSTMState:
+        """Validate a (c, n, m) triple for batch size B; returns it as an mLSTMState."""
+        NH = self.num_heads
+        return check_mlstm_state(state, batch_size, NH, self.qk_dim // NH, self.v_dim // NH, name)
+
+    def _projections(self, x, cap: Optional[float]):
+        if self.fused:
+            q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
+            i, f = soft_cap(self.ifgate_preact(x), cap).split(self.num_heads, dim=-1)
+        else:
+            q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
+            i = soft_cap(self.igate_preact(x), cap)
+            f = soft_cap(self.fgate_preact(x), cap)
+        return q, k, v, o, i, f
+
+    def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
+                update_state: bool = False):
+        """x (B, S, E); state (c, n, m) or None (zeros). Returns y (B, S, E) and, with
+        `return_state`, the new mLSTMState (float32). `update_state` writes the new state into
+        the given one (static buffers, e.g. for CUDA-graph decoding; no autograd)."""
+        E = self.config.embedding_dim
+        check_layer_input("mLSTMLargeLayer", x, E)
+        B, S, _ = x.shape
+        NH = self.num_heads
+        if update_state and state is None:
+            raise ValueError("update_state=True needs a state to update (e.g. layer.zero_state(B))")
+        # Inference on the GPU fuses the small steps: the gate soft cap into the decoding step,
+        # the head norm and the output gate into one kernel (`fused`).
+        fused = use_fused(x)
+        cap = self.config.gate_soft_cap
+        step_cap = cap if fused and S == 1 else None
+        q, k, v, o, i, f = self._projections(x, None if step_cap is not None else cap)
+        # (B, S, NH * D) -> (B, NH, S, D) views; the ops take strided inputs.
+        q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))
+        i, f = i.transpose(1, 2), f.transpose(1, 2)                       # (B, NH, S)
+        out = mlstm_recurrence(q, k, v, i, f, state, return_state=return_state, eps=self.config.eps,
+                               chunk_size=self.config.chunk_size, inplace=update_state, gate_soft_cap=step_cap)
+        h, new = out if return_state else (out, None)
+        h = h.transpose(1, 2)                                             # (B, S, NH, DV)
+        if fused:
+            norm = self.multihead_norm
+            y = self.out_proj(gated_head_norm(h, o, norm.weight_proxy, norm.bias, norm.eps))
+            return (y, new) if return_state else y
+        if self.config.norm_reduction_force_float32:
+            h = self.multihead_norm(h.float()).to(x.dtype)
+        else:
+            h = self.multihead_norm(h)
+        y = self.out_proj(torch.sigmoid(o) * h)
+        return (y, new) if return_state else y
+

@@ -1,0 +1,24 @@
+"""Building blocks shared by every model: norms, convolution, projections, activations, FFNs.
+
+    norms.py            LayerNorm, MultiHeadLayerNorm, RMSNorm
+    gated_head_norm.py  per-head norm * sigmoid(gate), one inference kernel (+ its reference)
+    activations.py      the FFN activations, soft_cap, silu_mul (one inference kernel)
+    ffn.py              GatedFeedForward (paper), SwiGLUFeedForward (xLSTM-7B)
+    conv.py             CausalConv1d (with a state for decoding)
+    linear.py           LinearHeadwise (block-diagonal, one block per head)
+    init.py             small_init_, wang_init_, bias_linspace_init_
+
+Each imports only from `xlstm_triton.utils`; the layers build on them.
+"""
+
+from .activations import ACTIVATIONS, silu_mul, soft_cap
+from .conv import CausalConv1d
+from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
+from .gated_head_norm import gated_head_norm, gated_head_norm_torch
+from .init import bias_linspace_init_, small_init_, wang_init_
+from .linear import LinearHeadwise
+from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
+
+__all__ = ["ACTIVATIONS", "silu_mul", "soft_cap", "CausalConv1d", "GatedFeedForward", "SwiGLUFeedForward",
+           "gated_activation", "gated_head_norm", "gated_head_norm_torch", "bias_linspace_init_",
+           "small_init_", "wang_init_", "LinearHeadwise", "LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]

@@ -1,0 +1,81 @@
+"""`CausalConv1d`: the causal depthwise convolution of the xLSTM layers, with a state."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CausalConv1d"]
+
+
+class CausalConv1d(nn.Module):
+    """Causal depthwise convolution over time with a bias: y_t = b + sum_j w_j * x_{t-K+1+j}.
+
+    Input and output (B, S, F). The parameters live in `self.conv` (an `nn.Conv1d` with
+    groups=F: weight (F, 1, K), bias (F)), as in the `xlstm` package. The state is the last
+    K-1 inputs, (B, K-1, F), oldest first; zeros (the default) mean "no history".
+    `kernel_size=0` is the identity (no parameters, empty state).
+    """
+
+    def __init__(self, feature_dim: int, kernel_size: int = 4, bias: bool = True):
+        super().__init__()
+        if feature_dim <= 0:
+            raise ValueError(f"CausalConv1d: feature_dim must be > 0, got {feature_dim}")
+        if kernel_size < 0:
+            raise ValueError(f"CausalConv1d: kernel_size must be >= 0, got {kernel_size}")
+        self.feature_dim, self.kernel_size = feature_dim, kernel_size
+        if kernel_size == 0:
+            self.conv = None
+        else:
+            self.conv = nn.Conv1d(feature_dim, feature_dim, kernel_size, groups=feature_dim, bias=bias)
+            # The xlstm package initializes this conv twice (constructor, then reset); doing the
+            # same keeps seeded constructions identical.
+            self.reset_parameters()
+
+    @property
+    def state_len(self) -> int:
+        return max(self.kernel_size - 1, 0)
+
+    def reset_parameters(self) -> None:
+        if self.conv is not None:
+            self.conv.reset_parameters()
+
+    def zero_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        ref = self.conv.weight if self.conv is not None else None
+        device = device if device is not None else (ref.device if ref is not None else None)
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.float32)
+        return torch.zeros(batch_size, self.state_len, self.feature_dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
+                return_state: bool = False):
+        """x (B, S, F), state (B, K-1, F) or None. Returns y (B, S, F), and with
+        `return_state` also the new state (the last K-1 inputs)."""
+        B, S, Fd = x.shape
+        K = self.kernel_size
+        if state is not None and tuple(state.shape) != (B, self.state_len, Fd):
+            raise ValueError(f"conv state: expected shape (B, K-1, F) = {(B, self.state_len, Fd)}, "
+                             f"got {tuple(state.shape)}")
+        if K == 0:
+            y = x
+            new_state = x.new_zeros(B, 0, Fd) if return_state else None
+        else:
+            if state is None:
+                xs = F.pad(x, (0, 0, K - 1, 0))                  # zeros before the first step
+            else:
+                xs = torch.cat([state.to(x.dtype), x], dim=1)    # (B, K-1+S, F)
+            w, b = self.conv.weight, self.conv.bias
+            if S == 1:   # decoding: one weighted sum over the window, no conv launch
+                y = torch.einsum("bkf,fk->bf", xs, w[:, 0, :].to(x.dtype))[:, None]
+                if b is not None:
+                    y = y + b.to(x.dtype)
+            else:
+                y = F.conv1d(xs.transpose(1, 2), w.to(x.dtype), None if b is None else b.to(x.dtype),
+                             groups=Fd).transpose(1, 2)
+            new_state = xs[:, xs.shape[1] - (K - 1):] if return_state else None
+        return (y, new_state) if return_state else y
+
+    def extra_repr(self) -> str:
+        return f"feature_dim={self.feature_dim}, kernel_size={self.kernel_size}"
