@@ -407,8 +407,10 @@ def test_gpu_bf16_logits_within_2e2():
 @pytest.mark.gpu
 def test_gpu_bf16_no_less_accurate_than_transformers():
     """Large gate weights, 3 blocks: bf16 rounding moves every path's logits by several %;
-    ours must be no further from float64 than transformers' own bf16 paths."""
-    ids = torch.randint(0, V, (2, 77), device="cuda")
+    ours must be no further from float64 than transformers' own bf16 paths. Eight prompts:
+    over two, the ratio of our error to transformers' ranged from 0.47 to 1.58 with the seed
+    (H100, seeds 0-3), so one draw decided the test; over eight it was 0.68-0.79."""
+    ids = torch.randint(0, V, (8, 77), device="cuda")
     out = _bf16_paths(dict(num_hidden_layers=3), ids)
     ref = out.pop("reference")
     err = {name: rel_err(t, ref) for name, t in out.items()}
