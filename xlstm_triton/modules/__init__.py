@@ -4,6 +4,7 @@
     gated_head_norm.py  per-head norm * sigmoid(gate), one inference kernel (+ its reference)
     activations.py      the FFN activations, soft_cap, silu_mul (one inference kernel)
     ffn.py              GatedFeedForward (paper), SwiGLUFeedForward (xLSTM-7B)
+    linear_cross_entropy.py  LM head + soft cap + cross-entropy without the logits (training loss)
     conv.py             CausalConv1d (with a state for decoding)
     linear.py           LinearHeadwise (block-diagonal, one block per head)
     init.py             small_init_, wang_init_, bias_linspace_init_
@@ -17,8 +18,10 @@ from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
 from .gated_head_norm import gated_head_norm, gated_head_norm_torch
 from .init import bias_linspace_init_, small_init_, wang_init_
 from .linear import LinearHeadwise
+from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
 
 __all__ = ["ACTIVATIONS", "silu_mul", "soft_cap", "CausalConv1d", "GatedFeedForward", "SwiGLUFeedForward",
            "gated_activation", "gated_head_norm", "gated_head_norm_torch", "bias_linspace_init_",
-           "small_init_", "wang_init_", "LinearHeadwise", "LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]
+           "small_init_", "wang_init_", "LinearHeadwise", "LinearCrossEntropyLoss", "linear_cross_entropy",
+           "linear_cross_entropy_torch", "LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]
