@@ -27,7 +27,7 @@ from tests.helpers import assert_close  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 from tests.models.large_helpers import (BF16_TAME, CHUNK, NH, S_ODD, E, L, V, randomize_,  # noqa: E402
                                      reference_logits, tiny_model)
-from xlstm_triton.integrations.transformers import (FusedBlockForward, TritonMLSTMBackend,  # noqa: E402
+from xlstm_triton.integrations.transformers import (FusedBlockForward, FusedLossForward, TritonMLSTMBackend,  # noqa: E402
                                                     remove_xlstm_triton, use_xlstm_triton)
 from xlstm_triton.models import (from_transformers_state_dict, to_transformers_state_dict,  # noqa: E402
                                  xLSTMLarge)
@@ -202,6 +202,37 @@ def test_patched_gradients_match_original():
     for k in ref:
         assert ref[k].abs().sum() > 0, k
         assert_close(got[k], ref[k], 1e-3, f"grad {k}")      # float32 sums of many terms
+
+
+def test_fused_loss_matches_transformers_loss():
+    """With labels the patched model computes transformers' loss (shifted, -100 skipped, mean or
+    sum / num_items_in_batch) without logits; its gradients match the original's."""
+    model = hf_model().train()
+    ids = torch.randint(0, V, (2, 21))
+    labels = ids.clone()
+    labels[1, 4:10] = -100
+
+    def run(**kw):
+        model.zero_grad()
+        out = model(ids, labels=labels, use_cache=False, **kw)
+        (out.loss * 2.0).backward()
+        return out, {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    ref, ref_grads = run()
+    ref_sum, _ = run(num_items_in_batch=17)
+    use_xlstm_triton(model)
+    assert isinstance(model.__dict__["forward"], FusedLossForward)
+    out, grads = run()
+    out_sum, _ = run(num_items_in_batch=17)
+    assert out.logits is None and ref.logits is not None
+    assert_close(out.loss, ref.loss, 1e-5, "loss")
+    assert_close(out_sum.loss, ref_sum.loss, 1e-5, "loss over num_items_in_batch")
+    for k in ref_grads:
+        assert_close(grads[k], ref_grads[k], 1e-3, f"grad {k}")
+    with torch.no_grad():
+        assert model(ids).logits.shape == (2, 21, V)         # no labels: the model's own forward
+    remove_xlstm_triton(model)
+    assert "forward" not in model.__dict__
 
 
 def test_train_mode_any_length():

@@ -28,6 +28,7 @@ step's launches and host time; with autograd it is the same composition of PyTor
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -35,9 +36,11 @@ from torch import nn
 
 from ..checks import check_chunk_size
 from ..layers import mlstm_recurrence
+from ..models.lm_loss import IGNORE_INDEX, check_labels, next_token_loss
 from ..models.xlstm_large import mLSTMLargeBlock, xLSTMLargeConfig
 
-__all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend", "FusedBlockForward"]
+__all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend", "FusedBlockForward",
+           "FusedLossForward"]
 
 _MODES = ("train", "train_with_padding", "inference")
 
@@ -126,6 +129,13 @@ class TritonMLSTMBackend(nn.Module):
                 f"chunk_size={self.chunk_size}")
 
 
+def _is_causal_lm(model) -> bool:
+    """A transformers xLSTMForCausalLM: an LM head over a backbone, with transformers' config."""
+    return (getattr(getattr(model, "config", None), "model_type", None) == "xlstm"
+            and hasattr(model, "lm_head") and hasattr(model, "backbone")
+            and hasattr(sys.modules[type(model).__module__], "xLSTMCausalLMOutput"))
+
+
 def _xlstm_layers(model):
     return [mod for _, mod in model.named_modules()
             if isinstance(getattr(mod, "mlstm_backend", None), nn.Module)]
@@ -151,6 +161,37 @@ class FusedBlockForward:
                   and all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in state))
         x, new = self.block(x, state, return_state=True, update_state=update)
         return x, tuple(new)
+
+
+class FusedLossForward:
+    """Stands in for an xLSTMForCausalLM's `forward`. With `labels`, the loss comes from the fused
+    linear + soft cap + cross-entropy (`xlstm_triton.models.lm_loss`) straight from the last
+    hidden states: the float32 logits of the batch are never built, and the output's `logits`
+    is None. The loss is transformers' (labels shifted inside, -100 not counted, the mean over
+    counted tokens, or their sum over `num_items_in_batch` when that is given). Without labels
+    it is the model's own forward."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.output_class = getattr(sys.modules[type(model).__module__], "xLSTMCausalLMOutput")
+
+    def __call__(self, input_ids=None, inputs_embeds=None, cache_params=None, labels=None, use_cache=None,
+                 **kwargs):
+        model = self.model
+        if labels is None:
+            return type(model).forward(model, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                                       cache_params=cache_params, use_cache=use_cache, **kwargs)
+        num_items = kwargs.pop("num_items_in_batch", None)
+        check_labels(labels, input_ids if input_ids is not None else labels, model.config.vocab_size,
+                     check_range=False)
+        out = model.backbone(input_ids, cache_params=cache_params, inputs_embeds=inputs_embeds,
+                             use_cache=use_cache, **kwargs)
+        head = model.lm_head.weight
+        loss = next_token_loss(out[0].to(head.dtype), head, labels, model.config.output_logit_soft_cap)
+        if num_items is not None:
+            loss = loss * (labels[:, 1:] != IGNORE_INDEX).sum() / num_items
+        return self.output_class(loss=loss, logits=None, cache_params=out.cache_params,
+                                 hidden_states=out.hidden_states)
 
 
 def _bind_block(hf_block: nn.Module, config: xLSTMLargeConfig) -> mLSTMLargeBlock:
@@ -184,7 +225,8 @@ def _check_model(model, fn):
     return layers
 
 
-def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_blocks: bool = True) -> nn.Module:
+def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_blocks: bool = True,
+                     fused_loss: bool = True) -> nn.Module:
     """Make a loaded transformers xLSTM model (xLSTMForCausalLM or xLSTMModel; also the
     `xlstm` package's xLSTMLarge) run on xlstm-triton's kernels, in place.
 
@@ -192,8 +234,9 @@ def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_bl
     `fuse_blocks` (needs the model's `config`, a transformers xLSTMConfig), every block's
     forward with a `FusedBlockForward` (module docstring). Weights, device, dtype, cache and
     `generate()` are untouched. chunk_size: the chunk of `mlstm_chunkwise` (None: picked per
-    sequence length; a power of two >= 16). Calling it again updates chunk_size and
-    fuse_blocks. Returns `model`.
+    sequence length; a power of two >= 16). With `fused_loss` an xLSTMForCausalLM's forward
+    computes the loss of `labels` without logits (`FusedLossForward`). Calling it again
+    updates chunk_size, fuse_blocks and fused_loss. Returns `model`.
     """
     layers = _check_model(model, "use_xlstm_triton")
     check_chunk_size(chunk_size)
@@ -215,6 +258,10 @@ def use_xlstm_triton(model: nn.Module, chunk_size: Optional[int] = None, fuse_bl
             del block.__dict__["forward"]
     for block, ours in blocks:
         block.forward = FusedBlockForward(ours)
+    if isinstance(model.__dict__.get("forward"), FusedLossForward):
+        del model.__dict__["forward"]
+    if fused_loss and _is_causal_lm(model):
+        model.forward = FusedLossForward(model)
     return model
 
 
@@ -228,4 +275,6 @@ def remove_xlstm_triton(model: nn.Module) -> nn.Module:
     for block in _xlstm_blocks(model):
         if isinstance(block.__dict__.get("forward"), FusedBlockForward):
             del block.__dict__["forward"]
+    if isinstance(model.__dict__.get("forward"), FusedLossForward):
+        del model.__dict__["forward"]
     return model

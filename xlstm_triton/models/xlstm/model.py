@@ -16,6 +16,7 @@ from torch import nn
 
 from ...generation import check_token_ids, copy_state_, generate_tokens, sample_tokens
 from ...modules import small_init_
+from ..lm_loss import check_labels, next_token_loss
 from .blocks import StackState, WeightDecayGroupsMixin, xLSTMBlockStack
 from .config import xLSTMLMModelConfig
 
@@ -66,16 +67,23 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         """The empty recurrent state (what `state=None` means) as tensors, e.g. static buffers."""
         return self.xlstm_block_stack.zero_state(batch_size, device, dtype)
 
-    def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False):
-        return self._forward(idx, state, return_state, "idx", self.check_token_range)
+    def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False,
+                labels: Optional[torch.Tensor] = None):
+        """idx (B, S) token ids; state: a stack state or None. Returns logits (B, S, V) and, with
+        `return_state`, the new state. With `labels` (B, S) (see `models.lm_loss`: shifted inside,
+        -100 not counted) it returns the mean next-token loss instead of the logits, computed
+        without materializing them."""
+        return self._forward(idx, state, return_state, "idx", self.check_token_range, labels)
 
-    def _forward(self, idx, state, return_state: bool, name: str, check_range: bool):
+    def _forward(self, idx, state, return_state: bool, name: str, check_range: bool, labels=None):
         check_token_ids(idx, name, self.config.vocab_size, self.token_embedding.weight.device, check_range)
+        if labels is not None:
+            check_labels(labels, idx, self.config.vocab_size, check_range)
         x = self.emb_dropout(self.token_embedding(idx))
         out = self.xlstm_block_stack(x, state, return_state=return_state)
         x, new_state = out if return_state else (out, None)
-        logits = self.lm_head(x)
-        return (logits, new_state) if return_state else logits
+        out = self.lm_head(x) if labels is None else next_token_loss(x, self.lm_head.weight, labels)
+        return (out, new_state) if return_state else out
 
     def step(self, idx: torch.Tensor, state: Optional[StackState] = None, **kwargs):
         """One call with state in and out: (logits, new_state). Any length; length 1 decodes."""

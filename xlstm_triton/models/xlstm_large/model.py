@@ -27,6 +27,7 @@ from torch import nn
 from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
+from ..lm_loss import check_labels, next_token_loss
 from .checkpoint import read_checkpoint, transformers_weights
 from .config import xLSTMLargeConfig
 
@@ -197,7 +198,7 @@ class xLSTMLarge(nn.Module):
         return soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
 
     def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
-                update_state: bool = False):
+                update_state: bool = False, labels: Optional[torch.Tensor] = None):
         """input_ids (B, S) int64 / int32 on the model's device (B may be 0; see the class
         docstring for the checks); state: None (zeros), a sequence (tuple or list) of num_blocks
         (c, n, m) or a dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
@@ -205,16 +206,25 @@ class xLSTMLarge(nn.Module):
         writes the new state into the given one instead of new tensors (contiguous tensors, no
         autograd): a decoding loop with static buffers, such as a CUDA graph of one step,
         needs no copies (`state = model.zero_state(B)`; `logits = model(tok, state,
-        update_state=True)`)."""
-        return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range)
+        update_state=True)`). With `labels` (B, S) (see `models.lm_loss`: shifted inside, -100
+        not counted) it returns the mean next-token loss of the soft-capped logits instead of the
+        logits, computed without materializing them (training)."""
+        return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range,
+                             labels)
 
-    def _forward(self, input_ids, state, return_state: bool, update_state: bool, name: str, check_range: bool):
+    def _forward(self, input_ids, state, return_state: bool, update_state: bool, name: str, check_range: bool,
+                 labels=None):
         check_token_ids(input_ids, name, self.config.vocab_size, self.embedding.weight.device, check_range)
+        if labels is not None:
+            check_labels(labels, input_ids, self.config.vocab_size, check_range)
         x = self.embedding(input_ids)
         out = self.backbone(x, state, return_state=return_state, update_state=update_state)
         x, new = out if return_state else (out, None)
-        logits = self._logits(x)
-        return (logits, new) if return_state else logits
+        if labels is None:
+            out = self._logits(x)
+        else:
+            out = next_token_loss(x, self.lm_head.weight, labels, self.config.output_logit_soft_cap)
+        return (out, new) if return_state else out
 
     def decode_step(self, tokens: torch.Tensor, state: StateLike, temperature: float = 1.0,
                     top_k: Optional[int] = None, generator: Optional[torch.Generator] = None):

@@ -1,0 +1,48 @@
+"""The training loss of the language models: `model(input_ids, labels=labels)`.
+
+As in Hugging Face causal LMs, `labels` (B, S) is aligned with `input_ids` (usually a copy of
+them) and the model shifts it: the output at position t is scored against labels[:, t + 1], the
+last position against nothing, and labels equal to -100 are not counted. The loss is the mean
+cross-entropy over the counted positions, computed by `modules.linear_cross_entropy` straight
+from the last hidden states and the LM head's weight, so the logits of the batch are never
+materialized.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..generation import check_token_ids
+from ..modules import linear_cross_entropy
+
+__all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss"]
+
+IGNORE_INDEX = -100
+
+
+def check_labels(labels, input_ids: torch.Tensor, vocab_size: int, check_range: bool) -> None:
+    """labels: int64 / int32 of input_ids' shape and device, each in [0, vocab_size) or -100.
+    The range check syncs on a GPU, so it runs there only with `check_range` (as for the ids)."""
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(input_ids.shape):
+        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} (input_ids' shape), got {got}")
+    # The ids' checks (dtype, device); the range is checked below with -100 allowed.
+    check_token_ids(labels, "labels", None, input_ids.device, check_range=False)
+    if not (check_range or labels.device.type == "cpu") or torch.compiler.is_compiling() or (
+            labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = ((labels < 0) | (labels >= vocab_size)) & (labels != IGNORE_INDEX)
+    if bad.any():
+        raise ValueError(f"labels: label {int(labels[bad][0])} is out of range for the vocabulary size "
+                         f"{vocab_size} (expected 0 <= label < {vocab_size}, or {IGNORE_INDEX} to skip)")
+
+
+def next_token_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                    soft_cap: Optional[float] = None) -> torch.Tensor:
+    """Mean cross-entropy of labels[:, t + 1] under the logits soft_cap(hidden[:, t] @ head_weight^T).
+    hidden (B, S, E), head_weight (V, E), labels (B, S). Returns a float32 scalar."""
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return linear_cross_entropy(hidden, head_weight, shifted, soft_cap=soft_cap, ignore_index=IGNORE_INDEX)
