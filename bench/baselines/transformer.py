@@ -3,7 +3,7 @@
 
     x = embedding(idx)
     per layer:  x = x + attention(LN(x));  x = x + mlp(LN(x))
-    logits = lm_head(LN(x))
+    logits = lm_head(LN(x))      (or, with labels, the loss of xlstm_triton's fused linear + cross-entropy)
 
 Attention: one fused q/k/v projection, rotary position embedding (RoPE) on q and k, causal
 `F.scaled_dot_product_attention` (the SDPA backend is whatever the caller's `sdpa_kernel`
@@ -141,11 +141,16 @@ class TransformerLM(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.embedding_dim, bias=False)
         self.lm_head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, S) -> logits (B, S, vocab)."""
+    def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, S) -> logits (B, S, vocab); with labels (B, S) the mean next-token loss, by the
+        same fused linear + cross-entropy as the xLSTM models (labels shifted inside, -100 skipped)."""
         x = self.embedding(idx)
         cos, sin = rope_tables(torch.arange(idx.shape[1], device=idx.device), self.cfg.head_dim,
                                self.cfg.rope_base, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.final_norm(x))
+        x = self.final_norm(x)
+        if labels is None:
+            return self.lm_head(x)
+        from xlstm_triton.models.lm_loss import next_token_loss
+        return next_token_loss(x, self.lm_head.weight, labels)

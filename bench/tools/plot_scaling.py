@@ -207,14 +207,18 @@ def _count(n):
 def plot_model(rows, stem, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = latest(rows, ["provider", "ctx", "B", "E", "blocks", "mode"])
+    rows = latest(rows, ["provider", "ctx", "B", "E", "blocks", "mode", "size"])
+    rows = [r for r in rows if r.get("size") != "large"]          # the one larger point: a table, not a curve
+
+    def key(r):     # one curve per provider and mode ("train": the single mode of older rows)
+        return r["provider"] if r.get("mode") in (None, "", "train", "eager") else f"{r['provider']} ({r['mode']})"
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    providers = sorted({r["provider"] for r in rows}, key=lambda p: (p.startswith("transformer"), p))
+    providers = sorted({key(r) for r in rows}, key=lambda p: (p.startswith("transformer"), p))
     curves = {}
     for ax, col, scale, label in ((axes[0], "tokens_per_s", 1e-3, "training throughput, 1000 tokens/s"),
                                   (axes[1], "peak_mib", 1 / 1024, "peak memory of a step, GiB")):
         for j, p in enumerate(providers):
-            pr = [r for r in rows if r["provider"] == p]
+            pr = [r for r in rows if key(r) == p]
             s = _series(pr, "ctx", col, scale)
             if not s:
                 continue

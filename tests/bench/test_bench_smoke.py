@@ -99,7 +99,7 @@ def test_decode_quick_rows_and_floors():
 
 def test_model_quick_rows_and_matching_size():
     case = suite_model.cases(quick=True)[0]
-    names = ["xlstm_triton", "transformer"]
+    names = ["xlstm_triton", "xlstm_triton.mlstm_only", "xlstm_large", "transformer"]
     try:
         import mlstm_kernels  # noqa: F401
         import xlstm  # noqa: F401
@@ -107,14 +107,18 @@ def test_model_quick_rows_and_matching_size():
     except ImportError:
         pass
     rows = _run(suite_model, names, [case])
+    compiled = [r for r in rows if r["mode"] == "compiled"]
+    assert compiled and all(r["status"] == "unavailable" for r in compiled)    # GPU only
+    rows = [r for r in rows if r["mode"] == "eager"]
     got = {name: _ok(rows, name)[0]["columns"] for name in names}
     xlstm_params = got["xlstm_triton"]["params"]
     assert xlstm_params == suite_model.xlstm_parameter_count(case)
     assert abs(got["transformer"]["params"] - xlstm_params) / xlstm_params < 0.1
     if "xlstm" in got:       # same config in the xlstm package: the same parameter count
         assert got["xlstm"]["params"] == xlstm_params
+    assert got["xlstm_triton.mlstm_only"]["params"] < xlstm_params     # no sLSTM blocks or FFN
     for cols in got.values():
-        assert cols["tokens_per_s"] > 0 and cols["arch"]
+        assert cols["tokens_per_s"] > 0 and cols["arch"] and cols["tflops"] > 0 and cols["mfu"] is None
 
 
 def test_matching_transformer_at_full_size():
