@@ -67,3 +67,11 @@ def check_embedding_dim(config) -> int:
                          f"an xLSTMBlockStackConfig the stack sets it)")
     return E
 
+
+def check_features(name: str, t, doc: str) -> int:
+    """A float tensor of shape (..., F) with at least one dim; returns F. `doc` spells the shape."""
+    check_tensor(name, t, doc=doc)
+    if t.dim() < 1:
+        raise ValueError(f"{name}: expected shape {doc}, got {tuple(t.shape)}")
+    return t.shape[-1]
+

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_embedding_dim, check_layer_input, check_tensor
-from ..modules import CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_, small_init_, wang_init_
+from ..modules import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
+                       linear_headwise_many, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_step
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
@@ -194,7 +195,8 @@ class mLSTMLayer(nn.Module):
         else:
             x_c = self.conv1d(x_m, conv_state)
         x_c = F.silu(x_c)
-        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        q, k = linear_headwise_many(x_c, (self.q_proj, self.k_proj))      # one read of x_c
+        v = self.v_proj(x_m)
         cell_state = None if state is None else tuple(state[:3])
         out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state)
         h, cnm = out if return_state else (out, None)

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from ..checks import check_tensor
+from ..checks import check_features, check_tensor
 from ..utils import use_kernels
 from .activations import soft_cap as apply_soft_cap
 
@@ -176,10 +176,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     `default_chunk_rows`). Returns a float32 scalar (float64 for float64 inputs); NaN when no
     token is counted, as `F.cross_entropy` gives. Gradients flow to hidden and weight.
     """
-    check_tensor("hidden", hidden, ndim=None, doc="(..., E)")
-    if hidden.dim() < 1:
-        raise ValueError(f"hidden: expected shape (..., E), got {tuple(hidden.shape)}")
-    E = hidden.shape[-1]
+    E = check_features("hidden", hidden, "(..., E)")
     check_tensor("weight", weight, ndim=2, doc="(V, E)", dtypes=(hidden.dtype,), device=hidden.device,
                  device_of="hidden")
     if weight.shape[1] != E or weight.shape[0] < 1:

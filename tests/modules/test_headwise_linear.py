@@ -1,0 +1,81 @@
+"""The tiny-block block-diagonal projection against its einsum in float64: outputs, d x,
+d weight, d bias; several outputs from one input; odd row counts; the fallbacks."""
+
+import pytest
+import torch
+
+from tests.helpers import TOL, assert_close, weighted_sum_loss
+from xlstm_triton.modules import LinearHeadwise
+from xlstm_triton.modules.headwise_linear import headwise_linear, headwise_linear_torch
+
+
+def reference(x, weight, bias, upstream):
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    out = headwise_linear_torch(leaves[0].reshape(-1, x.shape[-1]), leaves[1], leaves[2])
+    (out * upstream.double()).sum().backward()
+    return out.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("M, BS, F, N, bias", [(2, 4, 48, 37, False), (1, 4, 200, 5, True), (3, 2, 18, 70, True),
+                                              (1, 8, 16, 1, False)])
+def test_matches_float64_einsum(M, BS, F, N, bias, device, poison):
+    x = torch.randn(N, F, device=device, requires_grad=True)
+    weight = torch.randn(M, F // BS, BS, BS, device=device, requires_grad=True)
+    b = torch.randn(M, F, device=device, requires_grad=True) if bias else None
+    out = headwise_linear(x, weight, b)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    ref, (dx, dw, db) = reference(x, weight, b, upstream)
+    fwd, bwd = TOL[torch.float32]
+    assert out.shape == (M, N, F)
+    assert_close(out, ref.reshape(out.shape), fwd, "out")
+    assert_close(x.grad, dx, bwd, "d x")
+    assert_close(weight.grad, dw, bwd, "d weight")
+    if bias:
+        assert_close(b.grad, db, bwd, "d bias")
+
+
+def test_strided_input_and_leading_dims(device):
+    base = torch.randn(3, 7, 40, device=device)
+    x = base[..., :32]                                  # rows strided by 40
+    weight = torch.randn(2, 8, 4, 4, device=device)
+    out = headwise_linear(x, weight)
+    ref, _ = reference(x, weight, None, torch.zeros(2, 21, 32, device=device))
+    assert out.shape == (2, 3, 7, 32)
+    assert_close(out, ref.reshape(out.shape), 2e-3, "out")
+
+
+def test_float64_and_big_blocks_take_the_einsum():
+    x = torch.randn(6, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b: headwise_linear(a, b), (x, w))
+    big = torch.randn(1, 1, 16, 16)
+    assert_close(headwise_linear(x.detach().float(), big), headwise_linear_torch(x.detach().float(), big), 1e-6)
+
+
+def test_linear_headwise_module_uses_it_and_matches(device):
+    torch.manual_seed(0)
+    layer = LinearHeadwise(64, 16, bias=True).to(device)      # blocks of 4
+    x = torch.randn(2, 9, 64, device=device, requires_grad=True)
+    y = layer(x)
+    loss = weighted_sum_loss([y], torch.Generator().manual_seed(1))
+    loss.backward()
+    w = layer.weight.detach().double().requires_grad_()
+    b = layer.bias.detach().double().requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    ref = torch.einsum("...hd,hod->...ho", xr.view(2, 9, 16, 4), w).reshape(2, 9, 64) + b
+    weighted_sum_loss([ref], torch.Generator().manual_seed(1)).backward()
+    assert_close(y, ref, 2e-3, "y")
+    assert_close(x.grad, xr.grad, 5e-3, "d x")
+    assert_close(layer.weight.grad, w.grad, 5e-3, "d weight")
+    assert_close(layer.bias.grad, b.grad, 5e-3, "d bias")
+
+
+def test_errors(device):
+    x = torch.randn(4, 16, device=device)
+    with pytest.raises(ValueError, match=r"weight: expected shape \(M, F / BS, BS, BS\) with F = 16"):
+        headwise_linear(x, torch.randn(1, 3, 4, 4, device=device))
+    with pytest.raises(TypeError, match=r"weight: expected dtype in \(float32\)"):
+        headwise_linear(x, torch.randn(1, 4, 4, 4, device=device, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"bias: expected shape \(1, 16\) = \(M, F\)"):
+        headwise_linear(x, torch.randn(1, 4, 4, 4, device=device), torch.randn(16, device=device))

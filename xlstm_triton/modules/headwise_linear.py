@@ -1,0 +1,202 @@
+"""Block-diagonal projections with tiny blocks (the paper mLSTM layer's q, k, v: blocks of 4).
+
+    out[m, n, b*BS + o] = sum_i x[n, b*BS + i] * weight[m, b, o, i] + bias[m, b*BS + o]
+    x (N, F), weight (M, F/BS, BS, BS), bias (M, F) or None -> out (M, N, F)
+
+With blocks of 4 the PyTorch spelling (an einsum) runs as a batched matmul of F/4 products of
+(N, 4) x (4, 4) plus transposes and copies on both sides: a memory-bound operation done at a
+small fraction of the memory rate. Here one kernel reads a tile of x once and writes all M
+outputs (q and k share their input), multiplying within registers; the backward is one kernel
+for d x (reading every d out once) and one for d weight (per-program partial sums over row
+ranges, added up by PyTorch), and d bias is a column sum.
+
+`headwise_linear` is a custom op (`xlstm_triton::headwise_linear`); on CPU without
+TRITON_INTERPRET=1, for float64 or for blocks larger than MAX_BLOCK it runs
+`headwise_linear_torch`, the einsum, which is also the tests' reference.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..checks import check_features, check_tensor
+from ..utils import new_empty, use_kernels
+
+__all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]
+
+MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
+
+
+@triton.jit
+def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
+                        M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
+                        HAS_BIAS: tl.constexpr):
+    pid_r, pid_f = tl.program_id(0), tl.program_id(1)
+    NBT: tl.constexpr = BF // BS
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_f * BF + tl.arange(0, BF)
+    mask = (rows < N)[:, None] & (cols < F)[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x4 = tl.reshape(x, (BR, NBT, 1, BS))
+    blocks = pid_f * NBT + tl.arange(0, NBT)
+    o = tl.arange(0, BS)
+    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
+    w_mask = (blocks < F // BS)[:, None, None]
+    for m in tl.static_range(M):
+        w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
+        y = tl.reshape(tl.sum(x4 * w[None, :, :, :], axis=3), (BR, BF))
+        if HAS_BIAS:
+            y += tl.load(b_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
+                 y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
+                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
+    """dx[n, b*BS + i] = sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i]."""
+    pid_r, pid_f = tl.program_id(0), tl.program_id(1)
+    NBT: tl.constexpr = BF // BS
+    rows = pid_r * BR + tl.arange(0, BR)
+    cols = pid_f * BF + tl.arange(0, BF)
+    mask = (rows < N)[:, None] & (cols < F)[None, :]
+    blocks = pid_f * NBT + tl.arange(0, NBT)
+    o = tl.arange(0, BS)
+    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
+    w_mask = (blocks < F // BS)[:, None, None]
+    dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
+    for m in tl.static_range(M):
+        d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
+        dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
+    tl.store(dx_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :],
+             tl.reshape(dx, (BR, BF)).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_program,
+                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
+    """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]."""
+    pid_p, pid_f = tl.program_id(0), tl.program_id(1)
+    NBT: tl.constexpr = BF // BS
+    cols = pid_f * BF + tl.arange(0, BF)
+    blocks = pid_f * NBT + tl.arange(0, NBT)
+    o = tl.arange(0, BS)
+    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
+    w_mask = (blocks < F // BS)[:, None, None]
+    first = pid_p * rows_per_program
+    for m in tl.static_range(M):
+        acc = tl.zeros((NBT, BS, BS), dtype=tl.float32)
+        for start in range(first, first + rows_per_program, BR):
+            rows = start + tl.arange(0, BR)
+            mask = (rows < N)[:, None] & (cols < F)[None, :]
+            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            acc += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * tl.reshape(x, (BR, NBT, 1, BS)), axis=0)
+        tl.store(partial_ptr + (pid_p * M + m).to(tl.int64) * F * BS + w_offs, acc, mask=w_mask)
+
+
+def _tiles(F: int, BS: int) -> tuple[int, int]:
+    BF = min(64, triton.next_power_of_2(F))
+    BF = max(BF, BS)
+    return 32, BF
+
+
+def _fwd(x, weight, bias):
+    N, F = x.shape
+    M, BS = weight.shape[0], weight.shape[-1]
+    out = new_empty((M, N, F), x.dtype, x.device)
+    BR, BF = _tiles(F, BS)
+    grid = (triton.cdiv(N, BR), triton.cdiv(F, BF))
+    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, N, F, x.stride(0),
+                              M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, num_warps=4)
+    return out
+
+
+@torch.library.custom_op("xlstm_triton::headwise_linear", mutates_args=())
+def _headwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return _fwd(x, weight, bias)
+
+
+@_headwise_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty(weight.shape[0], x.shape[0], x.shape[1])
+
+
+@torch.library.custom_op("xlstm_triton::headwise_linear_bwd", mutates_args=())
+def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    N, F = x.shape
+    M, BS = weight.shape[0], weight.shape[-1]
+    dout = dout.contiguous()
+    BR, BF = _tiles(F, BS)
+    dx = new_empty((N, F), x.dtype, x.device)
+    headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, M=M, BS=BS, BR=BR,
+                                                                     BF=BF, num_warps=4)
+    programs = max(1, min(triton.cdiv(N, BR), 64))
+    rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR) * BR
+    programs = triton.cdiv(N, rows_per_program) if N else 1
+    partial = torch.zeros((programs, M, F // BS, BS, BS), dtype=torch.float32, device=x.device)
+    headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF))](x, dout, partial, N, F, x.stride(0), rows_per_program,
+                                                           M=M, BS=BS, BR=BR, BF=BF, num_warps=4)
+    return dx, partial.sum(0).to(weight.dtype)
+
+
+@_headwise_linear_bwd.register_fake
+def _(x, weight, dout):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dout):
+    x, weight = ctx.saved_tensors
+    dx, dw = _headwise_linear_bwd(x, weight, dout)
+    db = dout.sum(1).to(weight.dtype) if ctx.has_bias else None
+    return dx, dw, db
+
+
+_headwise_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def headwise_linear_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The einsum spelling: x (N, F), weight (M, F/BS, BS, BS), bias (M, F) -> (M, N, F)."""
+    M, NB, BS, _ = weight.shape
+    y = torch.einsum("nbi,mboi->mnbo", x.reshape(x.shape[0], NB, BS), weight).reshape(M, x.shape[0], NB * BS)
+    return y if bias is None else y + bias[:, None, :]
+
+
+def headwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """M block-diagonal projections of one input (module docstring).
+
+    x: (..., F) float; weight: (M, F / BS, BS, BS), square blocks, x's dtype; bias: (M, F) or
+    None. Returns (M, ..., F) in x's dtype, out[m] = x @ blockdiag(weight[m])^T + bias[m].
+    """
+    F = check_features("x", x, "(..., F)")
+    check_tensor("weight", weight, ndim=4, doc="(M, F / BS, BS, BS)", dtypes=(x.dtype,), device=x.device,
+                 device_of="x")
+    M, NB, BS, BS2 = weight.shape
+    if BS != BS2 or NB * BS != F or M < 1:
+        raise ValueError(f"weight: expected shape (M, F / BS, BS, BS) with F = {F} (x's last dim), got "
+                         f"{tuple(weight.shape)}")
+    check_tensor("bias", bias, (M, F), doc="(M, F)", dtypes=(x.dtype,), device=x.device, device_of="x",
+                 allow_none=True)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, F)
+    if BS > MAX_BLOCK or BS & (BS - 1) or not use_kernels(x2):
+        out = headwise_linear_torch(x2, weight, bias)
+    else:
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        out = _headwise_linear(x2, weight.contiguous(), None if bias is None else bias.contiguous())
+    return out.reshape(M, *lead, F)
