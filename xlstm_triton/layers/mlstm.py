@@ -191,10 +191,9 @@ class mLSTMLayer(nn.Module):
         x_m, z = self.proj_up(x).split(self.inner, dim=-1)
         conv_state = None if state is None else state.conv
         if return_state:
-            x_c, conv_state = self.conv1d(x_m, conv_state, return_state=True)
+            x_c, conv_state = self.conv1d(x_m, conv_state, return_state=True, silu=True)
         else:
-            x_c = self.conv1d(x_m, conv_state)
-        x_c = F.silu(x_c)
+            x_c = self.conv1d(x_m, conv_state, silu=True)
         q, k = linear_headwise_many(x_c, (self.q_proj, self.k_proj))      # one read of x_c
         v = self.v_proj(x_m)
         cell_state = None if state is None else tuple(state[:3])

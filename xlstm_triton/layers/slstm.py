@@ -22,7 +22,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_embedding_dim, check_layer_input, check_tensor
@@ -221,10 +220,9 @@ class sLSTMLayer(nn.Module):
         conv_state = None if state is None else state.conv
         if self.config.conv1d_kernel_size > 0:
             if return_state:
-                x_c, conv_state = self.conv1d(x, conv_state, return_state=True)
+                x_c, conv_state = self.conv1d(x, conv_state, return_state=True, silu=True)
             else:
-                x_c = self.conv1d(x, conv_state)
-            x_c = F.silu(x_c)
+                x_c = self.conv1d(x, conv_state, silu=True)
         else:
             x_c = x
             if return_state:

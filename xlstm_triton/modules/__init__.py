@@ -6,6 +6,7 @@
     ffn.py              GatedFeedForward (paper), SwiGLUFeedForward (xLSTM-7B)
     linear_cross_entropy.py  LM head + soft cap + cross-entropy without the logits (training loss)
     conv.py             CausalConv1d (with a state for decoding)
+    causal_conv1d.py    its fused kernels: conv (+ SiLU) forward and backward from a state
     linear.py           LinearHeadwise (block-diagonal, one block per head)
     headwise_linear.py  the fused kernel of tiny square blocks (q, k, v of the paper mLSTM layer)
     init.py             small_init_, wang_init_, bias_linspace_init_
@@ -14,6 +15,7 @@ Each imports only from `xlstm_triton.utils`; the layers build on them.
 """
 
 from .activations import ACTIVATIONS, silu_mul, soft_cap
+from .causal_conv1d import causal_conv1d, causal_conv1d_torch
 from .conv import CausalConv1d
 from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
 from .gated_head_norm import gated_head_norm, gated_head_norm_torch
@@ -23,8 +25,8 @@ from .linear import LinearHeadwise, linear_headwise_many
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
 
-__all__ = ["ACTIVATIONS", "silu_mul", "soft_cap", "CausalConv1d", "GatedFeedForward", "SwiGLUFeedForward",
-           "gated_activation", "gated_head_norm", "gated_head_norm_torch", "bias_linspace_init_", "small_init_",
-           "wang_init_", "LinearHeadwise", "linear_headwise_many", "headwise_linear", "headwise_linear_torch",
-           "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",
-           "MultiHeadLayerNorm", "RMSNorm"]
+__all__ = ["ACTIVATIONS", "silu_mul", "soft_cap", "causal_conv1d", "causal_conv1d_torch", "CausalConv1d",
+           "GatedFeedForward", "SwiGLUFeedForward", "gated_activation", "gated_head_norm",
+           "gated_head_norm_torch", "bias_linspace_init_", "small_init_", "wang_init_", "LinearHeadwise",
+           "linear_headwise_many", "headwise_linear", "headwise_linear_torch", "LinearCrossEntropyLoss",
+           "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]

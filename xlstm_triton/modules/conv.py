@@ -1,4 +1,5 @@
-"""`CausalConv1d`: the causal depthwise convolution of the xLSTM layers, with a state."""
+"""`CausalConv1d`: the causal depthwise convolution of the xLSTM layers, with a state (the
+kernels are in `causal_conv1d.py`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .causal_conv1d import causal_conv1d
 
 __all__ = ["CausalConv1d"]
 
@@ -50,32 +53,36 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch_size, self.state_len, self.feature_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
-                return_state: bool = False):
-        """x (B, S, F), state (B, K-1, F) or None. Returns y (B, S, F), and with
-        `return_state` also the new state (the last K-1 inputs)."""
+                return_state: bool = False, silu: bool = False):
+        """x (B, S, F), state (B, K-1, F) or None. Returns y (B, S, F) (SiLU applied with `silu`),
+        and with `return_state` also the new state (the last K-1 inputs). Sequences run the
+        fused kernel of `causal_conv1d.py` where the Triton kernels run."""
         B, S, Fd = x.shape
         K = self.kernel_size
         if state is not None and tuple(state.shape) != (B, self.state_len, Fd):
             raise ValueError(f"conv state: expected shape (B, K-1, F) = {(B, self.state_len, Fd)}, "
                              f"got {tuple(state.shape)}")
         if K == 0:
-            y = x
-            new_state = x.new_zeros(B, 0, Fd) if return_state else None
+            y = F.silu(x) if silu else x
+            return (y, x.new_zeros(B, 0, Fd)) if return_state else y
+        w = self.conv.weight[:, 0, :].to(x.dtype)                       # (F, K)
+        b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
+        state = None if state is None else state.to(x.dtype)
+        if S == 1:   # decoding: one weighted sum over the window, no conv launch
+            xs = torch.cat([state if state is not None else x.new_zeros(B, K - 1, Fd), x], dim=1)
+            y = torch.einsum("bkf,fk->bf", xs, w)[:, None]
+            if b is not None:
+                y = y + b
+            y = F.silu(y) if silu else y
         else:
-            if state is None:
-                xs = F.pad(x, (0, 0, K - 1, 0))                  # zeros before the first step
-            else:
-                xs = torch.cat([state.to(x.dtype), x], dim=1)    # (B, K-1+S, F)
-            w, b = self.conv.weight, self.conv.bias
-            if S == 1:   # decoding: one weighted sum over the window, no conv launch
-                y = torch.einsum("bkf,fk->bf", xs, w[:, 0, :].to(x.dtype))[:, None]
-                if b is not None:
-                    y = y + b.to(x.dtype)
-            else:
-                y = F.conv1d(xs.transpose(1, 2), w.to(x.dtype), None if b is None else b.to(x.dtype),
-                             groups=Fd).transpose(1, 2)
-            new_state = xs[:, xs.shape[1] - (K - 1):] if return_state else None
-        return (y, new_state) if return_state else y
+            y = causal_conv1d(x, w, b, state, silu)
+        if not return_state:
+            return y
+        if S >= K - 1:
+            new_state = x[:, S - (K - 1):]
+        else:
+            new_state = torch.cat([state if state is not None else x.new_zeros(B, K - 1, Fd), x], dim=1)[:, S:]
+        return y, new_state
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, kernel_size={self.kernel_size}"

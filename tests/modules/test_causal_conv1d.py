@@ -1,0 +1,66 @@
+"""The fused causal conv1d (+ SiLU) against F.conv1d in float64: outputs and the gradients of x,
+weight, bias and the carried state; short sequences (S < K - 1), odd sizes; the module's state."""
+
+import pytest
+import torch
+
+from tests.helpers import TOL, assert_close
+from xlstm_triton.modules import CausalConv1d
+from xlstm_triton.modules.causal_conv1d import causal_conv1d, causal_conv1d_torch
+
+
+def reference(x, weight, bias, state, silu, upstream):
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias, state)]
+    y = causal_conv1d_torch(*leaves, silu=silu)
+    (y * upstream.double()).sum().backward()
+    return y.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("B, S, F, K, bias, state", [(2, 37, 24, 4, True, True), (1, 70, 130, 4, True, False),
+                                                   (3, 2, 8, 4, False, True), (2, 19, 16, 3, True, True),
+                                                   (1, 5, 8, 1, True, False)])
+def test_matches_float64_conv1d(B, S, F, K, bias, state, silu, device, poison):
+    x = (torch.randn(B, 2 * S, F, device=device) * 2)[:, ::2].requires_grad_()      # strided over time
+    weight = torch.randn(F, K, device=device, requires_grad=True)
+    b = torch.randn(F, device=device, requires_grad=True) if bias else None
+    st = torch.randn(B, K - 1, F, device=device, requires_grad=True) if state else None
+    y = causal_conv1d(x, weight, b, st, silu=silu)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    ref, grads = reference(x, weight, b, st, silu, upstream)
+    fwd, bwd = TOL[torch.float32]
+    assert_close(y, ref, fwd, "y")
+    for name, t, g in zip(("x", "weight", "bias", "state"), (x, weight, b, st), grads):
+        if t is not None:
+            assert_close(t.grad, g, bwd, f"d {name}")
+
+
+def test_module_state_carries_across_calls(device):
+    torch.manual_seed(0)
+    conv = CausalConv1d(12, 4).to(device)
+    x = torch.randn(2, 23, 12, device=device)
+    full = conv(x, silu=True)
+    y1, s1 = conv(x[:, :2], return_state=True, silu=True)            # shorter than the window
+    y2, s2 = conv(x[:, 2:9], s1, return_state=True, silu=True)
+    y3, s3 = conv(x[:, 9:10], s2, return_state=True, silu=True)        # one decoding step
+    y4 = conv(x[:, 10:], s3, silu=True)
+    assert_close(torch.cat([y1, y2, y3, y4], dim=1), full, 1e-5, "chunked == full")
+    assert torch.equal(s3, x[:, 7:10])
+
+
+def test_errors(device):
+    x = torch.randn(2, 5, 8, device=device)
+    with pytest.raises(ValueError, match=r"weight: expected shape \(F, K\) with F = 8"):
+        causal_conv1d(x, torch.randn(4, 4, device=device))
+    with pytest.raises(ValueError, match=r"state: expected shape \(2, 3, 8\) = \(B, K - 1, F\)"):
+        causal_conv1d(x, torch.randn(8, 4, device=device), state=torch.randn(2, 4, 8, device=device))
+    with pytest.raises(TypeError, match=r"bias: expected dtype in \(float32\)"):
+        causal_conv1d(x, torch.randn(8, 4, device=device), torch.randn(8, device=device, dtype=torch.float64))
+
+
+def test_float64_gradcheck():
+    x = torch.randn(1, 6, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    st = torch.randn(1, 3, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b, c: causal_conv1d(a, b, None, c), (x, w, st))

@@ -1,0 +1,235 @@
+"""Causal depthwise convolution over time with an optional SiLU, carrying a state, fused.
+
+    pre[b, t, f] = bias[f] + sum_j weight[f, j] * x[b, t - K + 1 + j, f]   (x before t = 0: state)
+    y = silu(pre) (or pre)
+    x (B, S, F), weight (F, K), bias (F) or None, state (B, K - 1, F) or None (zeros) -> y (B, S, F)
+
+The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is a padded copy,
+cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
+Here the forward is one kernel (x read once per tap from cache, y written once), and the
+backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and per-tile
+partial sums of d weight and d bias; one gathers d x from d pre. d state (K - 1 rows) is a few
+PyTorch ops.
+
+`causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
+CPU without TRITON_INTERPRET=1 and for float64, `causal_conv1d_torch` (F.conv1d), which is also
+the tests' reference.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..checks import check_tensor
+from ..utils import new_empty, use_kernels
+
+__all__ = ["causal_conv1d", "causal_conv1d_torch"]
+
+
+@triton.jit
+def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: tl.constexpr,
+                    BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """bias + sum_j w[f, j] x[b, t - K + 1 + j, f] for a (BT, BF) tile, float32."""
+    fm = f < F
+    acc = tl.zeros((BT, BF), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + f, mask=fm, other=0.0).to(tl.float32)[None, :]
+    for j in tl.static_range(K):
+        src = t - (K - 1) + j
+        v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
+                    mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        if HAS_STATE:
+            row = src + (K - 1)
+            v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
+                         mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        acc += v * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, y_ptr, S, F, K: tl.constexpr,
+                             BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             SILU: tl.constexpr):
+    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    t = pt * BT + tl.arange(0, BT)
+    f = pf * BF + tl.arange(0, BF)
+    pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K, BT, BF, HAS_STATE, HAS_BIAS)
+    y = pre
+    if SILU:
+        y = pre / (1.0 + tl.exp(-pre))
+    tl.store(y_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(t < S)[:, None] & (f < F)[None, :])
+
+
+@triton.jit
+def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, dpre_ptr, partial_ptr, S, F,
+                                 K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+    """d pre = dy * silu'(pre); partial[tile, j, f] = sum_t d pre[t] x[t - K + 1 + j], partial[tile, K] = sum d pre."""
+    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    t = pt * BT + tl.arange(0, BT)
+    f = pf * BF + tl.arange(0, BF)
+    fm = f < F
+    mask = (t < S)[:, None] & fm[None, :]
+    dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K, BT, BF, HAS_STATE, HAS_BIAS)
+        sig = 1.0 / (1.0 + tl.exp(-pre))
+        dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+    else:
+        dpre = dy
+    dpre = tl.where(mask, dpre, 0.0)
+    tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], dpre.to(dpre_ptr.dtype.element_ty),
+             mask=mask)
+    tile = b * tl.num_programs(1) + pt
+    for j in tl.static_range(K):
+        src = t - (K - 1) + j
+        v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
+                    mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        if HAS_STATE:
+            row = src + (K - 1)
+            v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
+                         mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
+    tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
+
+
+@triton.jit
+def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
+    """dx[t] = sum_j w[f, j] d pre[t + K - 1 - j]."""
+    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    t = pt * BT + tl.arange(0, BT)
+    f = pf * BF + tl.arange(0, BF)
+    fm = f < F
+    acc = tl.zeros((BT, BF), dtype=tl.float32)
+    for j in tl.static_range(K):
+        dst = t + (K - 1) - j
+        d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
+                    mask=(dst < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
+    tl.store(dx_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=(t < S)[:, None] & fm[None, :])
+
+
+def _tiles(S: int, F: int) -> tuple[int, int]:
+    return min(64, max(16, triton.next_power_of_2(S))), min(128, max(16, triton.next_power_of_2(F)))
+
+
+@torch.library.custom_op("xlstm_triton::causal_conv1d", mutates_args=())
+def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    B, S, F = x.shape
+    K = weight.shape[1]
+    y = new_empty((B, S, F), x.dtype, x.device)
+    BT, BF = _tiles(S, F)
+    causal_conv1d_fwd_kernel[(B, triton.cdiv(S, BT), triton.cdiv(F, BF))](
+        x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
+        y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu, num_warps=4)
+    return y
+
+
+@_causal_conv1d.register_fake
+def _(x, weight, bias, state, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("xlstm_triton::causal_conv1d_bwd", mutates_args=())
+def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, S, F = x.shape
+    K = weight.shape[1]
+    dy = dy.contiguous()
+    BT, BF = _tiles(S, F)
+    grid = (B, triton.cdiv(S, BT), triton.cdiv(F, BF))
+    dpre = new_empty((B, S, F), x.dtype, x.device)
+    partial = torch.zeros((B * grid[1], K + 1, F), dtype=torch.float32, device=x.device)
+    causal_conv1d_bwd_pre_kernel[grid](
+        x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
+        dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None,
+        SILU=silu, num_warps=4)
+    dx = new_empty((B, S, F), x.dtype, x.device)
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, dx, S, F, K=K, BT=BT, BF=BF, num_warps=4)
+    sums = partial.sum(0)                                         # (K + 1, F)
+    dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
+    db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
+    dstate = _state_grad(dpre, weight, K) if state is not None else x.new_empty(0)
+    return dx, dw, db, dstate
+
+
+def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int) -> torch.Tensor:
+    """d state[i] = sum_{j <= i} weight[:, j] d pre[i - j] (state row i is step i - K + 1)."""
+    B, S, F = dpre.shape
+    rows = []
+    for i in range(K - 1):
+        acc = dpre.new_zeros(B, F, dtype=torch.float32)
+        for j in range(i + 1):
+            if i - j < S:
+                acc = acc + dpre[:, i - j].float() * weight[:, j].float()
+        rows.append(acc)
+    return torch.stack(rows, dim=1).to(dpre.dtype)
+
+
+@_causal_conv1d_bwd.register_fake
+def _(x, weight, bias, state, dy, silu):
+    B, S, F = x.shape
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            weight.new_empty(F if bias is not None else 0),
+            x.new_empty(state.shape if state is not None else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, state, silu = inputs
+    ctx.save_for_backward(x, weight, bias, state)
+    ctx.silu = silu
+
+
+def _backward(ctx, dy):
+    x, weight, bias, state = ctx.saved_tensors
+    dx, dw, db, dstate = _causal_conv1d_bwd(x, weight, bias, state, dy, ctx.silu)
+    return dx, dw, db if bias is not None else None, dstate if state is not None else None, None
+
+
+_causal_conv1d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                        state: Optional[torch.Tensor] = None, silu: bool = True) -> torch.Tensor:
+    """The PyTorch spelling: the state (or zeros) before x, a grouped conv1d, SiLU."""
+    B, S, Fd = x.shape
+    K = weight.shape[1]
+    xs = F.pad(x, (0, 0, K - 1, 0)) if state is None else torch.cat([state.to(x.dtype), x], dim=1)
+    y = F.conv1d(xs.transpose(1, 2), weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype),
+                 groups=Fd).transpose(1, 2)
+    return F.silu(y) if silu else y
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  state: Optional[torch.Tensor] = None, silu: bool = True) -> torch.Tensor:
+    """Causal depthwise conv1d over time (+ SiLU) from a state (module docstring).
+
+    x: (B, S, F), last dim contiguous; weight: (F, K), K >= 1; bias: (F,) or None; state:
+    (B, K - 1, F) or None (zeros), the K - 1 inputs before x, oldest first. weight, bias and
+    state in x's dtype and on its device. Returns (B, S, F) in x's dtype.
+    """
+    check_tensor("x", x, ndim=3, doc="(B, S, F)")
+    B, S, Fd = x.shape
+    check_tensor("weight", weight, ndim=2, doc="(F, K)", dtypes=(x.dtype,), device=x.device, device_of="x")
+    if weight.shape[0] != Fd or weight.shape[1] < 1:
+        raise ValueError(f"weight: expected shape (F, K) with F = {Fd} and K >= 1, got {tuple(weight.shape)}")
+    K = weight.shape[1]
+    check_tensor("bias", bias, (Fd,), doc="(F,)", dtypes=(x.dtype,), device=x.device, device_of="x",
+                 allow_none=True)
+    check_tensor("state", state, (B, K - 1, Fd), doc="(B, K - 1, F)", dtypes=(x.dtype,), device=x.device,
+                 device_of="x", allow_none=True)
+    if not use_kernels(x) or K == 1 and state is not None:
+        return causal_conv1d_torch(x, weight, bias, state, silu)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return _causal_conv1d(x, weight.contiguous(), None if bias is None else bias.contiguous(),
+                          None if state is None or K == 1 else state.contiguous(), bool(silu))
