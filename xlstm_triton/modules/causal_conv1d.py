@@ -32,6 +32,21 @@ __all__ = ["causal_conv1d", "causal_conv1d_torch"]
 
 
 @triton.jit
+def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j: tl.constexpr, K: tl.constexpr, HAS_STATE: tl.constexpr):
+    """The input under tap j for the (BT, BF) tile: x[b, t - K + 1 + j, f], from the state before
+    t = 0 (zeros without one), float32."""
+    src = t - (K - 1) + j
+    fm = f < F
+    v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
+                mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+    if HAS_STATE:
+        row = src + (K - 1)
+        v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
+                     mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
 def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: tl.constexpr,
                     BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """bias + sum_j w[f, j] x[b, t - K + 1 + j, f] for a (BT, BF) tile, float32."""
@@ -40,13 +55,7 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: t
     if HAS_BIAS:
         acc += tl.load(b_ptr + f, mask=fm, other=0.0).to(tl.float32)[None, :]
     for j in tl.static_range(K):
-        src = t - (K - 1) + j
-        v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
-                    mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
-        if HAS_STATE:
-            row = src + (K - 1)
-            v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
-                         mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j, K, HAS_STATE)
         acc += v * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
     return acc
 
@@ -88,13 +97,7 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr
              mask=mask)
     tile = b * tl.num_programs(1) + pt
     for j in tl.static_range(K):
-        src = t - (K - 1) + j
-        v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
-                    mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
-        if HAS_STATE:
-            row = src + (K - 1)
-            v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
-                         mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j, K, HAS_STATE)
         tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
     tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
 
