@@ -95,6 +95,17 @@ class mLSTMCell(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
 
+    def gates(self, q, k, v):
+        """igate(cat(q, k, v)), fgate(cat(q, k, v)) without building the concatenation: the
+        stacked gate weights times each of q, k, v, summed. Returns i, f (B, S, NH)."""
+        E, NH = self.embedding_dim, self.num_heads
+        weight = torch.cat([self.igate.weight, self.fgate.weight])      # (2 NH, 3 E), a small copy
+        bias = torch.cat([self.igate.bias, self.fgate.bias])
+        out = bias
+        for j, t in enumerate((q, k, v)):                                # (N, 2 NH) outputs: small
+            out = torch.addmm(out, t.reshape(-1, E), weight[:, j * E:(j + 1) * E].t())
+        return out.view(*q.shape[:-1], 2 * NH).split(NH, dim=-1)
+
     def zero_state(self, batch_size: int, device=None) -> mLSTMState:
         device = device if device is not None else self.igate.weight.device
         return zero_mlstm_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
@@ -102,8 +113,7 @@ class mLSTMCell(nn.Module):
     def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False):
         """q, k, v (B, S, inner); state (c, n, m) or None. Returns h (B, S, inner) and, with
         `return_state`, the new mLSTMState."""
-        gate_in = torch.cat([q, k, v], dim=-1)
-        i, f = self.igate(gate_in), self.fgate(gate_in)                  # (B, S, NH)
+        i, f = self.gates(q, k, v)                                        # (B, S, NH) each
         NH = self.num_heads
         q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))   # (B, NH, S, DH) views
         out = mlstm_recurrence(q, k, v, i.transpose(1, 2), f.transpose(1, 2), state, return_state=return_state)

@@ -1,6 +1,7 @@
 """Building blocks shared by every model: norms, convolution, projections, activations, FFNs.
 
     norms.py            LayerNorm, MultiHeadLayerNorm, RMSNorm
+    add_norm.py         residual add + RMSNorm / LayerNorm, one kernel each way (with backward)
     gated_head_norm.py  per-head norm * sigmoid(gate), one inference kernel (+ its reference)
     activations.py      the FFN activations, soft_cap, silu_mul (one inference kernel)
     ffn.py              GatedFeedForward (paper), SwiGLUFeedForward (xLSTM-7B)
@@ -14,6 +15,7 @@
 Each imports only from `xlstm_triton.utils`; the layers build on them.
 """
 
+from .add_norm import add_norm, add_norm_torch
 from .activations import ACTIVATIONS, silu_mul, soft_cap
 from .causal_conv1d import causal_conv1d, causal_conv1d_torch
 from .conv import CausalConv1d
@@ -25,8 +27,9 @@ from .linear import LinearHeadwise, linear_headwise_many
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
 
-__all__ = ["ACTIVATIONS", "silu_mul", "soft_cap", "causal_conv1d", "causal_conv1d_torch", "CausalConv1d",
-           "GatedFeedForward", "SwiGLUFeedForward", "gated_activation", "gated_head_norm",
-           "gated_head_norm_torch", "bias_linspace_init_", "small_init_", "wang_init_", "LinearHeadwise",
-           "linear_headwise_many", "headwise_linear", "headwise_linear_torch", "LinearCrossEntropyLoss",
-           "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]
+__all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "soft_cap", "causal_conv1d",
+           "causal_conv1d_torch", "CausalConv1d", "GatedFeedForward", "SwiGLUFeedForward", "gated_activation",
+           "gated_head_norm", "gated_head_norm_torch", "bias_linspace_init_", "small_init_", "wang_init_",
+           "LinearHeadwise", "linear_headwise_many", "headwise_linear", "headwise_linear_torch",
+           "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",
+           "MultiHeadLayerNorm", "RMSNorm"]

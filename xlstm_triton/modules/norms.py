@@ -7,8 +7,9 @@
 - `RMSNorm`: x / rms(x) * weight (+ bias) (the xLSTM-7B block norms); without autograd on a GPU
   it is one fused PyTorch kernel.
 
-The fused inference kernel of the 7B per-head norm with its output gate is
-`xlstm_triton.modules.gated_head_norm`.
+`add_forward(x, residual)` of LayerNorm and RMSNorm adds a residual branch and normalizes in
+one kernel each way (`add_norm.py`); the blocks use it between their branches. The fused
+inference kernel of the 7B per-head norm with its output gate is `gated_head_norm.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import use_fused
+from ..utils import use_fused, use_kernels
+from .add_norm import add_norm
 
 __all__ = ["LayerNorm", "MultiHeadLayerNorm", "RMSNorm"]
 
@@ -49,6 +51,15 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (self.ndim,), self.weight_proxy, self.bias, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """(norm(s), s) with s = x + residual (x itself without one): the residual add of a
+        pre-norm block and this norm, one fused kernel each way where the Triton kernels run."""
+        if use_kernels(x) and type(self) is LayerNorm:
+            offset = 1.0 if self.residual_weight and self.weight is not None else 0.0
+            return add_norm(x, residual, self.weight, self.bias, self.eps, offset, rms=False)
+        s = x if residual is None else x + residual
+        return self(s), s
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
@@ -110,6 +121,15 @@ class RMSNorm(nn.Module):
         if self.weight is not None:
             y = y * self.weight
         return y if self.bias is None else y + self.bias
+
+    def add_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """(norm(s), s) with s = x + residual (x itself without one): the residual add of a
+        pre-norm block and this norm, one fused kernel each way where the Triton kernels run
+        (float32 statistics, one rounding of the output)."""
+        if use_kernels(x):
+            return add_norm(x, residual, self.weight, self.bias, self.eps, 0.0, rms=True)
+        s = x if residual is None else x + residual
+        return self(s), s
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, bias={self.bias is not None}"

@@ -88,12 +88,22 @@ class xLSTMBlock(WeightDecayGroupsMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[BlockState] = None, return_state: bool = False):
         """x (B, S, E). Returns the block output (B, S, E) and, with `return_state`, the new state."""
-        out = self.xlstm(self.xlstm_norm(x), state, return_state=return_state)
-        y, new_state = out if return_state else (out, None)
+        x, y, new_state = self.forward_residual(x, None, state, return_state)
         x = x + y
-        if self.ffn is not None:
-            x = x + self.ffn(self.ffn_norm(x))
         return (x, new_state) if return_state else x
+
+    def forward_residual(self, x: torch.Tensor, branch: Optional[torch.Tensor], state: Optional[BlockState] = None,
+                         return_state: bool = False):
+        """The block on the residual stream x whose last branch output (the previous block's, or
+        None) is not added yet: each add is fused into the norm after it. Returns (stream, this
+        block's last branch output, new state or None); `forward` adds the two."""
+        h, x = self.xlstm_norm.add_forward(x, branch)
+        out = self.xlstm(h, state, return_state=return_state)
+        y, new_state = out if return_state else (out, None)
+        if self.ffn is None:
+            return x, y, new_state
+        h, x = self.ffn_norm.add_forward(x, y)
+        return x, self.ffn(h), new_state
 
     def step(self, x: torch.Tensor, state: Optional[BlockState] = None):
         return self.forward(x, state, return_state=True)
@@ -187,14 +197,14 @@ class xLSTMBlockStack(WeightDecayGroupsMixin, nn.Module):
             raise ValueError(f"state: expected a tuple of {len(self.blocks)} block states (or a list; "
                              f"one per block, None for a fresh one), got {type(state).__name__}"
                              f"{f' of length {len(state)}' if is_state_sequence(state) else ''}")
-        new_states = []
+        new_states, branch = [], None
         for block, block_state in zip(self.blocks, state):
-            if return_state:
-                x, s = block(x, block_state, return_state=True)
-                new_states.append(s)
-            else:
-                x = block(x, block_state)
-        x = self.post_blocks_norm(x)
+            x, branch, s = block.forward_residual(x, branch, block_state, return_state)
+            new_states.append(s)
+        if isinstance(self.post_blocks_norm, LayerNorm):
+            x = self.post_blocks_norm.add_forward(x, branch)[0]
+        else:
+            x = x + branch
         return (x, tuple(new_states)) if return_state else x
 
     def step(self, x: torch.Tensor, state: Optional[StackState] = None):

@@ -55,11 +55,20 @@ class mLSTMLargeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
                 update_state: bool = False):
-        out = self.mlstm_layer(self.norm_mlstm(x), state, return_state, update_state)
-        y, new = out if return_state else (out, None)
+        x, y, new = self.forward_residual(x, None, state, return_state, update_state)
         x = x + y
-        x = x + self.ffn(self.norm_ffn(x))
         return (x, new) if return_state else x
+
+    def forward_residual(self, x: torch.Tensor, branch: Optional[torch.Tensor], state: Optional[mLSTMState] = None,
+                         return_state: bool = False, update_state: bool = False):
+        """The block on the residual stream x whose last branch output (the previous block's
+        FFN, or None) is not added yet: each add is fused into the norm after it. Returns
+        (stream, this block's FFN output, new state or None); `forward` adds the two."""
+        h, x = self.norm_mlstm.add_forward(x, branch)
+        out = self.mlstm_layer(h, state, return_state, update_state)
+        y, new = out if return_state else (out, None)
+        h, x = self.norm_ffn.add_forward(x, y)
+        return x, self.ffn(h), new
 
 
 
@@ -99,14 +108,14 @@ class xLSTMLargeBackbone(nn.Module):
         states = self.normalize_state(state, x.shape[0])
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. model.zero_state(B))")
-        new_states = []
+        new_states, branch = [], None
         for block, s in zip(self.blocks, states):
-            if return_state:
-                x, s = block(x, s, return_state=True, update_state=update_state)
-                new_states.append(s)
-            else:
-                x = block(x, s, update_state=update_state)
-        x = self.out_norm(x)
+            x, branch, s = block.forward_residual(x, branch, s, return_state, update_state)
+            new_states.append(s)
+        if isinstance(self.out_norm, RMSNorm):
+            x = self.out_norm.add_forward(x, branch)[0]
+        else:
+            x = x + branch
         return (x, tuple(new_states)) if return_state else x
 
 
