@@ -49,6 +49,21 @@ def test_silu_mul(dtype, shape, device, poison):
     assert_close(y, F.silu(gate.double()) * up.double(), TOL[dtype], "silu * up")
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 37), (3, 1100)])
+def test_silu_mul_gradients(shape, device, poison):
+    """Gradients of gate and up against float64, through strided halves of one projection."""
+    P = shape[-1]
+    gu = (torch.randn(*shape[:-1], 2 * P, device=device) * 4).requires_grad_()
+    gate, up = gu.split(P, dim=-1)
+    y = silu_mul(gate, up)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    ref_in = gu.detach().double().requires_grad_()
+    g64, u64 = ref_in.split(P, dim=-1)
+    ((F.silu(g64) * u64) * upstream.double()).sum().backward()
+    assert_close(gu.grad, ref_in.grad, 5e-3, "d gate | d up")
+
+
 def test_fused_only_without_autograd(device):
     """Where the Triton kernels run (CUDA, or CPU with TRITON_INTERPRET=1), and only then."""
     x = torch.zeros(1, device=device)

@@ -2,8 +2,8 @@
 
 - `ACTIVATIONS`: the gated FFN's activation by its config name (the `xlstm` package's names).
 - `soft_cap(x, cap)` = cap * tanh(x / cap) (xLSTM-7B gates and logits).
-- `silu_mul(gate, up)` = silu(gate) * up as one kernel, float32 inside, rounded once: SwiGLU's
-  activation in inference (no autograd), where it replaces three PyTorch launches per token.
+- `silu_mul(gate, up)` = silu(gate) * up as one kernel each way, float32 inside, rounded once:
+  SwiGLU's activation (the backward recomputes silu from the saved gate and up).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, use_triton
+from ..utils import new_empty, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]
 
@@ -44,12 +44,75 @@ def silu_mul_kernel(g_ptr, u_ptr, y_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
     tl.store(y_ptr + row.to(tl.int64) * P + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
+    """d up = dy silu(g); d gate = dy up sigmoid(g) (1 + g (1 - sigmoid(g))); silu recomputed."""
+    row, pid = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < P
+    g = tl.load(g_ptr + row * s_g + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row * s_u + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + row * P + cols, mask=mask, other=0.0).to(tl.float32)
+    sig = 1.0 / (1.0 + tl.exp(-g))
+    tl.store(du_ptr + row * P + cols, (dy * g * sig).to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(dg_ptr + row * P + cols, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(dg_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def _rows_grid(rows: int, P: int):
+    BLOCK = min(1024, triton.next_power_of_2(P))
+    return (rows, triton.cdiv(P, BLOCK)), BLOCK
+
+
+@torch.library.custom_op("xlstm_triton::silu_mul", mutates_args=())
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    rows, P = up.shape
+    y = new_empty((rows, P), up.dtype, up.device)
+    grid, BLOCK = _rows_grid(rows, P)
+    silu_mul_kernel[grid](gate, up, y, gate.stride(0), up.stride(0), P, BLOCK=BLOCK, num_warps=4)
+    return y
+
+
+@_silu_mul.register_fake
+def _(gate, up):
+    return up.new_empty(up.shape)
+
+
+@torch.library.custom_op("xlstm_triton::silu_mul_bwd", mutates_args=())
+def _silu_mul_bwd(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, P = up.shape
+    dy = dy.contiguous()
+    dg = new_empty((rows, P), gate.dtype, gate.device)
+    du = new_empty((rows, P), up.dtype, up.device)
+    grid, BLOCK = _rows_grid(rows, P)
+    silu_mul_bwd_kernel[grid](gate, up, dy, dg, du, gate.stride(0), up.stride(0), P, BLOCK=BLOCK, num_warps=4)
+    return dg, du
+
+
+@_silu_mul_bwd.register_fake
+def _(gate, up, dy):
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dy):
+    gate, up = ctx.saved_tensors
+    return _silu_mul_bwd(gate, up, dy)
+
+
+_silu_mul.register_autograd(_backward, setup_context=_setup_context)
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up in float32, rounded once. gate, up (..., P) with the same shape, last
-    dim contiguous (e.g. the two halves of one fused projection). Returns (..., P) in up's dtype."""
+    """silu(gate) * up in float32, rounded once, differentiable (the backward recomputes silu).
+    gate, up (..., P) with the same shape (e.g. the two halves of one fused projection).
+    Returns (..., P) in up's dtype."""
     if gate.shape != up.shape:
         raise ValueError(f"silu_mul: gate and up must have one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
-    if not use_triton(up):
+    if not use_kernels(up):
         return (F.silu(gate.float()) * up.float()).to(up.dtype)
     P = up.shape[-1]
     g2, u2 = gate.reshape(-1, P), up.reshape(-1, P)        # views for (B, S, P) slices
@@ -57,8 +120,4 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         g2 = g2.contiguous()
     if u2.stride(-1) != 1:
         u2 = u2.contiguous()
-    y = new_empty(up.shape, up.dtype, up.device)
-    BLOCK = min(1024, triton.next_power_of_2(P))
-    silu_mul_kernel[(g2.shape[0], triton.cdiv(P, BLOCK))](g2, u2, y, g2.stride(0), u2.stride(0), P,
-                                                          BLOCK=BLOCK, num_warps=4)
-    return y
+    return _silu_mul(g2, u2).view(up.shape)

@@ -5,8 +5,8 @@
 - `SwiGLUFeedForward` (xLSTM-7B, an `xLSTMLargeConfig`): SiLU; `proj_up_gate` and `proj_up`, or
   in the fused weight mode one `proj_up_gate_z` (2P, E), gate rows first.
 
-Both compute act(gate) * up through `gated_activation`, which takes the fused `silu_mul` kernel
-for SiLU in inference on the GPU.
+Both compute act(gate) * up through `gated_activation`, which takes the fused `silu_mul` kernels
+for SiLU wherever the Triton kernels run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..utils import use_fused
+from ..utils import use_kernels
 from .activations import ACTIVATIONS, silu_mul
 from .init import small_init_, wang_init_
 
@@ -22,8 +22,9 @@ __all__ = ["GatedFeedForward", "SwiGLUFeedForward", "gated_activation"]
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
-    """ACTIVATIONS[act](gate) * up; SiLU ("swish") through the fused kernel where `use_fused`."""
-    if act == "swish" and use_fused(up):
+    """ACTIVATIONS[act](gate) * up; SiLU ("swish") through the fused kernel where the Triton
+    kernels run (forward and backward)."""
+    if act == "swish" and use_kernels(up):
         return silu_mul(gate, up)
     return ACTIVATIONS[act](gate) * up
 
