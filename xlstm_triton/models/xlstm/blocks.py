@@ -21,6 +21,7 @@ from torch import nn
 from ...layers import mLSTMLayer, mLSTMLayerState, sLSTMLayer, sLSTMLayerState
 from ...layers.state import is_state_sequence
 from ...modules import GatedFeedForward, LayerNorm
+from ..residual import run_residual_stream
 from .config import FeedForwardConfig, mLSTMBlockConfig, sLSTMBlockConfig, xLSTMBlockStackConfig
 
 __all__ = ["xLSTMBlock", "mLSTMBlock", "sLSTMBlock", "xLSTMBlockStack", "BlockState", "StackState",
@@ -197,15 +198,8 @@ class xLSTMBlockStack(WeightDecayGroupsMixin, nn.Module):
             raise ValueError(f"state: expected a tuple of {len(self.blocks)} block states (or a list; "
                              f"one per block, None for a fresh one), got {type(state).__name__}"
                              f"{f' of length {len(state)}' if is_state_sequence(state) else ''}")
-        new_states, branch = [], None
-        for block, block_state in zip(self.blocks, state):
-            x, branch, s = block.forward_residual(x, branch, block_state, return_state)
-            new_states.append(s)
-        if isinstance(self.post_blocks_norm, LayerNorm):
-            x = self.post_blocks_norm.add_forward(x, branch)[0]
-        else:
-            x = x + branch
-        return (x, tuple(new_states)) if return_state else x
+        x, new_states = run_residual_stream(x, self.blocks, state, self.post_blocks_norm, return_state=return_state)
+        return (x, new_states) if return_state else x
 
     def step(self, x: torch.Tensor, state: Optional[StackState] = None):
         return self.forward(x, state, return_state=True)

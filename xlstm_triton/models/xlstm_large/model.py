@@ -28,6 +28,7 @@ from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
 from ..lm_loss import check_labels, next_token_loss
+from ..residual import run_residual_stream
 from .checkpoint import read_checkpoint, transformers_weights
 from .config import xLSTMLargeConfig
 
@@ -108,15 +109,9 @@ class xLSTMLargeBackbone(nn.Module):
         states = self.normalize_state(state, x.shape[0])
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. model.zero_state(B))")
-        new_states, branch = [], None
-        for block, s in zip(self.blocks, states):
-            x, branch, s = block.forward_residual(x, branch, s, return_state, update_state)
-            new_states.append(s)
-        if isinstance(self.out_norm, RMSNorm):
-            x = self.out_norm.add_forward(x, branch)[0]
-        else:
-            x = x + branch
-        return (x, tuple(new_states)) if return_state else x
+        x, new_states = run_residual_stream(x, self.blocks, states, self.out_norm, return_state=return_state,
+                                            update_state=update_state)
+        return (x, new_states) if return_state else x
 
 
 
