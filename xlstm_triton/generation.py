@@ -59,6 +59,15 @@ def copy_state_(dst, src):
 _TOKEN_DTYPES = (torch.int64, torch.int32)       # what nn.Embedding indexes with
 
 
+def range_check_runs(t: torch.Tensor, check_range: bool) -> bool:
+    """Whether a value-range check of `t` (which reads it on the host) runs: always on CPU, on a
+    GPU only with `check_range`, never on meta tensors, inside torch.compile or during CUDA-graph
+    capture (no sync is possible there)."""
+    if not (check_range or t.device.type == "cpu") or t.device.type == "meta":
+        return False
+    return not (torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing()))
+
+
 def check_token_ids(idx, name: str, vocab_size: Optional[int] = None, device=None,
                     check_range: bool = True) -> None:
     """Token ids must be an int64 / int32 tensor (B, S) with S >= 1 (B may be 0), on `device`
@@ -78,10 +87,7 @@ def check_token_ids(idx, name: str, vocab_size: Optional[int] = None, device=Non
     if device is not None and idx.device != torch.device(device):
         raise ValueError(f"{name}: expected token ids on the model's device {torch.device(device)}, got "
                          f"{idx.device} (move them with .to({str(torch.device(device))!r}))")
-    if vocab_size is None or not (check_range or idx.device.type == "cpu"):
-        return
-    if idx.device.type == "meta" or torch.compiler.is_compiling() or (
-            idx.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if vocab_size is None or not range_check_runs(idx, check_range):
         return
     bad = (idx < 0) | (idx >= vocab_size)
     if bad.any():

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..generation import check_token_ids
+from ..generation import check_token_ids, range_check_runs
 from ..modules import linear_cross_entropy
 
 __all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss"]
@@ -31,8 +31,7 @@ def check_labels(labels, input_ids: torch.Tensor, vocab_size: int, check_range: 
         raise ValueError(f"labels: expected shape {tuple(input_ids.shape)} (input_ids' shape), got {got}")
     # The ids' checks (dtype, device); the range is checked below with -100 allowed.
     check_token_ids(labels, "labels", None, input_ids.device, check_range=False)
-    if not (check_range or labels.device.type == "cpu") or torch.compiler.is_compiling() or (
-            labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if not range_check_runs(labels, check_range):
         return
     bad = ((labels < 0) | (labels >= vocab_size)) & (labels != IGNORE_INDEX)
     if bad.any():

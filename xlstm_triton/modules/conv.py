@@ -69,7 +69,7 @@ class CausalConv1d(nn.Module):
         b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
         state = None if state is None else state.to(x.dtype)
         if S == 1:   # decoding: one weighted sum over the window, no conv launch
-            xs = torch.cat([state if state is not None else x.new_zeros(B, K - 1, Fd), x], dim=1)
+            xs = self._with_history(x, state)
             y = torch.einsum("bkf,fk->bf", xs, w)[:, None]
             if b is not None:
                 y = y + b
@@ -81,8 +81,13 @@ class CausalConv1d(nn.Module):
         if S >= K - 1:
             new_state = x[:, S - (K - 1):]
         else:
-            new_state = torch.cat([state if state is not None else x.new_zeros(B, K - 1, Fd), x], dim=1)[:, S:]
+            new_state = self._with_history(x, state)[:, S:]
         return y, new_state
+
+    def _with_history(self, x: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+        """The K-1 inputs before x (the state, or zeros) followed by x: (B, K-1+S, F)."""
+        prev = state if state is not None else x.new_zeros(x.shape[0], self.state_len, x.shape[2])
+        return torch.cat([prev, x], dim=1)
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, kernel_size={self.kernel_size}"
