@@ -17,6 +17,7 @@ a suite's cases, providers and columns.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -30,8 +31,8 @@ QUICK_DIR = Path(tempfile.gettempdir()) / "xlstm_triton_bench_quick"
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_worker":            # internal: one provider in its own process
-        suite, provider, dtype, cases = argv[1:5]
-        harness.run_worker(suites.load(suite), provider, json.loads(cases), dtype)
+        suite, provider, dtype, cases, modes = argv[1:6]
+        harness.run_worker(suites.load(suite), provider, json.loads(cases), dtype, json.loads(modes))
         return
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +43,8 @@ def main(argv=None):
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         names = ", ".join(pr.name for pr in suite.providers())
         p.add_argument("--providers", help=f"comma-separated provider names (default: all): {names}")
+        p.add_argument("--modes", help="comma-separated modes to run (default: each provider's own)")
+        p.add_argument("--ctx", help="comma-separated context lengths: only the cases with these `ctx`")
         p.add_argument("--quick", action="store_true", help="tiny shapes, for a smoke test (runs on CPU)")
         p.add_argument("--dtype", default="bfloat16")
         p.add_argument("--csv", type=Path, help=f"default: bench/results/{name}.csv; with --quick "
@@ -68,9 +71,15 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown providers {sorted(unknown)}; known: {[p.name for p in providers]}")
         providers = [p for p in providers if p.name in wanted]
+    if args.modes:
+        wanted = tuple(args.modes.split(","))
+        providers = [dataclasses.replace(p, modes=tuple(m for m in p.modes if m in wanted)) for p in providers]
+    cases = suite.cases(args.quick)
+    if args.ctx:
+        cases = [c for c in cases if str(c.get("ctx")) in args.ctx.split(",")]
     default_dir = QUICK_DIR if args.quick else harness.REPO / "bench" / "results"
     csv_path = args.csv or default_dir / f"{args.command}.csv"
-    rows = harness.run_suite(args.command, suite.cases(args.quick), providers, args.dtype,
+    rows = harness.run_suite(args.command, cases, providers, args.dtype,
                              csv_path, args.log)
     harness.print_table(rows, suite.TABLE_KEYS)
     print(f"rows appended to {csv_path}")

@@ -3,6 +3,7 @@ its peak memory taken; `run_worker` prints the rows for the parent (run.py) to r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -86,10 +87,12 @@ def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
             yield row
 
 
-def run_worker(suite, provider_name: str, cases: list[dict], dtype_name: str) -> None:
-    """Runs one provider of the suite module `suite` over cases in this process; prints one JSON
-    line per (case, mode)."""
+def run_worker(suite, provider_name: str, cases: list[dict], dtype_name: str, modes=None) -> None:
+    """Runs one provider of the suite module `suite` over cases in this process (in `modes`, default
+    the provider's own); prints one JSON line per (case, mode)."""
     provider = {p.name: p for p in suite.providers()}[provider_name]
+    if modes is not None:
+        provider = dataclasses.replace(provider, modes=tuple(modes))
     for row in measure_cases(provider, cases, dtype_name):
         print("ROW " + json.dumps(row), flush=True)
         if row["status"] == "error" and "CUDA error" in row["error"]:

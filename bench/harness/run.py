@@ -41,6 +41,10 @@ def environment() -> dict:
         try:
             env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                            capture_output=True, text=True).stdout.strip()
+            changed = subprocess.run(["git", "status", "--porcelain", "--", "xlstm_triton", "bench"], cwd=REPO,
+                                     capture_output=True, text=True).stdout.strip()
+            if env["commit"] and changed:
+                env["commit"] += "+dirty"        # measured on uncommitted changes of the package or bench
         except OSError:
             pass
     return env
@@ -50,7 +54,7 @@ def _spawn(suite_name, provider, cases, dtype_name, log):
     env = dict(os.environ, **provider.env)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "bench", "_worker", suite_name, provider.name, dtype_name,
-           json.dumps(cases)]
+           json.dumps(cases), json.dumps(list(provider.modes))]
     rows = []
     start = time.monotonic()
     try:

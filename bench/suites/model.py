@@ -27,7 +27,7 @@ step / step time; `peak_mib` the peak of one step with parameters, gradients and
 `tflops` the model FLOPs per second: 6 per matmul parameter and token (the embedding table
 excluded) plus the sequence mixing (causal attention 6 L d ctx per token; the mLSTM 3x its
 chunkwise forward: 4 DQK DV + (DQK + DV) L_chunk per head; the sLSTM 24 DH^2 per head), no
-recomputation counted; `mfu` = tflops / 989 (H100 SXM, bf16 dense) on an H100, else empty.
+recomputation counted; `mfu` = tflops / 989 (H100 / H200 SXM, bf16 dense) on those GPUs, else empty.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ XLSTM_PACKAGE_CONTEXTS = (2048, 8192)     # one nvcc build of its sLSTM kernel p
 MODEL = dict(E=1024, blocks=24, slstm_at="7,15,23", mlstm_heads=4, slstm_heads=4, vocab=50304,
              large_E=1024, large_blocks=12, large_heads=4)
 LARGE_POINT = dict(MODEL, ctx=4096, large_E=2048, large_blocks=24, large_heads=8, size="large")
-H100_BF16_TFLOPS = 989.0
+HOPPER_BF16_TFLOPS = 989.0     # dense bf16, H100 SXM and H200 (same chip)
 
 
 def cases(quick: bool = False) -> list[dict]:
@@ -253,7 +253,7 @@ def _train_step(build, sdpa_backend: str | None = None):
         optimizer = torch.optim.AdamW(params, lr=1e-6, fused=dev == "cuda")
         tokens = torch.randint(0, case["vocab"], (case["B"], case["ctx"]), device=dev)
         forward = torch.compile(model) if mode == "compiled" else model
-        h100 = dev == "cuda" and "H100" in torch.cuda.get_device_name()
+        hopper = dev == "cuda" and any(n in torch.cuda.get_device_name() for n in ("H100", "H200"))
 
         def step():
             optimizer.zero_grad(set_to_none=True)
@@ -266,7 +266,7 @@ def _train_step(build, sdpa_backend: str | None = None):
             tps = case["B"] * case["ctx"] / ms * 1e3
             tflops = flops * tps / 1e12
             return dict(params=n_params, params_non_embedding=n_non_embedding, tokens_per_s=round(tps, 1),
-                        tflops=float(f"{tflops:.4g}"), mfu=round(tflops / H100_BF16_TFLOPS, 3) if h100 else None, **info)
+                        tflops=float(f"{tflops:.4g}"), mfu=round(tflops / HOPPER_BF16_TFLOPS, 3) if hopper else None, **info)
         step.columns = columns
         step.rep_ms = 2000          # steps of 50-400 ms: at least five samples
         return step

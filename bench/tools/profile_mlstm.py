@@ -1,6 +1,7 @@
 """Per-stage times of the chunkwise mLSTM kernels, for tuning (GPU).
 
-    python -m bench.tools.profile_mlstm [--geometry 7B|TFLA] [--S 8192] [--configs '{"chunk_size":128}' ...]
+    python -m bench.tools.profile_mlstm [--geometry 7B|TFLA|paper|large1024] [--S 8192] [--tokens 65536]
+                                        [--configs '{"chunk_size":128}' ...]
 
 For each config: the forward and forward+backward medians (do_bench) and each stage alone, next
 to the floor of that stage (max of FLOPs / matmul ceiling and bytes / copy ceiling).
@@ -23,17 +24,19 @@ from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.ops.mlstm import bwd, fwd
 from xlstm_triton.ops.mlstm.gates import chunkwise_gates
 
-GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256)}
+GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256),
+              "paper": dict(NH=4, DQK=512, DV=512),          # paper LM at E=1024 (inner 2048, 4 heads)
+              "large1024": dict(NH=4, DQK=128, DV=256)}      # xLSTMLarge at E=1024, 4 heads
 
 
 def bench(fn, grad_to_none=None):
     return triton.testing.do_bench(fn, warmup=10, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
-def profile(geometry, S, overrides, dtype=torch.bfloat16):
+def profile(geometry, S, overrides, dtype=torch.bfloat16, tokens=65536):
     g = GEOMETRIES[geometry]
     NH, DQK, DV = g["NH"], g["DQK"], g["DV"]
-    B = 65536 // S
+    B = tokens // S
     L = overrides.get("chunk_size") or op.default_chunk_size(S)
     op.CONFIG_OVERRIDES.clear()
     op.CONFIG_OVERRIDES.update({k: v for k, v in overrides.items() if k != "chunk_size"})
@@ -107,13 +110,14 @@ def main():
     ap.add_argument("--geometry", default="7B")
     ap.add_argument("--S", type=int, default=8192)
     ap.add_argument("--configs", nargs="*", default=["{}"])
+    ap.add_argument("--tokens", type=int, default=65536, help="B * S")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows = []
     for c in args.configs:
         over = json.loads(c)
         try:
-            r = profile(args.geometry, args.S, over)
+            r = profile(args.geometry, args.S, over, tokens=args.tokens)
         except Exception as e:  # a config that does not compile is a result
             r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
         rows.append((c, r))
