@@ -24,6 +24,21 @@ def new_empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def is_seq_major(x: torch.Tensor) -> bool:
+    """Whether a (B, NH, S, D) tensor lies in memory as (B, S, NH, D): a transposed view of a
+    (B, S, NH * D) projection, as the layers pass q, k, v."""
+    return x.shape[1] > 1 and x.shape[2] > 1 and x.stride(1) < x.stride(2)
+
+
+def new_empty_bhsd(B: int, NH: int, S: int, D: int, dtype, device, seq_major: bool) -> torch.Tensor:
+    """A `new_empty` (B, NH, S, D) buffer, laid out as (B, S, NH, D) in memory if `seq_major`:
+    then a layer's `transpose(1, 2).flatten(-2)` of it is free, and so is the gradient of a
+    seq-major input."""
+    if seq_major:
+        return new_empty((B, S, NH, D), dtype, device).transpose(1, 2)
+    return new_empty((B, NH, S, D), dtype, device)
+
+
 @contextlib.contextmanager
 def poison_outputs():
     """Within this block, buffers from `new_empty` start as NaN (for tests)."""

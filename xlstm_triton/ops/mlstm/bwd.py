@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ...utils import new_empty
+from ...utils import new_empty, new_empty_bhsd
 from .fwd import chunkwise_fwd_states
 from .gates import LOGF_FLOOR
 
@@ -316,10 +316,12 @@ def chunkwise_bwd_dk_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
 
 
-def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg):
+def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
+                  seq_major=False):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
 
-    q, k, v, f, h and dh may have any strides with unit stride in the last dim; dc_last (B, NH,
+    q, k, v, f, h and dh may have any strides with unit stride in the last dim (dq, dk, dv come
+    back laid out as (B, S, NH, D) if `seq_major`); dc_last (B, NH,
     DQK, DV) and dn_last (B, NH, DQK) may be None. The chunk states are recomputed (the forward
     keeps none), and each of the states and their gradients is alive only while it is needed.
     """
@@ -340,7 +342,7 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
 
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
     nkb = triton.cdiv(DQK, cfg.block_k_grad)
-    dq = new_empty((B, NH, S, DQK), q.dtype, dev)
+    dq = new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, dq, qdq,
@@ -359,13 +361,13 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states)
 
-    dv = new_empty((B, NH, S, DV), v.dtype, dev)
+    dv = new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(triton.cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
         q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
 
-    dk = new_empty((B, NH, S, DQK), k.dtype, dev)
+    dk = new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, dk, kdk,

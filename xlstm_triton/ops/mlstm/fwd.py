@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...utils import maximum_nan, new_empty
+from ...utils import maximum_nan, new_empty, new_empty_bhsd
 
 
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
@@ -192,13 +192,13 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg):
     return states, nstates, c_last, n_last
 
 
-def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg):
-    """Outputs h (B, NH, S, DV) in q's dtype, and the row statistics 1/den and the normalizer
-    sign, each (B*NH, S_pad) float32."""
+def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False):
+    """Outputs h (B, NH, S, DV) in q's dtype (laid out as (B, S, NH, DV) if `seq_major`), and
+    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     S_pad = gates.padded_len
-    h = new_empty((B, NH, S, DV), q.dtype, q.device)
+    h = new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major)
     inv_den = new_empty((B * NH, S_pad), torch.float32, q.device)
     zsign = new_empty((B * NH, S_pad), torch.float32, q.device)
     grid = (triton.cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)

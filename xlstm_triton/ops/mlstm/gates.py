@@ -24,11 +24,15 @@ gate of -inf, "forget everything", then forgets exactly as in the recurrence, wh
 differences of an unfloored F would be -inf - (-inf) = NaN. The floor acts like a clamp: below
 it (f < -1000) the forget gate gets no gradient.
 
-`chunkwise_gates` runs `chunkwise_gates_kernel` where the Triton kernels run: one program per
-(batch, head) row walks the chunks in order, carrying F and the running max, in float64. The
-PyTorch spelling, `chunkwise_gates_torch`, is the CPU path and the kernel's test oracle; it is
-some forty small ops, which at a few thousand steps cost more host time than the whole layer's
-GPU work (a 2k-token prefill of xLSTM-7B was host-bound on them).
+`chunkwise_gates` runs two Triton kernels where the Triton kernels run, both with one program per
+(chunk, row) and in float64 (a row walking its chunks in order was latency-bound: few programs,
+a long sequential loop). `chunk_gate_summary_kernel` reduces each chunk to two numbers, its
+b_L and max_t (i_t - b_t); `chunkwise_gates_kernel` combines the summaries of the earlier chunks
+of its row into F_{cL-1} and max_{s<cL} (i_s - F_s) (the part of m's running max before the
+chunk: per earlier chunk c', its max_t (i_t - b_t) - F_{c'L-1}), then computes its chunk as the
+recurrence does. The PyTorch spelling, `chunkwise_gates_torch`, is the CPU path and the
+kernels' test oracle; it is some forty small ops, which at a few thousand steps cost more host
+time than the whole layer's GPU work (a 2k-token prefill of xLSTM-7B was host-bound on them).
 """
 
 from __future__ import annotations
@@ -76,42 +80,87 @@ def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | 
 
 
 @triton.jit
-def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr, decay_ptr, m_last_ptr,
-                           S, S_pad, NC, L: tl.constexpr, HAS_M0: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    t = tl.arange(0, L)
-    log2e = 1.4426950408889634
-    mc = tl.zeros((), dtype=tl.float64)                  # stabilizer of the state at the chunk start
+def _chunk_gates(i_ptr, f_ptr, row, c, S, L: tl.constexpr):
+    """Chunk c of a row: positions, input gates and the chunk-local cumsum b of the floored
+    logsigmoid(f), in float64; padding i = -inf, logsigmoid(f) = 0."""
+    pos = c * L + tl.arange(0, L)
+    real = pos < S
+    ig = tl.load(i_ptr + row * S + pos, mask=real, other=float("-inf")).to(tl.float64)
+    fg = tl.load(f_ptr + row * S + pos, mask=real, other=0.0).to(tl.float64)
+    logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))      # logsigmoid
+    logf = tl.where(real, maximum_nan(logf, -1000.0), 0.0)              # -1000.0 = LOGF_FLOOR
+    b = tl.cumsum(logf, axis=0)                          # chunk-local F_t - F_{cL-1}
+    return pos, ig, b
+
+
+@triton.jit
+def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, L: tl.constexpr):
+    """Program (c, row): b_end = b at the chunk's last step, lmax = max_t (i_t - b_t)."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64) + row0
+    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, L)
+    b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
+    lmax = tl.reduce(ig - b, 0, maximum_nan)
+    tl.store(b_end_ptr + row * NC + c, b_end)
+    tl.store(lmax_ptr + row * NC + c, lmax)
+
+
+@triton.jit
+def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
+                           decay_ptr, m_last_ptr, S, S_pad, NC, row0, L: tl.constexpr, BLOCK: tl.constexpr,
+                           HAS_M0: tl.constexpr):
+    """Program (c, row): the outputs of chunk c, from the summaries of chunks 0..c."""
+    c = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64) + row0
+    m0 = tl.zeros((), dtype=tl.float64)
     if HAS_M0:
-        mc = tl.load(m0_ptr + row).to(tl.float64)
-    m0 = mc
-    f_prev = tl.zeros((), dtype=tl.float64)              # F at the step before the chunk
-    run_max = tl.full((), float("-inf"), tl.float64)     # max_{s < chunk} (i_s - F_s)
-    for c in range(NC):
-        pos = c * L + t
-        real = pos < S
-        ig = tl.load(i_ptr + row * S + pos, mask=real, other=float("-inf")).to(tl.float64)
-        fg = tl.load(f_ptr + row * S + pos, mask=real, other=0.0).to(tl.float64)
-        logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))      # logsigmoid
-        logf = tl.where(real, maximum_nan(logf, -1000.0), 0.0)              # -1000.0 = LOGF_FLOOR
-        b = tl.cumsum(logf, axis=0)                      # chunk-local F_t - F_{cL-1}
-        cum = f_prev + b
-        run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
-        m = cum + maximum_nan(m0, run)
-        last = t == L - 1
-        b_end = tl.sum(tl.where(last, b, 0.0), axis=0)
-        mc_next = tl.sum(tl.where(last, m, 0.0), axis=0)
-        out = row * S_pad + pos
-        tl.store(u2_ptr + out, ((b - m) * log2e).to(tl.float32))
-        tl.store(r2_ptr + out, ((ig - b) * log2e).to(tl.float32))
-        tl.store(g_ptr + out, tl.exp(b + mc - m).to(tl.float32))
-        tl.store(w_ptr + out, tl.exp(b_end - b + ig - mc_next).to(tl.float32))
-        tl.store(m_ptr + out, m.to(tl.float32))
-        tl.store(decay_ptr + row * NC + c, tl.exp(b_end + mc - mc_next).to(tl.float32))
-        run_max = tl.reduce(run, 0, maximum_nan)
-        f_prev = f_prev + b_end
-        mc = mc_next
-    tl.store(m_last_ptr + row, mc)
+        m0 = tl.load(m0_ptr + row).to(tl.float64)
+    # Prefixes over the earlier chunks, for k = c (f_prev, run_max) and k = c + 1 (f_next,
+    # run_next): F_{kL-1} = sum_{c' < k} b_end_{c'} and max_{s < kL} (i_s - F_s) =
+    # max_{c' < k} (lmax_{c'} - F_{c'L-1}). Masked, so a NaN in chunk c' >= k stays out of the
+    # prefixes of k. Program c + 1 forms its (f_prev, run_max) by this same code over the same
+    # values (an extra, fully masked block adds exactly 0 and -inf), so the state stabilizer
+    # mc_{c+1} is bitwise the same in both programs.
+    f_prev = tl.zeros((), dtype=tl.float64)
+    f_next = tl.zeros((), dtype=tl.float64)
+    run_max = tl.full((), float("-inf"), tl.float64)
+    run_next = tl.full((), float("-inf"), tl.float64)
+    carry = tl.zeros((), dtype=tl.float64)               # sum of b_end over the earlier blocks
+    for start in range(0, c + 1, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        upto = idx <= c
+        b_end_k = tl.load(b_end_ptr + row * NC + idx, mask=upto, other=0.0)
+        lmax_k = tl.load(lmax_ptr + row * NC + idx, mask=upto, other=float("-inf"))
+        incl = carry + tl.cumsum(b_end_k, axis=0)        # F at the end of chunk idx
+        shifted = lmax_k - (incl - b_end_k)              # max_t (i_t - F_t) over chunk idx
+        before = idx < c
+        f_prev += tl.sum(tl.where(before, b_end_k, 0.0), axis=0)
+        f_next += tl.sum(b_end_k, axis=0)
+        run_max = maximum_nan(run_max, tl.reduce(tl.where(before, shifted, float("-inf")), 0, maximum_nan))
+        run_next = maximum_nan(run_next, tl.reduce(shifted, 0, maximum_nan))
+        carry = f_next
+    mc = f_prev + maximum_nan(m0, run_max)               # stabilizer at the chunk start (m0 for c = 0)
+    mc_next = f_next + maximum_nan(m0, run_next)         # = m at the chunk's last step
+
+    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, L)
+    log2e = 1.4426950408889634
+    cum = f_prev + b
+    run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
+    m = cum + maximum_nan(m0, run)
+    b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
+    out = row * S_pad + pos
+    tl.store(u2_ptr + out, ((b - m) * log2e).to(tl.float32))
+    tl.store(r2_ptr + out, ((ig - b) * log2e).to(tl.float32))
+    tl.store(g_ptr + out, tl.exp(b + mc - m).to(tl.float32))
+    tl.store(w_ptr + out, tl.exp(b_end - b + ig - mc_next).to(tl.float32))
+    tl.store(m_ptr + out, m.to(tl.float32))
+    tl.store(decay_ptr + row * NC + c, tl.exp(b_end + mc - mc_next).to(tl.float32))
+    if c == NC - 1:
+        tl.store(m_last_ptr + row, mc_next)
+
+
+MAX_GRID_Y = 65535          # CUDA's limit on grid dimension 1: rows are launched in slices of it
+SUMMARY_BLOCK = 1024        # chunk summaries a program of chunkwise_gates_kernel loads at a time
 
 
 def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
@@ -125,8 +174,14 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
     step = [new_empty((rows, S_pad), torch.float32, i.device) for _ in range(5)]
     decay = new_empty((rows, NC), torch.float32, i.device)
     m_last = new_empty((B, NH, 1), torch.float64, i.device)
-    chunkwise_gates_kernel[(rows,)](i, f, m0 if m0 is not None else i, *step, decay, m_last,
-                                    S, S_pad, NC, L=L, HAS_M0=m0 is not None, num_warps=4)
+    b_end = torch.empty((rows, NC), dtype=torch.float64, device=i.device)    # per-chunk summaries
+    lmax = torch.empty((rows, NC), dtype=torch.float64, device=i.device)
+    block = min(max(triton.next_power_of_2(NC), 16), SUMMARY_BLOCK)
+    for row0 in range(0, rows, MAX_GRID_Y):
+        grid = (NC, min(rows - row0, MAX_GRID_Y))
+        chunk_gate_summary_kernel[grid](i, f, b_end, lmax, S, NC, row0, L=L, num_warps=4)
+        chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, b_end, lmax, *step, decay, m_last,
+                                     S, S_pad, NC, row0, L=L, BLOCK=block, HAS_M0=m0 is not None, num_warps=4)
     u2, r2, g, w, m = step
     return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad)
 

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_tensor
-from ...utils import triton_interpret, use_kernels
+from ...utils import is_seq_major, new_empty_bhsd, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates
@@ -71,9 +71,13 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
         # The interpreter multiplies bf16 operands of tl.dot as raw bits (Triton 3.9): give it
         # float32 operands. States keep their storage dtype, so only the products differ.
         dot_dtype = tl.float32
+    # Heads of (512, 512) (the paper LM at E=1024): 128 x 128 state tiles read k and v half as
+    # often as 64 x 64 ones; the two state kernels took 0.61 -> 0.40 and 0.33 -> 0.22 ms on an
+    # H200 (B=8, NH=4, S=2048, bench/NOTES.md). Smaller heads keep 64 x 64 (tuned before).
+    state_block = 128 if pk >= 512 and pv >= 512 else 64
     cfg = dict(chunk_size=chunk_size, tile=tile, tile_states=min(128, chunk_size),
                block_k=min(pk, 128), block_v=min(pv, 128),
-               block_k_states=min(pk, 64), block_v_states=min(pv, 64),
+               block_k_states=min(pk, state_block), block_v_states=min(pv, state_block),
                block_k_grad=min(pk, 128), block_v_grad=min(pv, 128),
                num_warps=4, num_stages=2, num_stages_output=1, num_warps_states=4, num_stages_states=2,
                state_dtype=state_dtype, dot_dtype=dot_dtype,
@@ -96,23 +100,23 @@ def _config(q, v, chunk_size):
 def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
-                         eps: float, chunk_size: int
+                         eps: float, chunk_size: int, seq_major: bool
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
     gates = chunkwise_gates(i, f, m_initial, chunk_size)
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
-    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg)
+    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major)
     return h, c_last, n_last, gates.m_last.float(), inv_den, zsign
 
 
 @_mlstm_chunkwise_fwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     S_pad = -(-S // chunk_size) * chunk_size
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (q.new_empty(B, NH, S, DV), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32),
+    return (new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32),
             q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32), q.new_empty(B * NH, S_pad, **f32))
 
 
@@ -122,7 +126,7 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
                          h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
-                         dn_last: Optional[torch.Tensor], chunk_size: int
+                         dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
@@ -132,26 +136,29 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
     dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
     return chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
-                         inv_den, zsign, cfg)
+                         inv_den, zsign, cfg, seq_major)
 
 
 @_mlstm_chunkwise_bwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_last, dn_last, chunk_size):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_last, dn_last, chunk_size,
+      seq_major):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
-    # The kernels return fresh contiguous gradients (whatever the inputs' strides).
-    return (q.new_empty(B, NH, S, DQK), k.new_empty(B, NH, S, DQK), v.new_empty(B, NH, S, DV),
+    # Fresh gradients, laid out as (B, S, NH, D) if seq_major (as the kernels allocate them).
+    like = dict(dtype=q.dtype, device=q.device, seq_major=seq_major)
+    return (new_empty_bhsd(B, NH, S, DQK, **like), new_empty_bhsd(B, NH, S, DQK, **like),
+            new_empty_bhsd(B, NH, S, DV, **like),
             i.new_empty(B, NH, S), f.new_empty(B, NH, S),
             q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32))
 
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
-    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size = inputs
+    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major = inputs
     h, _, _, _, inv_den, zsign = output
     ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign)
-    ctx.chunk_size = chunk_size
+    ctx.chunk_size, ctx.seq_major = chunk_size, seq_major
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
@@ -162,11 +169,11 @@ def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
         dh = torch.zeros_like(h)
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
         q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh,
-        dc_last, dn_last, ctx.chunk_size)
+        dc_last, dn_last, ctx.chunk_size, ctx.seq_major)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
     dn0 = None if n_dtype is None else dn0.to(n_dtype)
-    return dq, dk, dv, di, df, dc0, dn0, None, None, None
+    return dq, dk, dv, di, df, dc0, dn0, None, None, None, None
 
 
 _mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -222,7 +229,9 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         chunk_size: state chunk length L (a power of two >= 16); None picks one per shape.
 
     Returns:
-        h (B, NH, S, DV) in q's dtype; with return_last_states, (h, (c, n, m)) with c
+        h (B, NH, S, DV) in q's dtype (laid out in memory as (B, S, NH, DV) when q is: a
+        transposed view of a (B, S, NH * DQK) projection gets h and d q, d k, d v that its layer
+        reshapes for free); with return_last_states, (h, (c, n, m)) with c
         (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH, 1) in float32 (float64 for float64 inputs).
 
     Gradients flow to q, k, v, i, f, c_initial and n_initial (m_initial gets none: the
@@ -264,9 +273,32 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     i, f = i.contiguous(), f.contiguous()
     c_initial, n_initial, m_initial = (None if t is None else t.contiguous()
                                        for t in (c_initial, n_initial, m_initial))
+    # Inputs laid out as (B, S, NH, D) (the layers' views of their projections) get h and the
+    # gradients of q, k, v in that layout too: no copies on either side of the op.
     h, c, n, m, _, _ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
-                                            float(eps), chunk_size)
+                                            float(eps), chunk_size, is_seq_major(q))
     return (h, (c, n, m)) if return_last_states else h
+
+
+def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
+    """The kernels' forward alone, for a layer that recomputes q, k, v, i, f in its backward
+    instead of keeping them (it owns the autograd): no autograd, Triton path only, zero
+    initial state. Same arguments as `mlstm_chunkwise`. Returns h and `saved`, what
+    `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the chunk
+    size and the layout)."""
+    chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
+    seq_major = is_seq_major(q)
+    h, _, _, _, inv_den, zsign = _mlstm_chunkwise_fwd(q, k, v, i.contiguous(), f.contiguous(), None, None,
+                                                      None, float(eps), chunk_size, seq_major)
+    return h, (inv_den, zsign, chunk_size, seq_major)
+
+
+def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh):
+    """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
+    i, f as they were in the forward (recomputed), h and saved from it."""
+    inv_den, zsign, chunk_size, seq_major = saved
+    return _mlstm_chunkwise_bwd(q, k, v, i.contiguous(), f.contiguous(), None, None, None, h, inv_den, zsign,
+                                dh, None, None, chunk_size, seq_major)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
