@@ -433,3 +433,32 @@ def test_gpu_results_do_not_depend_on_stale_memory(dtype):
     for other in results[1:]:
         for a, b, name in zip(results[0], other, ["h", "c", "n", "m"] + [f"d{k}" for k in NAMES]):
             assert torch.equal(a, b), f"{name} changed between identical calls"
+
+
+def test_seq_major_inputs_get_seq_major_outputs(device):
+    """q, k, v as transposed views of (B, S, NH * D) projections: h and dq, dk, dv come back in
+    (B, S, NH, D) memory order (a layer reshapes them without copies), with the same values as
+    for contiguous inputs."""
+    if not mlstm_op.use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: the PyTorch path returns contiguous tensors")
+    torch.manual_seed(3)
+    B, S, NH, DQK, DV = 2, 37, 3, 16, 32
+    proj = [torch.randn(B, S, NH * d, device=device) for d in (DQK, DQK, DV)]
+    i, f = torch.randn(B, NH, S, device=device), torch.randn(B, NH, S, device=device) + 2
+    dh = torch.randn(B, NH, S, DV, device=device)
+    results = []
+    for seq_major in (True, False):
+        leaves = [p.clone().requires_grad_() for p in proj]
+        qkv = [t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in leaves]
+        if not seq_major:
+            qkv = [t.contiguous() for t in qkv]
+        h = mlstm_chunkwise(*qkv, i, f, chunk_size=16)
+        if seq_major:
+            assert h.transpose(1, 2).is_contiguous()
+        else:
+            assert h.is_contiguous()
+        (h * dh).sum().backward()
+        assert all(t.grad.is_contiguous() for t in leaves)     # (B, S, NH * D), as the projections
+        results.append([h.detach()] + [t.grad for t in leaves])
+    for a, b, name in zip(*results, ["h", "dq", "dk", "dv"]):
+        assert_close(a, b, 1e-6, name)
