@@ -77,3 +77,34 @@ def test_shape_errors():
         gated_head_norm(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 7))
     with pytest.raises(ValueError, match="silu_mul: gate and up"):
         silu_mul(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("bias", [False, True])
+def test_silu_mul_linear_gradients(packed, bias, device, poison):
+    """silu_mul_linear (the product recomputed in the backward) against the float64 composition:
+    output and the gradients of gate/up (one packed tensor or two), weight and bias."""
+    from xlstm_triton.modules import silu_mul_linear
+    B, S, P, E = 2, 5, 37, 19
+    gu = (torch.randn(B, S, 2 * P, device=device) * 3).requires_grad_()
+    w = (torch.randn(E, P, device=device) / P**0.5).requires_grad_()
+    b = torch.randn(E, device=device).requires_grad_() if bias else None
+    if packed:
+        gate, up = gu.split(P, dim=-1)
+        y = silu_mul_linear(gate, up, w, b, gate_up=gu)
+    else:
+        gate, up = (t.contiguous() for t in gu.split(P, dim=-1))
+        y = silu_mul_linear(gate, up, w, b)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    gu64, w64 = gu.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    g64, u64 = gu64.split(P, dim=-1)
+    y64 = F.linear(F.silu(g64) * u64, w64, b64)
+    (y64 * upstream.double()).sum().backward()
+    assert y.shape == (B, S, E)
+    assert_close(y, y64, 2e-3, "y")
+    assert_close(gu.grad, gu64.grad, 5e-3, "d gate | d up")
+    assert_close(w.grad, w64.grad, 5e-3, "d weight")
+    if bias:
+        assert_close(b.grad, b64.grad, 5e-3, "d bias")

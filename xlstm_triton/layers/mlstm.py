@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_embedding_dim, check_layer_input, check_tensor
-from ..modules import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
-                       linear_headwise_many, small_init_, wang_init_)
-from ..ops.mlstm import mlstm_chunkwise, mlstm_step
+from ..modules import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_, head_norm_gate,
+                       linear_headwise_many, recompute_cheap, small_init_, wang_init_)
+from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
+from ..utils import use_kernels
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
@@ -110,15 +111,15 @@ class mLSTMCell(nn.Module):
         device = device if device is not None else self.igate.weight.device
         return zero_mlstm_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
 
-    def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False):
+    def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False, normalize: bool = True):
         """q, k, v (B, S, inner); state (c, n, m) or None. Returns h (B, S, inner) and, with
-        `return_state`, the new mLSTMState."""
-        i, f = self.gates(q, k, v)                                        # (B, S, NH) each
-        NH = self.num_heads
-        q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))   # (B, NH, S, DH) views
-        out = mlstm_recurrence(q, k, v, i.transpose(1, 2), f.transpose(1, 2), state, return_state=return_state)
+        `return_state`, the new mLSTMState. `normalize=False` leaves out `outnorm`: h is then the
+        recurrence's output as a (B, S, NH, DH) view (for a fused norm downstream)."""
+        out = mlstm_recurrence(*_cell_inputs(self, q, k, v), state, return_state=return_state)
         h, new = out if return_state else (out, None)
-        h = self.outnorm(h.transpose(1, 2))                              # (B, S, NH, DH) -> (B, S, inner)
+        h = h.transpose(1, 2)                                             # (B, S, NH, DH) view
+        if normalize:
+            h = self.outnorm(h)                                           # -> (B, S, inner)
         return (h, new) if return_state else h
 
 
@@ -128,6 +129,11 @@ class mLSTMLayer(nn.Module):
     `forward(x, state, return_state=True)`."""
 
     config_class = mLSTMLayerConfig
+    # Training where the kernels run (no state in or out): everything between proj_up and
+    # proj_down except the mLSTM itself (conv, q/k/v, gates, output norm: memory-bound passes)
+    # is recomputed in the backward (`modules.recompute_cheap`) instead of kept: about two
+    # thirds of the layer's activation memory for ~5% more time. False keeps everything.
+    recompute = True
 
     def __init__(self, config: mLSTMLayerConfig):
         super().__init__()
@@ -193,26 +199,101 @@ class mLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,
                 return_state: bool = False):
-        """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new mLSTMLayerState."""
+        """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new mLSTMLayerState.
+        Training through the kernels recomputes the cheap intermediates (see `recompute`)."""
         check_layer_input("mLSTMLayer", x, self.config.embedding_dim)
         B = x.shape[0]
         if state is not None:
             state = self._check_state(state, B)
         x_m, z = self.proj_up(x).split(self.inner, dim=-1)
-        conv_state = None if state is None else state.conv
-        if return_state:
-            x_c, conv_state = self.conv1d(x_m, conv_state, return_state=True, silu=True)
-        else:
-            x_c = self.conv1d(x_m, conv_state, silu=True)
+        if state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():      # the compiler plans the recomputation itself
+                h = recompute_cheap(self._mix, x_m, z)
+            else:
+                h = _RecomputedMix.apply(self, x_m, z, *self._mix_parameters())
+            return self.dropout(self.proj_down(h))
+        if not return_state:
+            return self.dropout(self.proj_down(self._mix(x_m, z, state)))
+        h, cnm, conv_state = self._mix(x_m, z, state, return_state=True)
+        return self.dropout(self.proj_down(h)), mLSTMLayerState(*cnm, conv_state)
+
+    def _mix_parameters(self) -> list:
+        """The trainable parameters `_mix` uses (all but the up- and down-projection's)."""
+        return [p for name, p in self.named_parameters()
+                if p.requires_grad and not name.startswith(("proj_up.", "proj_down."))]
+
+    def _inputs(self, x_m, conv_state=None, return_state=False):
+        """The cell's inputs from x_m: x_c = SiLU(conv(x_m)) (and the new conv state with
+        `return_state`), q, k from x_c, v from x_m, each (B, S, inner)."""
+        out = self.conv1d(x_m, conv_state, return_state=return_state, silu=True)
+        x_c, conv_state = out if return_state else (out, None)
         q, k = linear_headwise_many(x_c, (self.q_proj, self.k_proj))      # one read of x_c
         v = self.v_proj(x_m)
+        return x_c, q, k, v, conv_state
+
+    def _output(self, h, z, x_c):
+        """The fused output: outnorm(h) + skip * x_c, times SiLU(z); h (B, S, NH, DH)."""
+        norm = self.mlstm_cell.outnorm
+        return head_norm_gate(h, z, norm.weight_proxy, norm.bias, norm.eps, act="silu",
+                              skip=self.learnable_skip, x_skip=x_c)
+
+    def _mix(self, x_m, z, state=None, return_state=False):
+        """Everything between the up- and the down-projection: (x_m, z) -> the input of
+        proj_down (B, S, inner); with `return_state` also the new cell state and conv state."""
+        x_c, q, k, v, conv_state = self._inputs(x_m, None if state is None else state.conv, return_state)
         cell_state = None if state is None else tuple(state[:3])
-        out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state)
+        fused = use_kernels(x_m)        # outnorm, the skip and the SiLU(z) gate as one kernel each way
+        out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state, normalize=not fused)
         h, cnm = out if return_state else (out, None)
-        h = (h + self.learnable_skip * x_c) * F.silu(z)
-        y = self.dropout(self.proj_down(h))
-        return (y, mLSTMLayerState(*cnm, conv_state)) if return_state else y
+        if fused:
+            h = self._output(h, z, x_c)
+        else:
+            h = (h + self.learnable_skip * x_c) * F.silu(z)
+        return (h, cnm, conv_state) if return_state else h
 
     def step(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None):
         return self.forward(x, state, return_state=True)
 
+
+class _RecomputedMix(torch.autograd.Function):
+    """`mLSTMLayer._mix` in training (eager, kernels) keeping only x_m, z and the mLSTM's output:
+    the backward recomputes x_c, q, k, v and the gates (memory-bound kernels), backpropagates
+    the fused output, runs the mLSTM's backward kernels on the kept h, then backpropagates the
+    recomputed inputs. The same as `recompute_cheap(layer._mix, ...)` without its per-op
+    dispatch hooks, which in eager cost more host time than the layer's GPU work."""
+
+    @staticmethod
+    def forward(ctx, layer, x_m, z, *params):
+        with torch.no_grad():
+            x_c, q, k, v, _ = layer._inputs(x_m)
+            cell_in = _cell_inputs(layer.mlstm_cell, q, k, v)
+            h, saved = mlstm_chunkwise_forward(*cell_in)
+            out = layer._output(h.transpose(1, 2), z, x_c)
+        ctx.save_for_backward(x_m, z, h, *saved[:2])
+        ctx.layer, ctx.saved_rest = layer, saved[2:]
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x_m, z, h, inv_den, zsign = ctx.saved_tensors
+        layer = ctx.layer
+        params = layer._mix_parameters()
+        with torch.enable_grad():
+            x_m, z, h = (t.detach().requires_grad_() for t in (x_m, z, h))
+            x_c, q, k, v, _ = layer._inputs(x_m)
+            cell_in = _cell_inputs(layer.mlstm_cell, q, k, v)
+            x_c_out = x_c.detach().requires_grad_()
+            out = layer._output(h.transpose(1, 2), z, x_c_out)
+        d_h, d_z, d_x_c, *d_post = torch.autograd.grad(out, [h, z, x_c_out, *params], d_out, allow_unused=True)
+        d_cell = mlstm_chunkwise_backward(*(t.detach() for t in cell_in), h.detach(),
+                                          (inv_den, zsign, *ctx.saved_rest), d_h)
+        d_x_m, *d_pre = torch.autograd.grad([x_c, *cell_in], [x_m, *params], [d_x_c, *d_cell], allow_unused=True)
+        d_params = [a if b is None else b if a is None else a + b for a, b in zip(d_post, d_pre)]
+        return (None, d_x_m, d_z, *d_params)
+
+
+def _cell_inputs(cell: "mLSTMCell", q, k, v):
+    """q, k, v (B, S, inner) -> the recurrence's q, k, v (B, NH, S, DH) views and i, f (B, NH, S)."""
+    i, f = cell.gates(q, k, v)
+    q, k, v = (t.unflatten(-1, (cell.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+    return q, k, v, i.transpose(1, 2), f.transpose(1, 2)

@@ -6,9 +6,9 @@
     y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))
 
 with cap_c(x) = c * tanh(x / c). The config is an `xLSTMLargeConfig` (any object with its
-fields). State: one `mLSTMState(c, n, m)`, float32. In inference on the GPU the gate cap moves
-into the step kernel and the head norm with the output gate into one kernel
-(`modules.gated_head_norm`); with autograd it is a composition of PyTorch ops.
+fields). State: one `mLSTMState(c, n, m)`, float32. Where the Triton kernels run, the head norm
+with the output gate is one kernel each way (`modules.head_norm_gate`, training too), and in
+decoding without autograd the gate cap moves into the step kernel.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..checks import check_layer_input
-from ..modules import MultiHeadLayerNorm, gated_head_norm, soft_cap
-from ..utils import use_fused
+from ..modules import MultiHeadLayerNorm, head_norm_gate, soft_cap
+from ..utils import use_fused, use_kernels
 from .mlstm import mlstm_recurrence
 from .state import check_mlstm_state, mLSTMState, zero_mlstm_state
 
@@ -88,8 +88,8 @@ class mLSTMLargeLayer(nn.Module):
         NH = self.num_heads
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. layer.zero_state(B))")
-        # Inference on the GPU fuses the small steps: the gate soft cap into the decoding step,
-        # the head norm and the output gate into one kernel (`fused`).
+        # Inference on the GPU moves the gate soft cap into the decoding step (`fused`); wherever
+        # the kernels run (training too) the head norm and the output gate are one kernel.
         fused = use_fused(x)
         cap = self.config.gate_soft_cap
         step_cap = cap if fused and S == 1 else None
@@ -101,9 +101,9 @@ class mLSTMLargeLayer(nn.Module):
                                chunk_size=self.config.chunk_size, inplace=update_state, gate_soft_cap=step_cap)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DV)
-        if fused:
-            norm = self.multihead_norm
-            y = self.out_proj(gated_head_norm(h, o, norm.weight_proxy, norm.bias, norm.eps))
+        if use_kernels(x):
+            norm = self.multihead_norm                                    # float32 inside, one rounding
+            y = self.out_proj(head_norm_gate(h, o, norm.weight_proxy, norm.bias, norm.eps, act="sigmoid"))
             return (y, new) if return_state else y
         if self.config.norm_reduction_force_float32:
             h = self.multihead_norm(h.float()).to(x.dtype)

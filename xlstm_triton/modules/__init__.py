@@ -2,8 +2,8 @@
 
     norms.py            LayerNorm, MultiHeadLayerNorm, RMSNorm
     add_norm.py         residual add + RMSNorm / LayerNorm, one kernel each way (with backward)
-    gated_head_norm.py  per-head norm * sigmoid(gate), one inference kernel (+ its reference)
-    activations.py      the FFN activations, soft_cap, silu_mul (one inference kernel)
+    gated_head_norm.py  per-head norm (+ skip) * act(gate), the mLSTM layers' output: one kernel each way
+    activations.py      the FFN activations, soft_cap, silu_mul and silu_mul_linear (fwd + bwd kernels)
     ffn.py              GatedFeedForward (paper), SwiGLUFeedForward (xLSTM-7B)
     linear_cross_entropy.py  LM head + soft cap + cross-entropy without the logits (training loss)
     conv.py             CausalConv1d (with a state for decoding)
@@ -11,25 +11,28 @@
     linear.py           LinearHeadwise (block-diagonal, one block per head)
     headwise_linear.py  the fused kernel of tiny square blocks (q, k, v of the paper mLSTM layer)
     init.py             small_init_, wang_init_, bias_linspace_init_
+    recompute.py        recompute_cheap: checkpointing that keeps the mLSTM's and matmuls' outputs
 
-Each imports only from `xlstm_triton.utils`; the layers build on them.
+Each imports only from `xlstm_triton.utils`, `checks` and `ops`; the layers build on them.
 """
 
 from .add_norm import add_norm, add_norm_torch
-from .activations import ACTIVATIONS, silu_mul, soft_cap
+from .activations import ACTIVATIONS, silu_mul, silu_mul_linear, soft_cap
 from .causal_conv1d import causal_conv1d, causal_conv1d_torch
 from .conv import CausalConv1d
 from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
-from .gated_head_norm import gated_head_norm, gated_head_norm_torch
+from .gated_head_norm import gated_head_norm, gated_head_norm_torch, head_norm_gate, head_norm_gate_torch
 from .init import bias_linspace_init_, small_init_, wang_init_
 from .headwise_linear import headwise_linear, headwise_linear_torch
 from .linear import LinearHeadwise, linear_headwise_many
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
+from .recompute import recompute_cheap
 
-__all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "soft_cap", "causal_conv1d",
+__all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "silu_mul_linear", "soft_cap", "causal_conv1d",
            "causal_conv1d_torch", "CausalConv1d", "GatedFeedForward", "SwiGLUFeedForward", "gated_activation",
-           "gated_head_norm", "gated_head_norm_torch", "bias_linspace_init_", "small_init_", "wang_init_",
+           "gated_head_norm", "gated_head_norm_torch", "head_norm_gate", "head_norm_gate_torch",
+           "bias_linspace_init_", "small_init_", "wang_init_",
            "LinearHeadwise", "linear_headwise_many", "headwise_linear", "headwise_linear_torch",
            "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",
-           "MultiHeadLayerNorm", "RMSNorm"]
+           "MultiHeadLayerNorm", "RMSNorm", "recompute_cheap"]

@@ -45,7 +45,7 @@ def silu_mul_kernel(g_ptr, u_ptr, y_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
+def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, s_dg, s_du, P, BLOCK: tl.constexpr):
     """d up = dy silu(g); d gate = dy up sigmoid(g) (1 + g (1 - sigmoid(g))); silu recomputed."""
     row, pid = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = pid * BLOCK + tl.arange(0, BLOCK)
@@ -54,8 +54,8 @@ def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, P, BLOCK
     u = tl.load(u_ptr + row * s_u + cols, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + row * P + cols, mask=mask, other=0.0).to(tl.float32)
     sig = 1.0 / (1.0 + tl.exp(-g))
-    tl.store(du_ptr + row * P + cols, (dy * g * sig).to(du_ptr.dtype.element_ty), mask=mask)
-    tl.store(dg_ptr + row * P + cols, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(dg_ptr.dtype.element_ty),
+    tl.store(du_ptr + row * s_du + cols, (dy * g * sig).to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(dg_ptr + row * s_dg + cols, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(dg_ptr.dtype.element_ty),
              mask=mask)
 
 
@@ -85,13 +85,31 @@ def _silu_mul_bwd(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> tup
     dg = new_empty((rows, P), gate.dtype, gate.device)
     du = new_empty((rows, P), up.dtype, up.device)
     grid, BLOCK = _rows_grid(rows, P)
-    silu_mul_bwd_kernel[grid](gate, up, dy, dg, du, gate.stride(0), up.stride(0), P, BLOCK=BLOCK, num_warps=4)
+    silu_mul_bwd_kernel[grid](gate, up, dy, dg, du, gate.stride(0), up.stride(0), P, P, P, BLOCK=BLOCK, num_warps=4)
     return dg, du
 
 
 @_silu_mul_bwd.register_fake
 def _(gate, up, dy):
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+@torch.library.custom_op("xlstm_triton::silu_mul_bwd_packed", mutates_args=())
+def _silu_mul_bwd_packed(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """d gate and d up side by side in one (rows, 2P) tensor: the gradient of a projection
+    whose output was split into (gate, up), with no cat."""
+    rows, P = up.shape
+    dy = dy.contiguous()
+    dgu = new_empty((rows, 2 * P), up.dtype, up.device)
+    grid, BLOCK = _rows_grid(rows, P)
+    silu_mul_bwd_kernel[grid](gate, up, dy, dgu, dgu[:, P:], gate.stride(0), up.stride(0), 2 * P, 2 * P, P,
+                              BLOCK=BLOCK, num_warps=4)
+    return dgu
+
+
+@_silu_mul_bwd_packed.register_fake
+def _(gate, up, dy):
+    return up.new_empty(up.shape[0], 2 * up.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
@@ -121,3 +139,57 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if u2.stride(-1) != 1:
         u2 = u2.contiguous()
     return _silu_mul(g2, u2).view(up.shape)
+
+
+class _SiLUMulLinear(torch.autograd.Function):
+    """F.linear(silu(gate) * up, weight, bias) that keeps gate and up (which silu_mul's backward
+    reads anyway) but not their product: the backward recomputes it in one pass for the
+    weight gradient. inputs: (gate_up,) rows of [gate | up] (the gradient comes back as one
+    tensor), or (gate, up)."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, *inputs):
+        P = weight.shape[1]
+        gate, up = (inputs[0][:, :P], inputs[0][:, P:]) if len(inputs) == 1 else inputs
+        ctx.save_for_backward(weight, gate, up)
+        ctx.has_bias, ctx.packed = bias is not None, len(inputs) == 1
+        return F.linear(_silu_mul(gate, up), weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, gate, up = ctx.saved_tensors
+        dy = dy.contiguous()
+        product = _silu_mul(gate, up)
+        dw = dy.t() @ product
+        del product
+        db = dy.sum(0) if ctx.has_bias else None
+        d_product = dy @ weight
+        if ctx.packed:
+            return dw, db, _silu_mul_bwd_packed(gate, up, d_product)
+        return (dw, db, *_silu_mul_bwd(gate, up, d_product))
+
+
+def silu_mul_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None, gate_up: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(silu(gate) * up, weight, bias): a SwiGLU feed-forward's activation and down
+    projection, saving ~P features per token of activation memory (the product is recomputed
+    in the backward, one memory-bound pass). gate, up (..., P); weight (E, P); bias (E,) or None.
+    `gate_up` (..., 2P), when gate and up are its two halves, gets its gradient as one tensor
+    (no cat in the backward). Returns (..., E). Where the kernels do not run: the plain
+    composition."""
+    if gate.shape != up.shape:
+        raise ValueError(f"silu_mul_linear: gate and up must have one shape, got {tuple(gate.shape)} "
+                         f"and {tuple(up.shape)}")
+    if not use_kernels(up):
+        return F.linear(silu_mul(gate, up), weight, bias)
+    P, lead = up.shape[-1], up.shape[:-1]
+    if gate_up is not None:
+        gu = gate_up.reshape(-1, 2 * P)
+        if gu.stride(-1) != 1:
+            gu = gu.contiguous()
+        inputs = (gu,)
+    else:
+        inputs = tuple(t.reshape(-1, P) if t.reshape(-1, P).stride(-1) == 1 else t.reshape(-1, P).contiguous()
+                       for t in (gate, up))
+    y = _SiLUMulLinear.apply(weight, bias, *inputs)
+    return y.view(*lead, weight.shape[0])

@@ -6,7 +6,8 @@
   in the fused weight mode one `proj_up_gate_z` (2P, E), gate rows first.
 
 Both compute act(gate) * up through `gated_activation`, which takes the fused `silu_mul` kernels
-for SiLU wherever the Triton kernels run.
+for SiLU wherever the Triton kernels run; with SiLU the down projection goes through
+`silu_mul_linear`, which recomputes the product in the backward instead of keeping it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..utils import use_kernels
-from .activations import ACTIVATIONS, silu_mul
+from .activations import ACTIVATIONS, silu_mul, silu_mul_linear
 from .init import small_init_, wang_init_
 
 __all__ = ["GatedFeedForward", "SwiGLUFeedForward", "gated_activation"]
@@ -53,8 +54,13 @@ class GatedFeedForward(nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.proj_up(x).split(self.config._proj_up_dim, dim=-1)
-        return self.dropout(self.proj_down(gated_activation(gate, up, self.config.act_fn)))
+        gate_up = self.proj_up(x)
+        gate, up = gate_up.split(self.config._proj_up_dim, dim=-1)
+        if self.config.act_fn == "swish":
+            y = silu_mul_linear(gate, up, self.proj_down.weight, self.proj_down.bias, gate_up=gate_up)
+        else:
+            y = self.proj_down(gated_activation(gate, up, self.config.act_fn))
+        return self.dropout(y)
 
     def reset_parameters(self) -> None:
         small_init_(self.proj_up.weight, dim=self.config.embedding_dim)
@@ -85,8 +91,10 @@ class SwiGLUFeedForward(nn.Module):
         self.proj_down = nn.Linear(P, E, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = None
         if self.fused:
-            gate, up = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
+            gate_up = self.proj_up_gate_z(x)
+            gate, up = gate_up.split(self.ffn_dim, dim=-1)
         else:
             gate, up = self.proj_up_gate(x), self.proj_up(x)
-        return self.proj_down(gated_activation(gate, up, "swish"))
+        return silu_mul_linear(gate, up, self.proj_down.weight, self.proj_down.bias, gate_up=gate_up)

@@ -1,13 +1,26 @@
-"""The xLSTM-7B layer's output: per-head LayerNorm of h, gated by sigmoid(o), as one kernel.
+"""The mLSTM layers' output: per-head LayerNorm of h, the skip branch and the gate, one kernel each way.
 
-    gated_head_norm(h, o, weight, bias, eps) = sigmoid(o) * (LayerNorm_per_head(h) * weight + bias)
-        h (B, S, NH, DH), o (B, S, NH * DH) -> (B, S, NH * DH) in o's dtype
+    head_norm_gate(h, gate, weight, bias, eps, act=, skip=, x_skip=)
+        = act(gate) * (LayerNorm_per_head(h) * weight + bias + skip * x_skip)
+    h (B, S, NH, DH), gate (B, S, NH * DH), weight, bias, skip (NH * DH,) or None,
+    x_skip (B, S, NH * DH) or None  ->  (B, S, NH * DH) in gate's dtype
 
-Decoding one token runs this as several PyTorch kernels, and at batch 1 each launch costs about
-as much as it computes; the kernel computes in float32 and rounds once. It serves inference only
-(no autograd): the layer calls it where `use_fused` holds and composes `MultiHeadLayerNorm`
-and the gate in PyTorch otherwise. `gated_head_norm_torch` spells out the composition (the
-tests' reference).
+The xLSTM-7B layer computes `out_proj(sigmoid(o) * MultiHeadLayerNorm(h))` (act "sigmoid", no
+skip), the paper layer `proj_down((outnorm(h) + learnable_skip * x_c) * SiLU(z))` (act "silu",
+weight = 1 + outnorm.weight, no bias). In PyTorch that is a norm of three or four passes, the
+scale, the skip, the activation and the product, and as many again backwards; decoding one
+token pays a launch for each. Here the forward reads h, gate and x_skip once and writes the
+output and a float32 mean and 1/std per (row, head); the backward recomputes the normalized h
+from them, reads h, gate, x_skip and the output gradient once and writes d h, d gate and
+d x_skip once; d weight, d bias and d skip come from per-program partial sums. Statistics and
+arithmetic are float32, the output is rounded once. h may be any strided view (the mLSTM ops
+return (B, NH, S, DH) or (B, S, NH, DH) memory), gate and x_skip any (B, S, F) views (slices of
+a fused projection); a last dim that is not unit-stride is copied. d h comes back contiguous
+(B, S, NH, DH): seq-major memory for the mLSTM ops' backward, whatever h's layout.
+
+`head_norm_gate` is a custom op pair; on CPU without TRITON_INTERPRET=1, for float64 and for
+empty inputs it runs `head_norm_gate_torch`, the plain spelling and the tests' reference.
+`gated_head_norm(h, o, weight, bias, eps)` is the 7B form (act "sigmoid", no skip).
 """
 
 from __future__ import annotations
@@ -19,70 +32,270 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, use_triton
+from ..checks import check_tensor
+from ..utils import new_empty, num_sms, use_kernels
 
-__all__ = ["gated_head_norm", "gated_head_norm_torch"]
+__all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_head_norm_torch"]
+
+ACTS = ("sigmoid", "silu")
 
 
 @triton.jit
-def gated_head_norm_kernel(h_ptr, o_ptr, w_ptr, b_ptr, y_ptr,
-                           s_hb, s_hs, s_hh, s_ob, s_os, S, NH, eps,
-                           DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
-    """One program per (b, s, head): normalize DH features of h, scale, shift, gate by sigmoid(o)."""
+def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, mean_ptr, rstd_ptr,
+                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, S, NH, eps,
+                              DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                              HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
+    """One program per (row, head): normalize DH features of h, scale, shift, add the skip, gate."""
     pid = tl.program_id(0)
     hd = pid % NH
-    bs = pid // NH
-    b, s = bs // S, bs % S
+    row = pid // NH
+    b, s = (row // S).to(tl.int64), (row % S).to(tl.int64)
     d = tl.arange(0, BLOCK)
     mask = d < DH
-    h = tl.load(h_ptr + b.to(tl.int64) * s_hb + s.to(tl.int64) * s_hs + hd * s_hh + d,
-                mask=mask, other=0.0).to(tl.float32)
+    col = hd * DH + d
+    h = tl.load(h_ptr + b * s_hb + s * s_hs + hd.to(tl.int64) * s_hh + d, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(h, axis=0) / DH
     xc = tl.where(mask, h - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / DH
-    y = xc / tl.sqrt(var + eps)
-    col = hd * DH + d
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / DH + eps)
+    y = xc * rstd
     if HAS_W:
         y = y * tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32)
     if HAS_B:
         y = y + tl.load(b_ptr + col, mask=mask, other=0.0).to(tl.float32)
-    o = tl.load(o_ptr + b.to(tl.int64) * s_ob + s.to(tl.int64) * s_os + col, mask=mask, other=0.0).to(tl.float32)
-    y = y / (1.0 + tl.exp(-o))
-    tl.store(y_ptr + bs.to(tl.int64) * (NH * DH) + col, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if HAS_SKIP:
+        xs = tl.load(xs_ptr + b * s_xb + s * s_xs + col, mask=mask, other=0.0).to(tl.float32)
+        y = y + tl.load(k_ptr + col, mask=mask, other=0.0).to(tl.float32) * xs
+    g = tl.load(g_ptr + b * s_gb + s * s_gs + col, mask=mask, other=0.0).to(tl.float32)
+    a = 1.0 / (1.0 + tl.exp(-g))
+    if SILU:
+        a = g * a
+    tl.store(y_ptr + row.to(tl.int64) * (NH * DH) + col, (a * y).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + pid, mean)
+    tl.store(rstd_ptr + pid, rstd)
+
+
+@triton.jit
+def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
+                              dh_ptr, dg_ptr, dxs_ptr, partial_ptr,
+                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, N, S, NH, rows_per_program,
+                              DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                              HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
+    """Programs (row block, head). With n = h^ w + bias + skip x_skip and dn = dy act(gate):
+    d gate = dy n act'(gate); d x_skip = dn skip; d h = 1/std (w dn - mean(w dn) - h^ mean(w dn h^));
+    partial sums over the block's rows of dn h^, dn, dn x_skip (d weight, d bias, d skip)."""
+    pid, hd = tl.program_id(0), tl.program_id(1)
+    d = tl.arange(0, BLOCK)
+    mask = d < DH
+    col = hd * DH + d
+    V = NH * DH
+    w = tl.full((BLOCK,), 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        bias = tl.load(b_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SKIP:
+        k = tl.load(k_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    db = tl.zeros((BLOCK,), dtype=tl.float32)
+    dk = tl.zeros((BLOCK,), dtype=tl.float32)
+    first = pid * rows_per_program
+    for r in range(first, tl.minimum(first + rows_per_program, N)):
+        row = tl.cast(r, tl.int64)
+        b, s = row // S, row % S
+        h = tl.load(h_ptr + b * s_hb + s * s_hs + hd.to(tl.int64) * s_hh + d, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + b * s_gb + s * s_gs + col, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + row * V + col, mask=mask, other=0.0).to(tl.float32)
+        stat = row * NH + hd
+        rstd = tl.load(rstd_ptr + stat)
+        xhat = tl.where(mask, (h - tl.load(mean_ptr + stat)) * rstd, 0.0)
+        n = xhat * w
+        if HAS_B:
+            n = n + bias
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        if SILU:
+            a = g * sig
+            da = sig * (1.0 + g * (1.0 - sig))
+        else:
+            a = sig
+            da = sig * (1.0 - sig)
+        dn = dy * a
+        if HAS_SKIP:
+            xs = tl.load(xs_ptr + b * s_xb + s * s_xs + col, mask=mask, other=0.0).to(tl.float32)
+            n = n + k * xs
+            tl.store(dxs_ptr + row * V + col, (dn * k).to(dxs_ptr.dtype.element_ty), mask=mask)
+            dk += dn * xs
+        tl.store(dg_ptr + row * V + col, (dy * n * da).to(dg_ptr.dtype.element_ty), mask=mask)
+        wdn = w * dn
+        dh = (wdn - tl.sum(wdn, axis=0) / DH - xhat * (tl.sum(wdn * xhat, axis=0) / DH)) * rstd
+        tl.store(dh_ptr + row * V + col, dh.to(dh_ptr.dtype.element_ty), mask=mask)
+        dw += dn * xhat
+        db += dn
+    base = partial_ptr + (3 * pid) * V + col
+    tl.store(base, dw, mask=mask)
+    tl.store(base + V, db, mask=mask)
+    tl.store(base + 2 * V, dk, mask=mask)
+
+
+def _launch_meta(DH: int, backward: bool) -> dict:
+    """A head's features in one block; few warps: the forward ran fastest with 16 features a
+    thread, the backward with 8 and at least 2 warps (H200, bf16, DH 256 and 512)."""
+    BLOCK = triton.next_power_of_2(DH)
+    warps = max(2, BLOCK // 256) if backward else max(1, BLOCK // 512)
+    return dict(DH=DH, BLOCK=BLOCK, num_warps=min(8, warps))
+
+
+def _unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("xlstm_triton::head_norm_gate", mutates_args=())
+def _head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
+                    bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
+                    eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, S, NH, DH = h.shape
+    h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
+    y = new_empty((B, S, NH * DH), gate.dtype, gate.device)
+    mean = new_empty((B, S, NH), torch.float32, h.device)
+    rstd = new_empty((B, S, NH), torch.float32, h.device)
+    if y.numel():
+        xs = x_skip if x_skip is not None else gate
+        head_norm_gate_fwd_kernel[(B * S * NH,)](
+            h, gate, weight if weight is not None else h, bias if bias is not None else h,
+            skip if skip is not None else h, xs, y, mean, rstd,
+            h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
+            S, NH, eps, HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None,
+            SILU=silu, **_launch_meta(DH, backward=False))
+    return y, mean, rstd
+
+
+@_head_norm_gate.register_fake
+def _(h, gate, weight, bias, skip, x_skip, eps, silu):
+    B, S, NH, DH = h.shape
+    f32 = dict(dtype=torch.float32)
+    return gate.new_empty((B, S, NH * DH)), h.new_empty((B, S, NH), **f32), h.new_empty((B, S, NH), **f32)
+
+
+@torch.library.custom_op("xlstm_triton::head_norm_gate_bwd", mutates_args=())
+def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
+                        bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
+                        mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                   torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, S, NH, DH = h.shape
+    N, V = B * S, NH * DH
+    h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
+    dh = new_empty((B, S, NH, DH), h.dtype, h.device)       # (B, S, NH, DH) memory, whatever h's layout
+    dg = new_empty((B, S, V), gate.dtype, gate.device)
+    dxs = new_empty((B, S, V), x_skip.dtype, x_skip.device) if x_skip is not None else gate.new_empty(0)
+    # (row blocks, NH) programs, ~8 an SM for heads of 512 (more for smaller heads: measured on an H200)
+    sms = num_sms(h.device) if h.is_cuda else 132
+    programs = max(1, min(N, triton.cdiv(8 * sms * max(1, 512 // DH), NH)))
+    rows_per_program = triton.cdiv(N, programs) if N else 1
+    partial = torch.zeros((programs, 3, V), dtype=torch.float32, device=h.device)
+    if N and V:
+        xs = x_skip if x_skip is not None else gate
+        head_norm_gate_bwd_kernel[(programs, NH)](
+            h, gate, weight if weight is not None else h, bias if bias is not None else h,
+            skip if skip is not None else h, xs, mean, rstd, dy.contiguous(), dh, dg,
+            dxs if x_skip is not None else dg, partial,
+            h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
+            N, S, NH, rows_per_program,
+            HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
+            **_launch_meta(DH, backward=True))
+    sums = partial.sum(0)
+    return dh, dg, dxs, sums[0].clone(), sums[1].clone(), sums[2].clone()
+
+
+@_head_norm_gate_bwd.register_fake
+def _(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu):
+    B, S, NH, DH = h.shape
+    V = NH * DH
+    dxs = x_skip.new_empty((B, S, V)) if x_skip is not None else gate.new_empty(0)
+    f32 = dict(dtype=torch.float32)
+    return (h.new_empty((B, S, NH, DH)), gate.new_empty((B, S, V)), dxs, h.new_empty(V, **f32),
+            h.new_empty(V, **f32), h.new_empty(V, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    h, gate, weight, bias, skip, x_skip, eps, silu = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(h, gate, weight, bias, skip, x_skip, mean, rstd)
+    ctx.silu = silu
+
+
+def _backward(ctx, dy, d_mean, d_rstd):
+    h, gate, weight, bias, skip, x_skip, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros(gate.shape, dtype=gate.dtype, device=gate.device)
+    dh, dg, dxs, dw, db, dk = _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, ctx.silu)
+    return (dh, dg, None if weight is None else dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
+            None if skip is None else dk.to(skip.dtype), None if x_skip is None else dxs, None, None)
+
+
+_head_norm_gate.register_autograd(_backward, setup_context=_setup_context)
+
+
+def head_norm_gate_torch(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                         bias: Optional[torch.Tensor] = None, eps: float = 1e-6, *, act: str,
+                         skip: Optional[torch.Tensor] = None, x_skip: Optional[torch.Tensor] = None
+                         ) -> torch.Tensor:
+    """The composition the kernels fuse, differentiable by autograd: float32 inside (float64 for
+    float64 inputs), gate's dtype out."""
+    NH, DH = h.shape[-2:]
+    ct = torch.float64 if torch.float64 in (h.dtype, gate.dtype) else torch.float32
+    y = F.layer_norm(h.to(ct), (DH,), eps=eps)
+    if weight is not None:
+        y = y * weight.to(ct).view(NH, DH)
+    if bias is not None:
+        y = y + bias.to(ct).view(NH, DH)
+    y = y.flatten(-2)
+    if skip is not None:
+        y = y + skip.to(ct) * x_skip.to(ct)
+    g = gate.to(ct)
+    return ((torch.sigmoid(g) if act == "sigmoid" else F.silu(g)) * y).to(gate.dtype)
+
+
+def _check(name: str, h, gate, weight, bias, act, skip, x_skip) -> None:
+    if not (isinstance(h, torch.Tensor) and isinstance(gate, torch.Tensor) and h.dim() == 4
+            and gate.shape == (*h.shape[:2], h.shape[2] * h.shape[3])):
+        raise ValueError(f"{name}: expected h (B, S, NH, DH) and {'o' if name == 'gated_head_norm' else 'gate'} "
+                         f"(B, S, NH * DH), got {tuple(getattr(h, 'shape', ()))} and "
+                         f"{tuple(getattr(gate, 'shape', ()))}")
+    if act not in ACTS:
+        raise ValueError(f"{name}: act must be one of {ACTS}, got {act!r}")
+    if (skip is None) != (x_skip is None):
+        raise ValueError(f"{name}: skip and x_skip go together (both or neither)")
+    V = gate.shape[-1]
+    for arg, t in (("weight", weight), ("bias", bias), ("skip", skip)):
+        check_tensor(f"{name}: {arg}", t, (V,), doc="(NH * DH,)", device=h.device, device_of="h", allow_none=True)
+    check_tensor(f"{name}: x_skip", x_skip, tuple(gate.shape), doc="(B, S, NH * DH)", device=h.device,
+                 device_of="h", allow_none=True)
+    check_tensor(f"{name}: gate", gate, device=h.device, device_of="h")
+
+
+def head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None, eps: float = 1e-6, *, act: str,
+                   skip: Optional[torch.Tensor] = None, x_skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """act(gate) * (per-head LayerNorm(h) * weight + bias + skip * x_skip) (module docstring).
+
+    h: (B, S, NH, DH), any strides; gate, x_skip: (B, S, NH * DH); weight, bias, skip:
+    (NH * DH,) or None (skip and x_skip both or neither); act: "sigmoid" or "silu". Returns
+    (B, S, NH * DH) in gate's dtype; gradients flow to every tensor argument.
+    """
+    _check("head_norm_gate", h, gate, weight, bias, act, skip, x_skip)
+    if not all(use_kernels(t) for t in (h, gate) + ((x_skip,) if x_skip is not None else ())):
+        return head_norm_gate_torch(h, gate, weight, bias, eps, act=act, skip=skip, x_skip=x_skip)
+    return _head_norm_gate(h, gate, weight, bias, skip, x_skip, float(eps), act == "silu")[0]
 
 
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):
-    """The composition the kernel fuses (float32 inside, o's dtype out)."""
-    NH, DH = h.shape[-2:]
-    y = F.layer_norm(h.float(), (DH,), eps=eps)
-    if weight is not None:
-        y = y * weight.float().view(NH, DH)
-    if bias is not None:
-        y = y + bias.float().view(NH, DH)
-    return (torch.sigmoid(o.float()) * y.flatten(-2)).to(o.dtype)
+    """The 7B composition: sigmoid(o) * (per-head LayerNorm(h) * weight + bias), float32 inside."""
+    return head_norm_gate_torch(h, o, weight, bias, eps, act="sigmoid")
 
 
 def gated_head_norm(h: torch.Tensor, o: torch.Tensor, weight: Optional[torch.Tensor] = None,
                     bias: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
-    """sigmoid(o) * (per-head LayerNorm(h) * weight + bias).
-
-    h: (B, S, NH, DH), last dim contiguous; o: (B, S, NH * DH), last dim contiguous;
-    weight, bias: (NH * DH,) or None. Returns (B, S, NH * DH) in o's dtype.
-    """
-    if h.dim() != 4 or o.shape != (*h.shape[:2], h.shape[2] * h.shape[3]):
-        raise ValueError(f"gated_head_norm: expected h (B, S, NH, DH) and o (B, S, NH * DH), got "
-                         f"{tuple(h.shape)} and {tuple(o.shape)}")
-    if not use_triton(h):
-        return gated_head_norm_torch(h, o, weight, bias, eps)
-    B, S, NH, DH = h.shape
-    if h.stride(-1) != 1:
-        h = h.contiguous()
-    if o.stride(-1) != 1:
-        o = o.contiguous()
-    y = new_empty((B, S, NH * DH), o.dtype, o.device)
-    gated_head_norm_kernel[(B * S * NH,)](
-        h, o, weight if weight is not None else o, bias if bias is not None else o, y,
-        h.stride(0), h.stride(1), h.stride(2), o.stride(0), o.stride(1), S, NH, eps,
-        DH=DH, BLOCK=triton.next_power_of_2(DH), HAS_W=weight is not None, HAS_B=bias is not None,
-        num_warps=4)
-    return y
+    """sigmoid(o) * (per-head LayerNorm(h) * weight + bias): `head_norm_gate` with act "sigmoid"
+    and no skip. h: (B, S, NH, DH); o: (B, S, NH * DH). Returns (B, S, NH * DH) in o's dtype."""
+    _check("gated_head_norm", h, o, weight, bias, "sigmoid", None, None)
+    return head_norm_gate(h, o, weight, bias, eps, act="sigmoid")

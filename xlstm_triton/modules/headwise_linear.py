@@ -81,25 +81,30 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_program,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
-    """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]."""
+    """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i].
+
+    Column c = b*BS + o of d out meets the BS columns of x in its block: x is read as a
+    (BR, BS, BF) tile, x3[n, i, c] = x[n, (c // BS) * BS + i] (each element BS times, from L1),
+    so the products are plain broadcasts with no reshape between layouts, and partial's
+    (b, o, i) offset is c * BS + i."""
     pid_p, pid_f = tl.program_id(0), tl.program_id(1)
-    NBT: tl.constexpr = BF // BS
     cols = pid_f * BF + tl.arange(0, BF)
-    blocks = pid_f * NBT + tl.arange(0, NBT)
-    o = tl.arange(0, BS)
-    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
-    w_mask = (blocks < F // BS)[:, None, None]
+    i = tl.arange(0, BS)
+    col_ok = cols < F
+    x_cols = (cols // BS * BS)[None, None, :] + i[None, :, None]                   # (1, BS, BF)
     first = pid_p * rows_per_program
     for m in tl.static_range(M):
-        acc = tl.zeros((NBT, BS, BS), dtype=tl.float32)
+        acc = tl.zeros((BR, BS, BF), dtype=tl.float32)
         for start in range(first, first + rows_per_program, BR):
             rows = start + tl.arange(0, BR)
-            mask = (rows < N)[:, None] & (cols < F)[None, :]
-            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            row_ok = rows < N
+            x3 = tl.load(x_ptr + rows.to(tl.int64)[:, None, None] * s_x + x_cols,
+                         mask=row_ok[:, None, None] & col_ok[None, None, :], other=0.0).to(tl.float32)
             d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
-                        mask=mask, other=0.0).to(tl.float32)
-            acc += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * tl.reshape(x, (BR, NBT, 1, BS)), axis=0)
-        tl.store(partial_ptr + (pid_p * M + m).to(tl.int64) * F * BS + w_offs, acc, mask=w_mask)
+                        mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            acc += d[:, None, :] * x3
+        tl.store(partial_ptr + (pid_p * M + m).to(tl.int64) * F * BS + cols[None, :] * BS + i[:, None],
+                 tl.sum(acc, axis=0), mask=col_ok[None, :])
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -139,12 +144,13 @@ def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tens
     dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, M=M, BS=BS, BR=BR,
                                                                      BF=BF, num_warps=4)
-    programs = max(1, min(triton.cdiv(N, BR), 64))
-    rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR) * BR
+    BR_dw = max(4, 128 // BS)          # the (BR, BS, BF) accumulator: 64 float32 per thread
+    programs = max(1, min(triton.cdiv(N, BR_dw), 64))
+    rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
     programs = triton.cdiv(N, rows_per_program) if N else 1
     partial = torch.zeros((programs, M, F // BS, BS, BS), dtype=torch.float32, device=x.device)
     headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF))](x, dout, partial, N, F, x.stride(0), rows_per_program,
-                                                           M=M, BS=BS, BR=BR, BF=BF, num_warps=4)
+                                                           M=M, BS=BS, BR=BR_dw, BF=BF, num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)
 
 

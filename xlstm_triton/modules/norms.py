@@ -9,7 +9,7 @@
 
 `add_forward(x, residual)` of LayerNorm and RMSNorm adds a residual branch and normalizes in
 one kernel each way (`add_norm.py`); the blocks use it between their branches. The fused
-inference kernel of the 7B per-head norm with its output gate is `gated_head_norm.py`.
+per-head norm with what follows it (the output gate; the paper layer's skip) is `gated_head_norm.py`.
 """
 
 from __future__ import annotations
