@@ -78,14 +78,27 @@ def _(gate, up):
     return up.new_empty(up.shape)
 
 
+def _launch_silu_mul_bwd(gate, up, dy, dg, du):
+    """d gate, d up of silu(gate) * up into dg, du ((rows, P) views with unit last stride)."""
+    rows, P = up.shape
+    dy = dy.contiguous()
+    grid, BLOCK = _rows_grid(rows, P)
+    silu_mul_bwd_kernel[grid](gate, up, dy, dg, du, gate.stride(0), up.stride(0), dg.stride(0), du.stride(0), P,
+                              BLOCK=BLOCK, num_warps=4)
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t (..., width) as (rows, width) with unit last stride (a view where possible)."""
+    t = t.reshape(-1, width)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 @torch.library.custom_op("xlstm_triton::silu_mul_bwd", mutates_args=())
 def _silu_mul_bwd(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, P = up.shape
-    dy = dy.contiguous()
     dg = new_empty((rows, P), gate.dtype, gate.device)
     du = new_empty((rows, P), up.dtype, up.device)
-    grid, BLOCK = _rows_grid(rows, P)
-    silu_mul_bwd_kernel[grid](gate, up, dy, dg, du, gate.stride(0), up.stride(0), P, P, P, BLOCK=BLOCK, num_warps=4)
+    _launch_silu_mul_bwd(gate, up, dy, dg, du)
     return dg, du
 
 
@@ -99,11 +112,8 @@ def _silu_mul_bwd_packed(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor)
     """d gate and d up side by side in one (rows, 2P) tensor: the gradient of a projection
     whose output was split into (gate, up), with no cat."""
     rows, P = up.shape
-    dy = dy.contiguous()
     dgu = new_empty((rows, 2 * P), up.dtype, up.device)
-    grid, BLOCK = _rows_grid(rows, P)
-    silu_mul_bwd_kernel[grid](gate, up, dy, dgu, dgu[:, P:], gate.stride(0), up.stride(0), 2 * P, 2 * P, P,
-                              BLOCK=BLOCK, num_warps=4)
+    _launch_silu_mul_bwd(gate, up, dy, dgu[:, :P], dgu[:, P:])
     return dgu
 
 
@@ -133,12 +143,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if not use_kernels(up):
         return (F.silu(gate.float()) * up.float()).to(up.dtype)
     P = up.shape[-1]
-    g2, u2 = gate.reshape(-1, P), up.reshape(-1, P)        # views for (B, S, P) slices
-    if g2.stride(-1) != 1:
-        g2 = g2.contiguous()
-    if u2.stride(-1) != 1:
-        u2 = u2.contiguous()
-    return _silu_mul(g2, u2).view(up.shape)
+    return _silu_mul(_rows(gate, P), _rows(up, P)).view(up.shape)     # views for (B, S, P) slices
 
 
 class _SiLUMulLinear(torch.autograd.Function):
@@ -183,13 +188,6 @@ def silu_mul_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
     if not use_kernels(up):
         return F.linear(silu_mul(gate, up), weight, bias)
     P, lead = up.shape[-1], up.shape[:-1]
-    if gate_up is not None:
-        gu = gate_up.reshape(-1, 2 * P)
-        if gu.stride(-1) != 1:
-            gu = gu.contiguous()
-        inputs = (gu,)
-    else:
-        inputs = tuple(t.reshape(-1, P) if t.reshape(-1, P).stride(-1) == 1 else t.reshape(-1, P).contiguous()
-                       for t in (gate, up))
+    inputs = (_rows(gate_up, 2 * P),) if gate_up is not None else (_rows(gate, P), _rows(up, P))
     y = _SiLUMulLinear.apply(weight, bias, *inputs)
     return y.view(*lead, weight.shape[0])
