@@ -1,5 +1,6 @@
-"""Small helpers shared by the ops: output allocation (poisonable for tests), dispatch, and the
-NaN-propagating minimum and maximum of the kernels."""
+"""Small helpers shared by the ops: output allocation (poisonable for tests), dispatch, the
+registration of kernel launchers as custom ops (`kernel_op`), and the NaN-propagating minimum
+and maximum of the kernels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,56 @@ import triton
 import triton.language as tl
 
 _POISON_OUTPUTS = False
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+class KernelOp:
+    """A kernel launcher registered as the custom op `name` (what `torch.compile` and
+    `torch.library.opcheck` see: `.op`), called directly where that is the same thing.
+
+    In eager mode with plain tensors and no dispatch mode active, a call runs the launcher
+    itself, and with autograd a plain `torch.autograd.Function` built from the same
+    `setup_context` and `backward`: the custom-op dispatcher costs ~100-300 us of host time per
+    call and per backward, more than many of these kernels take on the GPU, and an eager
+    training step of a model runs hundreds of them. Under `torch.compile`, tracing, a dispatch
+    mode or tensor subclasses, a call goes through the registered op. Arguments are positional.
+    """
+
+    def __init__(self, name: str, fn, mutates_args=()):
+        self.fn = fn
+        self.op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
+        self._function = None
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+
+    def register_fake(self, fake):
+        self.op.register_fake(fake)
+        return fake
+
+    def register_autograd(self, backward, *, setup_context) -> None:
+        self.op.register_autograd(backward, setup_context=setup_context)
+        fn = self.fn
+
+        def forward(ctx, *args):      # not a separate setup_context: that binds the signature per call
+            out = fn(*args)
+            setup_context(ctx, args, out)
+            return out
+        self._function = type(self.__name__.lstrip("_") + "Function", (torch.autograd.Function,), dict(
+            forward=staticmethod(forward), backward=staticmethod(backward)))
+
+    def __call__(self, *args):
+        direct = not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0 and all(
+            type(a) in _PLAIN_TENSORS for a in args if isinstance(a, torch.Tensor))
+        if not direct:
+            return self.op(*args)
+        if self._function is not None and torch.is_grad_enabled() and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return self._function.apply(*args)
+        return self.fn(*args)
+
+
+def kernel_op(name: str, mutates_args=()):
+    """Decorator: `KernelOp(name, fn)` (its docstring); use like `torch.library.custom_op`."""
+    return lambda fn: KernelOp(name, fn, mutates_args)
 
 
 def new_empty(shape, dtype, device) -> torch.Tensor:
@@ -93,3 +144,12 @@ def maximum_nan(a, b):
 def minimum_nan(a, b):
     """min(a, b), NaN where either is NaN (see `maximum_nan`)."""
     return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def soft_cap_jit(x, cap):
+    """cap * tanh(x / cap) (xLSTM-7B's gate soft cap), tanh from one exp; NaN stays NaN. Its
+    derivative is 1 - (result / cap)**2."""
+    t = tl.exp(-2.0 * tl.abs(x) / cap)
+    return tl.where(x < 0, -cap, cap) * (1.0 - t) / (1.0 + t)
+

@@ -104,11 +104,11 @@ def test_opcheck(skip, device, kernels):
     w = torch.randn(V, device=device, requires_grad=True)
     k = torch.randn(V, device=device, requires_grad=True) if skip else None
     xs = torch.randn(B, S, V, device=device, requires_grad=True) if skip else None
-    torch.library.opcheck(_head_norm_gate, (h, gate, w, None, k, xs, 1e-5, True))
+    torch.library.opcheck(_head_norm_gate.op, (h, gate, w, None, k, xs, 1e-5, True))
     with torch.no_grad():
         _, mean, rstd = _head_norm_gate(h, gate, w, None, k, xs, 1e-5, True)
     dy = torch.randn(B, S, V, device=device)
-    torch.library.opcheck(_head_norm_gate_bwd, (h.detach(), gate.detach(), w.detach(), None,
+    torch.library.opcheck(_head_norm_gate_bwd.op, (h.detach(), gate.detach(), w.detach(), None,
                                                  None if k is None else k.detach(), None if xs is None else xs.detach(),
                                                  mean, rstd, dy, True))
 

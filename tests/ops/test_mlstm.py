@@ -462,3 +462,47 @@ def test_seq_major_inputs_get_seq_major_outputs(device):
         results.append([h.detach()] + [t.grad for t in leaves])
     for a, b, name in zip(*results, ["h", "dq", "dk", "dv"]):
         assert_close(a, b, 1e-6, name)
+
+
+def _capped_reference(cap):
+    """The float64 recurrence on gates soft-capped by PyTorch beforehand."""
+    def reference(q, k, v, i, f, **kw):
+        return mlstm_recurrent(q, k, v, cap * torch.tanh(i / cap), cap * torch.tanh(f / cap), **kw)
+    return reference
+
+
+@pytest.mark.parametrize("states", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_soft_cap_inside_the_kernels(states, dtype, device, poison):
+    """gate_soft_cap=c equals the recurrence on c * tanh(i / c), c * tanh(f / c): outputs, states and
+    every gradient (di, df through the cap's derivative), with gates far beyond the cap, and the
+    gates given as strided views of a (B, S, 2 NH) projection, as the 7B layer passes them."""
+    torch.manual_seed(3)
+    B, NH, S, cap = 2, 3, 45, 5.0
+    x = make_inputs(B, NH, S, 16, 32, device, dtype=dtype, states=states, igate=(-40.0, 40.0), fgate=(-30.0, 30.0))
+    proj = torch.cat([x.pop("i"), x.pop("f")], dim=1).transpose(1, 2).contiguous()   # (B, S, 2 NH)
+
+    def run(fn, proj, x, **kw):
+        proj = proj.clone().requires_grad_()
+        leaves = {k: t.clone().requires_grad_(k in NAMES) for k, t in x.items()}
+        i, f = proj[..., :NH].transpose(1, 2), proj[..., NH:].transpose(1, 2)
+        h, (c, n, m) = fn(**leaves, i=i, f=f, return_last_states=True, **kw)
+        torch.manual_seed(4)
+        loss = sum((o.double() * torch.randn(o.shape, dtype=torch.float64, device=o.device)).sum() for o in (h, c, n))
+        loss.backward()
+        return [h, c, n, m], {"gates": proj.grad, **{k: leaves[k].grad for k in leaves if k in NAMES}}
+
+    ref_out, ref_grads = run(_capped_reference(cap), proj.double(), {k: t.double() for k, t in x.items()})
+    out, grads = run(mlstm_chunkwise, proj, x, chunk_size=16, gate_soft_cap=cap)
+    fw_tol, bw_tol = TOL[dtype]
+    for a, b, name in zip(out, ref_out, ["h", "c_last", "n_last", "m_last"]):
+        assert_close(a, b, fw_tol, name)
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name], bw_tol, f"d{name}")
+
+
+def test_gate_soft_cap_is_checked(device):
+    x = make_inputs(1, 1, 8, 16, 16, device)
+    for bad in (0.0, -1.0, float("nan"), "15", True):
+        with pytest.raises(ValueError, match="gate_soft_cap"):
+            mlstm_chunkwise(**x, gate_soft_cap=bad)

@@ -48,13 +48,11 @@ def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     sync), longer sequences `mlstm_chunkwise` (training, prefill); each picks the Triton kernels
     or the PyTorch path itself. `inplace` (no autograd) writes the new state into `state`
     (S == 1: by the step kernel; else copied) and returns it. `gate_soft_cap` caps the gates
-    inside the step kernel (S == 1 only; longer sequences take capped gates).
+    inside the kernels (cap * tanh(x / cap) of the given i, f).
 
     Returns h (B, NH, S, DV) in q's dtype and, with `return_state`, the new mLSTMState.
     """
     B, NH, S, DQK = q.shape
-    if gate_soft_cap is not None and S != 1:
-        raise ValueError("mlstm_recurrence: gate_soft_cap applies to single steps (S == 1) only")
     if S == 1:
         if state is None:
             state = zero_mlstm_state(B, NH, DQK, v.shape[-1], q.device)
@@ -64,7 +62,7 @@ def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     else:
         c, n, m = state if state is not None else (None, None, None)
         out = mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_state or inplace,
-                              eps=eps, chunk_size=chunk_size)
+                              eps=eps, chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
         h, new = out if return_state or inplace else (out, None)
         if inplace:
             for dst, src in zip(state, new):

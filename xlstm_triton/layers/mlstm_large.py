@@ -5,10 +5,10 @@
     h = mLSTM(q, k, v, i, f) per head                 (DQK = qk_dim / NH, DV = v_dim / NH)
     y = out_proj(sigmoid(o) * MultiHeadLayerNorm(h))
 
-with cap_c(x) = c * tanh(x / c). The config is an `xLSTMLargeConfig` (any object with its
-fields). State: one `mLSTMState(c, n, m)`, float32. Where the Triton kernels run, the head norm
-with the output gate is one kernel each way (`modules.head_norm_gate`, training too), and in
-decoding without autograd the gate cap moves into the step kernel.
+with cap_c(x) = c * tanh(x / c), applied inside the mLSTM kernels (training, prefill and the
+decoding step). The config is an `xLSTMLargeConfig` (any object with its fields). State: one
+`mLSTMState(c, n, m)`, float32. Where the Triton kernels run, the head norm with the output gate
+is one kernel each way (`modules.head_norm_gate`, training too).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..checks import check_layer_input
-from ..modules import MultiHeadLayerNorm, head_norm_gate, soft_cap
-from ..utils import use_fused, use_kernels
+from ..modules import MultiHeadLayerNorm, head_norm_gate
+from ..utils import use_kernels
 from .mlstm import mlstm_recurrence
 from .state import check_mlstm_state, mLSTMState, zero_mlstm_state
 
@@ -67,14 +67,14 @@ class mLSTMLargeLayer(nn.Module):
         NH = self.num_heads
         return check_mlstm_state(state, batch_size, NH, self.qk_dim // NH, self.v_dim // NH, name)
 
-    def _projections(self, x, cap: Optional[float]):
+    def _projections(self, x):
+        """q, k, v, o and the uncapped gate pre-activations i, f."""
         if self.fused:
             q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
-            i, f = soft_cap(self.ifgate_preact(x), cap).split(self.num_heads, dim=-1)
+            i, f = self.ifgate_preact(x).split(self.num_heads, dim=-1)
         else:
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
-            i = soft_cap(self.igate_preact(x), cap)
-            f = soft_cap(self.fgate_preact(x), cap)
+            i, f = self.igate_preact(x), self.fgate_preact(x)
         return q, k, v, o, i, f
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
@@ -88,17 +88,13 @@ class mLSTMLargeLayer(nn.Module):
         NH = self.num_heads
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. layer.zero_state(B))")
-        # Inference on the GPU moves the gate soft cap into the decoding step (`fused`); wherever
-        # the kernels run (training too) the head norm and the output gate are one kernel.
-        fused = use_fused(x)
-        cap = self.config.gate_soft_cap
-        step_cap = cap if fused and S == 1 else None
-        q, k, v, o, i, f = self._projections(x, None if step_cap is not None else cap)
+        q, k, v, o, i, f = self._projections(x)
         # (B, S, NH * D) -> (B, NH, S, D) views; the ops take strided inputs.
         q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))
         i, f = i.transpose(1, 2), f.transpose(1, 2)                       # (B, NH, S)
         out = mlstm_recurrence(q, k, v, i, f, state, return_state=return_state, eps=self.config.eps,
-                               chunk_size=self.config.chunk_size, inplace=update_state, gate_soft_cap=step_cap)
+                               chunk_size=self.config.chunk_size, inplace=update_state,
+                               gate_soft_cap=self.config.gate_soft_cap)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DV)
         if use_kernels(x):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..utils import new_empty, use_kernels
+from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]
 
@@ -64,7 +64,7 @@ def _rows_grid(rows: int, P: int):
     return (rows, triton.cdiv(P, BLOCK)), BLOCK
 
 
-@torch.library.custom_op("xlstm_triton::silu_mul", mutates_args=())
+@kernel_op("xlstm_triton::silu_mul")
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     rows, P = up.shape
     y = new_empty((rows, P), up.dtype, up.device)
@@ -93,7 +93,7 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("xlstm_triton::silu_mul_bwd", mutates_args=())
+@kernel_op("xlstm_triton::silu_mul_bwd")
 def _silu_mul_bwd(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, P = up.shape
     dg = new_empty((rows, P), gate.dtype, gate.device)
@@ -107,7 +107,7 @@ def _(gate, up, dy):
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
 
-@torch.library.custom_op("xlstm_triton::silu_mul_bwd_packed", mutates_args=())
+@kernel_op("xlstm_triton::silu_mul_bwd_packed")
 def _silu_mul_bwd_packed(gate: torch.Tensor, up: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """d gate and d up side by side in one (rows, 2P) tensor: the gradient of a projection
     whose output was split into (gate, up), with no cat."""

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_features, check_tensor
-from ..utils import new_empty, use_kernels
+from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["add_norm", "add_norm_torch"]
 
@@ -96,7 +96,7 @@ def add_norm_bwd_kernel(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr
     tl.store(partial_ptr + (2 * pid + 1) * D + cols, db, mask=mask)
 
 
-@torch.library.custom_op("xlstm_triton::add_norm", mutates_args=())
+@kernel_op("xlstm_triton::add_norm")
 def _add_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
               bias: Optional[torch.Tensor], eps: float, offset: float, rms: bool
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +122,7 @@ def _(x, residual, weight, bias, eps, offset, rms):
             x.new_empty(N, **f32), x.new_empty(N, **f32))
 
 
-@torch.library.custom_op("xlstm_triton::add_norm_bwd", mutates_args=())
+@kernel_op("xlstm_triton::add_norm_bwd")
 def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                   dy: torch.Tensor, ds: Optional[torch.Tensor], offset: float, rms: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_tensor
-from ..utils import new_empty, use_kernels
+from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_torch"]
 
@@ -123,7 +123,7 @@ def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, triton.next_power_of_2(S))), min(128, max(16, triton.next_power_of_2(F)))
 
 
-@torch.library.custom_op("xlstm_triton::causal_conv1d", mutates_args=())
+@kernel_op("xlstm_triton::causal_conv1d")
 def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
     B, S, F = x.shape
@@ -141,7 +141,7 @@ def _(x, weight, bias, state, silu):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("xlstm_triton::causal_conv1d_bwd", mutates_args=())
+@kernel_op("xlstm_triton::causal_conv1d_bwd")
 def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_tensor
-from ..utils import new_empty, num_sms, use_kernels
+from ..utils import kernel_op, new_empty, num_sms, use_kernels
 
 __all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_head_norm_torch"]
 
@@ -148,7 +148,7 @@ def _unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("xlstm_triton::head_norm_gate", mutates_args=())
+@kernel_op("xlstm_triton::head_norm_gate")
 def _head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                     bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
                     eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +175,7 @@ def _(h, gate, weight, bias, skip, x_skip, eps, silu):
     return gate.new_empty((B, S, NH * DH)), h.new_empty((B, S, NH), **f32), h.new_empty((B, S, NH), **f32)
 
 
-@torch.library.custom_op("xlstm_triton::head_norm_gate_bwd", mutates_args=())
+@kernel_op("xlstm_triton::head_norm_gate_bwd")
 def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                         bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
                         mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_features, check_tensor
-from ..utils import new_empty, use_kernels
+from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]
 
@@ -124,7 +124,7 @@ def _fwd(x, weight, bias):
     return out
 
 
-@torch.library.custom_op("xlstm_triton::headwise_linear", mutates_args=())
+@kernel_op("xlstm_triton::headwise_linear")
 def _headwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     return _fwd(x, weight, bias)
 
@@ -134,7 +134,7 @@ def _(x, weight, bias):
     return x.new_empty(weight.shape[0], x.shape[0], x.shape[1])
 
 
-@torch.library.custom_op("xlstm_triton::headwise_linear_bwd", mutates_args=())
+@kernel_op("xlstm_triton::headwise_linear_bwd")
 def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     N, F = x.shape

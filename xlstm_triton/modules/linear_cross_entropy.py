@@ -29,7 +29,7 @@ import triton.language as tl
 from torch import nn
 
 from ..checks import check_features, check_tensor
-from ..utils import use_kernels
+from ..utils import kernel_op, use_kernels
 from .activations import soft_cap as apply_soft_cap
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "LinearCrossEntropyLoss"]
@@ -124,7 +124,7 @@ def _fused(hidden, weight, labels, soft_cap, ignore_index, chunk_rows, compute_g
     return loss_rows.sum() / count, grad_h, grad_w.to(weight.dtype) if compute_grads else grad_w
 
 
-@torch.library.custom_op("xlstm_triton::linear_cross_entropy", mutates_args=())
+@kernel_op("xlstm_triton::linear_cross_entropy")
 def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           soft_cap: Optional[float], ignore_index: int, chunk_rows: int, compute_grads: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,19 +22,19 @@ kernels return the row dots q . dq and k . dk (one partial per DQK block) for th
 
 Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
 (DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
-`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH).
+`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH);
+`chunkwise_bwd_gates_kernel` (B*NH,), reverse over the steps: di, and df from the suffix sums.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ...utils import new_empty, new_empty_bhsd
+from ...utils import minimum_nan, new_empty, new_empty_bhsd, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import LOGF_FLOOR
+from .gates import gate_rows
 
 
 @triton.jit(do_not_specialize=["NH", "S"])
@@ -316,8 +316,49 @@ def chunkwise_bwd_dk_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
 
 
-def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False):
+@triton.jit(do_not_specialize=["S", "S_pad"])
+def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr, df_ptr, S, S_pad, ROWS,
+                               s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, NKB: tl.constexpr,
+                               BS: tl.constexpr, HAS_EXTRA: tl.constexpr, SOFT_CAP: tl.constexpr):
+    """Program row: di_s = k_s . dk_s and df_j = sigmoid(-f_j) sum_{t >= j} dF_t (0 where the
+    logsigmoid floor clamps), dF_t = q_t . dq_t - k_t . dk_t (+ extra at the last step), from
+    the per-DQK-block partial dots (NKB, ROWS, S_pad); suffix sums in float64, walking the row
+    backwards a block at a time. With the soft cap, both times its derivative 1 - (x_cap / cap)^2."""
+    row = tl.program_id(0).to(tl.int64)
+    i_row, f_row = gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH)
+    carry = tl.zeros((), dtype=tl.float64)
+    if HAS_EXTRA:
+        carry += tl.load(extra_ptr + row)
+    for blk in range(tl.cdiv(S, BS) - 1, -1, -1):
+        t = blk * BS + tl.arange(0, BS)
+        real = t < S
+        qdq = tl.zeros((BS,), dtype=tl.float32)
+        kdk = tl.zeros((BS,), dtype=tl.float32)
+        for j in range(NKB):
+            off = (j * ROWS + row) * S_pad + t
+            qdq += tl.load(qdq_ptr + off, mask=real, other=0.0)
+            kdk += tl.load(kdk_ptr + off, mask=real, other=0.0)
+        d_f = qdq.to(tl.float64) - kdk.to(tl.float64)
+        total = tl.sum(d_f, axis=0)
+        d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
+        carry += total
+        fg = tl.load(f_row + t * s_ft, mask=real, other=0.0).to(tl.float64)
+        d_ig = kdk
+        if SOFT_CAP:
+            fg = soft_cap_jit(fg, cap)
+            ig = soft_cap_jit(tl.load(i_row + t * s_it, mask=real, other=0.0).to(tl.float32), cap)
+            d_ig = d_ig * (1.0 - (ig / cap) * (ig / cap))
+        logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))
+        d_fg = tl.where(logf < -1000.0, 0.0, d_logf / (1.0 + tl.exp(fg)))    # -1000.0 = LOGF_FLOOR
+        if SOFT_CAP:
+            d_fg = d_fg * (1.0 - (fg / cap) * (fg / cap))
+        # via float32: the interpreter turns float64 -> bfloat16 into NaN
+        tl.store(df_ptr + row * S + t, d_fg.to(tl.float32).to(df_ptr.dtype.element_ty), mask=real)
+        tl.store(di_ptr + row * S + t, d_ig.to(di_ptr.dtype.element_ty), mask=real)
+
+
+def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
+                  seq_major=False, soft_cap=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
 
     q, k, v, f, h and dh may have any strides with unit stride in the last dim (dq, dk, dv come
@@ -375,21 +416,18 @@ def chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gat
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     del dstates, dnstates
 
-    # Gates: di_s = k_s . dk_s;  dF_t = q_t . dq_t - k_t . dk_t (+ the final state's terms);
-    # dlogsigmoid(f)_j = sum_{t >= j} dF_t.
-    # Sliced off the padding: strided views. The gate gradients are returned contiguous, as
-    # the op's fake implementation promises (a compiled backward checks the strides).
-    qdq = qdq.sum(0)[:, :S].reshape(B, NH, S)
-    kdk = kdk.sum(0)[:, :S].reshape(B, NH, S)
-    dF = (qdq - kdk).double()
+    # Gates (module docstring): the final state's terms enter dF at the last step, so every
+    # suffix sum; they are rare (a state passed on with a gradient), kept in PyTorch.
+    extra = None
     if dc_last is not None:
-        dF[..., -1] += (dc_last.double() * c_last.double()).sum((-2, -1))
+        extra = (dc_last.double() * c_last.double()).sum((-2, -1)).reshape(B * NH)
     if dn_last is not None:
-        dF[..., -1] += (dn_last.double() * n_last.double()).sum(-1)
-    dlogf = dF.flip(-1).cumsum(-1).flip(-1)
-    f64 = f.double()
-    # d logsigmoid(f) / df = sigmoid(-f), and 0 where the floor of gates.py clamps it.
-    df = torch.where(F.logsigmoid(f64) < LOGF_FLOOR, 0.0, dlogf * torch.sigmoid(-f64))
-    df = df.to(f.dtype).contiguous()
-    di = kdk.to(f.dtype).contiguous()
+        dn_term = (dn_last.double() * n_last.double()).sum(-1).reshape(B * NH)
+        extra = dn_term if extra is None else extra + dn_term
+    di = new_empty((B, NH, S), f.dtype, dev)
+    df = new_empty((B, NH, S), f.dtype, dev)
+    chunkwise_bwd_gates_kernel[(B * NH,)](
+        qdq, kdk, i, f, extra if extra is not None else qdq, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(), NH,
+        1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, triton.next_power_of_2(S))),
+        HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, num_warps=4)
     return dq, dk, dv, di, df, dc0, dn0

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ...utils import maximum_nan, minimum_nan, new_empty, use_triton
+from ...utils import maximum_nan, minimum_nan, new_empty, soft_cap_jit, use_triton
 
 LOG2E = 1.0 / math.log(2.0)
 LOGF_FLOOR = -1000.0
@@ -72,21 +72,34 @@ class ChunkGates:
 
 
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
-                    chunk_size: int) -> ChunkGates:
-    """i, f: (B, NH, S) gate pre-activations; m_initial: (B, NH, 1) or None (zeros)."""
+                    chunk_size: int, soft_cap: float | None = None) -> ChunkGates:
+    """i, f: (B, NH, S) gate pre-activations, any strides; m_initial: (B, NH, 1) or None
+    (zeros); soft_cap: the gates are cap * tanh(x / cap) of i and f if given."""
     if use_triton(i) and i.numel() > 0:
-        return chunkwise_gates_triton(i, f, m_initial, chunk_size)
-    return chunkwise_gates_torch(i, f, m_initial, chunk_size)
+        return chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap)
+    return chunkwise_gates_torch(i, f, m_initial, chunk_size, soft_cap)
 
 
 @triton.jit
-def _chunk_gates(i_ptr, f_ptr, row, c, S, L: tl.constexpr):
+def gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH):
+    """Pointers to row `row` = b * NH + h of the (B, NH, S) gate tensors i and f."""
+    b, h = row // NH, row % NH
+    return i_ptr + b * s_ib + h * s_ih, f_ptr + b * s_fb + h * s_fh
+
+
+@triton.jit
+def _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, L: tl.constexpr,
+                 SOFT_CAP: tl.constexpr):
     """Chunk c of a row: positions, input gates and the chunk-local cumsum b of the floored
     logsigmoid(f), in float64; padding i = -inf, logsigmoid(f) = 0."""
     pos = c * L + tl.arange(0, L)
     real = pos < S
-    ig = tl.load(i_ptr + row * S + pos, mask=real, other=float("-inf")).to(tl.float64)
-    fg = tl.load(f_ptr + row * S + pos, mask=real, other=0.0).to(tl.float64)
+    i_row, f_row = gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH)
+    ig = tl.load(i_row + pos * s_it, mask=real, other=float("-inf")).to(tl.float64)
+    fg = tl.load(f_row + pos * s_ft, mask=real, other=0.0).to(tl.float64)
+    if SOFT_CAP:
+        ig = tl.where(real, soft_cap_jit(ig, cap), ig)
+        fg = soft_cap_jit(fg, cap)
     logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))      # logsigmoid
     logf = tl.where(real, maximum_nan(logf, -1000.0), 0.0)              # -1000.0 = LOGF_FLOOR
     b = tl.cumsum(logf, axis=0)                          # chunk-local F_t - F_{cL-1}
@@ -94,11 +107,13 @@ def _chunk_gates(i_ptr, f_ptr, row, c, S, L: tl.constexpr):
 
 
 @triton.jit
-def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, L: tl.constexpr):
+def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh,
+                              s_ft, NH, cap, L: tl.constexpr, SOFT_CAP: tl.constexpr):
     """Program (c, row): b_end = b at the chunk's last step, lmax = max_t (i_t - b_t)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64) + row0
-    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, L)
+    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
+                              L, SOFT_CAP)
     b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
     lmax = tl.reduce(ig - b, 0, maximum_nan)
     tl.store(b_end_ptr + row * NC + c, b_end)
@@ -107,8 +122,9 @@ def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, L:
 
 @triton.jit
 def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
-                           decay_ptr, m_last_ptr, S, S_pad, NC, row0, L: tl.constexpr, BLOCK: tl.constexpr,
-                           HAS_M0: tl.constexpr):
+                           decay_ptr, m_last_ptr, S, S_pad, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH,
+                           cap, L: tl.constexpr, BLOCK: tl.constexpr, HAS_M0: tl.constexpr,
+                           SOFT_CAP: tl.constexpr):
     """Program (c, row): the outputs of chunk c, from the summaries of chunks 0..c."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64) + row0
@@ -142,7 +158,8 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2
     mc = f_prev + maximum_nan(m0, run_max)               # stabilizer at the chunk start (m0 for c = 0)
     mc_next = f_next + maximum_nan(m0, run_next)         # = m at the chunk's last step
 
-    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, L)
+    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
+                              L, SOFT_CAP)
     log2e = 1.4426950408889634
     cum = f_prev + b
     run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
@@ -163,13 +180,13 @@ MAX_GRID_Y = 65535          # CUDA's limit on grid dimension 1: rows are launche
 SUMMARY_BLOCK = 1024        # chunk summaries a program of chunkwise_gates_kernel loads at a time
 
 
-def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
+def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkGates:
     B, NH, S = i.shape
     L = chunk_size
     NC = -(-S // L)
     S_pad = NC * L
     rows = B * NH
-    i, f = i.reshape(rows, S).contiguous(), f.reshape(rows, S).contiguous()
+    gate_args = (*i.stride(), *f.stride(), NH, 1.0 if soft_cap is None else float(soft_cap))
     m0 = None if m_initial is None else m_initial.reshape(rows).contiguous()
     step = [new_empty((rows, S_pad), torch.float32, i.device) for _ in range(5)]
     decay = new_empty((rows, NC), torch.float32, i.device)
@@ -179,23 +196,27 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size) -> ChunkGates:
     block = min(max(triton.next_power_of_2(NC), 16), SUMMARY_BLOCK)
     for row0 in range(0, rows, MAX_GRID_Y):
         grid = (NC, min(rows - row0, MAX_GRID_Y))
-        chunk_gate_summary_kernel[grid](i, f, b_end, lmax, S, NC, row0, L=L, num_warps=4)
+        chunk_gate_summary_kernel[grid](i, f, b_end, lmax, S, NC, row0, *gate_args, L=L,
+                                        SOFT_CAP=soft_cap is not None, num_warps=4)
         chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, b_end, lmax, *step, decay, m_last,
-                                     S, S_pad, NC, row0, L=L, BLOCK=block, HAS_M0=m0 is not None, num_warps=4)
+                                     S, S_pad, NC, row0, *gate_args, L=L, BLOCK=block, HAS_M0=m0 is not None,
+                                     SOFT_CAP=soft_cap is not None, num_warps=4)
     u2, r2, g, w, m = step
     return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad)
 
 
 @torch.no_grad()
 def chunkwise_gates_torch(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
-                          chunk_size: int) -> ChunkGates:
+                          chunk_size: int, soft_cap: float | None = None) -> ChunkGates:
     """The PyTorch spelling (CPU path, oracle of the kernel)."""
     B, NH, S = i.shape
     L = chunk_size
     NC = -(-S // L)
     S_pad = NC * L
-    ig = i.double()
-    logf = floored_logsigmoid(f.double())
+    ig, fg = i.double(), f.double()
+    if soft_cap is not None:
+        ig, fg = soft_cap * torch.tanh(ig / soft_cap), soft_cap * torch.tanh(fg / soft_cap)
+    logf = floored_logsigmoid(fg)
     if S_pad > S:
         ig = F.pad(ig, (0, S_pad - S), value=float("-inf"))
         logf = F.pad(logf, (0, S_pad - S), value=0.0)

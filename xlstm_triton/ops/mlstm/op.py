@@ -9,6 +9,8 @@ implementations), so models using it compile under `torch.compile(fullgraph=True
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_tensor
-from ...utils import is_seq_major, new_empty_bhsd, triton_interpret, use_kernels
+from ...utils import kernel_op, is_seq_major, new_empty_bhsd, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import chunkwise_gates
@@ -96,22 +98,22 @@ def _config(q, v, chunk_size):
 
 # ---------------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("xlstm_triton::mlstm_chunkwise_fwd", mutates_args=())
+@kernel_op("xlstm_triton::mlstm_chunkwise_fwd")
 def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
-                         eps: float, chunk_size: int, seq_major: bool
+                         eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
-    gates = chunkwise_gates(i, f, m_initial, chunk_size)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap)
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
     h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major)
     return h, c_last, n_last, gates.m_last.float(), inv_den, zsign
 
 
 @_mlstm_chunkwise_fwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     S_pad = -(-S // chunk_size) * chunk_size
@@ -120,28 +122,29 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major
             q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32), q.new_empty(B * NH, S_pad, **f32))
 
 
-@torch.library.custom_op("xlstm_triton::mlstm_chunkwise_bwd", mutates_args=())
+@kernel_op("xlstm_triton::mlstm_chunkwise_bwd")
 def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
                          h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
-                         dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool
+                         dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool,
+                         gate_soft_cap: Optional[float]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
-    gates = chunkwise_gates(i, f, m_initial, chunk_size)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap)
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
     dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
-    return chunkwise_bwd(q, k, v, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
-                         inv_den, zsign, cfg, seq_major)
+    return chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
+                         inv_den, zsign, cfg, seq_major, gate_soft_cap)
 
 
 @_mlstm_chunkwise_bwd.register_fake
 def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_last, dn_last, chunk_size,
-      seq_major):
+      seq_major, gate_soft_cap):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -155,10 +158,10 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
-    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major = inputs
+    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap = inputs
     h, _, _, _, inv_den, zsign = output
     ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign)
-    ctx.chunk_size, ctx.seq_major = chunk_size, seq_major
+    ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
@@ -169,17 +172,17 @@ def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
         dh = torch.zeros_like(h)
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
         q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh,
-        dc_last, dn_last, ctx.chunk_size, ctx.seq_major)
+        dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
     dn0 = None if n_dtype is None else dn0.to(n_dtype)
-    return dq, dk, dv, di, df, dc0, dn0, None, None, None, None
+    return dq, dk, dv, di, df, dc0, dn0, None, None, None, None, None
 
 
 _mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("xlstm_triton::mlstm_step", mutates_args=())
+@kernel_op("xlstm_triton::mlstm_step")
 def _mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 c: torch.Tensor, n: torch.Tensor, m: torch.Tensor, eps: float,
                 gate_soft_cap: Optional[float]
@@ -198,7 +201,7 @@ def _(q, k, v, i, f, c, n, m, eps, gate_soft_cap):
             q.new_empty(B, NH, 1, **f32))
 
 
-@torch.library.custom_op("xlstm_triton::mlstm_step_inplace", mutates_args=("c", "n", "m"))
+@kernel_op("xlstm_triton::mlstm_step_inplace", mutates_args=("c", "n", "m"))
 def _mlstm_step_inplace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                         f: torch.Tensor, c: torch.Tensor, n: torch.Tensor, m: torch.Tensor,
                         eps: float, gate_soft_cap: Optional[float]) -> torch.Tensor:
@@ -213,8 +216,17 @@ def _(q, k, v, i, f, c, n, m, eps, gate_soft_cap):
 
 # ---------------------------------------------------------------------- public op
 
+def check_soft_cap(gate_soft_cap) -> Optional[float]:
+    """None, or the cap as a float (> 0)."""
+    if gate_soft_cap is None:
+        return None
+    if isinstance(gate_soft_cap, bool) or not isinstance(gate_soft_cap, numbers.Real) or not gate_soft_cap > 0:
+        raise ValueError(f"gate_soft_cap: expected None or a number > 0, got {gate_soft_cap!r}")
+    return float(gate_soft_cap)
+
+
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
-                    return_last_states=False, eps=1e-6, chunk_size=None):
+                    return_last_states=False, eps=1e-6, chunk_size=None, gate_soft_cap=None):
     """Chunkwise-parallel mLSTM over a whole sequence (docs/mlstm.md), exact forward and backward.
 
     Args:
@@ -227,6 +239,8 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         return_last_states: also return the state after the last step.
         eps: added to the normalizer.
         chunk_size: state chunk length L (a power of two >= 16); None picks one per shape.
+        gate_soft_cap: if given (> 0), the gates are cap * tanh(i / cap), cap * tanh(f / cap)
+            of the given i, f (xLSTM-7B's soft cap), applied inside the kernels.
 
     Returns:
         h (B, NH, S, DV) in q's dtype (laid out in memory as (B, S, NH, DV) when q is: a
@@ -265,18 +279,20 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         chunk_size = default_chunk_size(S)
     if not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    gate_soft_cap = check_soft_cap(gate_soft_cap)
 
     if not triton_path:
+        if gate_soft_cap is not None:
+            i, f = (gate_soft_cap * torch.tanh(t / gate_soft_cap) for t in (i, f))
         return mlstm_chunkwise_torch(q, k, v, i, f, c_initial, n_initial, m_initial,
                                      return_last_states, eps, chunk_size)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    i, f = i.contiguous(), f.contiguous()
     c_initial, n_initial, m_initial = (None if t is None else t.contiguous()
                                        for t in (c_initial, n_initial, m_initial))
     # Inputs laid out as (B, S, NH, D) (the layers' views of their projections) get h and the
     # gradients of q, k, v in that layout too: no copies on either side of the op.
     h, c, n, m, _, _ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
-                                            float(eps), chunk_size, is_seq_major(q))
+                                            float(eps), chunk_size, is_seq_major(q), gate_soft_cap)
     return (h, (c, n, m)) if return_last_states else h
 
 
@@ -288,8 +304,8 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
     size and the layout)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
     seq_major = is_seq_major(q)
-    h, _, _, _, inv_den, zsign = _mlstm_chunkwise_fwd(q, k, v, i.contiguous(), f.contiguous(), None, None,
-                                                      None, float(eps), chunk_size, seq_major)
+    h, _, _, _, inv_den, zsign = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
+                                                      seq_major, None)
     return h, (inv_den, zsign, chunk_size, seq_major)
 
 
@@ -297,8 +313,8 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh):
     """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
     i, f as they were in the forward (recomputed), h and saved from it."""
     inv_den, zsign, chunk_size, seq_major = saved
-    return _mlstm_chunkwise_bwd(q, k, v, i.contiguous(), f.contiguous(), None, None, None, h, inv_den, zsign,
-                                dh, None, None, chunk_size, seq_major)[:5]
+    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, None, h, inv_den, zsign, dh, None, None, chunk_size,
+                                seq_major, None)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
@@ -349,10 +365,8 @@ def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=No
         for name, t in (("c", c), ("n", n), ("m", m)):
             if not t.is_contiguous():
                 raise ValueError(f"{name}: inplace=True needs a contiguous state tensor")
-    if gate_soft_cap is not None and not gate_soft_cap > 0:
-        raise ValueError(f"gate_soft_cap: expected None or a number > 0, got {gate_soft_cap!r}")
+    gate_soft_cap = check_soft_cap(gate_soft_cap)
     if triton_path and not needs_grad:
-        gate_soft_cap = None if gate_soft_cap is None else float(gate_soft_cap)
         if inplace:
             h = _mlstm_step_inplace(q, k, v, i, f, c, n, m, float(eps), gate_soft_cap)
             return h, (c, n, m)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ...utils import maximum_nan, minimum_nan, new_empty, num_sms
+from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap_jit
 
 
 @triton.jit(do_not_specialize=["NH"])
@@ -36,11 +36,9 @@ def mlstm_step_kernel(
     mask_v = offs_v < DV
     i_pre = tl.load(i_ptr + b * s_ib + hd * s_ih).to(tl.float32)
     f_pre = tl.load(f_ptr + b * s_fb + hd * s_fh).to(tl.float32)
-    if SOFT_CAP:                                   # cap * tanh(x / cap), tanh from one exp
-        ti = tl.exp(-2.0 * tl.abs(i_pre) / cap)
-        tf = tl.exp(-2.0 * tl.abs(f_pre) / cap)
-        i_pre = tl.where(i_pre < 0, -cap, cap) * (1.0 - ti) / (1.0 + ti)
-        f_pre = tl.where(f_pre < 0, -cap, cap) * (1.0 - tf) / (1.0 + tf)
+    if SOFT_CAP:
+        i_pre = soft_cap_jit(i_pre, cap)
+        f_pre = soft_cap_jit(f_pre, cap)
     logf = minimum_nan(f_pre, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_pre)))     # logsigmoid, stable
     m = tl.load(m_ptr + bh).to(tl.float32)
     m_new = maximum_nan(logf + m, i_pre)

@@ -30,7 +30,7 @@ import contextlib
 import torch
 
 from ...checks import check_tensor
-from ...utils import use_kernels
+from ...utils import kernel_op, use_kernels
 from .bwd import slstm_bwd
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
 from .step import slstm_step_fwd
@@ -79,7 +79,7 @@ def _config(NH, DH, B, dtype, device) -> list[int]:
 # wx with a contiguous last dim, R and b contiguous in wx's dtype, the
 # state float32 contiguous. Every output is a fresh contiguous tensor, as the fakes promise.
 
-@torch.library.custom_op("xlstm_triton::slstm_fwd", mutates_args=())
+@kernel_op("xlstm_triton::slstm_fwd")
 def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch.Tensor,
                save: bool, config: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,7 +100,7 @@ def _(wx, R, b, state0, save, config):
             wx.new_empty((T, 3, B, NH, DH) if save else (0,), **f32))
 
 
-@torch.library.custom_op("xlstm_triton::slstm_bwd", mutates_args=())
+@kernel_op("xlstm_triton::slstm_bwd")
 def _slstm_bwd(dh: torch.Tensor, dlast: torch.Tensor, R: torch.Tensor, h: torch.Tensor,
                state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor, config: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,7 +135,7 @@ def _backward(ctx, dh, dlast, dpre, dcnm):
 _slstm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("xlstm_triton::slstm_step", mutates_args=())
+@kernel_op("xlstm_triton::slstm_step")
 def _slstm_step(wx_t: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state: torch.Tensor,
                 config: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return slstm_step_fwd(wx_t, R, b, state, SLSTMConfig.from_ints(config))
