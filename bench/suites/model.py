@@ -18,8 +18,9 @@ at context 2048, 8192, 16384 with 16,384 tokens per step (B = 16384 / ctx), and 
 point, ctx 4096: xlstm_large at E=2048 with 24 blocks (8 heads) against the Transformer of its
 parameter count.
 
-Mode "eager" / "compiled" (the model under torch.compile, default options): one optimizer
-step, timed whole: zero_grad, forward with `labels` (every model computes its loss with the
+Mode "eager" / "compiled" (the model under torch.compile, default options) / "cudagraph" (the
+eager model's forward and backward captured once in a CUDA graph and replayed, the optimizer
+eager: what the step costs without the host's per-launch time): one optimizer step, timed whole: zero_grad, forward with `labels` (every model computes its loss with the
 fused linear + cross-entropy of xlstm_triton.modules, so the loss costs every model the same),
 backward, AdamW (fused on CUDA). Parameters, activations and optimizer state in the run's dtype
 (bfloat16 by default; no autocast, no float32 master weights). `tokens_per_s` = tokens per
@@ -241,8 +242,8 @@ def _train_step(build, sdpa_backend: str | None = None):
         if sdpa_backend is not None:
             require_cuda(f"SDPA {sdpa_backend}")
         dev = device()
-        if mode == "compiled" and dev != "cuda":
-            raise Unavailable("compiled mode runs on a GPU only (compiling through the interpreter takes minutes)")
+        if mode in ("compiled", "cudagraph") and dev != "cuda":
+            raise Unavailable(f"{mode} mode runs on a GPU only")
         model, kind, info = build(case, dev)
         model = model.to(dtype=dtype).train()
         params = list(model.parameters())
@@ -255,12 +256,14 @@ def _train_step(build, sdpa_backend: str | None = None):
         forward = torch.compile(model) if mode == "compiled" else model
         hopper = dev == "cuda" and any(n in torch.cuda.get_device_name() for n in ("H100", "H200"))
 
-        def step():
+        def eager_step():
             optimizer.zero_grad(set_to_none=True)
             with sdpa_kernel(getattr(SDPBackend, sdpa_backend)) if sdpa_backend else nullcontext():
                 loss = forward(tokens, labels=tokens)
             loss.backward()
             optimizer.step()
+
+        step = _graphed_step(forward, tokens, optimizer, sdpa_backend) if mode == "cudagraph" else eager_step
 
         def columns(ms):
             tps = case["B"] * case["ctx"] / ms * 1e3
@@ -273,8 +276,37 @@ def _train_step(build, sdpa_backend: str | None = None):
     return setup
 
 
+def _graphed_step(forward, tokens, optimizer, sdpa_backend):
+    """The step with forward + backward replayed from one CUDA graph (captured after two warm-up
+    steps on a side stream; the gradients are the graph's static outputs), AdamW eager."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def fwd_bwd():
+        with sdpa_kernel(getattr(SDPBackend, sdpa_backend)) if sdpa_backend else nullcontext():
+            forward(tokens, labels=tokens).backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            fwd_bwd()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fwd_bwd()
+
+    def step():
+        graph.replay()
+        optimizer.step()
+    return step
+
+
 def providers() -> list[Provider]:
-    both = dict(modes=("eager", "compiled"))
+    both = dict(modes=("eager", "compiled", "cudagraph"))
     paper = dict(applies=lambda c: not is_large_point(c), **both)
     return [
         Provider("xlstm_triton", _train_step(_build_xlstm_triton(with_slstm=True)), **paper),

@@ -107,8 +107,9 @@ def test_model_quick_rows_and_matching_size():
     except ImportError:
         pass
     rows = _run(suite_model, names, [case])
-    compiled = [r for r in rows if r["mode"] == "compiled"]
-    assert compiled and all(r["status"] == "unavailable" for r in compiled)    # GPU only
+    for mode in ("compiled", "cudagraph"):       # GPU only
+        gpu_rows = [r for r in rows if r["mode"] == mode]
+        assert gpu_rows and all(r["status"] == "unavailable" for r in gpu_rows), mode
     rows = [r for r in rows if r["mode"] == "eager"]
     got = {name: _ok(rows, name)[0]["columns"] for name in names}
     xlstm_params = got["xlstm_triton"]["params"]
