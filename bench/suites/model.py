@@ -18,7 +18,8 @@ at context 2048, 8192, 16384 with 16,384 tokens per step (B = 16384 / ctx), and 
 point, ctx 4096: xlstm_large at E=2048 with 24 blocks (8 heads) against the Transformer of its
 parameter count.
 
-Mode "eager" / "compiled" (the model under torch.compile, default options) / "cudagraph" (the
+Mode "eager" / "compiled" (torch.compile, default options: the Transformer whole, our models
+block by block with `xlstm_triton.models.compile_blocks`) / "cudagraph" (the
 eager model's forward and backward captured once in a CUDA graph and replayed, the optimizer
 eager: what the step costs without the host's per-launch time): one optimizer step, timed whole: zero_grad, forward with `labels` (every model computes its loss with the
 fused linear + cross-entropy of xlstm_triton.modules, so the loss costs every model the same),
@@ -253,7 +254,13 @@ def _train_step(build, sdpa_backend: str | None = None):
         flops = model_flops_per_token(model, kind, case)
         optimizer = torch.optim.AdamW(params, lr=1e-6, fused=dev == "cuda")
         tokens = torch.randint(0, case["vocab"], (case["B"], case["ctx"]), device=dev)
-        forward = torch.compile(model) if mode == "compiled" else model
+        forward = model
+        if mode == "compiled":
+            if any(hasattr(m, "forward_residual") for m in model.modules()):
+                from xlstm_triton.models import compile_blocks
+                forward = compile_blocks(model)       # one compile for all identical blocks
+            else:
+                forward = torch.compile(model)
         hopper = dev == "cuda" and any(n in torch.cuda.get_device_name() for n in ("H100", "H200"))
 
         def eager_step():
