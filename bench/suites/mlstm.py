@@ -1,8 +1,13 @@
 """mLSTM chunkwise kernels vs peers vs causal attention, at 65,536 tokens per batch.
 
-Geometries: the xLSTM-7B heads (NH=8, DQK=256, DV=512) at S = 2048, 8192, 32768 and the TFLA
-paper's heads (NH=16, DQK=128, DV=256) at S = 8192. Attention runs 32 heads of 128 at the same
-batch and sequence length.
+Geometries (`GEOMETRIES`): the xLSTM-7B heads (NH=8, DQK=256, DV=512) at S = 2048, 8192, 32768,
+the TFLA paper's heads (NH=16, DQK=128, DV=256) at S = 8192, and the heads of the two model
+families at E=1024 that `bench model` trains, at S = 2048 and 8192: the paper LM's 4 heads of
+(512, 512) and xLSTMLarge's 4 heads of (128, 256). Attention runs 32 heads of 128 at the same
+batch and sequence length. Every case carries its design floor (`forward_floor_ms`): the
+chunkwise forward's FLOPs over the matmul ceiling or its unique bytes over the copy ceiling,
+whichever is larger (bench/harness/ceilings.py), and `floor_fwbw_ms` = 3.5x that (the backward
+recomputes the chunk states and runs about 2.5 forwards of work).
 """
 
 from __future__ import annotations
@@ -10,16 +15,44 @@ from __future__ import annotations
 import torch
 
 from bench.harness import Provider, device
+from bench.harness.ceilings import TBPS, TFLOPS
 from bench.harness.setups import attention_call, fw_fwbw
 
 TOKENS = 65536
+GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256),
+              "paper": dict(NH=4, DQK=512, DV=512),          # paper LM at E=1024 (inner 2048, 4 heads)
+              "large1024": dict(NH=4, DQK=128, DV=256)}      # xLSTMLarge at E=1024, 4 heads
+FWBW_PER_FW = 3.5
+
+
+def forward_floor_ms(B, NH, S, DQK, DV, chunk, tile, element_size=2) -> dict:
+    """The chunkwise forward's floors in ms, per stage (states, output) and in all: FLOPs of this
+    algorithm (causal tiles counted at their average) over TFLOPS, unique bytes over TBPS."""
+    T = B * NH * S
+    state_bytes = B * NH * (-(-S // chunk)) * DQK * DV * element_size
+    tiles_avg = (chunk // tile + 1) / 2 * tile
+    fl_states = 2 * T * DQK * DV
+    fl_out = 2 * T * DQK * DV + 2 * T * tiles_avg * (DQK + DV)
+    by_states = T * (DQK + DV) * element_size + state_bytes
+    by_out = T * (2 * DQK + 2 * DV) * element_size + state_bytes
+    floor = lambda fl, by: max(fl / TFLOPS, by / TBPS) * 1e3
+    states, output = floor(fl_states, by_states), floor(fl_out, by_out)
+    return dict(states=states, output=output, fw=states + output)
+
+
+def _case(geometry, S, tokens=TOKENS):
+    from xlstm_triton.ops.mlstm.op import default_chunk_size, make_config
+    g = GEOMETRIES[geometry]
+    B = max(1, tokens // S)
+    L = default_chunk_size(S)
+    cfg = make_config(S, g["DQK"], g["DV"], torch.bfloat16, L)
+    fw = forward_floor_ms(B, g["NH"], S, g["DQK"], g["DV"], L, cfg.tile)["fw"]
+    return dict(geometry=geometry, B=B, S=S, **g, floor_fw_ms=round(fw, 4), floor_fwbw_ms=round(FWBW_PER_FW * fw, 4))
 
 
 def cases(quick: bool = False) -> list[dict]:
-    out = []
-    for S in (2048, 8192, 32768):
-        out.append(dict(geometry="7B", B=TOKENS // S, NH=8, S=S, DQK=256, DV=512))
-    out.append(dict(geometry="TFLA", B=TOKENS // 8192, NH=16, S=8192, DQK=128, DV=256))
+    out = [_case("7B", S) for S in (2048, 8192, 32768)] + [_case("TFLA", 8192)]
+    out += [_case(g, S) for g in ("paper", "large1024") for S in (2048, 8192)]
     if quick:
         out = [dict(c, B=1) for c in out[:2]]
     return out

@@ -18,15 +18,11 @@ import triton
 import triton.testing
 
 import xlstm_triton.ops.mlstm.op as op
-from bench.harness.ceilings import TBPS, TFLOPS
-from bench.suites.mlstm import mlstm_inputs
+from bench.suites.mlstm import GEOMETRIES, forward_floor_ms, mlstm_inputs
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.ops.mlstm import bwd, fwd
 from xlstm_triton.ops.mlstm.gates import chunkwise_gates
 
-GEOMETRIES = {"7B": dict(NH=8, DQK=256, DV=512), "TFLA": dict(NH=16, DQK=128, DV=256),
-              "paper": dict(NH=4, DQK=512, DV=512),          # paper LM at E=1024 (inner 2048, 4 heads)
-              "large1024": dict(NH=4, DQK=128, DV=256)}      # xLSTMLarge at E=1024, 4 heads
 
 
 def bench(fn, grad_to_none=None):
@@ -86,22 +82,11 @@ def profile(geometry, S, overrides, dtype=torch.bfloat16, tokens=65536):
     # a partial binds the states now (a lambda would read the names the `del` below removes)
     res["fwd_output"] = bench(functools.partial(fwd.chunkwise_fwd_output, q, k, v, states, nstates, gates, 1e-6, cfg))
     del states, nstates
-    res["bwd_total"] = bench(lambda: bwd.chunkwise_bwd(q, k, v, f, h, dh, None, None, None, None, gates,
+    res["bwd_total"] = bench(lambda: bwd.chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None, gates,
                                                          inv_den, zsign, cfg))
 
-    # Floors: FLOPs of this algorithm (causal tiles counted at their average) and unique bytes.
-    T = B * NH * S
-    el = q.element_size()
-    state_bytes = B * NH * (-(-S // L)) * DQK * DV * (2 if dtype == torch.bfloat16 else 4)
-    tiles_avg = (L // cfg.tile + 1) / 2 * cfg.tile
-    fl_states = 2 * T * DQK * DV
-    fl_out = 2 * T * DQK * DV + 2 * T * tiles_avg * (DQK + DV)
-    by_states = T * (DQK + DV) * el + state_bytes
-    by_out = T * (2 * DQK + 2 * DV) * el + state_bytes
-    floor = lambda fl, by: max(fl / TFLOPS, by / TBPS) * 1e3
-    res["floor_fwd_states"] = floor(fl_states, by_states)
-    res["floor_fwd_output"] = floor(fl_out, by_out)
-    res["floor_fw"] = res["floor_fwd_states"] + res["floor_fwd_output"]
+    floors = forward_floor_ms(B, NH, S, DQK, DV, L, cfg.tile, 2 if dtype == torch.bfloat16 else 4)
+    res["floor_fwd_states"], res["floor_fwd_output"], res["floor_fw"] = floors["states"], floors["output"], floors["fw"]
     return res
 
 

@@ -56,6 +56,18 @@ def test_gates_kernel_matches_torch(B, NH, S, L, with_m0, device, poison):
     assert_gates_match(out, ref)
 
 
+def test_gates_kernel_soft_cap_on_strided_gates(device, poison):
+    """soft_cap=c with i, f as strided views of a (B, S, 2 NH) projection (the 7B layer's layout)
+    equals the PyTorch spelling on the same gates; padding stays i = -inf (not -c)."""
+    B, NH, S, L = 2, 3, 45, 16
+    i, f, g = random_gates(B, NH, S, 11)
+    proj = (torch.cat([i, f], dim=1) * 8).transpose(1, 2).contiguous().to(device)        # beyond the cap
+    i_view, f_view = proj[..., :NH].transpose(1, 2), proj[..., NH:].transpose(1, 2)
+    ref = chunkwise_gates_torch(i_view.cpu().contiguous(), f_view.cpu().contiguous(), None, L, 5.0)
+    out = chunkwise_gates_triton(i_view, f_view, None, L, 5.0)
+    assert_gates_match(out, ref)
+
+
 @pytest.mark.parametrize("with_m0", [False, True])
 def test_gates_kernel_long_closed_forget_gates(with_m0, device, poison):
     # F falls to about -1e5 (forget gates floored at -1000 and strongly closed ones): the weights
