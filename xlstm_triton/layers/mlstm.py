@@ -268,13 +268,13 @@ class _RecomputedMix(torch.autograd.Function):
             cell_in = _cell_inputs(layer.mlstm_cell, q, k, v)
             h, saved = mlstm_chunkwise_forward(*cell_in)
             out = layer._output(h.transpose(1, 2), z, x_c)
-        ctx.save_for_backward(x_m, z, h, *saved[:2])
-        ctx.layer, ctx.saved_rest = layer, saved[2:]
+        ctx.save_for_backward(x_m, z, h, *saved[:4])         # row statistics, gate arrays
+        ctx.layer, ctx.saved_rest = layer, saved[4:]
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        x_m, z, h, inv_den, zsign = ctx.saved_tensors
+        x_m, z, h, *kept = ctx.saved_tensors
         layer = ctx.layer
         params = layer._mix_parameters()
         with torch.enable_grad():
@@ -285,7 +285,7 @@ class _RecomputedMix(torch.autograd.Function):
             out = layer._output(h.transpose(1, 2), z, x_c_out)
         d_h, d_z, d_x_c, *d_post = torch.autograd.grad(out, [h, z, x_c_out, *params], d_out, allow_unused=True)
         d_cell = mlstm_chunkwise_backward(*(t.detach() for t in cell_in), h.detach(),
-                                          (inv_den, zsign, *ctx.saved_rest), d_h)
+                                          (*kept, *ctx.saved_rest), d_h)
         d_x_m, *d_pre = torch.autograd.grad([x_c, *cell_in], [x_m, *params], [d_x_c, *d_cell], allow_unused=True)
         d_params = [a if b is None else b if a is None else a + b for a, b in zip(d_post, d_pre)]
         return (None, d_x_m, d_z, *d_params)

@@ -66,9 +66,21 @@ class ChunkGates:
     w: torch.Tensor       # state input weight of column s
     m: torch.Tensor       # stabilizer m_t
     decay: torch.Tensor   # (B*NH, NC)
-    m_last: torch.Tensor  # (B, NH, 1) float64: m after the last real step
+    m_last: torch.Tensor  # (B, NH, 1) float64: m after the last real step (None when unpacked)
     num_chunks: int
     padded_len: int
+    steps: torch.Tensor | None = None   # (5, B*NH, S_pad): u2, r2, g, w, m are its views
+
+    def pack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps, decay): what a backward needs to rebuild the gates without recomputing them."""
+        steps = self.steps if self.steps is not None else torch.stack([self.u2, self.r2, self.g, self.w, self.m])
+        return steps, self.decay
+
+    @classmethod
+    def unpack(cls, steps: torch.Tensor, decay: torch.Tensor) -> "ChunkGates":
+        u2, r2, g, w, m = steps.unbind(0)
+        return cls(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=None, num_chunks=decay.shape[1],
+                   padded_len=steps.shape[2], steps=steps)
 
 
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
@@ -188,7 +200,8 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkG
     rows = B * NH
     gate_args = (*i.stride(), *f.stride(), NH, 1.0 if soft_cap is None else float(soft_cap))
     m0 = None if m_initial is None else m_initial.reshape(rows).contiguous()
-    step = [new_empty((rows, S_pad), torch.float32, i.device) for _ in range(5)]
+    steps = new_empty((5, rows, S_pad), torch.float32, i.device)
+    step = steps.unbind(0)
     decay = new_empty((rows, NC), torch.float32, i.device)
     m_last = new_empty((B, NH, 1), torch.float64, i.device)
     b_end = torch.empty((rows, NC), dtype=torch.float64, device=i.device)    # per-chunk summaries
@@ -202,7 +215,8 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkG
                                      S, S_pad, NC, row0, *gate_args, L=L, BLOCK=block, HAS_M0=m0 is not None,
                                      SOFT_CAP=soft_cap is not None, num_warps=4)
     u2, r2, g, w, m = step
-    return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad)
+    return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad,
+                      steps=steps)
 
 
 @torch.no_grad()

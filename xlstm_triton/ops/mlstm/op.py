@@ -22,7 +22,7 @@ from ...checks import check_chunk_size, check_tensor
 from ...utils import kernel_op, is_seq_major, new_empty_bhsd, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
-from .gates import chunkwise_gates
+from .gates import ChunkGates, chunkwise_gates
 from .step import mlstm_step_torch, mlstm_step_triton
 from .torch_path import mlstm_chunkwise_torch
 
@@ -104,22 +104,27 @@ def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
                          eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                    torch.Tensor, torch.Tensor]:
+                                    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h, the final state (c, n, m), and what the backward reads: the row statistics inv_den,
+    zsign and the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
+    of recomputed)."""
     cfg = _config(q, v, chunk_size)
     gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap)
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
     h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major)
-    return h, c_last, n_last, gates.m_last.float(), inv_den, zsign
+    return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack())
 
 
 @_mlstm_chunkwise_fwd.register_fake
 def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
-    S_pad = -(-S // chunk_size) * chunk_size
+    NC = -(-S // chunk_size)
+    S_pad = NC * chunk_size
     f32 = dict(dtype=torch.float32, device=q.device)
-    return (new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major), q.new_empty(B, NH, DQK, DV, **f32), q.new_empty(B, NH, DQK, **f32),
-            q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32), q.new_empty(B * NH, S_pad, **f32))
+    return (new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major), q.new_empty(B, NH, DQK, DV, **f32),
+            q.new_empty(B, NH, DQK, **f32), q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32),
+            q.new_empty(B * NH, S_pad, **f32), q.new_empty(5, B * NH, S_pad, **f32), q.new_empty(B * NH, NC, **f32))
 
 
 @kernel_op("xlstm_triton::mlstm_chunkwise_bwd")
@@ -127,13 +132,14 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
                          h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
+                         gate_steps: torch.Tensor, gate_decay: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
                          dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool,
                          gate_soft_cap: Optional[float]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
-    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap)
+    gates = ChunkGates.unpack(gate_steps, gate_decay)
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
@@ -143,8 +149,8 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
 
 
 @_mlstm_chunkwise_bwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_last, dn_last, chunk_size,
-      seq_major, gate_soft_cap):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
+      dn_last, chunk_size, seq_major, gate_soft_cap):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -159,19 +165,19 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh, dc_
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
     q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap = inputs
-    h, _, _, _, inv_den, zsign = output
-    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign)
+    h, _, _, _, inv_den, zsign, gate_steps, gate_decay = output
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay)
     ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
 
-def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign):
-    q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign = ctx.saved_tensors
+def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay):
+    q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay = ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(h)
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
-        q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, dh,
+        q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
         dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
@@ -291,7 +297,7 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
                                        for t in (c_initial, n_initial, m_initial))
     # Inputs laid out as (B, S, NH, D) (the layers' views of their projections) get h and the
     # gradients of q, k, v in that layout too: no copies on either side of the op.
-    h, c, n, m, _, _ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
+    h, c, n, m, *_ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
                                             float(eps), chunk_size, is_seq_major(q), gate_soft_cap)
     return (h, (c, n, m)) if return_last_states else h
 
@@ -304,16 +310,16 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
     size and the layout)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
     seq_major = is_seq_major(q)
-    h, _, _, _, inv_den, zsign = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
-                                                      seq_major, None)
-    return h, (inv_den, zsign, chunk_size, seq_major)
+    h, _, _, _, *saved = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
+                                              seq_major, None)
+    return h, (*saved, chunk_size, seq_major)
 
 
 def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh):
     """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
     i, f as they were in the forward (recomputed), h and saved from it."""
-    inv_den, zsign, chunk_size, seq_major = saved
-    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, None, h, inv_den, zsign, dh, None, None, chunk_size,
+    *kept, chunk_size, seq_major = saved
+    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, None, h, *kept, dh, None, None, chunk_size,
                                 seq_major, None)[:5]
 
 
