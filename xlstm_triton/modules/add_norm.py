@@ -130,7 +130,8 @@ def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.T
     dx = new_empty((N, D), s.dtype, s.device)
     programs = max(1, min(N, 4 * 132))
     rows_per_program = triton.cdiv(N, programs) if N else 1
-    partial = torch.zeros((programs, 2, D), dtype=torch.float32, device=s.device)
+    # every program writes its rows (zeros when nothing runs)
+    partial = (new_empty if N else torch.zeros)((programs, 2, D), dtype=torch.float32, device=s.device)
     if N:
         add_norm_bwd_kernel[(programs,)](s, weight if weight is not None else s, mean, rstd, dy.contiguous(),
                                          ds.contiguous() if ds is not None else s, dx, partial, N, D, offset,

@@ -151,7 +151,7 @@ def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     BT, BF = _tiles(S, F)
     grid = (B, triton.cdiv(S, BT), triton.cdiv(F, BF))
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    partial = torch.zeros((B * grid[1], K + 1, F), dtype=torch.float32, device=x.device)
+    partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
     causal_conv1d_bwd_pre_kernel[grid](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None,

@@ -191,7 +191,8 @@ def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[to
     sms = num_sms(h.device) if h.is_cuda else 132
     programs = max(1, min(N, triton.cdiv(8 * sms * max(1, 512 // DH), NH)))
     rows_per_program = triton.cdiv(N, programs) if N else 1
-    partial = torch.zeros((programs, 3, V), dtype=torch.float32, device=h.device)
+    # written whole (zeros when nothing runs)
+    partial = (new_empty if N and V else torch.zeros)((programs, 3, V), dtype=torch.float32, device=h.device)
     if N and V:
         xs = x_skip if x_skip is not None else gate
         head_norm_gate_bwd_kernel[(programs, NH)](

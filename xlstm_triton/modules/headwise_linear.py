@@ -148,7 +148,7 @@ def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tens
     programs = max(1, min(triton.cdiv(N, BR_dw), 64))
     rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
     programs = triton.cdiv(N, rows_per_program) if N else 1
-    partial = torch.zeros((programs, M, F // BS, BS, BS), dtype=torch.float32, device=x.device)
+    partial = new_empty((programs, M, F // BS, BS, BS), torch.float32, x.device)   # written whole
     headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF))](x, dout, partial, N, F, x.stride(0), rows_per_program,
                                                            M=M, BS=BS, BR=BR_dw, BF=BF, num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)
