@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the device machine (see README, "GPU"): installs the carried peer wheels, prints the
 # environment, runs the GPU tests (TESTS, default tests/) and the benchmark suites (SUITES,
-# default none; PROVIDERS optional), and copies results and logs to $OUT.
+# default none; PROVIDERS, MODES and CTX optional), and copies results and logs to $OUT.
 #   TESTS="tests/ops/test_mlstm.py" SUITES="mlstm" PROVIDERS="xlstm_triton" bash bench/device.sh
+#   TESTS=none SUITES=model PROVIDERS=xlstm_large,transformer MODES=eager,cudagraph CTX=2048,8192 bash bench/device.sh
 # With pytest-xdist among the wheels (pip download --no-deps pytest-xdist execnet -d .whl), the
 # tests run in WORKERS processes (default 6): the whole suite in ~5 min on an H100 instead of >10.
 set -uo pipefail
@@ -20,7 +21,7 @@ if [ "${TESTS:-tests}" != "none" ]; then
   python3 -m pytest -q ${XDIST:-} --durations=15 ${TESTS:-tests} 2>&1 | tee "$OUT/tests.log" | tail -n 40
 fi
 for s in ${SUITES:-}; do
-  python3 -m bench "$s" ${PROVIDERS:+--providers "$PROVIDERS"} --log "$OUT/bench_$s.log" 2>&1 | tail -n 60
+  python3 -m bench "$s" ${PROVIDERS:+--providers "$PROVIDERS"} ${MODES:+--modes "$MODES"} ${CTX:+--ctx "$CTX"} --log "$OUT/bench_$s.log" 2>&1 | tail -n 60
   cp "bench/results/$s.csv" "$OUT/"
 done
 exit 0
