@@ -270,7 +270,7 @@ def _train_step(build, sdpa_backend: str | None = None):
             loss.backward()
             optimizer.step()
 
-        step = _graphed_step(forward, tokens, optimizer, sdpa_backend) if mode == "cudagraph" else eager_step
+        step = _graphed_step(forward, tokens, optimizer, sdpa_backend, params) if mode == "cudagraph" else eager_step
 
         def columns(ms):
             tps = case["B"] * case["ctx"] / ms * 1e3
@@ -283,31 +283,23 @@ def _train_step(build, sdpa_backend: str | None = None):
     return setup
 
 
-def _graphed_step(forward, tokens, optimizer, sdpa_backend):
-    """The step with forward + backward replayed from one CUDA graph (captured after two warm-up
-    steps on a side stream; the gradients are the graph's static outputs), AdamW eager."""
+def _graphed_step(forward, tokens, optimizer, sdpa_backend, params):
+    """The step with forward + backward replayed from one CUDA graph
+    (`xlstm_triton.models.capture_step`), AdamW eager."""
     from contextlib import nullcontext
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from xlstm_triton.models import capture_step
 
     def fwd_bwd():
         with sdpa_kernel(getattr(SDPBackend, sdpa_backend)) if sdpa_backend else nullcontext():
             forward(tokens, labels=tokens).backward()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            optimizer.zero_grad(set_to_none=True)
-            fwd_bwd()
-    torch.cuda.current_stream().wait_stream(side)
-    optimizer.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fwd_bwd()
+    replay = capture_step(fwd_bwd, params)
 
     def step():
-        graph.replay()
+        replay()
         optimizer.step()
     return step
 

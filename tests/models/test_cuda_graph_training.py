@@ -1,6 +1,6 @@
-"""A whole training step's forward and backward, captured once in a CUDA graph and replayed on
-new tokens, gives the eager step's loss and gradients (GPU): no host sync, no host-side state
-in the kernels' launchers, for both model families (the paper LM with an sLSTM block and its
+"""A whole training step's forward and backward, captured once in a CUDA graph (`capture_step`)
+and replayed on new tokens, gives the eager step's loss and gradients (GPU): no host sync, no
+host-side state in the kernels' launchers, for both model families (the paper LM with an sLSTM block and its
 recomputing mLSTM layers; xLSTM-7B's architecture with its in-kernel gate soft cap)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 import xlstm_triton.nn as xnn
 from tests.helpers import V, assert_close, lm_config
 from tests.models.large_helpers import tiny_model
+from xlstm_triton.models import capture_step
 
 
 def _paper_lm():
@@ -40,23 +41,12 @@ def test_replayed_step_equals_eager(build):
         loss.backward()
         return loss
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            model.zero_grad(set_to_none=True)
-            fwd_bwd()
-    torch.cuda.current_stream().wait_stream(side)
-    model.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = fwd_bwd()
+    replay = capture_step(fwd_bwd, params)
 
     for seed in (1, 2):                               # new tokens in the static input
         torch.manual_seed(seed)
         tokens.copy_(torch.randint(0, vocab, tokens.shape, device="cuda"))
-        graph.replay()
-        got_loss = static_loss.clone()
+        got_loss = replay().detach().clone()
         got = [p.grad.clone() for p in params]
         grads = [p.grad for p in params]
         for p in params:

@@ -10,12 +10,13 @@
 `xLSTMLarge` has the parameter names of the `xlstm` package (both weight modes; docs/checkpoints.md);
 `load_checkpoint` reads sharded safetensors checkpoints, and the state-dict functions map weights
 to and from Hugging Face `transformers`. `compile_blocks(model)` compiles a model of either
-family block by block (one compile for all identical blocks).
+family block by block (one compile for all identical blocks); `capture_step` captures a training
+step's forward and backward in a CUDA graph (models/training.py).
 """
 
 from ..layers import mLSTMLargeLayer, mLSTMState
 from ..modules import RMSNorm, SwiGLUFeedForward, soft_cap
-from .residual import compile_blocks
+from .training import capture_step, compile_blocks
 from .xlstm_large import (convert_weight_mode, detect_weight_mode, from_transformers, from_transformers_state_dict,
                           load_checkpoint, load_safetensors_dir, mLSTMLargeBlock, to_transformers_state_dict,
                           xLSTMLarge, xLSTMLargeBackbone, xLSTMLargeConfig)
@@ -25,4 +26,5 @@ __all__ = [
     "SwiGLUFeedForward", "RMSNorm", "mLSTMState", "soft_cap",
     "load_checkpoint", "load_safetensors_dir", "from_transformers", "to_transformers_state_dict",
     "from_transformers_state_dict", "convert_weight_mode", "detect_weight_mode", "compile_blocks",
+    "capture_step",
 ]
