@@ -21,9 +21,11 @@ class KernelOp:
 
     In eager mode with plain tensors and no dispatch mode active, a call runs the launcher
     itself, and with autograd a plain `torch.autograd.Function` built from the same
-    `setup_context` and `backward`: the custom-op dispatcher costs ~100-300 us of host time per
-    call and per backward, more than many of these kernels take on the GPU, and an eager
-    training step of a model runs hundreds of them. Under `torch.compile`, tracing, a dispatch
+    `setup_context` and `backward` (classic style: `Function.apply` with a separate
+    `setup_context` binds the signature with `inspect` on every call). The custom-op dispatcher
+    and that binding cost 25-100 us of host time per call (measured on an H200 machine's host:
+    `head_norm_gate` forward with grad 204 us through the op, 104 us direct), more than many
+    of these kernels take on the GPU, and an eager training step runs hundreds of them. Under `torch.compile`, tracing, a dispatch
     mode or tensor subclasses, a call goes through the registered op. Arguments are positional.
     """
 
