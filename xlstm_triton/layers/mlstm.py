@@ -277,19 +277,46 @@ class _RecomputedMix(torch.autograd.Function):
     def backward(ctx, d_out):
         x_m, z, h, *kept = ctx.saved_tensors
         layer = ctx.layer
+        cell = layer.mlstm_cell
         params = layer._mix_parameters()
         with torch.enable_grad():
             x_m, z, h = (t.detach().requires_grad_() for t in (x_m, z, h))
             x_c, q, k, v, _ = layer._inputs(x_m)
-            cell_in = _cell_inputs(layer.mlstm_cell, q, k, v)
             x_c_out = x_c.detach().requires_grad_()
             out = layer._output(h.transpose(1, 2), z, x_c_out)
+        with torch.no_grad():        # the gate projections' backward is written out below
+            cell_in = _cell_inputs(cell, q.detach(), k.detach(), v.detach())
         d_h, d_z, d_x_c, *d_post = torch.autograd.grad(out, [h, z, x_c_out, *params], d_out, allow_unused=True)
-        d_cell = mlstm_chunkwise_backward(*(t.detach() for t in cell_in), h.detach(),
-                                          (*kept, *ctx.saved_rest), d_h)
-        d_x_m, *d_pre = torch.autograd.grad([x_c, *cell_in], [x_m, *params], [d_x_c, *d_cell], allow_unused=True)
-        d_params = [a if b is None else b if a is None else a + b for a, b in zip(d_post, d_pre)]
+        *d_qkv, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.detach(), (*kept, *ctx.saved_rest), d_h)
+        d_qkv, d_gate_params = _gate_projection_backward(cell, (q, k, v), d_qkv, d_i, d_f)
+        d_x_m, *d_pre = torch.autograd.grad([x_c, q, k, v], [x_m, *params], [d_x_c, *d_qkv], allow_unused=True)
+        d_params = []
+        for p, *grads in zip(params, d_post, d_pre):
+            grads = [g for g in (*grads, d_gate_params.get(p)) if g is not None]
+            d_params.append(sum(grads[1:], grads[0]) if grads else None)
         return (None, d_x_m, d_z, *d_params)
+
+
+def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):
+    """The backward of `mLSTMCell.gates` by hand, for `_RecomputedMix`: with g = [i | f]
+    (N, 2 NH) = q W_q^T + k W_k^T + v W_v^T + b, each d x += d g W_x is added in place into the
+    mLSTM's fresh gradient of x (one addmm, where autograd adds a separate product), and
+    d W = d g^T [q | k | v], d b = sum d g. qkv: (B, S, inner); d_qkv: the mLSTM's (B, NH, S, DH)
+    gradients; d_i, d_f (B, NH, S). Returns the (B, S, inner) gradients of q, k, v and a dict
+    parameter -> gradient for the gate weights and biases."""
+    E, NH = cell.embedding_dim, cell.num_heads
+    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, 2 * NH)      # (N, 2 NH), small
+    weight = torch.cat([cell.igate.weight, cell.fgate.weight])
+    out, d_weight = [], []
+    for x, dx, w in zip(qkv, d_qkv, weight.unflatten(1, (3, E)).unbind(1)):
+        dx = dx.transpose(1, 2).reshape(-1, E)      # a view for the kernels' seq-major gradients
+        out.append(dx.addmm_(d_gates.to(dx.dtype), w.to(dx.dtype)).view(x.shape))
+        d_weight.append(d_gates.t().to(x.dtype) @ x.reshape(-1, E))
+    d_weight = torch.cat(d_weight, dim=1)
+    d_bias = d_gates.sum(0)
+    grads = {cell.igate.weight: d_weight[:NH], cell.fgate.weight: d_weight[NH:],
+             cell.igate.bias: d_bias[:NH], cell.fgate.bias: d_bias[NH:]}
+    return out, {p: g.to(p.dtype) for p, g in grads.items()}
 
 
 def _cell_inputs(cell: "mLSTMCell", q, k, v):
