@@ -98,13 +98,17 @@ class mLSTMCell(nn.Module):
         """igate(cat(q, k, v)), fgate(cat(q, k, v)) without building the concatenation: the
         stacked gate weights times each of q, k, v, summed. Returns i, f (B, S, NH)."""
         E, NH = self.embedding_dim, self.num_heads
-        weight = torch.cat([self.igate.weight, self.fgate.weight])      # (2 NH, 3 E), a small copy
-        bias = torch.cat([self.igate.bias, self.fgate.bias])
-        out = bias
-        # unbind, not three slices: its backward is one stack, a slice's a zero fill and a copy
-        for t, w in zip((q, k, v), weight.unflatten(1, (3, E)).unbind(1)):   # (N, 2 NH) outputs: small
+        out = torch.cat([self.igate.bias, self.fgate.bias])
+        for t, w in zip((q, k, v), self.gate_weight_blocks()):          # (N, 2 NH) outputs: small
             out = torch.addmm(out, t.reshape(-1, E), w.t())
         return out.view(*q.shape[:-1], 2 * NH).split(NH, dim=-1)
+
+    def gate_weight_blocks(self):
+        """The stacked gate weight [igate; fgate] (2 NH, 3 E), a small copy, as its q, k and v
+        column blocks (2 NH, E) each: one unbind, whose backward is one stack (three slices
+        would each backpropagate as a zero fill and a copy)."""
+        weight = torch.cat([self.igate.weight, self.fgate.weight])
+        return weight.unflatten(1, (3, self.embedding_dim)).unbind(1)
 
     def zero_state(self, batch_size: int, device=None) -> mLSTMState:
         device = device if device is not None else self.igate.weight.device
@@ -306,9 +310,8 @@ def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):
     parameter -> gradient for the gate weights and biases."""
     E, NH = cell.embedding_dim, cell.num_heads
     d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, 2 * NH)      # (N, 2 NH), small
-    weight = torch.cat([cell.igate.weight, cell.fgate.weight])
     out, d_weight = [], []
-    for x, dx, w in zip(qkv, d_qkv, weight.unflatten(1, (3, E)).unbind(1)):
+    for x, dx, w in zip(qkv, d_qkv, cell.gate_weight_blocks()):
         dx = dx.transpose(1, 2).reshape(-1, E)      # a view for the kernels' seq-major gradients
         out.append(dx.addmm_(d_gates.to(dx.dtype), w.to(dx.dtype)).view(x.shape))
         d_weight.append(d_gates.t().to(x.dtype) @ x.reshape(-1, E))

@@ -130,7 +130,7 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major
 @kernel_op("xlstm_triton::mlstm_chunkwise_bwd")
 def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
-                         n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
+                         n_initial: Optional[torch.Tensor],
                          h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
                          gate_steps: torch.Tensor, gate_decay: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
@@ -149,7 +149,7 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
 
 
 @_mlstm_chunkwise_bwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
+def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
       dn_last, chunk_size, seq_major, gate_soft_cap):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
@@ -166,18 +166,18 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
     q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap = inputs
     h, _, _, _, inv_den, zsign, gate_steps, gate_decay = output
-    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay)
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay)
     ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
 
 def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay):
-    q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay = ctx.saved_tensors
+    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay = ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(h)
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
-        q, k, v, i, f, c_initial, n_initial, m_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
+        q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
         dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
@@ -319,7 +319,7 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh):
     """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
     i, f as they were in the forward (recomputed), h and saved from it."""
     *kept, chunk_size, seq_major = saved
-    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, None, h, *kept, dh, None, None, chunk_size,
+    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, h, *kept, dh, None, None, chunk_size,
                                 seq_major, None)[:5]
 
 
