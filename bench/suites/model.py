@@ -19,7 +19,8 @@ point, ctx 4096: xlstm_large at E=2048 with 24 blocks (8 heads) against the Tran
 parameter count.
 
 Mode "eager" / "compiled" (torch.compile, default options: the Transformer whole, our models
-block by block with `xlstm_triton.models.compile_blocks`) / "cudagraph" (the
+block by block with `xlstm_triton.models.compile_blocks`) / "compiled_graphs" (the same with
+mode="reduce-overhead": the compiled graphs replayed as CUDA graphs) / "cudagraph" (the
 eager model's forward and backward captured once in a CUDA graph and replayed, the optimizer
 eager: what the step costs without the host's per-launch time): one optimizer step, timed whole: zero_grad, forward with `labels` (every model computes its loss with the
 fused linear + cross-entropy of xlstm_triton.modules, so the loss costs every model the same),
@@ -243,7 +244,7 @@ def _train_step(build, sdpa_backend: str | None = None):
         if sdpa_backend is not None:
             require_cuda(f"SDPA {sdpa_backend}")
         dev = device()
-        if mode in ("compiled", "cudagraph") and dev != "cuda":
+        if mode in ("compiled", "compiled_graphs", "cudagraph") and dev != "cuda":
             raise Unavailable(f"{mode} mode runs on a GPU only")
         model, kind, info = build(case, dev)
         model = model.to(dtype=dtype).train()
@@ -255,15 +256,19 @@ def _train_step(build, sdpa_backend: str | None = None):
         optimizer = torch.optim.AdamW(params, lr=1e-6, fused=dev == "cuda")
         tokens = torch.randint(0, case["vocab"], (case["B"], case["ctx"]), device=dev)
         forward = model
-        if mode == "compiled":
+        if mode in ("compiled", "compiled_graphs"):
+            torch._dynamo.reset()                     # each case compiled for its own static shapes
+            options = dict(mode="reduce-overhead") if mode == "compiled_graphs" else {}
             if any(hasattr(m, "forward_residual") for m in model.modules()):
                 from xlstm_triton.models import compile_blocks
-                forward = compile_blocks(model)       # one compile for all identical blocks
+                forward = compile_blocks(model, **options)      # one compile for all identical blocks
             else:
-                forward = torch.compile(model)
+                forward = torch.compile(model, **options)
         hopper = dev == "cuda" and any(n in torch.cuda.get_device_name() for n in ("H100", "H200"))
 
         def eager_step():
+            if mode == "compiled_graphs":
+                torch.compiler.cudagraph_mark_step_begin()     # a new step: earlier outputs may be overwritten
             optimizer.zero_grad(set_to_none=True)
             with sdpa_kernel(getattr(SDPBackend, sdpa_backend)) if sdpa_backend else nullcontext():
                 loss = forward(tokens, labels=tokens)
@@ -305,7 +310,7 @@ def _graphed_step(forward, tokens, optimizer, sdpa_backend, params):
 
 
 def providers() -> list[Provider]:
-    both = dict(modes=("eager", "compiled", "cudagraph"))
+    both = dict(modes=("eager", "compiled", "compiled_graphs", "cudagraph"))
     paper = dict(applies=lambda c: not is_large_point(c), **both)
     return [
         Provider("xlstm_triton", _train_step(_build_xlstm_triton(with_slstm=True)), **paper),

@@ -107,7 +107,7 @@ def test_model_quick_rows_and_matching_size():
     except ImportError:
         pass
     rows = _run(suite_model, names, [case])
-    for mode in ("compiled", "cudagraph"):       # GPU only
+    for mode in ("compiled", "compiled_graphs", "cudagraph"):       # GPU only
         gpu_rows = [r for r in rows if r["mode"] == mode]
         assert gpu_rows and all(r["status"] == "unavailable" for r in gpu_rows), mode
     rows = [r for r in rows if r["mode"] == "eager"]

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..launch import cached_launch
+
 from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]
@@ -33,6 +35,7 @@ def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
+@cached_launch
 @triton.jit
 def silu_mul_kernel(g_ptr, u_ptr, y_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
     row, pid = tl.program_id(0), tl.program_id(1)
@@ -44,6 +47,7 @@ def silu_mul_kernel(g_ptr, u_ptr, y_ptr, s_g, s_u, P, BLOCK: tl.constexpr):
     tl.store(y_ptr + row.to(tl.int64) * P + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@cached_launch
 @triton.jit
 def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, s_dg, s_du, P, BLOCK: tl.constexpr):
     """d up = dy silu(g); d gate = dy up sigmoid(g) (1 + g (1 - sigmoid(g))); silu recomputed."""

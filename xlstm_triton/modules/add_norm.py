@@ -26,12 +26,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..launch import cached_launch
+
 from ..checks import check_features, check_tensor
 from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["add_norm", "add_norm_torch"]
 
 
+@cached_launch
 @triton.jit
 def add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd_ptr, D, eps, offset,
                         BLOCK: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
@@ -62,6 +65,7 @@ def add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd
     tl.store(rstd_ptr + row, rstd)
 
 
+@cached_launch
 @triton.jit
 def add_norm_bwd_kernel(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, partial_ptr, N, D, offset,
                         rows_per_program, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_DS: tl.constexpr,

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..launch import cached_launch
+
 from ..checks import check_tensor
 from ..utils import kernel_op, new_empty, use_kernels
 
@@ -60,6 +62,7 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: t
     return acc
 
 
+@cached_launch
 @triton.jit
 def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, y_ptr, S, F, K: tl.constexpr,
                              BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -75,6 +78,7 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, y_ptr, S, 
              mask=(t < S)[:, None] & (f < F)[None, :])
 
 
+@cached_launch
 @triton.jit
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, dpre_ptr, partial_ptr, S, F,
                                  K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
@@ -102,6 +106,7 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr
     tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
 
 
+@cached_launch
 @triton.jit
 def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
     """dx[t] = sum_j w[f, j] d pre[t + K - 1 - j]."""

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..launch import cached_launch
+
 from ..checks import check_tensor
 from ..utils import kernel_op, new_empty, num_sms, use_kernels
 
@@ -40,6 +42,7 @@ __all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_h
 ACTS = ("sigmoid", "silu")
 
 
+@cached_launch
 @triton.jit
 def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, mean_ptr, rstd_ptr,
                               s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, S, NH, eps,
@@ -74,6 +77,7 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
     tl.store(rstd_ptr + pid, rstd)
 
 
+@cached_launch
 @triton.jit
 def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
                               dh_ptr, dg_ptr, dxs_ptr, partial_ptr,

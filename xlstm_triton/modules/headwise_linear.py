@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch import cached_launch
+
 from ..checks import check_features, check_tensor
 from ..utils import kernel_op, new_empty, use_kernels
 
@@ -31,6 +33,7 @@ __all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
 
 
+@cached_launch
 @triton.jit
 def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
@@ -55,6 +58,7 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
                  y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@cached_launch
 @triton.jit
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
@@ -78,6 +82,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
              tl.reshape(dx, (BR, BF)).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@cached_launch
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_program,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from ..launch import cached_launch
 from torch import nn
 
 from ..checks import check_features, check_tensor
@@ -45,6 +47,7 @@ def _capped(x, cap, HAS_CAP: tl.constexpr):
         return x, x * 0.0 + 1.0
 
 
+@cached_launch
 @triton.jit
 def cross_entropy_rows_kernel(z_ptr, s_z, labels_ptr, loss_ptr, count_ptr, V, ignore_index, cap,
                               HAS_CAP: tl.constexpr, BLOCK: tl.constexpr):

@@ -32,11 +32,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import minimum_nan, new_empty, new_empty_bhsd, soft_cap_jit
 from .fwd import chunkwise_fwd_states
 from .gates import gate_rows
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S"])
 def chunkwise_bwd_dz_kernel(
     h_ptr, dh_ptr, inv_den_ptr, zsign_ptr, dz_ptr,
@@ -62,6 +65,7 @@ def chunkwise_bwd_dz_kernel(
     tl.store(dz_ptr + row, tl.where(mask_t, dz, 0.0))
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dstates_kernel(
     q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr,
@@ -117,6 +121,7 @@ def chunkwise_bwd_dstates_kernel(
     tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dv_kernel(
     q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dv_ptr,
@@ -180,6 +185,7 @@ def chunkwise_bwd_dv_kernel(
              mask=mask_s[:, None] & mask_v[None, :])
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, inv_den_ptr, dz_ptr,
@@ -249,6 +255,7 @@ def chunkwise_bwd_dq_kernel(
              dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None] & mask_k[None, :])
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dk_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, dstates_ptr, dnstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dz_ptr,
@@ -316,6 +323,7 @@ def chunkwise_bwd_dk_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["S", "S_pad"])
 def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr, df_ptr, S, S_pad, ROWS,
                                s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, NKB: tl.constexpr,

@@ -22,9 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import maximum_nan, new_empty, new_empty_bhsd
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_fwd_states_kernel(
     k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr,
@@ -79,6 +82,7 @@ def chunkwise_fwd_states_kernel(
     tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_fwd_output_kernel(
     q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr,

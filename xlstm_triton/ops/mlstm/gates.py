@@ -45,6 +45,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import maximum_nan, minimum_nan, new_empty, soft_cap_jit, use_triton
 
 LOG2E = 1.0 / math.log(2.0)
@@ -118,6 +120,7 @@ def _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH
     return pos, ig, b
 
 
+@cached_launch
 @triton.jit
 def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh,
                               s_ft, NH, cap, L: tl.constexpr, SOFT_CAP: tl.constexpr):
@@ -132,6 +135,7 @@ def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_
     tl.store(lmax_ptr + row * NC + c, lmax)
 
 
+@cached_launch
 @triton.jit
 def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
                            decay_ptr, m_last_ptr, S, S_pad, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH,

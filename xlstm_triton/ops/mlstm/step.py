@@ -19,9 +19,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap_jit
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["NH"])
 def mlstm_step_kernel(
     q_ptr, k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr,

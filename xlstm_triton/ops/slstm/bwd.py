@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import new_empty, num_sms
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
@@ -115,6 +117,7 @@ def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off4, mas
     return pre4, cnm4, dh
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["B", "T", "t_lo", "t_hi"])
 def slstm_bwd_kernel(
     R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, sync_ptr,
@@ -232,6 +235,7 @@ def slstm_bwd_kernel(
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["B", "T", "t_per_split"])
 def slstm_dr_db_kernel(
     dwx_ptr, h_ptr, state0_ptr, dR_ptr, db_ptr, B, T, t_per_split,

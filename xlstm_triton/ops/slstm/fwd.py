@@ -54,6 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...launch import cached_launch
+
 from ...utils import maximum_nan, minimum_nan, new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
@@ -248,6 +250,7 @@ def split_recurrent(h_ptr, h0_ptr, R_ptr, RT_a, RT_b, acc, t, T, rb64, mask_b, h
     return acc
 
 
+@cached_launch
 @triton.jit(do_not_specialize=["B", "T", "t_start", "t_end"])
 def slstm_fwd_kernel(
     wx_ptr, R_ptr, b_ptr, state_in_ptr, h0_ptr, h_ptr, state_out_ptr, pre_ptr, cnm_ptr, sync_ptr,

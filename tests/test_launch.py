@@ -1,0 +1,99 @@
+"""`xlstm_triton.launch.cached_launch`: the host-side cache of compiled kernels must give the
+results of Triton's own launch, and must not reuse a kernel across specializations (pointer
+alignment, integer values, constexprs, launch options)."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from xlstm_triton.launch import CachedLaunch, cached_launch
+
+
+@cached_launch
+@triton.jit
+def axpb_kernel(x_ptr, y_ptr, n, alpha, shift, BLOCK: tl.constexpr, NEGATE: tl.constexpr = False):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    y = x * alpha + shift
+    if NEGATE:
+        y = -y
+    tl.store(y_ptr + offs, y, mask=offs < n)
+
+
+def _launch(x, alpha=2.0, shift=3, negate=None, num_warps=4):
+    y = torch.empty_like(x)
+    meta = {} if negate is None else dict(NEGATE=negate)
+    axpb_kernel[(triton.cdiv(x.numel(), 128),)](x, y, x.numel(), alpha, shift, BLOCK=128, num_warps=num_warps, **meta)
+    return y
+
+
+def _expected(x, alpha=2.0, shift=3, negate=False):
+    y = x * alpha + shift
+    return -y if negate else y
+
+
+def test_wrapper_keeps_the_jit_function():
+    assert isinstance(axpb_kernel, CachedLaunch)
+    assert axpb_kernel.arg_names[:2] == ("x_ptr", "y_ptr") and axpb_kernel.defaults == {"NEGATE": False}
+    assert axpb_kernel.fn.__name__ == "axpb_kernel"       # attributes of the jit function
+
+
+def test_results_equal_reference(device):
+    x = torch.randn(1000, device=device)
+    torch.testing.assert_close(_launch(x), _expected(x))
+    torch.testing.assert_close(_launch(x, negate=True), _expected(x, negate=True))
+
+
+class _NoTritonLaunch:
+    """Stands in for the jit function: any launch through Triton's path fails."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("launched through Triton's path, not the cache")
+
+
+@pytest.mark.gpu
+def test_cache_hits_and_misses(monkeypatch):
+    axpb_kernel.table.clear()
+    buf = torch.randn(4096 + 64, device="cuda")
+    x = buf[:4096]
+    _launch(x)                                        # compiles, fills one entry
+    assert len(axpb_kernel.table) == 1
+    x2 = buf[64:64 + 4096]                            # other data, same key (64 floats: aligned)
+    monkeypatch.setattr(axpb_kernel, "kernel", _NoTritonLaunch())
+    torch.testing.assert_close(_launch(x2), _expected(x2))          # served from the table
+    for changed in (dict(x=x, alpha=-0.5),           # a float: by value (it may be a constexpr)
+                    dict(x=buf[1:4097]),             # 4-byte offset: not 16-byte aligned
+                    dict(x=buf[:4095]),              # another n
+                    dict(x=x, shift=1),              # an int equal to 1: Triton specializes it
+                    dict(x=x, negate=True),          # a constexpr
+                    dict(x=x, num_warps=8)):         # a launch option
+        with pytest.raises(AssertionError, match="Triton's path"):
+            _launch(**changed)
+
+
+@pytest.mark.gpu
+def test_misaligned_view_gets_its_own_kernel():
+    axpb_kernel.table.clear()
+    buf = torch.randn(8192 + 3, device="cuda")
+    for offset in (0, 1, 0, 3, 1, 0):                # aligned and misaligned views, interleaved
+        x = buf[offset:offset + 8192]
+        torch.testing.assert_close(_launch(x), _expected(x))
+    torch.cuda.synchronize()
+    keys = {key[-1][0] for key in axpb_kernel.table}        # (dtype, address modulo 16) of x
+    assert keys == {(torch.float32, 0), (torch.float32, 4), (torch.float32, 12)}
+
+
+@pytest.mark.gpu
+def test_launch_hooks_take_triton_path(monkeypatch):
+    calls = []
+    hook = lambda *a: calls.append(a)       # noqa: E731
+    chain = triton.knobs.runtime.launch_enter_hook
+    if hasattr(chain, "calls"):             # a hook chain (newer Triton)
+        monkeypatch.setattr(chain, "calls", [hook])
+    else:
+        monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", hook)
+    x = torch.randn(300, device="cuda")
+    _launch(x)
+    _launch(x)
+    assert len(calls) == 2
