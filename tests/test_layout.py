@@ -9,7 +9,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "xlstm_triton"
 
 # Rank of each top-level part: a module may import from its own part and from lower ranks.
-RANK = {"utils": 0, "checks": 0, "generation": 0, "ops": 1, "mlstm": 1, "slstm": 1, "modules": 2,
+RANK = {"utils": 0, "launch": 0, "checks": 0, "generation": 0, "ops": 1, "mlstm": 1, "slstm": 1, "modules": 2,
         "layers": 3, "models": 4, "integrations": 5, "nn": 5, "__init__": 6}
 
 
