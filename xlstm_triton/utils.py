@@ -155,3 +155,21 @@ def soft_cap_jit(x, cap):
     t = tl.exp(-2.0 * tl.abs(x) / cap)
     return tl.where(x < 0, -cap, cap) * (1.0 - t) / (1.0 + t)
 
+
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """float32 inputs: 3xTF32 (about float32 accuracy on tensor cores); 16-bit inputs: native
+    (the option is ignored); in the interpreter, 16-bit operands are upcast (see `mma`)."""
+    if device.type != "cuda" and dtype != torch.float32:
+        return "upcast"
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+@triton.jit
+def mma(a, b, acc, DOT_PREC: tl.constexpr):
+    """acc + a @ b with float32 accumulation. DOT_PREC "upcast" (interpreter, 16-bit inputs):
+    multiply in float32, the same values (products of 16-bit floats are exact in float32); Triton's
+    interpreter multiplies the raw bits of bfloat16 operands."""
+    if DOT_PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)

@@ -35,6 +35,23 @@ def test_matches_float64_einsum(M, BS, F, N, bias, device, poison):
         assert_close(b.grad, db, bwd, "d bias")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_row_tiles(dtype, device, poison):
+    """More rows than one program's share (the d weight kernel loops over row tiles and its
+    partial sums are added up), a column count no tile size divides, 16-bit inputs."""
+    M, BS, F, N = 2, 4, 72, 2500
+    x = torch.randn(N, F, device=device, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype).requires_grad_()
+    out = headwise_linear(x, weight)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    ref, (dx, dw, _) = reference(x, weight, None, upstream)
+    fwd, bwd = TOL[dtype]
+    assert_close(out, ref.reshape(out.shape), fwd, "out")
+    assert_close(x.grad, dx, bwd, "d x")
+    assert_close(weight.grad, dw, bwd, "d weight")
+
+
 def test_strided_input_and_leading_dims(device):
     base = torch.randn(3, 7, 40, device=device)
     x = base[..., :32]                                  # rows strided by 40

@@ -8,7 +8,8 @@ With blocks of 4 the PyTorch spelling (an einsum) runs as a batched matmul of F/
 small fraction of the memory rate. Here one kernel reads a tile of x once and writes all M
 outputs (q and k share their input), multiplying within registers; the backward is one kernel
 for d x (reading every d out once) and one for d weight (per-program partial sums over row
-ranges, added up by PyTorch), and d bias is a column sum.
+ranges, added up by PyTorch: tile products on the tensor cores, keeping their diagonal blocks),
+and d bias is a column sum.
 
 `headwise_linear` is a custom op (`xlstm_triton::headwise_linear`); on CPU without
 TRITON_INTERPRET=1, for float64 or for blocks larger than MAX_BLOCK it runs
@@ -26,7 +27,7 @@ import triton.language as tl
 from ..launch import cached_launch
 
 from ..checks import check_features, check_tensor
-from ..utils import kernel_op, new_empty, use_kernels
+from ..utils import dot_precision, kernel_op, mma, new_empty, use_kernels
 
 __all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]
 
@@ -85,31 +86,37 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
 @cached_launch
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_program,
-                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
+                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
+                           DOT_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i].
 
-    Column c = b*BS + o of d out meets the BS columns of x in its block: x is read as a
-    (BR, BS, BF) tile, x3[n, i, c] = x[n, (c // BS) * BS + i] (each element BS times, from L1),
-    so the products are plain broadcasts with no reshape between layouts, and partial's
-    (b, o, i) offset is c * BS + i."""
+    Per tile of BR rows and BF columns, G_m = dout_m^T x (BF, BF) on the tensor cores, of which
+    the BS x BS blocks on the diagonal are the gradient (the other products are wasted, but a
+    (BF, BR) x (BR, BF) product costs less than reading its two tiles); each x tile serves two
+    outputs m (q and k). G's element (c, j) with c // BS == j // BS is partial's (b, o, i) =
+    (c // BS, c % BS, j % BS), at offset c * BS + j % BS."""
     pid_p, pid_f = tl.program_id(0), tl.program_id(1)
     cols = pid_f * BF + tl.arange(0, BF)
-    i = tl.arange(0, BS)
     col_ok = cols < F
-    x_cols = (cols // BS * BS)[None, None, :] + i[None, :, None]                   # (1, BS, BF)
     first = pid_p * rows_per_program
-    for m in tl.static_range(M):
-        acc = tl.zeros((BR, BS, BF), dtype=tl.float32)
+    diag = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None]
+    offs = cols[:, None] * BS + (cols[None, :] % BS)
+    for m0 in tl.static_range(0, M, 2):
+        acc_a = tl.zeros((BF, BF), dtype=tl.float32)
+        acc_b = tl.zeros((BF, BF), dtype=tl.float32)
         for start in range(first, first + rows_per_program, BR):
-            rows = start + tl.arange(0, BR)
-            row_ok = rows < N
-            x3 = tl.load(x_ptr + rows.to(tl.int64)[:, None, None] * s_x + x_cols,
-                         mask=row_ok[:, None, None] & col_ok[None, None, :], other=0.0).to(tl.float32)
-            d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
-                        mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            acc += d[:, None, :] * x3
-        tl.store(partial_ptr + (pid_p * M + m).to(tl.int64) * F * BS + cols[None, :] * BS + i[:, None],
-                 tl.sum(acc, axis=0), mask=col_ok[None, :])
+            rows = (start + tl.arange(0, BR)).to(tl.int64)
+            mask = (rows < N)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=mask, other=0.0)
+            d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
+            acc_a = mma(tl.trans(d), x, acc_a, DOT_PREC)
+            if m0 + 1 < M:
+                d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
+                acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
+        base = partial_ptr + (pid_p * M + m0).to(tl.int64) * F * BS
+        tl.store(base + offs, acc_a, mask=diag)
+        if m0 + 1 < M:
+            tl.store(base + F * BS + offs, acc_b, mask=diag)
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -149,13 +156,14 @@ def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tens
     dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, M=M, BS=BS, BR=BR,
                                                                      BF=BF, num_warps=4)
-    BR_dw = max(4, 128 // BS)          # the (BR, BS, BF) accumulator: 64 float32 per thread
-    programs = max(1, min(triton.cdiv(N, BR_dw), 64))
+    BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
+    programs = max(1, min(triton.cdiv(N, BR_dw), 32))
     rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
     programs = triton.cdiv(N, rows_per_program) if N else 1
     partial = new_empty((programs, M, F // BS, BS, BS), torch.float32, x.device)   # written whole
-    headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF))](x, dout, partial, N, F, x.stride(0), rows_per_program,
-                                                           M=M, BS=BS, BR=BR_dw, BF=BF, num_warps=4)
+    headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF_dw))](
+        x, dout, partial, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
+        DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)
 
 

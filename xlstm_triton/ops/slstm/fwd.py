@@ -56,7 +56,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 
-from ...utils import maximum_nan, minimum_nan, new_empty, num_sms
+from ...utils import dot_precision, maximum_nan, minimum_nan, mma, new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
@@ -119,17 +119,6 @@ def gate_activations(i_pre, f_pre, z_pre, o_pre, n_prev, m_prev, FAST: tl.conste
     z_act = tl.where(z_pre < 0.0, -z_abs, z_abs)
     o_act = fast_sigmoid(o_pre, FAST)
     return i_act, f_act, z_act, o_act, m_new
-
-
-@triton.jit
-def mma(a, b, acc, DOT_PREC: tl.constexpr):
-    """acc + a @ b with float32 accumulation. DOT_PREC "upcast" (interpreter, 16-bit inputs):
-    multiply in float32, the same values (products of 16-bit floats are exact in float32); Triton's
-    interpreter multiplies the raw bits of bfloat16 operands."""
-    if DOT_PREC == "upcast":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, input_precision=DOT_PREC)
 
 
 @triton.jit
@@ -465,14 +454,6 @@ def cooperative_launch_kwargs() -> dict:
     except Exception:  # noqa: BLE001 - an older or different backend: no option
         pass
     return {}
-
-
-def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """float32 inputs: 3xTF32 (about float32 accuracy on tensor cores); 16-bit inputs: native
-    (the option is ignored); in the interpreter, 16-bit operands are upcast (see `mma`)."""
-    if device.type != "cuda" and dtype != torch.float32:
-        return "upcast"
-    return "tf32x3" if dtype == torch.float32 else "ieee"
 
 
 def fast_math(device: torch.device) -> bool:
