@@ -222,9 +222,17 @@ class mLSTMLayer(nn.Module):
         return self.dropout(self.proj_down(h)), mLSTMLayerState(*cnm, conv_state)
 
     def _mix_parameters(self) -> list:
-        """The trainable parameters `_mix` uses (all but the up- and down-projection's)."""
-        return [p for name, p in self.named_parameters()
-                if p.requires_grad and not name.startswith(("proj_up.", "proj_down."))]
+        """The trainable parameters `_mix` uses (all but the up- and down-projection's). Their
+        places (module, name) are listed once: `named_parameters` walks the module tree, a
+        millisecond per training step for a 24-block model on a slow host."""
+        slots = self.__dict__.get("_mix_parameter_slots")
+        if slots is None:
+            slots = [(self.get_submodule(path), name) for path, _, name in
+                     (n.rpartition(".") for n, _ in self.named_parameters())
+                     if not path.startswith(("proj_up", "proj_down"))]
+            self.__dict__["_mix_parameter_slots"] = slots
+        return [p for p in (module._parameters[name] for module, name in slots)
+                if p is not None and p.requires_grad]
 
     def _inputs(self, x_m, conv_state=None, return_state=False):
         """The cell's inputs from x_m: x_c = SiLU(conv(x_m)) (and the new conv state with
