@@ -207,7 +207,8 @@ def _count(n):
 def plot_model(rows, stem, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = latest(rows, ["provider", "ctx", "B", "E", "blocks", "mode", "size"])
+    gpu = rows[-1]["gpu"]                          # one machine's rows: the newest run's GPU
+    rows = latest([r for r in rows if r["gpu"] == gpu], ["provider", "ctx", "B", "E", "blocks", "mode", "size"])
     rows = [r for r in rows if r.get("size") != "large"]          # the one larger point: a table, not a curve
 
     def key(r):     # one curve per provider and mode ("train": the single mode of older rows)
