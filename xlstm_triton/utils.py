@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -64,6 +65,12 @@ class KernelOp:
 def kernel_op(name: str, mutates_args=()):
     """Decorator: `KernelOp(name, fn)` (its docstring); use like `torch.library.custom_op`."""
     return lambda fn: KernelOp(name, fn, mutates_args)
+
+
+def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
+    """cap * tanh(x / cap): smooth clamp to (-cap, cap) (xLSTM-7B's gates and logits); None:
+    identity. The PyTorch spelling; the kernels use `soft_cap_jit`."""
+    return x if cap is None else cap * torch.tanh(x / cap)
 
 
 def new_empty(shape, dtype, device) -> torch.Tensor:

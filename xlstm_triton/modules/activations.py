@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..launch import cached_launch
 
-from ..utils import kernel_op, new_empty, use_kernels
+from ..utils import kernel_op, new_empty, soft_cap, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]
 
@@ -28,11 +28,6 @@ def _relu2(x):
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu^2": _relu2, "sigmoid": torch.sigmoid,
         "swish": F.silu, "selu": F.selu}
-
-
-def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
-    """cap * tanh(x / cap): smooth clamp to (-cap, cap); None: identity."""
-    return x if cap is None else cap * torch.tanh(x / cap)
 
 
 @cached_launch

@@ -48,6 +48,7 @@ import triton.language as tl
 from ...launch import cached_launch
 
 from ...utils import maximum_nan, minimum_nan, new_empty, soft_cap_jit, use_triton
+from ...utils import soft_cap as apply_soft_cap
 
 LOG2E = 1.0 / math.log(2.0)
 LOGF_FLOOR = -1000.0
@@ -233,7 +234,7 @@ def chunkwise_gates_torch(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Ten
     S_pad = NC * L
     ig, fg = i.double(), f.double()
     if soft_cap is not None:
-        ig, fg = soft_cap * torch.tanh(ig / soft_cap), soft_cap * torch.tanh(fg / soft_cap)
+        ig, fg = apply_soft_cap(ig, soft_cap), apply_soft_cap(fg, soft_cap)
     logf = floored_logsigmoid(fg)
     if S_pad > S:
         ig = F.pad(ig, (0, S_pad - S), value=float("-inf"))

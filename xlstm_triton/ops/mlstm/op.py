@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_tensor
-from ...utils import kernel_op, is_seq_major, new_empty_bhsd, triton_interpret, use_kernels
+from ...utils import kernel_op, is_seq_major, new_empty_bhsd, soft_cap, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import ChunkGates, chunkwise_gates
@@ -289,7 +289,7 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
 
     if not triton_path:
         if gate_soft_cap is not None:
-            i, f = (gate_soft_cap * torch.tanh(t / gate_soft_cap) for t in (i, f))
+            i, f = soft_cap(i, gate_soft_cap), soft_cap(f, gate_soft_cap)
         return mlstm_chunkwise_torch(q, k, v, i, f, c_initial, n_initial, m_initial,
                                      return_last_states, eps, chunk_size)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 
-from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap_jit
+from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap, soft_cap_jit
 
 
 @cached_launch
@@ -119,7 +119,7 @@ def mlstm_step_torch(q, k, v, i, f, c, n, m, eps=1e-6, gate_soft_cap=None):
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     i, f = i.to(dt).reshape(m.shape), f.to(dt).reshape(m.shape)
     if gate_soft_cap is not None:
-        i, f = gate_soft_cap * torch.tanh(i / gate_soft_cap), gate_soft_cap * torch.tanh(f / gate_soft_cap)
+        i, f = soft_cap(i, gate_soft_cap), soft_cap(f, gate_soft_cap)
     c, n, m = c.to(dt), n.to(dt), m.to(dt).detach()
     logf = F.logsigmoid(f)
     m_new = torch.maximum(logf + m, i).detach()
