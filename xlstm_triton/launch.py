@@ -12,9 +12,9 @@ modulo 16, an int's value, and any other argument's type and value (a constexpr'
 launch options (num_warps, ...). That is at least as fine as Triton's own specialization
 (pointer dtype and 16-byte alignment, integers' value 1, divisibility by 16 and width,
 constexpr values), so one key never meets two Triton specializations: a key seen before maps to
-the compiled kernel Triton chose for it, by Triton's own launch the first time. Integer values (sizes, strides) in the key make a new
-shape a new entry: a training loop's few shapes hit; more than `MAX_ENTRIES` keys clear a
-kernel's table.
+the compiled kernel Triton chose for it, by Triton's own launch the first time. Integer values
+(sizes, strides) in the key make a new shape a new entry: a training loop's few shapes hit; more
+than `MAX_ENTRIES` keys clear a kernel's table.
 
 Triton's path runs instead with XLSTM_TRITON_LAUNCH_CACHE=0 in the environment (or
 `launch.ENABLED = False`), in the interpreter, while Triton's launch hooks are set (profilers),
@@ -54,6 +54,7 @@ class CachedLaunch:
         self.kernel = kernel
         params = inspect.signature(kernel.fn).parameters
         self.arg_names = tuple(params)
+        self.param_names = frozenset(params)
         self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
         self.table = {}
         self.__doc__, self.__name__ = kernel.fn.__doc__, kernel.fn.__name__
@@ -73,7 +74,7 @@ class CachedLaunch:
         names, n = self.arg_names, len(args)
         try:
             values = args + tuple(meta[k] if k in meta else self.defaults[k] for k in names[n:])
-            options = tuple((k, v) for k, v in meta.items() if k not in self.defaults and k not in names)
+            options = tuple((k, v) for k, v in meta.items() if k not in self.param_names)
         except KeyError:            # a missing argument: Triton's own error
             return kernel[grid](*args, **meta)
         if any(k not in _LAUNCH_OPTIONS for k, _ in options):
