@@ -75,3 +75,31 @@ def check_features(name: str, t, doc: str) -> int:
         raise ValueError(f"{name}: expected shape {doc}, got {tuple(t.shape)}")
     return t.shape[-1]
 
+
+
+def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, name: str = "cu_seqlens") -> int:
+    """Packed sequences: `cu_seqlens` (N + 1,) int32 or int64 on `device`, starting at 0,
+    non-decreasing, ending at `total` (the packed length S), with a batch of 1. Returns N.
+
+    The values are checked where they can be read without waiting for the GPU: a CPU tensor,
+    or a CUDA one outside CUDA-graph capture and `torch.compile` (one copy of N + 1 integers to
+    the host; give a CPU copy of the offsets to skip it, as the layers do)."""
+    check_tensor(name, cu_seqlens, ndim=1, doc="(N + 1,)", dtypes=(torch.int32, torch.int64))
+    if cu_seqlens.device != torch.device(device) and cu_seqlens.device.type != "cpu":
+        raise ValueError(f"{name}: expected device {device} (the same device as x) or the CPU, "
+                         f"got {cu_seqlens.device}")
+    if batch != 1:
+        raise ValueError(f"{name}: packed sequences need a batch of 1 (x of shape (1, S, ...)), got B = {batch}")
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"{name}: expected at least 2 offsets (N + 1 for N >= 1 sequences), got "
+                         f"{cu_seqlens.numel()}")
+    readable = cu_seqlens.device.type == "cpu" or not (
+        torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing())
+    if readable:
+        values = cu_seqlens.tolist()
+        if values[0] != 0 or values[-1] != total:
+            raise ValueError(f"{name}: expected offsets from 0 to the packed length {total}, got "
+                             f"{values[0]} ... {values[-1]}")
+        if any(b < a for a, b in zip(values, values[1:])):
+            raise ValueError(f"{name}: expected non-decreasing offsets, got {values}")
+    return cu_seqlens.numel() - 1

@@ -64,3 +64,53 @@ def test_float64_gradcheck():
     w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     st = torch.randn(1, 3, 3, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda a, b, c: causal_conv1d(a, b, None, c), (x, w, st))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("state", [False, True])
+@pytest.mark.parametrize("lengths", [[1, 2, 3, 5, 17, 4, 0, 40], [70], [3, 3, 1]])
+def test_packed_equals_sequences_one_by_one(lengths, state, dtype, device, poison):
+    """Packed sequences (cu_seqlens): outputs and all gradients equal each sequence run alone
+    from its own state row (float64 reference), for lengths shorter than the window, empty
+    sequences and sequences across several time tiles."""
+    torch.manual_seed(len(lengths))
+    F, K = 24, 4
+    S = sum(lengths)
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0)
+    x = (torch.randn(1, S, F, device=device) * 2).to(dtype).requires_grad_()
+    weight = torch.randn(F, K, device=device).to(dtype).requires_grad_()
+    b = torch.randn(F, device=device).to(dtype).requires_grad_()
+    st = torch.randn(len(lengths), K - 1, F, device=device).to(dtype).requires_grad_() if state else None
+    y = causal_conv1d(x, weight, b, st, cu_seqlens=cu)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, b, st)]
+    outs, start = [], 0
+    for n, length in enumerate(lengths):          # each sequence alone, through the batch path
+        one = leaves[3][n:n + 1] if state else None
+        outs.append(causal_conv1d_torch(leaves[0][:, start:start + length], leaves[1], leaves[2], one))
+        start += length
+    ref = torch.cat(outs, dim=1)
+    (ref * upstream.double()).sum().backward()
+    fwd, bwd = TOL[dtype]
+    assert_close(y, ref, fwd, "y")
+    for name, t, r in zip(("x", "weight", "bias", "state"), (x, weight, b, st), leaves):
+        if t is not None:
+            assert_close(t.grad, r.grad, bwd, f"d {name}")
+
+
+def test_packed_errors(device):
+    x = torch.randn(1, 6, 8, device=device)
+    w = torch.randn(8, 4, device=device)
+    with pytest.raises(TypeError, match=r"cu_seqlens: expected dtype in \(int32, int64\)"):
+        causal_conv1d(x, w, cu_seqlens=torch.tensor([0.0, 6.0], device=device))
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected offsets from 0 to the packed length 6"):
+        causal_conv1d(x, w, cu_seqlens=torch.tensor([0, 5], device=device))
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected offsets from 0"):
+        causal_conv1d(x, w, cu_seqlens=torch.tensor([1, 6], device=device))
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected non-decreasing offsets"):
+        causal_conv1d(x, w, cu_seqlens=torch.tensor([0, 4, 2, 6], device=device))
+    with pytest.raises(ValueError, match=r"cu_seqlens: packed sequences need a batch of 1"):
+        causal_conv1d(x.expand(2, 6, 8), w, cu_seqlens=torch.tensor([0, 6], device=device))
+    with pytest.raises(ValueError, match=r"state: expected shape \(2, 3, 8\) = \(N, K - 1, F\)"):
+        causal_conv1d(x, w, state=torch.randn(1, 3, 8, device=device), cu_seqlens=torch.tensor([0, 2, 6], device=device))

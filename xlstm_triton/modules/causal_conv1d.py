@@ -4,6 +4,9 @@
     y = silu(pre) (or pre)
     x (B, S, F), weight (F, K), bias (F) or None, state (B, K - 1, F) or None (zeros) -> y (B, S, F)
 
+Packed sequences (`cu_seqlens`, x of shape (1, S, F)): each sequence's window starts at its own
+first step, from its own state row (N, K - 1, F).
+
 The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is a padded copy,
 cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
 Here the forward is one kernel (x read once per tap from cache, y written once), and the
@@ -27,29 +30,44 @@ import triton.language as tl
 
 from ..launch import cached_launch
 
-from ..checks import check_tensor
+from ..checks import check_cu_seqlens, check_tensor
 from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_torch"]
 
 
 @triton.jit
-def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j: tl.constexpr, K: tl.constexpr, HAS_STATE: tl.constexpr):
-    """The input under tap j for the (BT, BF) tile: x[b, t - K + 1 + j, f], from the state before
-    t = 0 (zeros without one), float32."""
+def _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN: tl.constexpr):
+    """(first step, state row) of the sequence each step t of the tile belongs to: (0, b)
+    for a batch of rows; packed sequences (VARLEN): their start and index."""
+    if VARLEN:
+        first = tl.load(start_ptr + t, mask=t < S, other=0)
+        seq = tl.load(seq_ptr + t, mask=t < S, other=0).to(tl.int64)
+    else:
+        first = tl.zeros_like(t)
+        seq = b
+    return first, seq
+
+
+@triton.jit
+def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, K: tl.constexpr,
+         HAS_STATE: tl.constexpr):
+    """The input under tap j for the (BT, BF) tile: x[b, t - K + 1 + j, f] where that step is in
+    t's sequence (from `first` on), from the sequence's state before it (zeros without one),
+    float32."""
     src = t - (K - 1) + j
     fm = f < F
     v = tl.load(x_ptr + b * s_xb + src.to(tl.int64)[:, None] * s_xs + f[None, :],
-                mask=((src >= 0) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+                mask=((src >= first) & (src < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
     if HAS_STATE:
-        row = src + (K - 1)
-        v += tl.load(st_ptr + (b * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
-                     mask=((src < 0) & (row >= 0))[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        row = src - first + (K - 1)
+        v += tl.load(st_ptr + (seq * (K - 1) + row).to(tl.int64)[:, None] * F + f[None, :],
+                     mask=((src < first) & (row >= 0) & (t < S))[:, None] & fm[None, :], other=0.0).to(tl.float32)
     return v
 
 
 @triton.jit
-def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: tl.constexpr,
+def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K: tl.constexpr,
                     BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """bias + sum_j w[f, j] x[b, t - K + 1 + j, f] for a (BT, BF) tile, float32."""
     fm = f < F
@@ -57,20 +75,22 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K: t
     if HAS_BIAS:
         acc += tl.load(b_ptr + f, mask=fm, other=0.0).to(tl.float32)[None, :]
     for j in tl.static_range(K):
-        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j, K, HAS_STATE)
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
         acc += v * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
     return acc
 
 
 @cached_launch
 @triton.jit
-def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, y_ptr, S, F, K: tl.constexpr,
-                             BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             SILU: tl.constexpr):
+def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_ptr, seq_ptr, y_ptr, S, F,
+                             K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
-    pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K, BT, BF, HAS_STATE, HAS_BIAS)
+    first, seq = _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN)
+    pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+                          HAS_STATE, HAS_BIAS)
     y = pre
     if SILU:
         y = pre / (1.0 + tl.exp(-pre))
@@ -80,18 +100,21 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, y_ptr, S, 
 
 @cached_launch
 @triton.jit
-def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, dpre_ptr, partial_ptr, S, F,
-                                 K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_ptr, seq_ptr, dy_ptr, dpre_ptr,
+                                 partial_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
+                                 HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                                 VARLEN: tl.constexpr):
     """d pre = dy * silu'(pre); partial[tile, j, f] = sum_t d pre[t] x[t - K + 1 + j], partial[tile, K] = sum d pre."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
     mask = (t < S)[:, None] & fm[None, :]
+    first, seq = _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN)
     dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
     if SILU:
-        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, f, S, F, K, BT, BF, HAS_STATE, HAS_BIAS)
+        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+                              HAS_STATE, HAS_BIAS)
         sig = 1.0 / (1.0 + tl.exp(-pre))
         dpre = dy * sig * (1.0 + pre * (1.0 - sig))
     else:
@@ -101,15 +124,17 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr
              mask=mask)
     tile = b * tl.num_programs(1) + pt
     for j in tl.static_range(K):
-        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, f, S, F, j, K, HAS_STATE)
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
         tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
     tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
 
 
 @cached_launch
 @triton.jit
-def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
-    """dx[t] = sum_j w[f, j] d pre[t + K - 1 - j]."""
+def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr,
+                                BF: tl.constexpr, VARLEN: tl.constexpr):
+    """dx[t] = sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
+    those whose sequence starts at or before t)."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
@@ -117,8 +142,11 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, dx_ptr, S, F, K: tl.constexpr, 
     acc = tl.zeros((BT, BF), dtype=tl.float32)
     for j in tl.static_range(K):
         dst = t + (K - 1) - j
+        same = dst < S
+        if VARLEN:
+            same = same & (tl.load(start_ptr + dst, mask=dst < S, other=0) <= t)
         d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
-                    mask=(dst < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
+                    mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
         acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
     tl.store(dx_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=(t < S)[:, None] & fm[None, :])
@@ -128,63 +156,87 @@ def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, triton.next_power_of_2(S))), min(128, max(16, triton.next_power_of_2(F)))
 
 
+def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: the first step
+    of each step's sequence and the sequence's index, int32 (total,) each. No host sync."""
+    cu = cu_seqlens.to(torch.int32)
+    seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
+                                  cu[1:] - cu[:-1], output_size=total)
+    return cu[:-1][seq.long()], seq
+
+
+def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]):
+    if cu_seqlens is None:
+        return x, x                     # unread (VARLEN=False)
+    return packed_index(cu_seqlens, x.shape[1])
+
+
 @kernel_op("xlstm_triton::causal_conv1d")
 def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+                   state: Optional[torch.Tensor], silu: bool, cu_seqlens: Optional[torch.Tensor]) -> torch.Tensor:
     B, S, F = x.shape
     K = weight.shape[1]
     y = new_empty((B, S, F), x.dtype, x.device)
     BT, BF = _tiles(S, F)
+    start, seq = _varlen_args(x, cu_seqlens)
     causal_conv1d_fwd_kernel[(B, triton.cdiv(S, BT), triton.cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu, num_warps=4)
+        start, seq, y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+        VARLEN=cu_seqlens is not None, num_warps=4)
     return y
 
 
 @_causal_conv1d.register_fake
-def _(x, weight, bias, state, silu):
+def _(x, weight, bias, state, silu, cu_seqlens):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @kernel_op("xlstm_triton::causal_conv1d_bwd")
 def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool
+                       state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
+                       cu_seqlens: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
     BT, BF = _tiles(S, F)
     grid = (B, triton.cdiv(S, BT), triton.cdiv(F, BF))
+    start, seq = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
     causal_conv1d_bwd_pre_kernel[grid](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None,
-        SILU=silu, num_warps=4)
+        start, seq, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, dx, S, F, K=K, BT=BT, BF=BF, num_warps=4)
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, start, dx, S, F, K=K, BT=BT, BF=BF,
+                                      VARLEN=cu_seqlens is not None, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
-    dstate = _state_grad(dpre, weight, K) if state is not None else x.new_empty(0)
+    dstate = _state_grad(dpre, weight, K, cu_seqlens) if state is not None else x.new_empty(0)
     return dx, dw, db, dstate
 
 
-def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int) -> torch.Tensor:
-    """d state[i] = sum_{j <= i} weight[:, j] d pre[i - j] (state row i is step i - K + 1)."""
-    B, S, F = dpre.shape
-    rows = []
-    for i in range(K - 1):
-        acc = dpre.new_zeros(B, F, dtype=torch.float32)
-        for j in range(i + 1):
-            if i - j < S:
-                acc = acc + dpre[:, i - j].float() * weight[:, j].float()
-        rows.append(acc)
+def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """d state[s, i] = sum_{j <= i} weight[:, j] d pre[step i - j of sequence s] (state row i is
+    K - 1 - i steps before the sequence's start). The sequences: the batch rows, or the packed
+    ones of `cu_seqlens`. Returns (B or N, K - 1, F)."""
+    S = dpre.shape[1]
+    if cu_seqlens is None:
+        head = F.pad(dpre[:, :K - 1], (0, 0, 0, max(0, K - 1 - S)))             # (B, K - 1, F)
+    else:
+        cu = cu_seqlens.to(device=dpre.device, dtype=torch.long)
+        idx = cu[:-1, None] + torch.arange(K - 1, device=dpre.device)            # (N, K - 1)
+        head = dpre[0, idx.clamp(max=S - 1)] * (idx < cu[1:, None])[..., None]
+    head, w = head.float(), weight.float()
+    rows = [sum(head[:, i - j] * w[:, j] for j in range(i + 1)) for i in range(K - 1)]
     return torch.stack(rows, dim=1).to(dpre.dtype)
 
 
 @_causal_conv1d_bwd.register_fake
-def _(x, weight, bias, state, dy, silu):
+def _(x, weight, bias, state, dy, silu, cu_seqlens):
     B, S, F = x.shape
     return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
             weight.new_empty(F if bias is not None else 0),
@@ -192,25 +244,33 @@ def _(x, weight, bias, state, dy, silu):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, state, silu = inputs
-    ctx.save_for_backward(x, weight, bias, state)
+    x, weight, bias, state, silu, cu_seqlens = inputs
+    ctx.save_for_backward(x, weight, bias, state, cu_seqlens)
     ctx.silu = silu
 
 
 def _backward(ctx, dy):
-    x, weight, bias, state = ctx.saved_tensors
-    dx, dw, db, dstate = _causal_conv1d_bwd(x, weight, bias, state, dy, ctx.silu)
-    return dx, dw, db if bias is not None else None, dstate if state is not None else None, None
+    x, weight, bias, state, cu_seqlens = ctx.saved_tensors
+    dx, dw, db, dstate = _causal_conv1d_bwd(x, weight, bias, state, dy, ctx.silu, cu_seqlens)
+    return dx, dw, db if bias is not None else None, dstate if state is not None else None, None, None
 
 
 _causal_conv1d.register_autograd(_backward, setup_context=_setup_context)
 
 
 def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                        state: Optional[torch.Tensor] = None, silu: bool = True) -> torch.Tensor:
-    """The PyTorch spelling: the state (or zeros) before x, a grouped conv1d, SiLU."""
+                        state: Optional[torch.Tensor] = None, silu: bool = True,
+                        cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The PyTorch spelling: the state (or zeros) before x, a grouped conv1d, SiLU; packed
+    sequences (`cu_seqlens`) one by one, each from its own state row."""
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.tolist()
+        return torch.cat([causal_conv1d_torch(x[:, a:b], weight, bias, None if state is None else state[n:n + 1], silu)
+                          for n, (a, b) in enumerate(zip(bounds, bounds[1:]))], dim=1)
     B, S, Fd = x.shape
     K = weight.shape[1]
+    if S == 0:
+        return x.new_empty(B, 0, Fd)
     xs = F.pad(x, (0, 0, K - 1, 0)) if state is None else torch.cat([state.to(x.dtype), x], dim=1)
     y = F.conv1d(xs.transpose(1, 2), weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype),
                  groups=Fd).transpose(1, 2)
@@ -218,26 +278,35 @@ def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  state: Optional[torch.Tensor] = None, silu: bool = True) -> torch.Tensor:
+                  state: Optional[torch.Tensor] = None, silu: bool = True,
+                  cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal depthwise conv1d over time (+ SiLU) from a state (module docstring).
 
     x: (B, S, F), last dim contiguous; weight: (F, K), K >= 1; bias: (F,) or None; state:
     (B, K - 1, F) or None (zeros), the K - 1 inputs before x, oldest first. weight, bias and
     state in x's dtype and on its device. Returns (B, S, F) in x's dtype.
+
+    Packed sequences: `cu_seqlens` (N + 1,) int32 / int64, the offsets of N sequences laid end
+    to end in x (1, S, F) (`checks.check_cu_seqlens`); no window reaches into the sequence
+    before, and state (N, K - 1, F), if given, holds each sequence's own K - 1 inputs before it.
     """
     check_tensor("x", x, ndim=3, doc="(B, S, F)")
     B, S, Fd = x.shape
+    if cu_seqlens is not None:
+        B = check_cu_seqlens(cu_seqlens, S, B, x.device)      # state rows: one per sequence
+        cu_seqlens = cu_seqlens.to(x.device)
     check_tensor("weight", weight, ndim=2, doc="(F, K)", dtypes=(x.dtype,), device=x.device, device_of="x")
     if weight.shape[0] != Fd or weight.shape[1] < 1:
         raise ValueError(f"weight: expected shape (F, K) with F = {Fd} and K >= 1, got {tuple(weight.shape)}")
     K = weight.shape[1]
     check_tensor("bias", bias, (Fd,), doc="(F,)", dtypes=(x.dtype,), device=x.device, device_of="x",
                  allow_none=True)
-    check_tensor("state", state, (B, K - 1, Fd), doc="(B, K - 1, F)", dtypes=(x.dtype,), device=x.device,
+    check_tensor("state", state, (B, K - 1, Fd), doc="(N, K - 1, F)" if cu_seqlens is not None else "(B, K - 1, F)",
+                 dtypes=(x.dtype,), device=x.device,
                  device_of="x", allow_none=True)
     if not use_kernels(x) or K == 1 and state is not None:
-        return causal_conv1d_torch(x, weight, bias, state, silu)
+        return causal_conv1d_torch(x, weight, bias, state, silu, cu_seqlens)
     if x.stride(-1) != 1:
         x = x.contiguous()
     return _causal_conv1d(x, weight.contiguous(), None if bias is None else bias.contiguous(),
-                          None if state is None or K == 1 else state.contiguous(), bool(silu))
+                          None if state is None or K == 1 else state.contiguous(), bool(silu), cu_seqlens)
