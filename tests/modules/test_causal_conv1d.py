@@ -49,6 +49,25 @@ def test_module_state_carries_across_calls(device):
     assert torch.equal(s3, x[:, 7:10])
 
 
+@pytest.mark.parametrize("K", [4, 1])
+def test_module_packed_equals_sequences_one_by_one(K, device):
+    """CausalConv1d with cu_seqlens: outputs and new states (last K-1 inputs of each sequence,
+    from its old state where it is shorter) equal each sequence run alone from its state."""
+    torch.manual_seed(3)
+    conv = CausalConv1d(12, K).to(device)
+    lengths = [2, 0, 9, 1, 5]
+    x = torch.randn(1, sum(lengths), 12, device=device)
+    state = torch.randn(len(lengths), conv.state_len, 12, device=device)
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0)
+    y, new = conv(x, state, return_state=True, silu=True, cu_seqlens=cu)
+    start = 0
+    for n, length in enumerate(lengths):
+        y1, s1 = conv(x[:, start:start + length], state[n:n + 1], return_state=True, silu=True)
+        assert_close(y[:, start:start + length], y1, 1e-5, f"y of sequence {n}")
+        assert torch.equal(new[n:n + 1], s1), f"state of sequence {n}"
+        start += length
+
+
 def test_errors(device):
     x = torch.randn(2, 5, 8, device=device)
     with pytest.raises(ValueError, match=r"weight: expected shape \(F, K\) with F = 8"):

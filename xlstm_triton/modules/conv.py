@@ -53,15 +53,22 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch_size, self.state_len, self.feature_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
-                return_state: bool = False, silu: bool = False):
+                return_state: bool = False, silu: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
         """x (B, S, F), state (B, K-1, F) or None. Returns y (B, S, F) (SiLU applied with `silu`),
         and with `return_state` also the new state (the last K-1 inputs). Sequences run the
-        fused kernel of `causal_conv1d.py` where the Triton kernels run."""
+        fused kernel of `causal_conv1d.py` where the Triton kernels run.
+
+        Packed sequences: `cu_seqlens` (N + 1,) offsets of N sequences in x (1, S, F) (see
+        `causal_conv1d`); state and new state are then (N, K-1, F), one row per sequence."""
         B, S, Fd = x.shape
         K = self.kernel_size
-        if state is not None and tuple(state.shape) != (B, self.state_len, Fd):
-            raise ValueError(f"conv state: expected shape (B, K-1, F) = {(B, self.state_len, Fd)}, "
+        rows = B if cu_seqlens is None else cu_seqlens.numel() - 1
+        if state is not None and tuple(state.shape) != (rows, self.state_len, Fd):
+            what = "(B, K-1, F)" if cu_seqlens is None else "(N, K-1, F)"
+            raise ValueError(f"conv state: expected shape {what} = {(rows, self.state_len, Fd)}, "
                              f"got {tuple(state.shape)}")
+        if cu_seqlens is not None:
+            return self._packed(x, state, return_state, silu, cu_seqlens)
         if K == 0:
             y = F.silu(x) if silu else x
             return (y, x.new_zeros(B, 0, Fd)) if return_state else y
@@ -82,6 +89,28 @@ class CausalConv1d(nn.Module):
             new_state = x[:, S - (K - 1):]
         else:
             new_state = self._with_history(x, state)[:, S:]
+        return y, new_state
+
+    def _packed(self, x, state, return_state, silu, cu_seqlens):
+        """`forward` over packed sequences: the conv kernel with `cu_seqlens`; the new state of
+        each sequence is its last K-1 inputs, reaching into its old state row where it is shorter."""
+        K, N = self.kernel_size, cu_seqlens.numel() - 1
+        state = None if state is None else state.to(x.dtype)
+        if K == 0:
+            y = F.silu(x) if silu else x
+        else:
+            b = None if self.conv.bias is None else self.conv.bias.to(x.dtype)
+            y = causal_conv1d(x, self.conv.weight[:, 0, :].to(x.dtype), b, state, silu, cu_seqlens=cu_seqlens)
+        if not return_state:
+            return y
+        cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+        idx = cu[1:, None] - self.state_len + torch.arange(self.state_len, device=x.device)    # (N, K-1)
+        from_x = (idx >= cu[:-1, None])[..., None]
+        prior = state if state is not None else x.new_zeros(N, self.state_len, x.shape[2])
+        row = (idx - cu[:-1, None] + self.state_len).clamp(0, max(self.state_len - 1, 0))
+        old = prior.gather(1, row[..., None].expand(-1, -1, x.shape[2]))
+        recent = x[0, idx.clamp(0, x.shape[1] - 1)] if x.shape[1] else old
+        new_state = torch.where(from_x, recent, old)
         return y, new_state
 
     def _with_history(self, x: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
