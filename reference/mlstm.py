@@ -64,7 +64,7 @@ def mlstm_recurrent(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         h, (c, n, m) = mlstm_recurrent_step(q[:, :, t], k[:, :, t], v[:, :, t],
                                             i[:, :, t], f[:, :, t], c, n, m, eps)
         hs.append(h)
-    h = torch.stack(hs, dim=2)
+    h = torch.stack(hs, dim=2) if hs else v.new_zeros(*v.shape[:2], 0, v.shape[3])    # S = 0: the state passes
     return (h, (c, n, m)) if return_last_states else h
 
 

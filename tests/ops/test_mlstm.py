@@ -58,6 +58,23 @@ def check_against_reference(x, dtype, reference=mlstm_recurrent, fn=mlstm_chunkw
         assert_close(grads[name], ref_grads[name], bw_tol, f"d{name}")
 
 
+def packed_recurrent(cu_seqlens):
+    """The float64 definition over packed sequences: `mlstm_recurrent` on each sequence alone,
+    from its own state row; the outputs concatenated, the final states stacked."""
+    bounds = cu_seqlens.tolist()
+
+    def reference(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None, return_last_states=False):
+        hs, last = [], []
+        for n, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            initial = [None if t is None else t[n:n + 1] for t in (c_initial, n_initial, m_initial)]
+            h, state = mlstm_recurrent(*(t[:, :, a:b] for t in (q, k, v, i, f)), *initial, return_last_states=True)
+            hs.append(h)
+            last.append(state)
+        h = torch.cat(hs, dim=2)
+        return (h, tuple(torch.cat(parts) for parts in zip(*last))) if return_last_states else h
+    return reference
+
+
 # ---------------------------------------------------------------- kernels vs reference
 
 CPU_CASES = [  # (B, NH, S, DQK, DV, chunk_size)
@@ -80,6 +97,32 @@ def test_matches_reference_fp32(B, NH, S, DQK, DV, L, states, device, poison):
 def test_matches_reference_16bit(dtype, device, poison):
     x = make_inputs(2, 2, 37, 32, 16, device, dtype=dtype, states=True)
     check_against_reference(x, dtype, chunk_size=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("states", [False, True])
+@pytest.mark.parametrize("lengths", [[1, 2, 15, 16, 17, 0, 40], [33]])
+def test_packed_sequences_equal_each_alone(lengths, states, dtype, device, poison):
+    """cu_seqlens: h, one final state per sequence and every gradient (initial states
+    included) equal each sequence run alone in float64; lengths around the chunk (16), empty."""
+    torch.manual_seed(len(lengths))
+    S, N = sum(lengths), len(lengths)
+    x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype)
+    if states:
+        x.update(c_initial=torch.randn(N, 2, 16, 32, device=device), n_initial=torch.randn(N, 2, 16, device=device),
+                 m_initial=torch.randn(N, 2, 1, device=device))
+    cu = torch.tensor([0] + lengths, dtype=torch.int32, device=device).cumsum(0, dtype=torch.int32)
+    check_against_reference(x, dtype, reference=packed_recurrent(cu),
+                            fn=lambda **kw: mlstm_chunkwise(**kw, cu_seqlens=cu), chunk_size=16)
+
+
+def test_packed_sequences_bad_offsets_are_named(device):
+    x = make_inputs(1, 1, 10, 16, 16, device)
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected offsets from 0 to the packed length 10"):
+        mlstm_chunkwise(**x, cu_seqlens=torch.tensor([0, 4, 9], device=device))
+    with pytest.raises(ValueError, match=r"c_initial: expected shape \(2, 1, 16, 16\) = \(N, NH, DQK, DV\)"):
+        mlstm_chunkwise(**x, c_initial=torch.zeros(1, 1, 16, 16, device=device),
+                        cu_seqlens=torch.tensor([0, 4, 10], device=device))
 
 
 def test_extreme_gates(device, poison):

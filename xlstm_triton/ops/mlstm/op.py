@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...checks import check_chunk_size, check_tensor
+from ...checks import check_chunk_size, check_cu_seqlens, check_tensor
 from ...utils import kernel_op, is_seq_major, new_empty_bhsd, soft_cap, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
@@ -232,7 +232,7 @@ def check_soft_cap(gate_soft_cap) -> Optional[float]:
 
 
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
-                    return_last_states=False, eps=1e-6, chunk_size=None, gate_soft_cap=None):
+                    return_last_states=False, eps=1e-6, chunk_size=None, gate_soft_cap=None, cu_seqlens=None):
     """Chunkwise-parallel mLSTM over a whole sequence (docs/mlstm.md), exact forward and backward.
 
     Args:
@@ -247,6 +247,12 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         chunk_size: state chunk length L (a power of two >= 16); None picks one per shape.
         gate_soft_cap: if given (> 0), the gates are cap * tanh(i / cap), cap * tanh(f / cap)
             of the given i, f (xLSTM-7B's soft cap), applied inside the kernels.
+        cu_seqlens: packed sequences: (N + 1,) int32 / int64 offsets of N sequences laid end to
+            end along S, with B = 1 (`checks.check_cu_seqlens`). Each sequence starts from its
+            own initial state (c_initial (N, NH, DQK, DV), n_initial (N, NH, DQK), m_initial
+            (N, NH, 1); zeros where not given) and return_last_states gives one final state per
+            sequence, (N, ...). For now the sequences run one call each (exact, but a launch set
+            per sequence and a host read of the offsets unless they are on the CPU).
 
     Returns:
         h (B, NH, S, DV) in q's dtype (laid out in memory as (B, S, NH, DV) when q is: a
@@ -275,9 +281,12 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check_tensor("i", i, (B, NH, S), doc="(B, NH, S)", **dev)
     check_tensor("f", f, (B, NH, S), doc="(B, NH, S)", **dev)
-    check_tensor("c_initial", c_initial, (B, NH, DQK, DV), doc="(B, NH, DQK, DV)", allow_none=True, **dev)
-    check_tensor("n_initial", n_initial, (B, NH, DQK), doc="(B, NH, DQK)", allow_none=True, **dev)
-    check_tensor("m_initial", m_initial, (B, NH, 1), doc="(B, NH, 1)", allow_none=True, **dev)
+    rows, R = B, "B"
+    if cu_seqlens is not None:
+        rows, R = check_cu_seqlens(cu_seqlens, S, B, q.device), "N"       # a state per sequence
+    check_tensor("c_initial", c_initial, (rows, NH, DQK, DV), doc=f"({R}, NH, DQK, DV)", allow_none=True, **dev)
+    check_tensor("n_initial", n_initial, (rows, NH, DQK), doc=f"({R}, NH, DQK)", allow_none=True, **dev)
+    check_tensor("m_initial", m_initial, (rows, NH, 1), doc=f"({R}, NH, 1)", allow_none=True, **dev)
     if S < 1 or DQK < 1 or DV < 1:
         raise ValueError(f"q, v: expected S, DQK, DV >= 1, got S={S}, DQK={DQK}, DV={DV}")
     check_chunk_size(chunk_size)
@@ -286,6 +295,9 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     if not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     gate_soft_cap = check_soft_cap(gate_soft_cap)
+    if cu_seqlens is not None:
+        return _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps,
+                             chunk_size, gate_soft_cap, cu_seqlens)
 
     if not triton_path:
         if gate_soft_cap is not None:
@@ -300,6 +312,32 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     h, c, n, m, *_ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
                                             float(eps), chunk_size, is_seq_major(q), gate_soft_cap)
     return (h, (c, n, m)) if return_last_states else h
+
+
+def _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps, chunk_size,
+                  gate_soft_cap, cu_seqlens):
+    """`mlstm_chunkwise` over packed sequences (its docstring): one call per sequence. An empty
+    sequence's final state is its initial one."""
+    bounds = cu_seqlens.tolist()
+    NH, DQK, DV = q.shape[1], q.shape[3], v.shape[3]
+    state_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    hs, last = [], []
+    for n, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        initial = [None if t is None else t[n:n + 1] for t in (c_initial, n_initial, m_initial)]
+        if a == b:
+            shapes = ((NH, DQK, DV), (NH, DQK), (NH, 1))
+            last.append([q.new_zeros((1, *shape), dtype=state_dtype) if t is None else t.to(state_dtype)
+                         for t, shape in zip(initial, shapes)])
+            continue
+        part = (t[:, :, a:b] for t in (q, k, v, i, f))
+        out = mlstm_chunkwise(*part, *initial, return_last_states=True, eps=eps, chunk_size=chunk_size,
+                              gate_soft_cap=gate_soft_cap)
+        hs.append(out[0])
+        last.append(out[1])
+    h = torch.cat(hs, dim=2)
+    if not return_last_states:
+        return h
+    return h, tuple(torch.cat(parts, dim=0) for parts in zip(*last))
 
 
 def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
