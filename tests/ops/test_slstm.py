@@ -70,6 +70,49 @@ def check_against_reference(inputs, dtype, seed=0):
 
 # ---------------------------------------------------------------- against the reference (CPU too)
 
+def packed_recurrent(bounds):
+    """The float64 loop over packed sequences: each alone from its own state row."""
+    def reference(wx, R, b, initial_state=None, return_last_state=False):
+        hs, last = [], []
+        for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            state = None if initial_state is None else initial_state[:, n:n + 1]
+            if lo == hi:
+                last.append(wx.new_zeros(4, 1, *wx.shape[3:]) if state is None else state)
+                continue
+            h, state = slstm_recurrent(wx[:, lo:hi], R, b, state, return_last_state=True)
+            hs.append(h)
+            last.append(state)
+        return torch.cat(hs, dim=1), torch.cat(last, dim=1)
+    return reference
+
+
+@pytest.mark.parametrize("states", [False, True])
+def test_packed_sequences_equal_each_alone(states, device, poison):
+    """cu_seqlens: h, one last state per sequence and all gradients equal each sequence run alone."""
+    lengths = [1, 5, 0, 12, 3]
+    N, T = len(lengths), sum(lengths)
+    inputs = make_inputs(1, T, 2, 16, device=device)
+    if states:
+        inputs["initial_state"] = make_inputs(N, 1, 2, 16, device=device, states=True)["initial_state"]
+    bounds = [0]
+    for length in lengths:
+        bounds.append(bounds[-1] + length)
+    cu = torch.tensor(bounds, device=device)
+    h, state, grads = run_with_grads(lambda **kw: slstm(**kw, cu_seqlens=cu), inputs)
+    h_ref, state_ref, grads_ref = run_with_grads(packed_recurrent(bounds), {k: v.double() for k, v in inputs.items()})
+    tol_fw, tol_bw = TOL[torch.float32]
+    assert state.shape == (4, N, 2, 16)
+    assert_close(h, h_ref, tol_fw, "h")
+    for i, slot in enumerate(STATE_SLOTS):
+        assert_close(state[i], state_ref[i], tol_fw, f"last state {slot}")
+    for k in inputs:
+        parts = grads[k][:3] if k == "initial_state" else grads[k]       # m gets no gradient
+        ref = grads_ref[k][:3] if k == "initial_state" else grads_ref[k]
+        assert_close(parts, ref, tol_bw, f"d{k}")
+    with pytest.raises(ValueError, match=r"initial_state: expected shape \(4, 5, 2, 16\) = \(4, N, NH, DH\)"):
+        slstm(inputs["wx"], inputs["R"], inputs["b"], torch.zeros(4, 1, 2, 16, device=device), cu_seqlens=cu)
+
+
 # (B, T, NH, DH, dtype, config override, initial states)
 CASES = [
     (3, 7, 2, 16, torch.float32, None, False),

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from ...checks import check_tensor
+from ...checks import check_cu_seqlens, check_tensor
 from ...utils import kernel_op, use_kernels
 from .bwd import slstm_bwd
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
@@ -54,11 +54,11 @@ def config_override(**kw):
 
 # ------------------------------------------------------------------------------------------ checks
 
-def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name):
+def _check_common(wx_name, B, NH, DH, wx, R, b, state, state_name, rows="B"):
     dev = dict(device=wx.device, device_of=wx_name)
     check_tensor("R", R, (4, NH, DH, DH), doc=f"(4, NH, DH, DH) from {wx_name}", **dev)
     check_tensor("b", b, (4, NH, DH), doc=f"(4, NH, DH) from {wx_name}", **dev)
-    check_tensor(state_name, state, (4, B, NH, DH), doc="(4, B, NH, DH), slots (h, c, n, m)",
+    check_tensor(state_name, state, (4, B, NH, DH), doc=f"(4, {rows}, NH, DH), slots (h, c, n, m)",
                  allow_none=state_name == "initial_state", **dev)
     if use_kernels(wx) and DH % 16:
         raise ValueError(f"head size DH = {DH}: the Triton kernels need a multiple of 16 "
@@ -149,7 +149,7 @@ def _(wx_t, R, b, state, config):
 
 # ------------------------------------------------------------------------------------- public ops
 
-def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
+def slstm(wx, R, b, initial_state=None, return_last_state: bool = False, cu_seqlens=None):
     """The sLSTM over a sequence (docs/slstm.md).
 
     wx (B, T, 4, NH, DH) input pre-activations, gates (i, f, z, o); R (4, NH, DH, DH) recurrent
@@ -157,6 +157,10 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
     (h, c, n, m), zeros if None. Returns h (B, T, NH, DH) in wx's dtype and, with
     `return_last_state`, the state after the last step (4, B, NH, DH) in float32 (float64
     for float64 inputs).
+
+    Packed sequences: `cu_seqlens` (N + 1,) offsets of N sequences laid end to end along T,
+    B = 1 (`checks.check_cu_seqlens`); initial_state and the last state are then (4, N, NH, DH),
+    one per sequence. For now each sequence runs as its own call.
     """
     check_tensor("wx", wx, ndim=5, doc="(B, T, 4, NH, DH)")
     B, T, G, NH, DH = wx.shape
@@ -164,6 +168,10 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
         raise ValueError(f"wx: expected shape (B, T, 4, NH, DH) (gates i, f, z, o), got gate dim {G}")
     if T < 1 or DH < 1:
         raise ValueError(f"wx: expected shape (B, T, 4, NH, DH) with T, DH >= 1, got {tuple(wx.shape)}")
+    if cu_seqlens is not None:
+        N = check_cu_seqlens(cu_seqlens, T, B, wx.device)
+        _check_common("wx", N, NH, DH, wx, R, b, initial_state, "initial_state", rows="N")
+        return _slstm_packed(wx, R, b, initial_state, return_last_state, cu_seqlens)
     _check_common("wx", B, NH, DH, wx, R, b, initial_state, "initial_state")
     R, b = R.to(wx.dtype), b.to(wx.dtype)
     if not use_kernels(wx):
@@ -180,6 +188,25 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False):
         save = torch.is_grad_enabled() and any(x.requires_grad for x in (wx, R, b, state0))
         h, last, _, _ = _slstm_fwd(wx, R, b, state0, save, _config(NH, DH, B, wx.dtype, wx.device))
     return (h, last) if return_last_state else h
+
+
+def _slstm_packed(wx, R, b, initial_state, return_last_state, cu_seqlens):
+    """`slstm` over packed sequences (its docstring): one call per sequence; an empty
+    sequence's last state is its initial one."""
+    bounds = cu_seqlens.tolist()
+    NH, DH = wx.shape[3], wx.shape[4]
+    state_dtype = torch.float64 if wx.dtype == torch.float64 else torch.float32
+    hs, last = [], []
+    for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        state = None if initial_state is None else initial_state[:, n:n + 1]
+        if lo == hi:
+            last.append(wx.new_zeros((4, 1, NH, DH), dtype=state_dtype) if state is None else state.to(state_dtype))
+            continue
+        h, state = slstm(wx[:, lo:hi], R, b, state, return_last_state=True)
+        hs.append(h)
+        last.append(state)
+    h = torch.cat(hs, dim=1)
+    return (h, torch.cat(last, dim=1)) if return_last_state else h
 
 
 def slstm_step(wx_t, R, b, state):
