@@ -76,14 +76,13 @@ def check_features(name: str, t, doc: str) -> int:
     return t.shape[-1]
 
 
-
 def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, name: str = "cu_seqlens") -> int:
     """Packed sequences: `cu_seqlens` (N + 1,) int32 or int64 on `device`, starting at 0,
     non-decreasing, ending at `total` (the packed length S), with a batch of 1. Returns N.
 
     The values are checked where they can be read without waiting for the GPU: a CPU tensor,
     or a CUDA one outside CUDA-graph capture and `torch.compile` (one copy of N + 1 integers to
-    the host; give a CPU copy of the offsets to skip it, as the layers do)."""
+    the host, a wait for the GPU; offsets given as a CPU tensor avoid it)."""
     check_tensor(name, cu_seqlens, ndim=1, doc="(N + 1,)", dtypes=(torch.int32, torch.int64))
     if cu_seqlens.device != torch.device(device) and cu_seqlens.device.type != "cpu":
         raise ValueError(f"{name}: expected device {device} (the same device as x) or the CPU, "
