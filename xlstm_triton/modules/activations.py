@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 
 from ..launch import cached_launch
-
 from ..utils import kernel_op, new_empty, soft_cap, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..launch import cached_launch
-
 from ..checks import check_features, check_tensor
+from ..launch import cached_launch
 from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["add_norm", "add_norm_torch"]

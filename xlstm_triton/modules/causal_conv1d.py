@@ -28,9 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..launch import cached_launch
-
 from ..checks import check_cu_seqlens, check_tensor
+from ..launch import cached_launch
 from ..utils import kernel_op, new_empty, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_torch"]

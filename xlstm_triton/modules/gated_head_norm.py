@@ -32,9 +32,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..launch import cached_launch
-
 from ..checks import check_tensor
+from ..launch import cached_launch
 from ..utils import kernel_op, new_empty, num_sms, use_kernels
 
 __all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_head_norm_torch"]

@@ -24,9 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import cached_launch
-
 from ..checks import check_features, check_tensor
+from ..launch import cached_launch
 from ..utils import dot_precision, kernel_op, mma, new_empty, use_kernels
 
 __all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]

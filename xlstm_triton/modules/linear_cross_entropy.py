@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-
-from ..launch import cached_launch
 from torch import nn
 
 from ..checks import check_features, check_tensor
+from ..launch import cached_launch
 from ..utils import kernel_op, use_kernels
 from .activations import soft_cap as apply_soft_cap
 

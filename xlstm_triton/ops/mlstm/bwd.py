@@ -33,7 +33,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import minimum_nan, new_empty, new_empty_bhsd, soft_cap_jit
 from .fwd import chunkwise_fwd_states
 from .gates import gate_rows

@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import maximum_nan, new_empty, new_empty_bhsd
 
 

@@ -46,7 +46,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import maximum_nan, minimum_nan, new_empty, soft_cap_jit, use_triton
 from ...utils import soft_cap as apply_soft_cap
 

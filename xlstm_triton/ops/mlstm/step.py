@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap, soft_cap_jit
 
 

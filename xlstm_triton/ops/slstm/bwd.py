@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import new_empty, num_sms
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,

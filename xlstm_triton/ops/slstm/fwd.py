@@ -55,7 +55,6 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-
 from ...utils import dot_precision, maximum_nan, minimum_nan, mma, new_empty, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
