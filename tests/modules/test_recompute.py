@@ -59,15 +59,15 @@ def test_recompute_cheap_without_grad_is_the_function(device):
         assert recompute_cheap(lambda t: t * 2, torch.ones(3, device=device)).tolist() == [2.0, 2.0, 2.0]
 
 
-@pytest.mark.parametrize("recompute_class", ["function", "checkpoint"])
-def test_paper_layer_recomputation_matches_keeping(recompute_class, device, monkeypatch):
+@pytest.mark.parametrize("recompute_class,bias", [("function", False), ("function", True), ("checkpoint", False)])
+def test_paper_layer_recomputation_matches_keeping(recompute_class, bias, device, monkeypatch):
     """mLSTMLayer in training with the recomputation (eager: the explicit autograd Function;
     under a compiler: recompute_cheap) against the same layer keeping everything: outputs and
     the gradients of its input and every parameter, through a plain weighted-sum loss."""
     if not use_kernels(torch.zeros(1, device=device)):
         pytest.skip("CPU without TRITON_INTERPRET=1: the layer recomputes only where the kernels run")
     torch.manual_seed(1)
-    layer = xnn.mLSTMLayer(xnn.mLSTMLayerConfig(embedding_dim=E, num_heads=2)).to(device)
+    layer = xnn.mLSTMLayer(xnn.mLSTMLayerConfig(embedding_dim=E, num_heads=2, bias=bias)).to(device)
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(torch.randn_like(p) * 0.2)

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_embedding_dim, check_layer_input, check_tensor
-from ..modules import (CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_, head_norm_gate,
+from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
+                       causal_conv1d_backward, causal_conv1d_forward, head_norm_gate, head_norm_gate_backward,
+                       head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        linear_headwise_many, recompute_cheap, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
 from ..utils import use_kernels
@@ -210,7 +212,8 @@ class mLSTMLayer(nn.Module):
         if state is not None:
             state = self._check_state(state, B)
         x_m, z = self.proj_up(x).split(self.inner, dim=-1)
-        if state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled():
+        if (state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled()
+                and self._fused()):
             if torch.compiler.is_compiling():      # the compiler plans the recomputation itself
                 h = recompute_cheap(self._mix, x_m, z)
             else:
@@ -243,6 +246,33 @@ class mLSTMLayer(nn.Module):
         v = self.v_proj(x_m)
         return x_c, q, k, v, conv_state
 
+    def _fused(self) -> bool:
+        """Whether `_RecomputedMix` covers this configuration: a conv and q, k, v of tiny
+        square blocks (the fused kernels'); other configurations keep their intermediates."""
+        bs = self.config.qkv_proj_blocksize
+        return self.conv1d.kernel_size >= 1 and bs <= MAX_BLOCK and bs & (bs - 1) == 0
+
+    def _fused_inputs(self, x_m, with_weights=False):
+        """`_inputs` through the kernels alone, no autograd: x_c, q, k, v (B, S, inner) (q, k
+        views of one (2, B, S, inner) buffer) and, `with_weights`, the kernels' weights (conv
+        weight, its bias, q and k stacked, v), for `_RecomputedMix`."""
+        B, S, F = x_m.shape
+        conv, dtype = self.conv1d.conv, x_m.dtype
+        w_conv = conv.weight[:, 0, :].to(dtype).contiguous()
+        b_conv = None if conv.bias is None else conv.bias.to(dtype)
+        w_qk = torch.stack([self.q_proj.weight, self.k_proj.weight]).to(dtype)
+        w_v = self.v_proj.weight[None].to(dtype)
+        b_qk = None if self.q_proj.bias is None else torch.stack([self.q_proj.bias, self.k_proj.bias]).to(dtype)
+        b_v = None if self.v_proj.bias is None else self.v_proj.bias[None].to(dtype)
+        x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True)
+        q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
+        v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
+        return (x_c, q, k, v, (w_conv, b_conv, w_qk, w_v)) if with_weights else (x_c, q, k, v, None)
+
+    def _norm_args(self):
+        norm = self.mlstm_cell.outnorm
+        return norm.weight_proxy, norm.bias, norm.eps
+
     def _output(self, h, z, x_c):
         """The fused output: outnorm(h) + skip * x_c, times SiLU(z); h (B, S, NH, DH)."""
         norm = self.mlstm_cell.outnorm
@@ -268,44 +298,59 @@ class mLSTMLayer(nn.Module):
 
 
 class _RecomputedMix(torch.autograd.Function):
-    """`mLSTMLayer._mix` in training (eager, kernels) keeping only x_m, z and the mLSTM's output:
-    the backward recomputes x_c, q, k, v and the gates (memory-bound kernels), backpropagates
-    the fused output, runs the mLSTM's backward kernels on the kept h, then backpropagates the
-    recomputed inputs. The same as `recompute_cheap(layer._mix, ...)` without its per-op
-    dispatch hooks, which in eager cost more host time than the layer's GPU work."""
+    """`mLSTMLayer._mix` in training (eager, kernels) keeping only x_m, z, the mLSTM's output
+    and row statistics. The backward is written out as kernel calls, no autograd inside: it
+    recomputes x_c, q, k, v and the gates (memory-bound kernels), runs the fused output's
+    backward kernel, the mLSTM's backward kernels on the kept h (writing d q and d k into one
+    buffer, what the headwise backward reads), the gate projections' backward, and the headwise
+    and conv backward kernels, each adding its d x into the gradient already there. The same
+    result as `recompute_cheap(layer._mix, ...)` (what compiled mode runs), without per-op
+    dispatch hooks or nested autograd, which in eager cost more host time than the GPU work."""
 
     @staticmethod
     def forward(ctx, layer, x_m, z, *params):
         with torch.no_grad():
-            x_c, q, k, v, _ = layer._inputs(x_m)
-            cell_in = _cell_inputs(layer.mlstm_cell, q, k, v)
-            h, saved = mlstm_chunkwise_forward(*cell_in)
-            out = layer._output(h.transpose(1, 2), z, x_c)
-        ctx.save_for_backward(x_m, z, h, *saved[:4])         # row statistics, gate arrays
+            x_c, q, k, v, _ = layer._fused_inputs(x_m)
+            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v))
+            out, mean, rstd = head_norm_gate_forward(h.transpose(1, 2), z, *layer._norm_args(), act="silu",
+                                                     skip=layer.learnable_skip, x_skip=x_c)
+        ctx.save_for_backward(x_m, z, h, mean, rstd, *saved[:4])      # row statistics, gate arrays
         ctx.layer, ctx.saved_rest = layer, saved[4:]
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        x_m, z, h, *kept = ctx.saved_tensors
+        x_m, z, h, mean, rstd, *kept = ctx.saved_tensors
         layer = ctx.layer
-        cell = layer.mlstm_cell
-        params = layer._mix_parameters()
-        with torch.enable_grad():
-            x_m, z, h = (t.detach().requires_grad_() for t in (x_m, z, h))
-            x_c, q, k, v, _ = layer._inputs(x_m)
-            x_c_out = x_c.detach().requires_grad_()
-            out = layer._output(h.transpose(1, 2), z, x_c_out)
-        with torch.no_grad():        # the gate projections' backward is written out below
-            cell_in = _cell_inputs(cell, q.detach(), k.detach(), v.detach())
-        d_h, d_z, d_x_c, *d_post = torch.autograd.grad(out, [h, z, x_c_out, *params], d_out, allow_unused=True)
-        *d_qkv, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.detach(), (*kept, *ctx.saved_rest), d_h)
-        d_qkv, d_gate_params = _gate_projection_backward(cell, (q, k, v), d_qkv, d_i, d_f)
-        d_x_m, *d_pre = torch.autograd.grad([x_c, q, k, v], [x_m, *params], [d_x_c, *d_qkv], allow_unused=True)
-        d_params = []
-        for p, *grads in zip(params, d_post, d_pre):
-            grads = [g for g in (*grads, d_gate_params.get(p)) if g is not None]
-            d_params.append(sum(grads[1:], grads[0]) if grads else None)
+        cell, conv = layer.mlstm_cell, layer.conv1d
+        B, S, F = x_m.shape
+        N = B * S
+        x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = layer._fused_inputs(x_m, with_weights=True)
+        cell_in = _cell_inputs(cell, q, k, v)
+        d_h, d_z, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
+            h.transpose(1, 2), z, *layer._norm_args()[:2], mean, rstd, d_out, act="silu",
+            skip=layer.learnable_skip, x_skip=x_c)
+        d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
+        d_v = x_m.new_empty((B, S, F))
+        heads = (lambda t: t.unflatten(-1, (cell.num_heads, -1)).transpose(1, 2))
+        *d_cell, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h, (*kept, *ctx.saved_rest), d_h.transpose(1, 2),
+                                                     out=(heads(d_qk[0]), heads(d_qk[1]), heads(d_v)))
+        _, grads = _gate_projection_backward(cell, (q, k, v), d_cell, d_i, d_f)     # adds into d_qk, d_v
+        d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F))
+        d_x_m, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F))
+        d_x_m = d_x_m.view(B, S, F)
+        _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
+                                                          dx=d_x_m)
+        norm = cell.outnorm
+        grads.update({layer.q_proj.weight: d_w_qk[0], layer.k_proj.weight: d_w_qk[1],
+                      layer.v_proj.weight: d_w_v[0], conv.conv.weight: d_w_conv[:, None, :],
+                      norm.weight: d_norm_w, norm.bias: d_norm_b, layer.learnable_skip: d_skip})
+        if conv.conv.bias is not None:
+            grads[conv.conv.bias] = d_b_conv
+        for proj, d in ((layer.q_proj, d_qk[0]), (layer.k_proj, d_qk[1]), (layer.v_proj, d_v)):
+            if proj.bias is not None:
+                grads[proj.bias] = d.view(N, F).sum(0, dtype=torch.float32)
+        d_params = [grads[p].to(p.dtype) for p in layer._mix_parameters()]
         return (None, d_x_m, d_z, *d_params)
 
 

@@ -32,7 +32,7 @@ from ..checks import check_cu_seqlens, check_tensor
 from ..launch import cached_launch
 from ..utils import kernel_op, new_empty, use_kernels
 
-__all__ = ["causal_conv1d", "causal_conv1d_torch"]
+__all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
 
 @triton.jit
@@ -131,8 +131,8 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_
 @cached_launch
 @triton.jit
 def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr,
-                                BF: tl.constexpr, VARLEN: tl.constexpr):
-    """dx[t] = sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
+                                BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
     those whose sequence starts at or before t)."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
@@ -147,8 +147,10 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.
         d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
                     mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
         acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
-    tl.store(dx_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=(t < S)[:, None] & fm[None, :])
+    dx_ptrs = dx_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :]
+    if ACCUMULATE:
+        acc += tl.load(dx_ptrs, mask=(t < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
@@ -190,11 +192,13 @@ def _(x, weight, bias, state, silu, cu_seqlens):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@kernel_op("xlstm_triton::causal_conv1d_bwd")
-def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                       state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
-                       cu_seqlens: Optional[torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
+                           cu_seqlens: Optional[torch.Tensor] = None, dx: Optional[torch.Tensor] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernels of the backward, no autograd and no checks (arguments as `_causal_conv1d`'s
+    forward, x with unit last stride): (dx, d weight, d bias or an empty tensor, d state or an
+    empty tensor). `dx`, if given (contiguous (B, S, F), x's dtype), is added to in place."""
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
@@ -207,14 +211,31 @@ def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         start, seq, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
         HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
-    dx = new_empty((B, S, F), x.dtype, x.device)
+    accumulate = dx is not None
+    if dx is None:
+        dx = new_empty((B, S, F), x.dtype, x.device)
     causal_conv1d_bwd_dx_kernel[grid](dpre, weight, start, dx, S, F, K=K, BT=BT, BF=BF,
-                                      VARLEN=cu_seqlens is not None, num_warps=4)
+                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
     dstate = _state_grad(dpre, weight, K, cu_seqlens) if state is not None else x.new_empty(0)
     return dx, dw, db, dstate
+
+
+def causal_conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          silu: bool) -> torch.Tensor:
+    """The forward kernel from a zero state, no autograd and no checks: x (B, S, F) with unit
+    last stride, weight (F, K) and bias (F,) or None contiguous, in x's dtype."""
+    return _causal_conv1d(x, weight, bias, None, silu, None)
+
+
+@kernel_op("xlstm_triton::causal_conv1d_bwd")
+def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
+                       cu_seqlens: Optional[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return causal_conv1d_backward(x, weight, bias, state, dy, silu, cu_seqlens)
 
 
 def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int,

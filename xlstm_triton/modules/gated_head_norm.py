@@ -292,6 +292,24 @@ def head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.T
     return _head_norm_gate(h, gate, weight, bias, skip, x_skip, float(eps), act == "silu")[0]
 
 
+def head_norm_gate_forward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
+                           bias: Optional[torch.Tensor], eps: float, *, act: str,
+                           skip: Optional[torch.Tensor] = None, x_skip: Optional[torch.Tensor] = None):
+    """The forward kernel, no autograd and no checks (for a layer that owns its backward):
+    `head_norm_gate`'s arguments, the kernels' devices. Returns y and the float32 row statistics
+    mean, rstd (B, S, NH) that `head_norm_gate_backward` reads."""
+    return _head_norm_gate(h, gate, weight, bias, skip, x_skip, float(eps), act == "silu")
+
+
+def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
+                            bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
+                            dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
+                            x_skip: Optional[torch.Tensor] = None):
+    """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
+    without a skip), and float32 (NH * DH,) sums d weight, d bias, d skip) of y given dy."""
+    return _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu")
+
+
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):
     """The 7B composition: sigmoid(o) * (per-head LayerNorm(h) * weight + bias), float32 inside."""
     return head_norm_gate_torch(h, o, weight, bias, eps, act="sigmoid")

@@ -28,7 +28,8 @@ from ..checks import check_features, check_tensor
 from ..launch import cached_launch
 from ..utils import dot_precision, kernel_op, mma, new_empty, use_kernels
 
-__all__ = ["headwise_linear", "headwise_linear_torch", "MAX_BLOCK"]
+__all__ = ["headwise_linear", "headwise_linear_backward", "headwise_linear_forward", "headwise_linear_torch",
+           "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
 
@@ -61,8 +62,9 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
 @cached_launch
 @triton.jit
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
-                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr):
-    """dx[n, b*BS + i] = sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i]."""
+                           M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
+                           ACCUMULATE: tl.constexpr):
+    """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i]."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -78,8 +80,11 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
                     mask=mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
-    tl.store(dx_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :],
-             tl.reshape(dx, (BR, BF)).to(dx_ptr.dtype.element_ty), mask=mask)
+    dx = tl.reshape(dx, (BR, BF))
+    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :]
+    if ACCUMULATE:
+        dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @cached_launch
@@ -124,7 +129,9 @@ def _tiles(F: int, BS: int) -> tuple[int, int]:
     return 32, BF
 
 
-def _fwd(x, weight, bias):
+def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The forward kernel, no autograd and no checks: x (N, F) with unit last stride, weight
+    (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
@@ -137,7 +144,7 @@ def _fwd(x, weight, bias):
 
 @kernel_op("xlstm_triton::headwise_linear")
 def _headwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    return _fwd(x, weight, bias)
+    return headwise_linear_forward(x, weight, bias)
 
 
 @_headwise_linear.register_fake
@@ -145,16 +152,20 @@ def _(x, weight, bias):
     return x.new_empty(weight.shape[0], x.shape[0], x.shape[1])
 
 
-@kernel_op("xlstm_triton::headwise_linear_bwd")
-def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor,
+                             dx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
+    (M, N, F) -> (dx (N, F), d weight). `dx`, if given (contiguous (N, F), x's dtype), is
+    added to in place instead of a fresh dx (the caller's other gradient of x)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
     BR, BF = _tiles(F, BS)
-    dx = new_empty((N, F), x.dtype, x.device)
+    accumulate = dx is not None
+    if dx is None:
+        dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, M=M, BS=BS, BR=BR,
-                                                                     BF=BF, num_warps=4)
+                                                                     BF=BF, ACCUMULATE=accumulate, num_warps=4)
     BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
     programs = max(1, min(triton.cdiv(N, BR_dw), 32))
     rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
@@ -164,6 +175,12 @@ def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tens
         x, dout, partial, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
         DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)
+
+
+@kernel_op("xlstm_triton::headwise_linear_bwd")
+def _headwise_linear_bwd(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    return headwise_linear_backward(x, weight, dout)
 
 
 @_headwise_linear_bwd.register_fake

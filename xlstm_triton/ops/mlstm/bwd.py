@@ -365,8 +365,11 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False, soft_cap=None):
+                  seq_major=False, soft_cap=None, out=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
+
+    `out`: optional (dq, dk, dv) tensors of q's, k's and v's shapes, unit stride in the last dim,
+    that the kernels write (e.g. views of one buffer the caller reads next), else fresh ones.
 
     q, k, v, f, h and dh may have any strides with unit stride in the last dim (dq, dk, dv come
     back laid out as (B, S, NH, D) if `seq_major`); dc_last (B, NH,
@@ -390,7 +393,8 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
 
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
     nkb = triton.cdiv(DQK, cfg.block_k_grad)
-    dq = new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
+    dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
+    dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, dq, qdq,
@@ -409,13 +413,13 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states)
 
-    dv = new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
+    dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(triton.cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
         q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
 
-    dk = new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
+    dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, dk, kdk,

@@ -353,12 +353,18 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
     return h, (*saved, chunk_size, seq_major)
 
 
-def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh):
+def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
     """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
-    i, f as they were in the forward (recomputed), h and saved from it."""
+    i, f as they were in the forward (recomputed), h and saved from it. No autograd (the
+    kernels, not the custom op): `out`, optional (dq, dk, dv) tensors (q's, k's, v's shapes,
+    unit last stride) to write the gradients into."""
     *kept, chunk_size, seq_major = saved
-    return _mlstm_chunkwise_bwd(q, k, v, i, f, None, None, h, *kept, dh, None, None, chunk_size,
-                                seq_major, None)[:5]
+    inv_den, zsign, gate_steps, gate_decay = kept
+    if dh.stride(-1) != 1:
+        dh = dh.contiguous()
+    return chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None,
+                         ChunkGates.unpack(gate_steps, gate_decay), inv_den, zsign,
+                         _config(q, v, chunk_size), seq_major, None, out)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
