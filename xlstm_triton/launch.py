@@ -28,8 +28,7 @@ import os
 
 import torch
 import triton
-
-from .utils import triton_interpret
+from triton.runtime.jit import JITFunction
 
 MAX_ENTRIES = 512
 ENABLED = os.environ.get("XLSTM_TRITON_LAUNCH_CACHE", "1") != "0"
@@ -57,6 +56,9 @@ class CachedLaunch:
         self.param_names = frozenset(params)
         self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
         self.table = {}
+        # Under TRITON_INTERPRET=1 (at decoration time) triton.jit made an interpreted function:
+        # no compiled kernels to cache.
+        self.compiles = isinstance(kernel, JITFunction)
         self.__doc__, self.__name__ = kernel.fn.__doc__, kernel.fn.__name__
 
     def __getattr__(self, name):
@@ -68,7 +70,7 @@ class CachedLaunch:
     def launch(self, grid, args, meta):
         kernel = self.kernel
         knobs = _runtime_knobs()
-        if (not ENABLED or type(grid) is not tuple or triton_interpret() or knobs is None
+        if (not ENABLED or not self.compiles or type(grid) is not tuple or knobs is None
                 or _hook_set(knobs.launch_enter_hook) or _hook_set(knobs.launch_exit_hook)):
             return kernel[grid](*args, **meta)
         names, n = self.arg_names, len(args)

@@ -5,6 +5,7 @@ and maximum of the kernels."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -73,6 +74,19 @@ def soft_cap(x: torch.Tensor, cap: Optional[float]) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (0 for n <= 0), for launch parameters on the host. Triton's
+    `triton.next_power_of_2` is a constexpr function: each Python call of it went through Triton's
+    argument unwrapping, ~1,500 calls and several ms of host time per eager training step."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+def as_dtype(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """t in `dtype` (t itself when it already is; None stays None): `Tensor.to` costs a few us of
+    host time even when it returns its input, and a training step makes hundreds of such calls."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def new_empty(shape, dtype, device) -> torch.Tensor:
     """Allocate a buffer a kernel will overwrite completely.
 
@@ -138,7 +152,12 @@ def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a very large number elsewhere: no limit)."""
     if device.type != "cuda":
         return 1 << 30
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton.jit

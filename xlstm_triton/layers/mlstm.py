@@ -31,7 +31,7 @@ from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNo
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        linear_headwise_many, recompute_cheap, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
-from ..utils import use_kernels
+from ..utils import as_dtype, use_kernels
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
@@ -258,12 +258,12 @@ class mLSTMLayer(nn.Module):
         weight, its bias, q and k stacked, v), for `_RecomputedMix`."""
         B, S, F = x_m.shape
         conv, dtype = self.conv1d.conv, x_m.dtype
-        w_conv = conv.weight[:, 0, :].to(dtype).contiguous()
-        b_conv = None if conv.bias is None else conv.bias.to(dtype)
-        w_qk = torch.stack([self.q_proj.weight, self.k_proj.weight]).to(dtype)
-        w_v = self.v_proj.weight[None].to(dtype)
-        b_qk = None if self.q_proj.bias is None else torch.stack([self.q_proj.bias, self.k_proj.bias]).to(dtype)
-        b_v = None if self.v_proj.bias is None else self.v_proj.bias[None].to(dtype)
+        w_conv = as_dtype(conv.weight[:, 0, :], dtype).contiguous()
+        b_conv = as_dtype(conv.bias, dtype)
+        w_qk = as_dtype(torch.stack([self.q_proj.weight, self.k_proj.weight]), dtype)
+        w_v = as_dtype(self.v_proj.weight[None], dtype)
+        b_qk = None if self.q_proj.bias is None else as_dtype(torch.stack([self.q_proj.bias, self.k_proj.bias]), dtype)
+        b_v = None if self.v_proj.bias is None else as_dtype(self.v_proj.bias[None], dtype)
         x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True)
         q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
         v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
@@ -350,7 +350,7 @@ class _RecomputedMix(torch.autograd.Function):
         for proj, d in ((layer.q_proj, d_qk[0]), (layer.k_proj, d_qk[1]), (layer.v_proj, d_v)):
             if proj.bias is not None:
                 grads[proj.bias] = d.view(N, F).sum(0, dtype=torch.float32)
-        d_params = [grads[p].to(p.dtype) for p in layer._mix_parameters()]
+        d_params = [as_dtype(grads[p], p.dtype) for p in layer._mix_parameters()]
         return (None, d_x_m, d_z, *d_params)
 
 
@@ -364,15 +364,16 @@ def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):
     E, NH = cell.embedding_dim, cell.num_heads
     d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, 2 * NH)      # (N, 2 NH), small
     out, d_weight = [], []
+    d_g = as_dtype(d_gates, qkv[0].dtype)
     for x, dx, w in zip(qkv, d_qkv, cell.gate_weight_blocks()):
         dx = dx.transpose(1, 2).reshape(-1, E)      # a view for the kernels' seq-major gradients
-        out.append(dx.addmm_(d_gates.to(dx.dtype), w.to(dx.dtype)).view(x.shape))
-        d_weight.append(d_gates.t().to(x.dtype) @ x.reshape(-1, E))
+        out.append(dx.addmm_(d_g, as_dtype(w, dx.dtype)).view(x.shape))
+        d_weight.append(d_g.t() @ x.reshape(-1, E))
     d_weight = torch.cat(d_weight, dim=1)
     d_bias = d_gates.sum(0)
     grads = {cell.igate.weight: d_weight[:NH], cell.fgate.weight: d_weight[NH:],
              cell.igate.bias: d_bias[:NH], cell.fgate.bias: d_bias[NH:]}
-    return out, {p: g.to(p.dtype) for p, g in grads.items()}
+    return out, {p: as_dtype(g, p.dtype) for p, g in grads.items()}
 
 
 def _cell_inputs(cell: "mLSTMCell", q, k, v):

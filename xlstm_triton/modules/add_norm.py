@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, use_kernels
+from ..utils import kernel_op, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["add_norm", "add_norm_torch"]
 
@@ -111,9 +111,9 @@ def _add_norm(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optiona
     if N:
         add_norm_fwd_kernel[(N,)](x, residual if residual is not None else x, weight if weight is not None else x,
                                   bias if bias is not None else x, y, s, mean, rstd, D, eps, offset,
-                                  BLOCK=triton.next_power_of_2(D), HAS_RES=residual is not None,
+                                  BLOCK=next_power_of_2(D), HAS_RES=residual is not None,
                                   HAS_W=weight is not None, HAS_B=bias is not None, RMS=rms,
-                                  num_warps=min(16, max(1, triton.next_power_of_2(D) // 256)))
+                                  num_warps=min(16, max(1, next_power_of_2(D) // 256)))
     return y, s, mean, rstd
 
 
@@ -138,9 +138,9 @@ def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.T
     if N:
         add_norm_bwd_kernel[(programs,)](s, weight if weight is not None else s, mean, rstd, dy.contiguous(),
                                          ds.contiguous() if ds is not None else s, dx, partial, N, D, offset,
-                                         rows_per_program, BLOCK=triton.next_power_of_2(D),
+                                         rows_per_program, BLOCK=next_power_of_2(D),
                                          HAS_W=weight is not None, HAS_DS=ds is not None, RMS=rms,
-                                         num_warps=min(16, max(1, triton.next_power_of_2(D) // 256)))
+                                         num_warps=min(16, max(1, next_power_of_2(D) // 256)))
     sums = partial.sum(0)
     return dx, sums[0].clone(), sums[1].clone()
 

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..checks import check_cu_seqlens, check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, use_kernels
+from ..utils import kernel_op, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
@@ -154,7 +154,7 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
-    return min(64, max(16, triton.next_power_of_2(S))), min(128, max(16, triton.next_power_of_2(F)))
+    return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
 def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..checks import check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, num_sms, use_kernels
+from ..utils import kernel_op, new_empty, next_power_of_2, num_sms, use_kernels
 
 __all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_head_norm_torch"]
 
@@ -142,7 +142,7 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
 def _launch_meta(DH: int, backward: bool) -> dict:
     """A head's features in one block; few warps: the forward ran fastest with 16 features a
     thread, the backward with 8 and at least 2 warps (H200, bf16, DH 256 and 512)."""
-    BLOCK = triton.next_power_of_2(DH)
+    BLOCK = next_power_of_2(DH)
     warps = max(2, BLOCK // 256) if backward else max(1, BLOCK // 512)
     return dict(DH=DH, BLOCK=BLOCK, num_warps=min(8, warps))
 

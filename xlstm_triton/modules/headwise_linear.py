@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import dot_precision, kernel_op, mma, new_empty, use_kernels
+from ..utils import dot_precision, kernel_op, mma, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["headwise_linear", "headwise_linear_backward", "headwise_linear_forward", "headwise_linear_torch",
            "MAX_BLOCK"]
@@ -124,7 +124,7 @@ def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_pro
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
-    BF = min(64, triton.next_power_of_2(F))
+    BF = min(64, next_power_of_2(F))
     BF = max(BF, BS)
     return 32, BF
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, use_kernels
+from ..utils import kernel_op, next_power_of_2, use_kernels
 from .activations import soft_cap as apply_soft_cap
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "LinearCrossEntropyLoss"]
@@ -88,7 +88,7 @@ def default_chunk_rows(N: int, E: int, V: int) -> int:
     """Rows per chunk: a chunk's logits about four times the size of the hidden states of all N
     rows, so the chunk count stays near V / (4 E) (~12 at V = 50k, E = 1024), a power of two."""
     rows = max(1, (4 * N * E) // max(V, 1))
-    return min(triton.next_power_of_2(N), max(16, 1 << (rows.bit_length() - 1)))
+    return min(next_power_of_2(N), max(16, 1 << (rows.bit_length() - 1)))
 
 
 def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ def _fused(hidden, weight, labels, soft_cap, ignore_index, chunk_rows, compute_g
     grad_h = torch.empty_like(hidden) if compute_grads else hidden.new_empty(0)
     grad_w = torch.zeros(V, E, dtype=torch.float32, device=hidden.device) if compute_grads else hidden.new_empty(0)
     scale = count.clamp(min=1.0)
-    BLOCK = min(4096, triton.next_power_of_2(V))
+    BLOCK = min(4096, next_power_of_2(V))
     for start in range(0, N, chunk_rows):
         h = hidden[start:start + chunk_rows]
         z = h @ weight.t()                                    # (rows, V), the input dtype

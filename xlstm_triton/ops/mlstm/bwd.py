@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import minimum_nan, new_empty, new_empty_bhsd, soft_cap_jit
+from ...utils import minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
 from .gates import gate_rows
 
@@ -439,6 +439,6 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     df = new_empty((B, NH, S), f.dtype, dev)
     chunkwise_bwd_gates_kernel[(B * NH,)](
         qdq, kdk, i, f, extra if extra is not None else qdq, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(), NH,
-        1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, triton.next_power_of_2(S))),
+        1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, next_power_of_2(S))),
         HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, num_warps=4)
     return dq, dk, dv, di, df, dc0, dn0

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import maximum_nan, minimum_nan, new_empty, soft_cap_jit, use_triton
+from ...utils import maximum_nan, minimum_nan, new_empty, next_power_of_2, soft_cap_jit, use_triton
 from ...utils import soft_cap as apply_soft_cap
 
 LOG2E = 1.0 / math.log(2.0)
@@ -210,7 +210,7 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkG
     m_last = new_empty((B, NH, 1), torch.float64, i.device)
     b_end = torch.empty((rows, NC), dtype=torch.float64, device=i.device)    # per-chunk summaries
     lmax = torch.empty((rows, NC), dtype=torch.float64, device=i.device)
-    block = min(max(triton.next_power_of_2(NC), 16), SUMMARY_BLOCK)
+    block = min(max(next_power_of_2(NC), 16), SUMMARY_BLOCK)
     for row0 in range(0, rows, MAX_GRID_Y):
         grid = (NC, min(rows - row0, MAX_GRID_Y))
         chunk_gate_summary_kernel[grid](i, f, b_end, lmax, S, NC, row0, *gate_args, L=L,

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_cu_seqlens, check_tensor
-from ...utils import kernel_op, is_seq_major, new_empty_bhsd, soft_cap, triton_interpret, use_kernels
+from ...utils import is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, soft_cap, triton_interpret, use_kernels
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import ChunkGates, chunkwise_gates
@@ -57,11 +56,11 @@ class ChunkwiseConfig:
 
 def default_chunk_size(S: int) -> int:
     """Chunk size when none is given: 128, smaller for short sequences."""
-    return max(16, min(128, triton.next_power_of_2(S)))
+    return max(16, min(128, next_power_of_2(S)))
 
 
 def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, **overrides) -> ChunkwiseConfig:
-    pk, pv = max(16, triton.next_power_of_2(DQK)), max(16, triton.next_power_of_2(DV))
+    pk, pv = max(16, next_power_of_2(DQK)), max(16, next_power_of_2(DV))
     tile = min(64, chunk_size)
     if dtype == torch.bfloat16:
         state_dtype, dot_dtype, precision = torch.bfloat16, tl.bfloat16, "tf32"
@@ -92,8 +91,18 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
 CONFIG_OVERRIDES: dict = {}
 
 
+_CONFIGS: dict = {}         # make_config's results by their arguments (host time per call)
+
+
 def _config(q, v, chunk_size):
-    return make_config(q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, **CONFIG_OVERRIDES)
+    key = (q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, tuple(sorted(CONFIG_OVERRIDES.items())),
+           triton_interpret(), torch.backends.cuda.matmul.allow_tf32)      # everything make_config reads
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) >= 256:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = make_config(*key[:5], **CONFIG_OVERRIDES)
+    return cfg
 
 
 # ---------------------------------------------------------------------- custom ops

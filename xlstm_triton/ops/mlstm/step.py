@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import maximum_nan, minimum_nan, new_empty, num_sms, soft_cap, soft_cap_jit
+from ...utils import maximum_nan, minimum_nan, new_empty, next_power_of_2, num_sms, soft_cap, soft_cap_jit
 
 
 @cached_launch
@@ -92,10 +92,10 @@ def mlstm_step_triton(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft
     # value block: 64 columns, halved (down to 16) while the grid would not give every SM two
     # programs: at batch 1 a step is a few microseconds and bound by how many SMs stream the state
     # (one compiled variant per block size, so at most three)
-    BV = min(64, max(16, triton.next_power_of_2(DV)))
+    BV = min(64, max(16, next_power_of_2(DV)))
     while BV > 16 and triton.cdiv(DV, BV) * B * NH < 2 * num_sms(dev):
         BV //= 2
-    BK = min(64, max(16, triton.next_power_of_2(DQK)))
+    BK = min(64, max(16, next_power_of_2(DQK)))
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     i, f = i.reshape(B, NH), f.reshape(B, NH)
     mlstm_step_kernel[(triton.cdiv(DV, BV), B * NH)](

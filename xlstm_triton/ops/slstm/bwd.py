@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import new_empty, num_sms
+from ...utils import new_empty, next_power_of_2, num_sms
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
                   group_wait, mask_if, mma, split_gates, use_sync)
@@ -289,7 +289,7 @@ def slstm_dr_db(dwx, h, state0, R):
     B, T, _, NH, DH = dwx.shape
     dR = torch.zeros((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
     db = torch.zeros((4, NH, DH), dtype=torch.float32, device=dwx.device)
-    block = min(64, triton.next_power_of_2(DH))
+    block = min(64, next_power_of_2(DH))
     block_n = 64 if dwx.is_cuda else 16
     tiles = 4 * NH * triton.cdiv(DH, block) ** 2
     # about two waves of programs on the GPU; each split at least 4 row blocks

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import dot_precision, maximum_nan, minimum_nan, mma, new_empty, num_sms
+from ...utils import dot_precision, maximum_nan, minimum_nan, mma, new_empty, next_power_of_2, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
@@ -392,14 +392,14 @@ def contraction_blocks(DH: int) -> tuple[int, int]:
     768 -> (512, 256), 640 -> (512, 128), 896 -> (512, 512)."""
     ka = 1 << (DH.bit_length() - 1)
     rest = DH - ka
-    return ka, (triton.next_power_of_2(rest) if rest else 0)
+    return ka, (next_power_of_2(rest) if rest else 0)
 
 
 SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
 
 
 def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None):
-    dhp = triton.next_power_of_2(DH)
+    dhp = next_power_of_2(DH)
     if bo >= dhp:  # whole head: R held, one block of the padded head size
         nw = num_warps or (4 if dhp <= 32 else 8)
         return SLSTMConfig(ncb=1, bo=dhp, ka=dhp, kb=0, bk=dhp, resident=True, num_warps=nw,
@@ -425,7 +425,7 @@ def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.devi
     the columns split over programs that synchronize every step, the smallest column block (least
     work per step) whose grid fits the SMs; R held in shared memory when it fits, else streamed
     from L2."""
-    dhp = triton.next_power_of_2(DH)
+    dhp = next_power_of_2(DH)
     override = CONFIG_OVERRIDE.get()
     if override is not None:
         o = dict(override)
