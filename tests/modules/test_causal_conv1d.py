@@ -133,3 +133,28 @@ def test_packed_errors(device):
         causal_conv1d(x.expand(2, 6, 8), w, cu_seqlens=torch.tensor([0, 6], device=device))
     with pytest.raises(ValueError, match=r"state: expected shape \(2, 3, 8\) = \(N, K - 1, F\)"):
         causal_conv1d(x, w, state=torch.randn(1, 3, 8, device=device), cu_seqlens=torch.tensor([0, 2, 6], device=device))
+
+
+def test_backward_into_a_strided_gradient_adding(device):
+    """`causal_conv1d_backward` (SiLU) writing d x into a column block of a wider buffer (a
+    strided view) and adding to what it holds, against the float64 gradient plus what was
+    there; the columns beside it untouched; d weight and d bias unaffected."""
+    from xlstm_triton.modules import causal_conv1d_backward
+    from xlstm_triton.utils import use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: the backward kernels need the interpreter")
+    B, S, F, K = 2, 19, 24, 4
+    wide_x = torch.randn(B, S, 2 * F, device=device)
+    x = wide_x[..., :F]                                     # strided input too
+    weight, b = torch.randn(F, K, device=device), torch.randn(F, device=device)
+    upstream = torch.randn(B, S, F, device=device)
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, b)]
+    (causal_conv1d_torch(*leaves) * upstream.double()).sum().backward()
+    wide = torch.randn(B, S, 2 * F, device=device)
+    before = wide.clone()
+    dx, dw, db, _ = causal_conv1d_backward(x, weight, b, None, upstream, True, dx=wide[..., F:], accumulate=True)
+    fwd, bwd = TOL[torch.float32]
+    assert_close(wide[..., F:], leaves[0].grad + before[..., F:].double(), bwd, "d x added")
+    assert torch.equal(wide[..., :F], before[..., :F])
+    assert_close(dw, leaves[1].grad, bwd, "d weight")
+    assert_close(db, leaves[2].grad, bwd, "d bias")

@@ -96,3 +96,28 @@ def test_errors(device):
         headwise_linear(x, torch.randn(1, 4, 4, 4, device=device, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"bias: expected shape \(1, 16\) = \(M, F\)"):
         headwise_linear(x, torch.randn(1, 4, 4, 4, device=device), torch.randn(16, device=device))
+
+
+def test_backward_into_a_strided_gradient_adding(device):
+    """`headwise_linear_backward` writing d x into a strided view (a column block of a wider
+    buffer) and adding to what it holds, against the float64 gradient plus what was there;
+    the columns beside it untouched."""
+    from xlstm_triton.modules import headwise_linear_backward
+    from xlstm_triton.utils import use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: the backward kernels need the interpreter")
+    M, BS, F, N = 2, 4, 40, 23
+    x = torch.randn(N, F, device=device)
+    weight = torch.randn(M, F // BS, BS, BS, device=device)
+    upstream = torch.randn(M, N, F, device=device)
+    _, (dx_ref, dw_ref, _) = reference(x, weight, None, upstream)
+    wide = torch.randn(N, 2 * F, device=device)
+    before = wide.clone()
+    dx, dw = headwise_linear_backward(x, weight, upstream, dx=wide[:, :F], accumulate=True)
+    fwd, bwd = TOL[torch.float32]
+    assert dx.data_ptr() == wide.data_ptr()
+    assert_close(wide[:, :F], dx_ref + before[:, :F].double(), bwd, "d x added")
+    assert torch.equal(wide[:, F:], before[:, F:])
+    assert_close(dw, dw_ref, bwd, "d weight")
+    dx, _ = headwise_linear_backward(x, weight, upstream, dx=wide[:, F:])        # written, not added
+    assert_close(wide[:, F:], dx_ref, bwd, "d x written")

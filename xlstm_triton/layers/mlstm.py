@@ -211,13 +211,14 @@ class mLSTMLayer(nn.Module):
         B = x.shape[0]
         if state is not None:
             state = self._check_state(state, B)
-        x_m, z = self.proj_up(x).split(self.inner, dim=-1)
+        xz = self.proj_up(x)
+        x_m, z = xz.split(self.inner, dim=-1)
         if (state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled()
                 and self._fused()):
             if torch.compiler.is_compiling():      # the compiler plans the recomputation itself
                 h = recompute_cheap(self._mix, x_m, z)
             else:
-                h = _RecomputedMix.apply(self, x_m, z, *self._mix_parameters())
+                h = _RecomputedMix.apply(self, xz, *self._mix_parameters())
             return self.dropout(self.proj_down(h))
         if not return_state:
             return self.dropout(self.proj_down(self._mix(x_m, z, state)))
@@ -298,49 +299,54 @@ class mLSTMLayer(nn.Module):
 
 
 class _RecomputedMix(torch.autograd.Function):
-    """`mLSTMLayer._mix` in training (eager, kernels) keeping only x_m, z, the mLSTM's output
-    and row statistics. The backward is written out as kernel calls, no autograd inside: it
-    recomputes x_c, q, k, v and the gates (memory-bound kernels), runs the fused output's
-    backward kernel, the mLSTM's backward kernels on the kept h (writing d q and d k into one
-    buffer, what the headwise backward reads), the gate projections' backward, and the headwise
-    and conv backward kernels, each adding its d x into the gradient already there. The same
-    result as `recompute_cheap(layer._mix, ...)` (what compiled mode runs), without per-op
+    """`mLSTMLayer._mix` in training (eager, kernels) from the up-projection's output xz = [x_m | z],
+    keeping only xz, the mLSTM's output and row statistics. The backward is written out as kernel
+    calls, no autograd inside: it recomputes x_c, q, k, v and the gates (memory-bound kernels),
+    runs the fused output's backward kernel, the mLSTM's backward kernels on the kept h (writing
+    d q and d k into one buffer, what the headwise backward reads), the gate projections'
+    backward, and the headwise and conv backward kernels, each adding its d x into the gradient
+    already there; d x_m and d z land in one (B, S, 2 inner) buffer, the gradient of xz. The
+    same result as `recompute_cheap(layer._mix, ...)` (what compiled mode runs), without per-op
     dispatch hooks or nested autograd, which in eager cost more host time than the GPU work."""
 
     @staticmethod
-    def forward(ctx, layer, x_m, z, *params):
+    def forward(ctx, layer, xz, *params):
+        x_m, z = xz.split(layer.inner, dim=-1)
         with torch.no_grad():
             x_c, q, k, v, _ = layer._fused_inputs(x_m)
             h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v))
             out, mean, rstd = head_norm_gate_forward(h.transpose(1, 2), z, *layer._norm_args(), act="silu",
                                                      skip=layer.learnable_skip, x_skip=x_c)
-        ctx.save_for_backward(x_m, z, h, mean, rstd, *saved[:4])      # row statistics, gate arrays
+        ctx.save_for_backward(xz, h, mean, rstd, *saved[:4])      # row statistics, gate arrays
         ctx.layer, ctx.saved_rest = layer, saved[4:]
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        x_m, z, h, mean, rstd, *kept = ctx.saved_tensors
+        xz, h, mean, rstd, *kept = ctx.saved_tensors
         layer = ctx.layer
         cell, conv = layer.mlstm_cell, layer.conv1d
+        x_m, z = xz.split(layer.inner, dim=-1)
         B, S, F = x_m.shape
         N = B * S
         x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = layer._fused_inputs(x_m, with_weights=True)
         cell_in = _cell_inputs(cell, q, k, v)
-        d_h, d_z, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
+        d_xz = xz.new_empty(xz.shape)
+        d_x_m, d_z = d_xz.split(F, dim=-1)
+        d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
             h.transpose(1, 2), z, *layer._norm_args()[:2], mean, rstd, d_out, act="silu",
-            skip=layer.learnable_skip, x_skip=x_c)
+            skip=layer.learnable_skip, x_skip=x_c, d_gate=d_z)
         d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
         d_v = x_m.new_empty((B, S, F))
         heads = (lambda t: t.unflatten(-1, (cell.num_heads, -1)).transpose(1, 2))
         *d_cell, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h, (*kept, *ctx.saved_rest), d_h.transpose(1, 2),
                                                      out=(heads(d_qk[0]), heads(d_qk[1]), heads(d_v)))
         _, grads = _gate_projection_backward(cell, (q, k, v), d_cell, d_i, d_f)     # adds into d_qk, d_v
-        d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F))
-        d_x_m, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F))
-        d_x_m = d_x_m.view(B, S, F)
+        d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F),
+                                                 accumulate=True)
+        _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F))
         _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
-                                                          dx=d_x_m)
+                                                          dx=d_x_m, accumulate=True)
         norm = cell.outnorm
         grads.update({layer.q_proj.weight: d_w_qk[0], layer.k_proj.weight: d_w_qk[1],
                       layer.v_proj.weight: d_w_v[0], conv.conv.weight: d_w_conv[:, None, :],
@@ -351,7 +357,7 @@ class _RecomputedMix(torch.autograd.Function):
             if proj.bias is not None:
                 grads[proj.bias] = d.view(N, F).sum(0, dtype=torch.float32)
         d_params = [as_dtype(grads[p], p.dtype) for p in layer._mix_parameters()]
-        return (None, d_x_m, d_z, *d_params)
+        return (None, d_xz, *d_params)
 
 
 def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):

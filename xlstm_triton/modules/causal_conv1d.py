@@ -130,8 +130,8 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_
 
 @cached_launch
 @triton.jit
-def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.constexpr, BT: tl.constexpr,
-                                BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
+def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
+                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
     """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
     those whose sequence starts at or before t)."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -147,7 +147,7 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, S, F, K: tl.
         d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
                     mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
         acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
-    dx_ptrs = dx_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :]
+    dx_ptrs = dx_ptr + b * s_dxb + t.to(tl.int64)[:, None] * s_dxs + f[None, :]
     if ACCUMULATE:
         acc += tl.load(dx_ptrs, mask=(t < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
@@ -194,11 +194,12 @@ def _(x, weight, bias, state, silu, cu_seqlens):
 
 def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                            state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
-                           cu_seqlens: Optional[torch.Tensor] = None, dx: Optional[torch.Tensor] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                           cu_seqlens: Optional[torch.Tensor] = None, dx: Optional[torch.Tensor] = None,
+                           accumulate: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernels of the backward, no autograd and no checks (arguments as `_causal_conv1d`'s
     forward, x with unit last stride): (dx, d weight, d bias or an empty tensor, d state or an
-    empty tensor). `dx`, if given (contiguous (B, S, F), x's dtype), is added to in place."""
+    empty tensor). `dx`, if given ((B, S, F) with unit last stride, x's dtype), is where dx goes;
+    with `accumulate` it is added to what dx holds."""
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
@@ -211,10 +212,9 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         start, seq, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
         HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
-    accumulate = dx is not None
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, start, dx, S, F, K=K, BT=BT, BF=BF,
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, start, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
                                       VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums

@@ -80,7 +80,7 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
 @triton.jit
 def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
                               dh_ptr, dg_ptr, dxs_ptr, partial_ptr,
-                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, N, S, NH, rows_per_program,
+                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, s_dg, N, S, NH, rows_per_program,
                               DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                               HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
     """Programs (row block, head). With n = h^ w + bias + skip x_skip and dn = dy act(gate):
@@ -127,7 +127,7 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
             n = n + k * xs
             tl.store(dxs_ptr + row * V + col, (dn * k).to(dxs_ptr.dtype.element_ty), mask=mask)
             dk += dn * xs
-        tl.store(dg_ptr + row * V + col, (dy * n * da).to(dg_ptr.dtype.element_ty), mask=mask)
+        tl.store(dg_ptr + row * s_dg + col, (dy * n * da).to(dg_ptr.dtype.element_ty), mask=mask)
         wdn = w * dn
         dh = (wdn - tl.sum(wdn, axis=0) / DH - xhat * (tl.sum(wdn * xhat, axis=0) / DH)) * rstd
         tl.store(dh_ptr + row * V + col, dh.to(dh_ptr.dtype.element_ty), mask=mask)
@@ -178,17 +178,15 @@ def _(h, gate, weight, bias, skip, x_skip, eps, silu):
     return gate.new_empty((B, S, NH * DH)), h.new_empty((B, S, NH), **f32), h.new_empty((B, S, NH), **f32)
 
 
-@kernel_op("xlstm_triton::head_norm_gate_bwd")
-def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
-                        bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
-                        mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                   torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None):
     B, S, NH, DH = h.shape
     N, V = B * S, NH * DH
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
     dh = new_empty((B, S, NH, DH), h.dtype, h.device)       # (B, S, NH, DH) memory, whatever h's layout
-    dg = new_empty((B, S, V), gate.dtype, gate.device)
+    if d_gate is not None and (d_gate.stride(-1) != 1 or B > 1 and d_gate.stride(0) != S * d_gate.stride(1)):
+        raise ValueError(f"head_norm_gate_backward: d_gate needs unit last stride and evenly strided rows, "
+                         f"got strides {d_gate.stride()}")
+    dg = d_gate if d_gate is not None else new_empty((B, S, V), gate.dtype, gate.device)
     dxs = new_empty((B, S, V), x_skip.dtype, x_skip.device) if x_skip is not None else gate.new_empty(0)
     # (row blocks, NH) programs, ~8 an SM for heads of 512 (more for smaller heads: measured on an H200)
     sms = num_sms(h.device) if h.is_cuda else 132
@@ -203,11 +201,20 @@ def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[to
             skip if skip is not None else h, xs, mean, rstd, dy.contiguous(), dh, dg,
             dxs if x_skip is not None else dg, partial,
             h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
-            N, S, NH, rows_per_program,
+            dg.stride(1), N, S, NH, rows_per_program,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
             **_launch_meta(DH, backward=True))
     sums = partial.sum(0)
     return dh, dg, dxs, sums[0].clone(), sums[1].clone(), sums[2].clone()
+
+
+@kernel_op("xlstm_triton::head_norm_gate_bwd")
+def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
+                        bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
+                        mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                   torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu)
 
 
 @_head_norm_gate_bwd.register_fake
@@ -304,10 +311,12 @@ def head_norm_gate_forward(h: torch.Tensor, gate: torch.Tensor, weight: Optional
 def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                             bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                             dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
-                            x_skip: Optional[torch.Tensor] = None):
+                            x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None):
     """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
-    without a skip), and float32 (NH * DH,) sums d weight, d bias, d skip) of y given dy."""
-    return _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu")
+    without a skip), and float32 (NH * DH,) sums d weight, d bias, d skip) of y given dy.
+    `d_gate`, if given ((B, S, NH * DH), gate's dtype, unit last stride, rows evenly strided), is
+    where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer)."""
+    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate)
 
 
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):

@@ -61,7 +61,7 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
+def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F, s_dx,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i]."""
@@ -81,7 +81,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F,
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
-    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :]
+    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
     if ACCUMULATE:
         dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
@@ -153,19 +153,21 @@ def _(x, weight, bias):
 
 
 def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor,
-                             dx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             dx: Optional[torch.Tensor] = None, accumulate: bool = False
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
-    (M, N, F) -> (dx (N, F), d weight). `dx`, if given (contiguous (N, F), x's dtype), is
-    added to in place instead of a fresh dx (the caller's other gradient of x)."""
+    (M, N, F) -> (dx (N, F), d weight). `dx`, if given ((N, F) with unit last stride, x's
+    dtype), is where dx goes; with `accumulate` it is added to what dx holds (the caller's other
+    gradient of x)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
     BR, BF = _tiles(F, BS)
-    accumulate = dx is not None
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, M=M, BS=BS, BR=BR,
-                                                                     BF=BF, ACCUMULATE=accumulate, num_warps=4)
+    headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, dx.stride(0), M=M,
+                                                                     BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate,
+                                                                     num_warps=4)
     BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
     programs = max(1, min(triton.cdiv(N, BR_dw), 32))
     rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
