@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, next_power_of_2, soft_cap, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, soft_cap, use_kernels
 
 __all__ = ["ACTIVATIONS", "soft_cap", "silu_mul"]
 
@@ -59,7 +59,7 @@ def silu_mul_bwd_kernel(g_ptr, u_ptr, dy_ptr, dg_ptr, du_ptr, s_g, s_u, s_dg, s_
 
 def _rows_grid(rows: int, P: int):
     BLOCK = min(1024, next_power_of_2(P))
-    return (rows, triton.cdiv(P, BLOCK)), BLOCK
+    return (rows, cdiv(P, BLOCK)), BLOCK
 
 
 @kernel_op("xlstm_triton::silu_mul")

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, next_power_of_2, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["add_norm", "add_norm_torch"]
 
@@ -132,7 +132,7 @@ def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.T
     N, D = s.shape
     dx = new_empty((N, D), s.dtype, s.device)
     programs = max(1, min(N, 4 * 132))
-    rows_per_program = triton.cdiv(N, programs) if N else 1
+    rows_per_program = cdiv(N, programs) if N else 1
     # every program writes its rows (zeros when nothing runs)
     partial = (new_empty if N else torch.zeros)((programs, 2, D), dtype=torch.float32, device=s.device)
     if N:

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..checks import check_cu_seqlens, check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, next_power_of_2, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
@@ -180,7 +180,7 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     y = new_empty((B, S, F), x.dtype, x.device)
     BT, BF = _tiles(S, F)
     start, seq = _varlen_args(x, cu_seqlens)
-    causal_conv1d_fwd_kernel[(B, triton.cdiv(S, BT), triton.cdiv(F, BF))](
+    causal_conv1d_fwd_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         start, seq, y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
         VARLEN=cu_seqlens is not None, num_warps=4)
@@ -204,7 +204,7 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     K = weight.shape[1]
     dy = dy.contiguous()
     BT, BF = _tiles(S, F)
-    grid = (B, triton.cdiv(S, BT), triton.cdiv(F, BF))
+    grid = (B, cdiv(S, BT), cdiv(F, BF))
     start, seq = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..checks import check_tensor
 from ..launch import cached_launch
-from ..utils import kernel_op, new_empty, next_power_of_2, num_sms, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, num_sms, use_kernels
 
 __all__ = ["head_norm_gate", "head_norm_gate_torch", "gated_head_norm", "gated_head_norm_torch"]
 
@@ -190,8 +190,8 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
     dxs = new_empty((B, S, V), x_skip.dtype, x_skip.device) if x_skip is not None else gate.new_empty(0)
     # (row blocks, NH) programs, ~8 an SM for heads of 512 (more for smaller heads: measured on an H200)
     sms = num_sms(h.device) if h.is_cuda else 132
-    programs = max(1, min(N, triton.cdiv(8 * sms * max(1, 512 // DH), NH)))
-    rows_per_program = triton.cdiv(N, programs) if N else 1
+    programs = max(1, min(N, cdiv(8 * sms * max(1, 512 // DH), NH)))
+    rows_per_program = cdiv(N, programs) if N else 1
     # written whole (zeros when nothing runs)
     partial = (new_empty if N and V else torch.zeros)((programs, 3, V), dtype=torch.float32, device=h.device)
     if N and V:

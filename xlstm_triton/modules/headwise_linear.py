@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import dot_precision, kernel_op, mma, new_empty, next_power_of_2, use_kernels
+from ..utils import cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, use_kernels
 
 __all__ = ["headwise_linear", "headwise_linear_backward", "headwise_linear_forward", "headwise_linear_torch",
            "MAX_BLOCK"]
@@ -136,7 +136,7 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
-    grid = (triton.cdiv(N, BR), triton.cdiv(F, BF))
+    grid = (cdiv(N, BR), cdiv(F, BF))
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, N, F, x.stride(0),
                               M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, num_warps=4)
     return out
@@ -165,15 +165,15 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     BR, BF = _tiles(F, BS)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(triton.cdiv(N, BR), triton.cdiv(F, BF))](dout, weight, dx, N, F, dx.stride(0), M=M,
+    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, N, F, dx.stride(0), M=M,
                                                                      BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate,
                                                                      num_warps=4)
     BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
-    programs = max(1, min(triton.cdiv(N, BR_dw), 32))
-    rows_per_program = triton.cdiv(triton.cdiv(N, programs), BR_dw) * BR_dw
-    programs = triton.cdiv(N, rows_per_program) if N else 1
+    programs = max(1, min(cdiv(N, BR_dw), 32))
+    rows_per_program = cdiv(cdiv(N, programs), BR_dw) * BR_dw
+    programs = cdiv(N, rows_per_program) if N else 1
     partial = new_empty((programs, M, F // BS, BS, BS), torch.float32, x.device)   # written whole
-    headwise_bwd_dw_kernel[(programs, triton.cdiv(F, BF_dw))](
+    headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
         x, dout, partial, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
         DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)

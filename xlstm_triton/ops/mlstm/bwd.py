@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
+from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
 from .gates import gate_rows
 
@@ -392,7 +392,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         DV=DV, BT=BT, BV=cfg.block_v, num_warps=cfg.num_warps)
 
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
-    nkb = triton.cdiv(DQK, cfg.block_k_grad)
+    nkb = cdiv(DQK, cfg.block_k_grad)
     dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
@@ -406,7 +406,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
     dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
     dn0 = new_empty((B, NH, DQK), torch.float32, dev)
-    chunkwise_bwd_dstates_kernel[(triton.cdiv(DQK, cfg.block_k_states), triton.cdiv(DV, cfg.block_v_states), B * NH)](
+    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH)](
         q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, dstates, dnstates, dc0, dn0,
         *q_st, *dh_st, NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
@@ -414,7 +414,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states)
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
-    chunkwise_bwd_dv_kernel[(triton.cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
+    chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
         q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import maximum_nan, new_empty, new_empty_bhsd
+from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
 
 
 @cached_launch
@@ -182,7 +182,7 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg):
     nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
     c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
-    grid = (triton.cdiv(DQK, cfg.block_k_states), triton.cdiv(DV, cfg.block_v_states), B * NH)
+    grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH)
     chunkwise_fwd_states_kernel[grid](
         k, v, gates.w, gates.decay, c_initial, n_initial,
         states, nstates, c_last, n_last,
@@ -204,7 +204,7 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     h = new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major)
     inv_den = new_empty((B * NH, S_pad), torch.float32, q.device)
     zsign = new_empty((B * NH, S_pad), torch.float32, q.device)
-    grid = (triton.cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
+    grid = (cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
     chunkwise_fwd_output_kernel[grid](
         q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m,
         h, inv_den, zsign,

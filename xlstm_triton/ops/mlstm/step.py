@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import maximum_nan, minimum_nan, new_empty, next_power_of_2, num_sms, soft_cap, soft_cap_jit
+from ...utils import cdiv, maximum_nan, minimum_nan, new_empty, next_power_of_2, num_sms, soft_cap, soft_cap_jit
 
 
 @cached_launch
@@ -93,12 +93,12 @@ def mlstm_step_triton(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft
     # programs: at batch 1 a step is a few microseconds and bound by how many SMs stream the state
     # (one compiled variant per block size, so at most three)
     BV = min(64, max(16, next_power_of_2(DV)))
-    while BV > 16 and triton.cdiv(DV, BV) * B * NH < 2 * num_sms(dev):
+    while BV > 16 and cdiv(DV, BV) * B * NH < 2 * num_sms(dev):
         BV //= 2
     BK = min(64, max(16, next_power_of_2(DQK)))
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     i, f = i.reshape(B, NH), f.reshape(B, NH)
-    mlstm_step_kernel[(triton.cdiv(DV, BV), B * NH)](
+    mlstm_step_kernel[(cdiv(DV, BV), B * NH)](
         q, k, v, i, f, c, n, m, h, c_new, n_new, m_new,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         i.stride(0), i.stride(1), f.stride(0), f.stride(1),

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import new_empty, next_power_of_2, num_sms
+from ...utils import cdiv, new_empty, next_power_of_2, num_sms
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
                   group_wait, mask_if, mma, split_gates, use_sync)
@@ -291,13 +291,13 @@ def slstm_dr_db(dwx, h, state0, R):
     db = torch.zeros((4, NH, DH), dtype=torch.float32, device=dwx.device)
     block = min(64, next_power_of_2(DH))
     block_n = 64 if dwx.is_cuda else 16
-    tiles = 4 * NH * triton.cdiv(DH, block) ** 2
+    tiles = 4 * NH * cdiv(DH, block) ** 2
     # about two waves of programs on the GPU; each split at least 4 row blocks
-    want = triton.cdiv(2 * num_sms(dwx.device), tiles * B) if dwx.is_cuda else 2
-    splits = max(1, min(want, triton.cdiv(T, 4 * block_n)))
-    t_per_split = triton.cdiv(triton.cdiv(T, splits), block_n) * block_n
-    splits = triton.cdiv(T, t_per_split)
-    slstm_dr_db_kernel[(4 * NH, triton.cdiv(DH, block) ** 2, B * splits)](
+    want = cdiv(2 * num_sms(dwx.device), tiles * B) if dwx.is_cuda else 2
+    splits = max(1, min(want, cdiv(T, 4 * block_n)))
+    t_per_split = cdiv(cdiv(T, splits), block_n) * block_n
+    splits = cdiv(T, t_per_split)
+    slstm_dr_db_kernel[(4 * NH, cdiv(DH, block) ** 2, B * splits)](
         dwx, h, state0, dR, db, B, T, t_per_split, NH=NH, DH=DH, BLOCK_O=block, BLOCK_I=block,
         BLOCK_N=block_n, DOT_PREC=dot_precision(dwx.dtype, dwx.device), num_warps=4)
     return dR, db
@@ -313,7 +313,7 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     dev, dtype = h.device, h.dtype
     dwx = new_empty((B, T, 4, NH, DH), dtype, dev)
     dstate0 = new_empty((4, B, NH, DH), torch.float32, dev)
-    grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
+    grid = NH * cfg.ncb * cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
     meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb, BK=cfg.bk,

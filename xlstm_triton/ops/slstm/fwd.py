@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import dot_precision, maximum_nan, minimum_nan, mma, new_empty, next_power_of_2, num_sms
+from ...utils import cdiv, dot_precision, maximum_nan, minimum_nan, mma, new_empty, next_power_of_2, num_sms
 
 # Exponent cap of the forget-gate factor f' = exp(logf + m_{t-1} - m_t). The exponent is <= 0
 # whenever n_{t-1} != 0 (m_t >= logf + m_{t-1}); it can be large only at a fresh state (n == 0,
@@ -435,7 +435,7 @@ def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.devi
         return _config(DH, bo, o.pop("resident", bo >= dhp), **o)
     if dhp <= 128 and r_bytes(dhp, dhp, dtype) <= SMEM_FOR_R:
         return _config(DH, dhp, True)
-    groups = NH * triton.cdiv(B, BATCH_BLOCK)
+    groups = NH * cdiv(B, BATCH_BLOCK)
     sms = num_sms(device)
     bo = 16
     while DH % (bo * 2) == 0 and bo < 64 and groups * (DH // bo) > sms:
@@ -486,7 +486,7 @@ def slstm_fwd(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
     last = new_empty((4, B, NH, DH), torch.float32, dev)
     pre = new_empty((T, 4, B, NH, DH), torch.float32, dev) if save else h
     cnm = new_empty((T, 3, B, NH, DH), torch.float32, dev) if save else h
-    grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
+    grid = NH * cfg.ncb * cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
     meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb,

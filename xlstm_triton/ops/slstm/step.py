@@ -9,9 +9,8 @@ has compiled the kernel).
 from __future__ import annotations
 
 import torch
-import triton
 
-from ...utils import new_empty
+from ...utils import cdiv, new_empty
 from .fwd import BATCH_BLOCK, SLSTMConfig, dot_precision, fast_math, slstm_fwd_kernel
 
 
@@ -24,7 +23,7 @@ def slstm_step_fwd(wx_t, R, b, state, cfg: SLSTMConfig):
     h = new_empty((B, 1, NH, DH), wx_t.dtype, dev)
     new_state = new_empty((4, B, NH, DH), torch.float32, dev)
     unused = torch.empty(1, dtype=torch.int32, device=dev)  # barrier counters (not used: one step)
-    grid = NH * cfg.ncb * triton.cdiv(B, BATCH_BLOCK)
+    grid = NH * cfg.ncb * cdiv(B, BATCH_BLOCK)
     slstm_fwd_kernel[(grid,)](
         wx_t, R, b, state, state, h, new_state, h, h, unused, B, 1, 0, 1,
         wx_t.stride(0), 0, wx_t.stride(1), wx_t.stride(2),
