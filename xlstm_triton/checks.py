@@ -82,7 +82,10 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, n
 
     The values are checked where they can be read without waiting for the GPU: a CPU tensor,
     or a CUDA one outside CUDA-graph capture and `torch.compile` (one copy of N + 1 integers to
-    the host, a wait for the GPU; offsets given as a CPU tensor avoid it)."""
+    the host, a wait for the GPU; offsets given as a CPU tensor avoid it), unless they come from
+    `checked_cu_seqlens` (a model checks them once per step, its layers then skip the read)."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name}: expected dtype int32 or int64, got {cu_seqlens.dtype}")
     check_tensor(name, cu_seqlens, ndim=1, doc="(N + 1,)", dtypes=(torch.int32, torch.int64))
     if cu_seqlens.device != torch.device(device) and cu_seqlens.device.type != "cpu":
         raise ValueError(f"{name}: expected device {device} (the same device as x) or the CPU, "
@@ -92,6 +95,8 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, n
     if cu_seqlens.numel() < 2:
         raise ValueError(f"{name}: expected at least 2 offsets (N + 1 for N >= 1 sequences), got "
                          f"{cu_seqlens.numel()}")
+    if getattr(cu_seqlens, "_xlstm_triton_checked", None) == total:
+        return cu_seqlens.numel() - 1
     readable = cu_seqlens.device.type == "cpu" or not (
         torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing())
     if readable:
@@ -102,3 +107,16 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, n
         if any(b < a for a, b in zip(values, values[1:])):
             raise ValueError(f"{name}: expected non-decreasing offsets, got {values}")
     return cu_seqlens.numel() - 1
+
+
+def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str = "cu_seqlens") -> torch.Tensor:
+    """`check_cu_seqlens` once (batch of 1), then the offsets on `device` as int32, marked as
+    checked for `total` steps: the layers a model passes them to skip the values' host read (one
+    GPU sync per layer otherwise)."""
+    check_cu_seqlens(cu_seqlens, total, 1, device, name)
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    if cu is cu_seqlens:
+        cu = cu.view(cu.shape)          # mark a view, not the caller's tensor
+    if not torch.compiler.is_compiling():
+        cu._xlstm_triton_checked = total
+    return cu

@@ -104,6 +104,31 @@ def new_empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: the first step
+    of each step's sequence and the sequence's index, int32 (total,) each. No host sync."""
+    cu = cu_seqlens.to(torch.int32)
+    seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
+                                  cu[1:] - cu[:-1], output_size=total)
+    return cu[:-1][seq.long()], seq
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Offsets (N + 1,) int32 of the packed documents of `position_ids` (1, S) (or (S,)) that
+    restart at 0 at each document (transformers' packing collators): one host read of the
+    starts (a sync on a GPU), once per step. A row not starting at 0 raises ValueError."""
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() not in (1, 2) or \
+            (position_ids.dim() == 2 and position_ids.shape[0] != 1) or position_ids.numel() == 0:
+        got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+        raise ValueError(f"position_ids: expected shape (1, S) with S >= 1 for packed documents, got {got}")
+    pos = position_ids.reshape(-1)
+    if int(pos[0]) != 0:
+        raise ValueError(f"position_ids: packed documents start at position 0, got {int(pos[0])} first")
+    starts = torch.nonzero(pos == 0).flatten()
+    total = torch.tensor([pos.numel()], device=pos.device, dtype=starts.dtype)
+    return torch.cat([starts, total]).to(torch.int32)
+
+
 def is_seq_major(x: torch.Tensor) -> bool:
     """Whether a (B, NH, S, D) tensor lies in memory as (B, S, NH, D): a transposed view of a
     (B, S, NH * D) projection, as the layers pass q, k, v."""

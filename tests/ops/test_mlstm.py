@@ -116,6 +116,59 @@ def test_packed_sequences_equal_each_alone(lengths, states, dtype, device, poiso
                             fn=lambda **kw: mlstm_chunkwise(**kw, cu_seqlens=cu), chunk_size=16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lengths, gates", [
+    ([1, 2, 15, 16, 17, 0, 40, 3, 1], "normal"),          # starts inside chunks, at chunk starts, empty
+    ([5, 31, 1, 1, 2, 50], "extreme"),                    # closed forget gates, large input gates
+    ([70], "normal"),                                     # one sequence: the batch path
+])
+def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, poison, monkeypatch):
+    """cu_seqlens without initial or final states runs all sequences in one launch set (the
+    kernels restart at each sequence's first step; the per-sequence loop must not run): h and
+    the gradients of q, k, v, i, f equal each sequence run alone in float64 (weighted-sum loss
+    on h), with boundaries anywhere in the chunks of 16."""
+    from xlstm_triton.utils import use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: packed sequences loop over the PyTorch path")
+    monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
+    torch.manual_seed(sum(lengths))
+    S = sum(lengths)
+    extreme = dict(igate=(-10.0, 12.0), fgate=(-12.0, 12.0)) if gates == "extreme" else {}
+    x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **extreme)
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0)
+    reference = packed_recurrent(cu)
+    x64 = {k: t.double().requires_grad_() for k, t in x.items()}
+    leaves = {k: t.clone().requires_grad_() for k, t in x.items()}
+    h = mlstm_chunkwise(**leaves, cu_seqlens=cu, chunk_size=16)
+    h_ref = reference(**x64)
+    weight = torch.randn(h_ref.shape, dtype=torch.float64, device=device)
+    (h.double() * weight).sum().backward()
+    (h_ref * weight).sum().backward()
+    fw_tol, bw_tol = TOL[dtype]
+    assert_close(h, h_ref, fw_tol, "h")
+    for name in ("q", "k", "v", "i", "f"):
+        assert_close(leaves[name].grad, x64[name].grad, bw_tol, f"d{name}")
+
+
+def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):
+    """A NaN in one packed sequence's input reaches no other sequence's output (fused path)."""
+    from xlstm_triton.utils import use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: packed sequences loop over the PyTorch path")
+    monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
+    lengths = [7, 5, 20]
+    x = make_inputs(1, 1, sum(lengths), 16, 16, device)
+    x["v"][0, 0, 9] = float("nan")                      # inside the second sequence (steps 7..11)
+    x["f"][0, 0, 10] = float("nan")
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0)
+    h = mlstm_chunkwise(**x, cu_seqlens=cu, chunk_size=16)
+    finite = torch.isfinite(h[0, 0]).all(-1)
+    assert finite[:7].all() and finite[12:].all(), finite.tolist()
+    assert not finite[9:12].any()
+    assert_close(h[:, :, 12:], packed_recurrent(torch.tensor([0, 20]))(
+        *(x[k][:, :, 12:].double() for k in ("q", "k", "v", "i", "f"))), TOL[torch.float32][0], "h after")
+
+
 def test_packed_sequences_bad_offsets_are_named(device):
     x = make_inputs(1, 1, 10, 16, 16, device)
     with pytest.raises(ValueError, match=r"cu_seqlens: expected offsets from 0 to the packed length 10"):

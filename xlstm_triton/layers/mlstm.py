@@ -18,6 +18,7 @@ State: `mLSTMLayerState` (the cell's (c, n, m) in float32 and the conv's last K-
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Optional
 
@@ -31,7 +32,7 @@ from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNo
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        linear_headwise_many, recompute_cheap, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
-from ..utils import as_dtype, use_kernels
+from ..utils import as_dtype, packed_index, use_kernels
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
@@ -41,7 +42,7 @@ __all__ = ["mlstm_recurrence", "mLSTMCell", "mLSTMLayer", "mLSTMLayerState"]
 def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                      state: Optional[Sequence[torch.Tensor]] = None, *, return_state: bool = False,
                      eps: float = 1e-6, chunk_size: Optional[int] = None, inplace: bool = False,
-                     gate_soft_cap: Optional[float] = None):
+                     gate_soft_cap: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None):
     """The mLSTM cell over a sequence, from `state`: the one dispatch of every layer.
 
     q, k (B, NH, S, DQK), v (B, NH, S, DV), i, f (B, NH, S) gate pre-activations, any strides
@@ -50,11 +51,17 @@ def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     sync), longer sequences `mlstm_chunkwise` (training, prefill); each picks the Triton kernels
     or the PyTorch path itself. `inplace` (no autograd) writes the new state into `state`
     (S == 1: by the step kernel; else copied) and returns it. `gate_soft_cap` caps the gates
-    inside the kernels (cap * tanh(x / cap) of the given i, f).
+    inside the kernels (cap * tanh(x / cap) of the given i, f). `cu_seqlens`: packed sequences
+    along S (B = 1, `mlstm_chunkwise`'s argument; no state in or out).
 
     Returns h (B, NH, S, DV) in q's dtype and, with `return_state`, the new mLSTMState.
     """
     B, NH, S, DQK = q.shape
+    if cu_seqlens is not None:
+        if state is not None or return_state or inplace:
+            raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")
+        return mlstm_chunkwise(q, k, v, i, f, eps=eps, chunk_size=chunk_size, gate_soft_cap=gate_soft_cap,
+                               cu_seqlens=cu_seqlens)
     if S == 1:
         if state is None:
             state = zero_mlstm_state(B, NH, DQK, v.shape[-1], q.device)
@@ -116,11 +123,14 @@ class mLSTMCell(nn.Module):
         device = device if device is not None else self.igate.weight.device
         return zero_mlstm_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
 
-    def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False, normalize: bool = True):
+    def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False, normalize: bool = True,
+                cu_seqlens: Optional[torch.Tensor] = None):
         """q, k, v (B, S, inner); state (c, n, m) or None. Returns h (B, S, inner) and, with
         `return_state`, the new mLSTMState. `normalize=False` leaves out `outnorm`: h is then the
-        recurrence's output as a (B, S, NH, DH) view (for a fused norm downstream)."""
-        out = mlstm_recurrence(*_cell_inputs(self, q, k, v), state, return_state=return_state)
+        recurrence's output as a (B, S, NH, DH) view (for a fused norm downstream).
+        `cu_seqlens`: packed sequences (`mlstm_recurrence`)."""
+        out = mlstm_recurrence(*_cell_inputs(self, q, k, v), state, return_state=return_state,
+                               cu_seqlens=cu_seqlens)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DH) view
         if normalize:
@@ -204,11 +214,15 @@ class mLSTMLayer(nn.Module):
         return mLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,
-                return_state: bool = False):
+                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
         """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new mLSTMLayerState.
-        Training through the kernels recomputes the cheap intermediates (see `recompute`)."""
+        Training through the kernels recomputes the cheap intermediates (see `recompute`).
+        `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state (no
+        state in or out): the conv window and the mLSTM restart at each document."""
         check_layer_input("mLSTMLayer", x, self.config.embedding_dim)
         B = x.shape[0]
+        if cu_seqlens is not None and (state is not None or return_state):
+            raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")
         if state is not None:
             state = self._check_state(state, B)
         xz = self.proj_up(x)
@@ -216,12 +230,12 @@ class mLSTMLayer(nn.Module):
         if (state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled()
                 and self._fused()):
             if torch.compiler.is_compiling():      # the compiler plans the recomputation itself
-                h = recompute_cheap(self._mix, x_m, z)
+                h = recompute_cheap(functools.partial(self._mix, cu_seqlens=cu_seqlens), x_m, z)
             else:
-                h = _RecomputedMix.apply(self, xz, *self._mix_parameters())
+                h = _RecomputedMix.apply(self, xz, cu_seqlens, *self._mix_parameters())
             return self.dropout(self.proj_down(h))
         if not return_state:
-            return self.dropout(self.proj_down(self._mix(x_m, z, state)))
+            return self.dropout(self.proj_down(self._mix(x_m, z, state, cu_seqlens=cu_seqlens)))
         h, cnm, conv_state = self._mix(x_m, z, state, return_state=True)
         return self.dropout(self.proj_down(h)), mLSTMLayerState(*cnm, conv_state)
 
@@ -238,10 +252,10 @@ class mLSTMLayer(nn.Module):
         return [p for p in (module._parameters[name] for module, name in slots)
                 if p is not None and p.requires_grad]
 
-    def _inputs(self, x_m, conv_state=None, return_state=False):
+    def _inputs(self, x_m, conv_state=None, return_state=False, cu_seqlens=None):
         """The cell's inputs from x_m: x_c = SiLU(conv(x_m)) (and the new conv state with
         `return_state`), q, k from x_c, v from x_m, each (B, S, inner)."""
-        out = self.conv1d(x_m, conv_state, return_state=return_state, silu=True)
+        out = self.conv1d(x_m, conv_state, return_state=return_state, silu=True, cu_seqlens=cu_seqlens)
         x_c, conv_state = out if return_state else (out, None)
         q, k = linear_headwise_many(x_c, (self.q_proj, self.k_proj))      # one read of x_c
         v = self.v_proj(x_m)
@@ -253,7 +267,7 @@ class mLSTMLayer(nn.Module):
         bs = self.config.qkv_proj_blocksize
         return self.conv1d.kernel_size >= 1 and bs <= MAX_BLOCK and bs & (bs - 1) == 0
 
-    def _fused_inputs(self, x_m, with_weights=False):
+    def _fused_inputs(self, x_m, with_weights=False, cu_seqlens=None):
         """`_inputs` through the kernels alone, no autograd: x_c, q, k, v (B, S, inner) (q, k
         views of one (2, B, S, inner) buffer) and, `with_weights`, the kernels' weights (conv
         weight, its bias, q and k stacked, v), for `_RecomputedMix`."""
@@ -265,7 +279,7 @@ class mLSTMLayer(nn.Module):
         w_v = as_dtype(self.v_proj.weight[None], dtype)
         b_qk = None if self.q_proj.bias is None else as_dtype(torch.stack([self.q_proj.bias, self.k_proj.bias]), dtype)
         b_v = None if self.v_proj.bias is None else as_dtype(self.v_proj.bias[None], dtype)
-        x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True)
+        x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
         q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
         v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
         return (x_c, q, k, v, (w_conv, b_conv, w_qk, w_v)) if with_weights else (x_c, q, k, v, None)
@@ -280,13 +294,15 @@ class mLSTMLayer(nn.Module):
         return head_norm_gate(h, z, norm.weight_proxy, norm.bias, norm.eps, act="silu",
                               skip=self.learnable_skip, x_skip=x_c)
 
-    def _mix(self, x_m, z, state=None, return_state=False):
+    def _mix(self, x_m, z, state=None, return_state=False, cu_seqlens=None):
         """Everything between the up- and the down-projection: (x_m, z) -> the input of
         proj_down (B, S, inner); with `return_state` also the new cell state and conv state."""
-        x_c, q, k, v, conv_state = self._inputs(x_m, None if state is None else state.conv, return_state)
+        x_c, q, k, v, conv_state = self._inputs(x_m, None if state is None else state.conv, return_state,
+                                                cu_seqlens)
         cell_state = None if state is None else tuple(state[:3])
         fused = use_kernels(x_m)        # outnorm, the skip and the SiLU(z) gate as one kernel each way
-        out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state, normalize=not fused)
+        out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state, normalize=not fused,
+                              cu_seqlens=cu_seqlens)
         h, cnm = out if return_state else (out, None)
         if fused:
             h = self._output(h, z, x_c)
@@ -310,15 +326,16 @@ class _RecomputedMix(torch.autograd.Function):
     dispatch hooks or nested autograd, which in eager cost more host time than the GPU work."""
 
     @staticmethod
-    def forward(ctx, layer, xz, *params):
+    def forward(ctx, layer, xz, cu_seqlens, *params):
         x_m, z = xz.split(layer.inner, dim=-1)
+        seq_start = None if cu_seqlens is None else packed_index(cu_seqlens, xz.shape[1])[0]
         with torch.no_grad():
-            x_c, q, k, v, _ = layer._fused_inputs(x_m)
-            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v))
+            x_c, q, k, v, _ = layer._fused_inputs(x_m, cu_seqlens=cu_seqlens)
+            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v), seq_start=seq_start)
             out, mean, rstd = head_norm_gate_forward(h.transpose(1, 2), z, *layer._norm_args(), act="silu",
                                                      skip=layer.learnable_skip, x_skip=x_c)
         ctx.save_for_backward(xz, h, mean, rstd, *saved[:4])      # row statistics, gate arrays
-        ctx.layer, ctx.saved_rest = layer, saved[4:]
+        ctx.layer, ctx.saved_rest, ctx.cu_seqlens = layer, saved[4:], cu_seqlens
         return out
 
     @staticmethod
@@ -329,7 +346,8 @@ class _RecomputedMix(torch.autograd.Function):
         x_m, z = xz.split(layer.inner, dim=-1)
         B, S, F = x_m.shape
         N = B * S
-        x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = layer._fused_inputs(x_m, with_weights=True)
+        cu_seqlens = ctx.cu_seqlens
+        x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = layer._fused_inputs(x_m, with_weights=True, cu_seqlens=cu_seqlens)
         cell_in = _cell_inputs(cell, q, k, v)
         d_xz = xz.new_empty(xz.shape)
         d_x_m, d_z = d_xz.split(F, dim=-1)
@@ -346,7 +364,7 @@ class _RecomputedMix(torch.autograd.Function):
                                                  accumulate=True)
         _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F))
         _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
-                                                          dx=d_x_m, accumulate=True)
+                                                          cu_seqlens, dx=d_x_m, accumulate=True)
         norm = cell.outnorm
         grads.update({layer.q_proj.weight: d_w_qk[0], layer.k_proj.weight: d_w_qk[1],
                       layer.v_proj.weight: d_w_v[0], conv.conv.weight: d_w_conv[:, None, :],
@@ -357,7 +375,7 @@ class _RecomputedMix(torch.autograd.Function):
             if proj.bias is not None:
                 grads[proj.bias] = d.view(N, F).sum(0, dtype=torch.float32)
         d_params = [as_dtype(grads[p], p.dtype) for p in layer._mix_parameters()]
-        return (None, d_xz, *d_params)
+        return (None, d_xz, None, *d_params)
 
 
 def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):

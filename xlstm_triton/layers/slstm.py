@@ -119,9 +119,11 @@ class sLSTMCell(nn.Module):
                            dtype=torch.float32)
 
     def forward(self, wx: torch.Tensor, state: Optional[torch.Tensor] = None,
-                return_state: bool = False):
+                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
         B, S = wx.shape[:2]
         R, b = self.weights()
+        if cu_seqlens is not None:       # packed sequences (B = 1), each from a zero state
+            return slstm(wx, R, b, cu_seqlens=cu_seqlens)
         if S == 1:
             if state is None:
                 state = self.zero_state(B, wx.device)
@@ -210,11 +212,20 @@ class sLSTMLayer(nn.Module):
         return sLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[sLSTMLayerState] = None,
-                return_state: bool = False):
-        """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new sLSTMLayerState."""
+                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+        """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new sLSTMLayerState.
+        `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state (no
+        state in or out)."""
         E = self.config.embedding_dim
         check_layer_input("sLSTMLayer", x, E)
         B, S, _ = x.shape
+        if cu_seqlens is not None:
+            if state is not None or return_state:
+                raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")
+            x_c = self.conv1d(x, silu=True, cu_seqlens=cu_seqlens) if self.config.conv1d_kernel_size > 0 else x
+            wx = torch.stack([self.fgate(x_c), self.igate(x_c), self.zgate(x), self.ogate(x)], dim=2)
+            h = self.slstm_cell(wx.view(B, S, 4, self.num_heads, self.head_dim), cu_seqlens=cu_seqlens)
+            return self.group_norm(self.dropout(h))
         if state is not None:
             state = self._check_state(state, B)
         conv_state = None if state is None else state.conv

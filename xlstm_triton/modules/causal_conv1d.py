@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..checks import check_cu_seqlens, check_tensor
 from ..launch import cached_launch
-from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_index, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
@@ -157,15 +157,6 @@ def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
-def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: the first step
-    of each step's sequence and the sequence's index, int32 (total,) each. No host sync."""
-    cu = cu_seqlens.to(torch.int32)
-    seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
-                                  cu[1:] - cu[:-1], output_size=total)
-    return cu[:-1][seq.long()], seq
-
-
 def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]):
     if cu_seqlens is None:
         return x, x                     # unread (VARLEN=False)
@@ -224,10 +215,11 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
 
 
 def causal_conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                          silu: bool) -> torch.Tensor:
+                          silu: bool, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The forward kernel from a zero state, no autograd and no checks: x (B, S, F) with unit
-    last stride, weight (F, K) and bias (F,) or None contiguous, in x's dtype."""
-    return _causal_conv1d(x, weight, bias, None, silu, None)
+    last stride, weight (F, K) and bias (F,) or None contiguous, in x's dtype; packed
+    sequences with checked offsets `cu_seqlens`."""
+    return _causal_conv1d(x, weight, bias, None, silu, cu_seqlens)
 
 
 @kernel_op("xlstm_triton::causal_conv1d_bwd")

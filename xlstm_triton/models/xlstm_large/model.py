@@ -28,6 +28,7 @@ from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
 from ..lm_loss import check_labels, next_token_loss
+from ..packed import packed_offsets
 from ..residual import run_residual_stream
 from .checkpoint import read_checkpoint, transformers_weights
 from .config import xLSTMLargeConfig
@@ -61,12 +62,13 @@ class mLSTMLargeBlock(nn.Module):
         return (x, new) if return_state else x
 
     def forward_residual(self, x: torch.Tensor, branch: Optional[torch.Tensor], state: Optional[mLSTMState] = None,
-                         return_state: bool = False, update_state: bool = False):
+                         return_state: bool = False, update_state: bool = False,
+                         cu_seqlens: Optional[torch.Tensor] = None):
         """The block on the residual stream x whose last branch output (the previous block's
         FFN, or None) is not added yet: each add is fused into the norm after it. Returns
         (stream, this block's FFN output, new state or None); `forward` adds the two."""
         h, x = self.norm_mlstm.add_forward(x, branch)
-        out = self.mlstm_layer(h, state, return_state, update_state)
+        out = self.mlstm_layer(h, state, return_state, update_state, cu_seqlens=cu_seqlens)
         y, new = out if return_state else (out, None)
         h, x = self.norm_ffn.add_forward(x, y)
         return x, self.ffn(h), new
@@ -105,12 +107,13 @@ class xLSTMLargeBackbone(nn.Module):
                 for j, (block, s) in enumerate(zip(self.blocks, state))]
 
     def forward(self, x: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
-                update_state: bool = False):
+                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
         states = self.normalize_state(state, x.shape[0])
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. model.zero_state(B))")
+        packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens)
         x, new_states = run_residual_stream(x, self.blocks, states, self.out_norm, return_state=return_state,
-                                            update_state=update_state)
+                                            update_state=update_state, **packed)
         return (x, new_states) if return_state else x
 
 
@@ -202,7 +205,8 @@ class xLSTMLarge(nn.Module):
         return soft_cap(self.lm_head(x).float(), self.config.output_logit_soft_cap)
 
     def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
-                update_state: bool = False, labels: Optional[torch.Tensor] = None):
+                update_state: bool = False, labels: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None):
         """input_ids (B, S) int64 / int32 on the model's device (B may be 0; see the class
         docstring for the checks); state: None (zeros), a sequence (tuple or list) of num_blocks
         (c, n, m) or a dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
@@ -212,22 +216,27 @@ class xLSTMLarge(nn.Module):
         needs no copies (`state = model.zero_state(B)`; `logits = model(tok, state,
         update_state=True)`). With `labels` (B, S) (see `models.lm_loss`: shifted inside, -100
         not counted) it returns the mean next-token loss of the soft-capped logits instead of the
-        logits, computed without materializing them (training)."""
+        logits, computed without materializing them (training).
+
+        Packed documents (training, B = 1, no state): `cu_seqlens` (N + 1,) int offsets of the
+        documents laid end to end in input_ids (1, S), or `position_ids` (1, S) restarting at 0
+        at each document (converted once: one host read); no state or loss term crosses a
+        document boundary (see `models/packed.py`)."""
         return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range,
-                             labels)
+                             labels, packed_offsets(input_ids, cu_seqlens, position_ids, state, return_state))
 
     def _forward(self, input_ids, state, return_state: bool, update_state: bool, name: str, check_range: bool,
-                 labels=None):
+                 labels=None, cu_seqlens=None):
         check_token_ids(input_ids, name, self.config.vocab_size, self.embedding.weight.device, check_range)
         if labels is not None:
             check_labels(labels, input_ids, self.config.vocab_size, check_range)
         x = self.embedding(input_ids)
-        out = self.backbone(x, state, return_state=return_state, update_state=update_state)
+        out = self.backbone(x, state, return_state=return_state, update_state=update_state, cu_seqlens=cu_seqlens)
         x, new = out if return_state else (out, None)
         if labels is None:
             out = self._logits(x)
         else:
-            out = next_token_loss(x, self.lm_head.weight, labels, self.config.output_logit_soft_cap)
+            out = next_token_loss(x, self.lm_head.weight, labels, self.config.output_logit_soft_cap, cu_seqlens)
         return (out, new) if return_state else out
 
     def decode_step(self, tokens: torch.Tensor, state: StateLike, temperature: float = 1.0,

@@ -35,7 +35,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import gate_rows
+from .gates import gate_rows, same_sequence
 
 
 @cached_launch
@@ -123,11 +123,12 @@ def chunkwise_bwd_dstates_kernel(
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dv_kernel(
-    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dv_ptr,
+    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, start_ptr, dv_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
@@ -172,7 +173,7 @@ def chunkwise_bwd_dv_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
-        scores_t = tl.where(t[None, :] >= s[:, None],
+        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
                             scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
                             0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -188,11 +189,12 @@ def chunkwise_bwd_dv_kernel(
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, inv_den_ptr, dz_ptr,
-    dq_ptr, qdq_ptr,
+    start_ptr, dq_ptr, qdq_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
@@ -239,7 +241,7 @@ def chunkwise_bwd_dq_kernel(
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where(s[None, :] <= t[:, None],
+        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN),
                       (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
@@ -258,11 +260,12 @@ def chunkwise_bwd_dq_kernel(
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dk_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, dstates_ptr, dnstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dz_ptr,
-    dk_ptr, kdk_ptr,
+    start_ptr, dk_ptr, kdk_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
@@ -308,7 +311,7 @@ def chunkwise_bwd_dk_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         dz = tl.load(dz_ptr + row_base + t)
-        dS_t = tl.where(t[None, :] >= s[:, None],
+        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
                         (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)
@@ -322,15 +325,24 @@ def chunkwise_bwd_dk_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
 
 
+@triton.jit
+def _suffix_until_end(fa, va, fb, vb):
+    """Scan combine over a flipped row of (sequence end flag, value): b (earlier steps) adds what
+    a (later steps) summed unless b holds a sequence's last step."""
+    return fa | fb, tl.where(fb != 0, vb, va + vb)
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["S", "S_pad"])
-def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr, df_ptr, S, S_pad, ROWS,
+def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_ptr, di_ptr, df_ptr, S, S_pad, ROWS,
                                s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, NKB: tl.constexpr,
-                               BS: tl.constexpr, HAS_EXTRA: tl.constexpr, SOFT_CAP: tl.constexpr):
+                               BS: tl.constexpr, HAS_EXTRA: tl.constexpr, SOFT_CAP: tl.constexpr,
+                               VARLEN: tl.constexpr):
     """Program row: di_s = k_s . dk_s and df_j = sigmoid(-f_j) sum_{t >= j} dF_t (0 where the
     logsigmoid floor clamps), dF_t = q_t . dq_t - k_t . dk_t (+ extra at the last step), from
     the per-DQK-block partial dots (NKB, ROWS, S_pad); suffix sums in float64, walking the row
-    backwards a block at a time. With the soft cap, both times its derivative 1 - (x_cap / cap)^2."""
+    backwards a block at a time. With the soft cap, both times its derivative 1 - (x_cap / cap)^2.
+    VARLEN (packed sequences): the suffix sums stop at each sequence's last step."""
     row = tl.program_id(0).to(tl.int64)
     i_row, f_row = gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH)
     carry = tl.zeros((), dtype=tl.float64)
@@ -346,9 +358,19 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr
             qdq += tl.load(qdq_ptr + off, mask=real, other=0.0)
             kdk += tl.load(kdk_ptr + off, mask=real, other=0.0)
         d_f = qdq.to(tl.float64) - kdk.to(tl.float64)
-        total = tl.sum(d_f, axis=0)
-        d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
-        carry += total
+        if VARLEN:
+            # The last step of each sequence ends the sums: a forward scan over the flipped block
+            # (each element meets the steps after it) with a segmented sum.
+            after = t + 1
+            ends = ((after >= S) | (tl.load(start_ptr + tl.minimum(after, S - 1)) == after)).to(tl.int32)
+            reached, suffix = tl.associative_scan((tl.flip(ends, 0), tl.flip(d_f, 0)), 0, _suffix_until_end)
+            reached, suffix = tl.flip(reached, 0), tl.flip(suffix, 0)
+            d_logf = suffix + tl.where(reached != 0, 0.0, carry)     # sum over s >= t in t's sequence
+            carry = tl.sum(tl.where(tl.arange(0, BS) == 0, d_logf, 0.0), axis=0)
+        else:
+            total = tl.sum(d_f, axis=0)
+            d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
+            carry += total
         fg = tl.load(f_row + t * s_ft, mask=real, other=0.0).to(tl.float64)
         d_ig = kdk
         if SOFT_CAP:
@@ -365,8 +387,11 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, di_ptr
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False, soft_cap=None, out=None):
+                  seq_major=False, soft_cap=None, out=None, seq_start=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
+
+    `seq_start`: packed sequences (B = 1), int32 (S,) each step's sequence's first step, with
+    `gates` made for them (no initial or final state terms then).
 
     `out`: optional (dq, dk, dv) tensors of q's, k's and v's shapes, unit stride in the last dim,
     that the kernels write (e.g. views of one buffer the caller reads next), else fresh ones.
@@ -381,8 +406,9 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     S_pad, NC = gates.padded_len, gates.num_chunks
     dev = q.device
     L, BT = cfg.chunk_size, cfg.tile
-    common = dict(DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages)
+    common = dict(DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=seq_start is not None,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    start = seq_start if seq_start is not None else gates.u2        # unread without VARLEN
     scale = DQK**-0.5
     q_st, k_st, v_st, dh_st = q.stride()[:3], k.stride()[:3], v.stride()[:3], dh.stride()[:3]
 
@@ -391,13 +417,13 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         h, dh, inv_den, zsign, dz, *h.stride()[:3], *dh_st, NH, S, S_pad,
         DV=DV, BT=BT, BV=cfg.block_v, num_warps=cfg.num_warps)
 
-    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start)
     nkb = cdiv(DQK, cfg.block_k_grad)
     dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, dq, qdq,
+        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, start, dq, qdq,
         *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     del states, nstates
@@ -415,14 +441,14 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
-        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, dv,
+        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, start, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
 
     dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, dk, kdk,
+        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, start, dk, kdk,
         *q_st, *k_st, *v_st, *dh_st, *dk.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     del dstates, dnstates
@@ -438,7 +464,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     di = new_empty((B, NH, S), f.dtype, dev)
     df = new_empty((B, NH, S), f.dtype, dev)
     chunkwise_bwd_gates_kernel[(B * NH,)](
-        qdq, kdk, i, f, extra if extra is not None else qdq, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(), NH,
-        1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, next_power_of_2(S))),
-        HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, num_warps=4)
+        qdq, kdk, i, f, extra if extra is not None else qdq, start, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
+        NH, 1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, next_power_of_2(S))),
+        HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
     return dq, dk, dv, di, df, dc0, dn0

@@ -24,19 +24,24 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
+from .gates import same_sequence, segment_first
 
 
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_fwd_states_kernel(
-    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr,
+    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, start_ptr,
     states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
     s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
     NH, S, S_pad, NC,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_C0: tl.constexpr, HAS_N0: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
 ):
+    """C_{c+1} = decay_c C_c + sum_s w_s k_s v_s^T (and n). VARLEN (packed sequences): C_{c+1}
+    holds the sequence of the chunk's last step only, selected (rows of other sequences and
+    the old state are left out, not multiplied by a zero weight: a NaN in one sequence stays
+    there); empty where the next chunk starts a sequence."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -61,11 +66,21 @@ def chunkwise_fwd_states_kernel(
         tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
         tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
         decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        C = C * decay
-        n = n * decay
+        if VARLEN:
+            seq_last = segment_first(start_ptr, c * L + L - 1, S, VARLEN)
+            nxt = c * L + L
+            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
+            keep = tl.where(whole, seq_last < c * L, False)     # (where: the interpreter's scalar masks)
+            C = tl.where(keep, C * decay, 0.0)
+            n = tl.where(keep, n * decay, 0.0)
+        else:
+            C = C * decay
+            n = n * decay
         for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
             t = c * L + tt * BT + tl.arange(0, BT)
             mask_t = t < S
+            if VARLEN:
+                mask_t = tl.where(whole, mask_t & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
             k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
                         mask=mask_t[:, None] & mask_k[None, :], other=0.0)
             v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
@@ -84,12 +99,13 @@ def chunkwise_fwd_states_kernel(
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_fwd_output_kernel(
-    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr,
+    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr, start_ptr,
     h_ptr, inv_den_ptr, zsign_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_hb, s_hh, s_ht,
     NH, S, S_pad, NC, scale, eps,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // NH, bh % NH
@@ -121,8 +137,13 @@ def chunkwise_fwd_output_kernel(
         n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
         num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
-    num = num * g[:, None]
-    nq = nq * g
+    if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
+        carried = segment_first(start_ptr, t, S, VARLEN) <= chunk * L
+        num = tl.where(carried[:, None], num * g[:, None], 0.0)
+        nq = tl.where(carried, nq * g, 0.0)
+    else:
+        num = num * g[:, None]
+        nq = nq * g
 
     # Contributions inside the chunk, key tile by key tile up to the diagonal. Causality holds
     # for every value, finite or not: later keys are selected out (a zero weight times a NaN or
@@ -142,7 +163,7 @@ def chunkwise_fwd_output_kernel(
                         mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
             scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        causal = s[None, :] <= t[:, None]
+        causal = (s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN)
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
@@ -168,7 +189,7 @@ def chunkwise_fwd_output_kernel(
     tl.store(zsign_ptr + row_base + t, zsign, mask=first_v)
 
 
-def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg):
+def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None):
     """States at the start of every chunk and the final state.
 
     k: (B, NH, S, DQK), v: (B, NH, S, DV), any strides with unit stride in the last dim.
@@ -184,20 +205,21 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg):
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
     grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH)
     chunkwise_fwd_states_kernel[grid](
-        k, v, gates.w, gates.decay, c_initial, n_initial,
+        k, v, gates.w, gates.decay, c_initial, n_initial, seq_start if seq_start is not None else gates.w,
         states, nstates, c_last, n_last,
         *k.stride()[:3], *v.stride()[:3],
         NH, S, gates.padded_len, NC,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_C0=c_initial is not None, HAS_N0=n_initial is not None, DOT_DTYPE=cfg.dot_dtype,
-        PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
+        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
     )
     return states, nstates, c_last, n_last
 
 
-def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False):
+def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False, seq_start=None):
     """Outputs h (B, NH, S, DV) in q's dtype (laid out as (B, S, NH, DV) if `seq_major`), and
-    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32."""
+    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32. `seq_start`
+    (int32 (S,), packed sequences): keys of other sequences in a chunk are masked out."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     S_pad = gates.padded_len
@@ -207,11 +229,11 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     grid = (cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
     chunkwise_fwd_output_kernel[grid](
         q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m,
-        h, inv_den, zsign,
+        seq_start if seq_start is not None else gates.m, h, inv_den, zsign,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *h.stride()[:3],
         NH, S, S_pad, gates.num_chunks, DQK**-0.5, eps,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, BV=cfg.block_v,
-        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages_output,
     )
     return h, inv_den, zsign

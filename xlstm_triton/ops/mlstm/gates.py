@@ -86,11 +86,15 @@ class ChunkGates:
 
 
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
-                    chunk_size: int, soft_cap: float | None = None) -> ChunkGates:
+                    chunk_size: int, soft_cap: float | None = None,
+                    seq_start: torch.Tensor | None = None) -> ChunkGates:
     """i, f: (B, NH, S) gate pre-activations, any strides; m_initial: (B, NH, 1) or None
-    (zeros); soft_cap: the gates are cap * tanh(x / cap) of i and f if given."""
+    (zeros); soft_cap: the gates are cap * tanh(x / cap) of i and f if given. seq_start:
+    packed sequences (B = 1): int32 (S,), each step's sequence's first step (the kernels only)."""
     if use_triton(i) and i.numel() > 0:
-        return chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap)
+        return chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap, seq_start)
+    if seq_start is not None:
+        raise ValueError("chunkwise_gates: packed sequences (seq_start) run on the Triton kernels only")
     return chunkwise_gates_torch(i, f, m_initial, chunk_size, soft_cap)
 
 
@@ -117,18 +121,58 @@ def _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH
     logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))      # logsigmoid
     logf = tl.where(real, maximum_nan(logf, -1000.0), 0.0)              # -1000.0 = LOGF_FLOOR
     b = tl.cumsum(logf, axis=0)                          # chunk-local F_t - F_{cL-1}
-    return pos, ig, b
+    return pos, ig, logf, b
+
+
+@triton.jit
+def segment_first(start_ptr, pos, S, VARLEN: tl.constexpr):
+    """The first step of each position's packed sequence (VARLEN; positions past S belong to
+    the last one), else 0: the sequence is the whole row."""
+    if VARLEN:
+        return tl.load(start_ptr + tl.minimum(pos, S - 1))
+    else:
+        return pos * 0
+
+
+@triton.jit
+def same_sequence(start_ptr, rows, cols, S, VARLEN: tl.constexpr):
+    """(len(rows), len(cols)) mask: the two steps are in one packed sequence (all True without
+    VARLEN). The kernels' intra-chunk weights are selected by it."""
+    if VARLEN:
+        a = tl.load(start_ptr + tl.minimum(rows, S - 1))
+        b = tl.load(start_ptr + tl.minimum(cols, S - 1))
+        return a[:, None] == b[None, :]
+    else:
+        return (rows[:, None] >= 0) & (cols[None, :] >= 0)
+
+
+@triton.jit
+def _segmented_sum(fa, va, fb, vb):
+    """Scan combine of (restart flag, value): a sum that restarts where the flag is set."""
+    return fa | fb, tl.where(fb != 0, vb, va + vb)
+
+
+@triton.jit
+def _segmented_max(fa, va, fb, vb):
+    return fa | fb, tl.where(fb != 0, vb, maximum_nan(va, vb))
 
 
 @cached_launch
 @triton.jit
-def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh,
-                              s_ft, NH, cap, L: tl.constexpr, SOFT_CAP: tl.constexpr):
-    """Program (c, row): b_end = b at the chunk's last step, lmax = max_t (i_t - b_t)."""
+def chunk_gate_summary_kernel(i_ptr, f_ptr, start_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb,
+                              s_fh, s_ft, NH, cap, L: tl.constexpr, SOFT_CAP: tl.constexpr,
+                              VARLEN: tl.constexpr):
+    """Program (c, row): b_end = b at the chunk's last step, lmax = max_t (i_t - b_t), both
+    over the chunk's last packed sequence only (VARLEN: from its first step in the chunk on),
+    the part later chunks of that sequence build on."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64) + row0
-    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
-                              L, SOFT_CAP)
+    pos, ig, logf, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
+                                    L, SOFT_CAP)
+    if VARLEN:
+        tail = pos >= tl.load(start_ptr + tl.minimum(c * L + L - 1, S - 1))
+        b = tl.cumsum(tl.where(tail, logf, 0.0), axis=0)
+        ig = tl.where(tail, ig, float("-inf"))
     b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
     lmax = tl.reduce(ig - b, 0, maximum_nan)
     tl.store(b_end_ptr + row * NC + c, b_end)
@@ -137,16 +181,30 @@ def chunk_gate_summary_kernel(i_ptr, f_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_
 
 @cached_launch
 @triton.jit
-def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
+def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
                            decay_ptr, m_last_ptr, S, S_pad, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH,
                            cap, L: tl.constexpr, BLOCK: tl.constexpr, HAS_M0: tl.constexpr,
-                           SOFT_CAP: tl.constexpr):
-    """Program (c, row): the outputs of chunk c, from the summaries of chunks 0..c."""
+                           SOFT_CAP: tl.constexpr, VARLEN: tl.constexpr):
+    """Program (c, row): the outputs of chunk c, from the summaries of chunks 0..c.
+
+    VARLEN (packed sequences, `start_ptr`: each step's first step): everything restarts at each
+    sequence's first step, from m_0 = 0. The prefixes run over the chunks of the sequence of the
+    chunk's first step (for the chunk's start) and of its last step (for the next chunk's), on
+    the summaries of each chunk's last sequence; g is 0 for steps of sequences that start inside
+    the chunk (their state is not C_c), w is 0 for steps not in the sequence of C_{c+1}, decay
+    is 0 where C_{c+1} is not C_c's sequence. Pairs of steps of different sequences inside a
+    chunk get weights from u2, r2 that the kernels select out (`same_sequence`)."""
     c = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64) + row0
     m0 = tl.zeros((), dtype=tl.float64)
     if HAS_M0:
         m0 = tl.load(m0_ptr + row).to(tl.float64)
+    first = c * L
+    last = first + L - 1
+    seq_first = segment_first(start_ptr, first, S, VARLEN)         # the chunk's first step's sequence
+    seq_last = segment_first(start_ptr, last, S, VARLEN)           # and its last step's
+    c0 = seq_first // L                  # the prefixes cover chunks c0 .. c - 1 and c0_next .. c
+    c0_next = seq_last // L
     # Prefixes over the earlier chunks, for k = c (f_prev, run_max) and k = c + 1 (f_next,
     # run_next): F_{kL-1} = sum_{c' < k} b_end_{c'} and max_{s < kL} (i_s - F_s) =
     # max_{c' < k} (lmax_{c'} - F_{c'L-1}). Masked, so a NaN in chunk c' >= k stays out of the
@@ -157,37 +215,53 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2
     f_next = tl.zeros((), dtype=tl.float64)
     run_max = tl.full((), float("-inf"), tl.float64)
     run_next = tl.full((), float("-inf"), tl.float64)
-    carry = tl.zeros((), dtype=tl.float64)               # sum of b_end over the earlier blocks
     for start in range(0, c + 1, BLOCK):
         idx = start + tl.arange(0, BLOCK)
-        upto = idx <= c
-        b_end_k = tl.load(b_end_ptr + row * NC + idx, mask=upto, other=0.0)
-        lmax_k = tl.load(lmax_ptr + row * NC + idx, mask=upto, other=float("-inf"))
-        incl = carry + tl.cumsum(b_end_k, axis=0)        # F at the end of chunk idx
-        shifted = lmax_k - (incl - b_end_k)              # max_t (i_t - F_t) over chunk idx
-        before = idx < c
-        f_prev += tl.sum(tl.where(before, b_end_k, 0.0), axis=0)
-        f_next += tl.sum(b_end_k, axis=0)
+        upto = (idx <= c) & (idx >= c0_next)
+        before = (idx < c) & (idx >= c0)
+        b_end_k = tl.load(b_end_ptr + row * NC + idx, mask=idx <= c, other=0.0)
+        lmax_k = tl.load(lmax_ptr + row * NC + idx, mask=idx <= c, other=float("-inf"))
+        be = tl.where(before, b_end_k, 0.0)
+        shifted = lmax_k - (f_prev + tl.cumsum(be, axis=0) - be)      # max_t (i_t - F_t) over chunk idx
         run_max = maximum_nan(run_max, tl.reduce(tl.where(before, shifted, float("-inf")), 0, maximum_nan))
-        run_next = maximum_nan(run_next, tl.reduce(shifted, 0, maximum_nan))
-        carry = f_next
+        f_prev += tl.sum(be, axis=0)
+        be = tl.where(upto, b_end_k, 0.0)
+        shifted = lmax_k - (f_next + tl.cumsum(be, axis=0) - be)
+        run_next = maximum_nan(run_next, tl.reduce(tl.where(upto, shifted, float("-inf")), 0, maximum_nan))
+        f_next += tl.sum(be, axis=0)
     mc = f_prev + maximum_nan(m0, run_max)               # stabilizer at the chunk start (m0 for c = 0)
     mc_next = f_next + maximum_nan(m0, run_next)         # = m at the chunk's last step
 
-    pos, ig, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
-                              L, SOFT_CAP)
+    pos, ig, logf, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
+                                    L, SOFT_CAP)
     log2e = 1.4426950408889634
-    cum = f_prev + b
-    run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
+    if VARLEN:
+        seq = segment_first(start_ptr, pos, S, VARLEN)
+        carried = seq <= first                           # in the sequence of C_c (started before)
+        restart = ((seq == pos) & (pos > first)).to(tl.int32)
+        _, b = tl.associative_scan((restart, logf), 0, _segmented_sum)     # b restarts with each sequence
+        cum = tl.where(carried, f_prev + b, b)
+        _, run = tl.associative_scan((restart, ig - cum), 0, _segmented_max)
+        run = tl.where(carried, maximum_nan(run, run_max), run)
+        nxt = last + 1
+        whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not started empty
+        feeds = tl.where(whole, seq == seq_last, False)    # the steps that enter C_{c+1}
+        keeps = tl.where(whole, seq_last <= first, False)  # C_c carried into C_{c+1}
+    else:
+        cum = f_prev + b
+        run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
+        carried = pos >= 0
+        feeds = pos >= 0
+        keeps = c >= 0
     m = cum + maximum_nan(m0, run)
     b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
     out = row * S_pad + pos
     tl.store(u2_ptr + out, ((b - m) * log2e).to(tl.float32))
     tl.store(r2_ptr + out, ((ig - b) * log2e).to(tl.float32))
-    tl.store(g_ptr + out, tl.exp(b + mc - m).to(tl.float32))
-    tl.store(w_ptr + out, tl.exp(b_end - b + ig - mc_next).to(tl.float32))
+    tl.store(g_ptr + out, tl.where(carried, tl.exp(b + mc - m), 0.0).to(tl.float32))
+    tl.store(w_ptr + out, tl.where(feeds, tl.exp(b_end - b + ig - mc_next), 0.0).to(tl.float32))
     tl.store(m_ptr + out, m.to(tl.float32))
-    tl.store(decay_ptr + row * NC + c, tl.exp(b_end + mc - mc_next).to(tl.float32))
+    tl.store(decay_ptr + row * NC + c, tl.where(keeps, tl.exp(b_end + mc - mc_next), 0.0).to(tl.float32))
     if c == NC - 1:
         tl.store(m_last_ptr + row, mc_next)
 
@@ -196,7 +270,7 @@ MAX_GRID_Y = 65535          # CUDA's limit on grid dimension 1: rows are launche
 SUMMARY_BLOCK = 1024        # chunk summaries a program of chunkwise_gates_kernel loads at a time
 
 
-def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkGates:
+def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None, seq_start=None) -> ChunkGates:
     B, NH, S = i.shape
     L = chunk_size
     NC = -(-S // L)
@@ -213,11 +287,12 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None) -> ChunkG
     block = min(max(next_power_of_2(NC), 16), SUMMARY_BLOCK)
     for row0 in range(0, rows, MAX_GRID_Y):
         grid = (NC, min(rows - row0, MAX_GRID_Y))
-        chunk_gate_summary_kernel[grid](i, f, b_end, lmax, S, NC, row0, *gate_args, L=L,
-                                        SOFT_CAP=soft_cap is not None, num_warps=4)
-        chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, b_end, lmax, *step, decay, m_last,
+        start = seq_start if seq_start is not None else i
+        chunk_gate_summary_kernel[grid](i, f, start, b_end, lmax, S, NC, row0, *gate_args, L=L,
+                                        SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
+        chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, start, b_end, lmax, *step, decay, m_last,
                                      S, S_pad, NC, row0, *gate_args, L=L, BLOCK=block, HAS_M0=m0 is not None,
-                                     SOFT_CAP=soft_cap is not None, num_warps=4)
+                                     SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
     u2, r2, g, w, m = step
     return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad,
                       steps=steps)

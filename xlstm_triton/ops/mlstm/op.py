@@ -18,7 +18,8 @@ import torch
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_cu_seqlens, check_tensor
-from ...utils import is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, soft_cap, triton_interpret, use_kernels
+from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_index, soft_cap,
+                      triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import ChunkGates, chunkwise_gates
@@ -111,21 +112,23 @@ def _config(q, v, chunk_size):
 def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor,
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
-                         eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float]
+                         eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float],
+                         seq_start: Optional[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """h, the final state (c, n, m), and what the backward reads: the row statistics inv_den,
     zsign and the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
-    of recomputed)."""
+    of recomputed). `seq_start`: packed sequences (`packed_index`), zero initial states; the
+    final state is then meaningless (not returned by `mlstm_chunkwise`)."""
     cfg = _config(q, v, chunk_size)
-    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap)
-    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg)
-    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap, seq_start)
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start)
+    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major, seq_start)
     return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack())
 
 
 @_mlstm_chunkwise_fwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, seq_start):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = -(-S // chunk_size)
@@ -144,7 +147,7 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          gate_steps: torch.Tensor, gate_decay: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
                          dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool,
-                         gate_soft_cap: Optional[float]
+                         gate_soft_cap: Optional[float], seq_start: Optional[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
@@ -154,12 +157,12 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
     dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
     return chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
-                         inv_den, zsign, cfg, seq_major, gate_soft_cap)
+                         inv_den, zsign, cfg, seq_major, gate_soft_cap, seq_start=seq_start)
 
 
 @_mlstm_chunkwise_bwd.register_fake
 def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
-      dn_last, chunk_size, seq_major, gate_soft_cap):
+      dn_last, chunk_size, seq_major, gate_soft_cap, seq_start):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -173,25 +176,27 @@ def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_d
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
-    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap = inputs
+    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, seq_start = inputs
     h, _, _, _, inv_den, zsign, gate_steps, gate_decay = output
-    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay)
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, seq_start)
     ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
 
 def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay):
-    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay = ctx.saved_tensors
+    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, seq_start = ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(h)
+    if seq_start is not None:
+        dc_last = dn_last = None             # packed sequences: no final state is returned
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
         q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
-        dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap)
+        dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap, seq_start)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
     dn0 = None if n_dtype is None else dn0.to(n_dtype)
-    return dq, dk, dv, di, df, dc0, dn0, None, None, None, None, None
+    return dq, dk, dv, di, df, dc0, dn0, None, None, None, None, None, None
 
 
 _mlstm_chunkwise_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -305,6 +310,13 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     gate_soft_cap = check_soft_cap(gate_soft_cap)
     if cu_seqlens is not None:
+        if (triton_path and not return_last_states and c_initial is None and n_initial is None
+                and m_initial is None):
+            # One launch set for all sequences: the kernels restart at each sequence's first step.
+            q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+            seq_start = packed_index(cu_seqlens.to(q.device), S)[0]
+            return _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size, is_seq_major(q),
+                                        gate_soft_cap, seq_start)[0]
         return _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps,
                              chunk_size, gate_soft_cap, cu_seqlens)
 
@@ -319,7 +331,7 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     # Inputs laid out as (B, S, NH, D) (the layers' views of their projections) get h and the
     # gradients of q, k, v in that layout too: no copies on either side of the op.
     h, c, n, m, *_ = _mlstm_chunkwise_fwd(q, k, v, i, f, c_initial, n_initial, m_initial,
-                                            float(eps), chunk_size, is_seq_major(q), gate_soft_cap)
+                                            float(eps), chunk_size, is_seq_major(q), gate_soft_cap, None)
     return (h, (c, n, m)) if return_last_states else h
 
 
@@ -349,17 +361,18 @@ def _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_st
     return h, tuple(torch.cat(parts, dim=0) for parts in zip(*last))
 
 
-def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None):
+def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, seq_start=None):
     """The kernels' forward alone, for a layer that recomputes q, k, v, i, f in its backward
     instead of keeping them (it owns the autograd): no autograd, Triton path only, zero
-    initial state. Same arguments as `mlstm_chunkwise`. Returns h and `saved`, what
-    `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the chunk
-    size and the layout)."""
+    initial state. Same arguments as `mlstm_chunkwise`; packed sequences as `seq_start` (S,)
+    int32, each step's sequence's first step (`utils.packed_index`). Returns h and `saved`,
+    what `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the
+    chunk size, the layout and seq_start)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
     seq_major = is_seq_major(q)
     h, _, _, _, *saved = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
-                                              seq_major, None)
-    return h, (*saved, chunk_size, seq_major)
+                                              seq_major, None, seq_start)
+    return h, (*saved, chunk_size, seq_major, seq_start)
 
 
 def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
@@ -367,13 +380,12 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
     i, f as they were in the forward (recomputed), h and saved from it. No autograd (the
     kernels, not the custom op): `out`, optional (dq, dk, dv) tensors (q's, k's, v's shapes,
     unit last stride) to write the gradients into."""
-    *kept, chunk_size, seq_major = saved
-    inv_den, zsign, gate_steps, gate_decay = kept
+    inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, seq_start = saved
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     return chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None,
                          ChunkGates.unpack(gate_steps, gate_decay), inv_den, zsign,
-                         _config(q, v, chunk_size), seq_major, None, out)[:5]
+                         _config(q, v, chunk_size), seq_major, None, out, seq_start)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):

@@ -1,0 +1,94 @@
+"""Packed documents through whole models: a packed row (cu_seqlens or position_ids) gives the
+same logits, loss and parameter gradients as the documents run one by one (paper LM with an
+sLSTM block, and xLSTMLarge), through the kernels and the PyTorch path; bad offsets raise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.helpers import TOL, V, assert_close, small_lm, weighted_sum_loss
+from tests.models.large_helpers import randomize_, tiny_config
+from xlstm_triton.models import xLSTMLarge
+
+LENGTHS = [5, 1, 19, 16, 3]          # around the chunk of 16, a single token
+
+
+def _models(device):
+    paper = small_lm(slstm_at=(1,), num_blocks=3, device=device).train()
+    large = randomize_(xLSTMLarge(tiny_config()), seed=4, gate_scale=1.0).to(device).train()
+    return {"paper": paper, "large": large}
+
+
+def _vocab(model):
+    return model.config.vocab_size
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["paper", "large"])
+@pytest.mark.parametrize("offsets", ["cu_seqlens", "position_ids"])
+def test_packed_row_equals_documents_one_by_one(family, offsets, path, device):
+    model = _models(device)[family]
+    torch.manual_seed(1)
+    S = sum(LENGTHS)
+    idx = torch.randint(0, _vocab(model), (1, S), device=device)
+    cu = torch.tensor([0] + LENGTHS, device=device).cumsum(0)
+    if offsets == "cu_seqlens":
+        packed = dict(cu_seqlens=cu)
+    else:
+        packed = dict(position_ids=torch.cat([torch.arange(n, device=device) for n in LENGTHS])[None])
+    model.zero_grad()
+    logits = model(idx, **packed)
+    weighted_sum_loss([logits], torch.Generator().manual_seed(3)).backward()
+    grads = _grads(model)
+    model.zero_grad()
+    alone = torch.cat([model(idx[:, a:b]) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], dim=1)
+    weighted_sum_loss([alone], torch.Generator().manual_seed(3)).backward()
+    fwd, bwd = TOL[torch.float32]
+    assert_close(logits, alone, fwd, "logits")
+    assert grads.keys() == _grads(model).keys() and grads
+    for name, g in _grads(model).items():
+        assert_close(grads[name], g, bwd, f"d {name}")
+
+
+@pytest.mark.parametrize("family", ["paper", "large"])
+def test_packed_loss_scores_no_token_across_documents(family, path, device):
+    """model(idx, labels, cu_seqlens): the mean over the documents' own next-token pairs (a
+    document's last position predicts nothing)."""
+    model = _models(device)[family].eval()
+    torch.manual_seed(2)
+    S = sum(LENGTHS)
+    idx = torch.randint(0, _vocab(model), (1, S), device=device)
+    cu = torch.tensor([0] + LENGTHS, device=device).cumsum(0)
+    with torch.no_grad():
+        loss = model(idx, labels=idx, cu_seqlens=cu)
+        terms = []
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            logits = model(idx[:, a:b]).float()        # xLSTMLarge's logits are soft-capped already
+            terms.append(F.cross_entropy(logits[0, :-1], idx[0, a + 1:b], reduction="none"))
+        ref = torch.cat(terms).mean()
+    assert_close(loss, ref, TOL[torch.float32][0], "loss")
+
+
+def test_packed_errors(device):
+    model = _models(device)["large"]
+    idx = torch.zeros(1, 10, dtype=torch.long, device=device)
+    cu = torch.tensor([0, 4, 10], device=device)
+    with pytest.raises(ValueError, match="cu_seqlens: expected offsets from 0 to the packed length 10"):
+        model(idx, cu_seqlens=torch.tensor([0, 4, 9], device=device))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        model(idx, cu_seqlens=torch.tensor([0, 6, 4, 10], device=device))
+    with pytest.raises(ValueError, match="batch of 1"):
+        model(torch.zeros(2, 10, dtype=torch.long, device=device), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="not both"):
+        model(idx, cu_seqlens=cu, position_ids=torch.zeros(1, 10, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="zero states"):
+        model(idx, cu_seqlens=cu, return_state=True)
+    with pytest.raises(ValueError, match="position_ids: packed documents start at position 0"):
+        model(idx, position_ids=torch.ones(1, 10, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="cu_seqlens: expected dtype int32 or int64"):
+        model(idx, cu_seqlens=torch.tensor([0.0, 10.0], device=device))
