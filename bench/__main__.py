@@ -7,6 +7,7 @@
     python -m bench decode                                # per-token latency and memory vs context
     python -m bench model                                 # LM training tokens/s and memory vs context
     python -m bench large                                 # xLSTM-7B shape: prefill tokens/s, decode ms/token
+    python -m bench packed                                # packed documents vs padding vs fixed rows
     python -m bench plot bench/results/mlstm.csv          # CSV -> PNG figures in docs/figures/
 
 Results are appended to bench/results/<suite>.csv (with --quick: to the system's temporary

@@ -114,7 +114,9 @@ def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str =
     checked for `total` steps: the layers a model passes them to skip the values' host read (one
     GPU sync per layer otherwise)."""
     check_cu_seqlens(cu_seqlens, total, 1, device, name)
-    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    if cu_seqlens.device.type == "cpu" and torch.device(device).type == "cuda":
+        cu_seqlens = cu_seqlens.to(torch.int32).pin_memory()     # copied without waiting for the GPU
+    cu = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True)
     if cu is cu_seqlens:
         cu = cu.view(cu.shape)          # mark a view, not the caller's tensor
     if not torch.compiler.is_compiling():

@@ -223,3 +223,19 @@ def test_existing_plots_still_work(tmp_path):
     figs = plot_csv(REPO / "bench" / "results" / "mlstm.csv", tmp_path)
     assert {f.name for f in figs} >= {"mlstm_7B.png"}
     assert all(f.read_bytes()[:4] == PNG_MAGIC for f in figs)
+
+
+def test_packed_quick_cases_and_providers():
+    """`bench packed`: the document mix fills its tokens exactly within the clip bounds, and
+    both providers measure every layout (CPU: the ops' PyTorch paths)."""
+    from bench.suites import packed as suite_packed
+    lengths = suite_packed.document_lengths()
+    assert sum(lengths) == suite_packed.TOKENS
+    assert all(n <= suite_packed.HI for n in lengths) and all(n >= suite_packed.LO for n in lengths[:-1])
+    cases = suite_packed.cases(quick=True)
+    rows = _run(suite_packed, ["mlstm_op", "xlstm_large"], cases)
+    for provider in ("mlstm_op", "xlstm_large"):
+        got = _ok(rows, provider)
+        assert sorted(r["case"]["layout"] for r in got) == sorted(suite_packed.LAYOUTS)
+        for r in got:
+            assert r["columns"]["tokens_per_s"] > 0
