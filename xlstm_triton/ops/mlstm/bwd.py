@@ -35,7 +35,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import gate_rows, same_sequence
+from .gates import carries, gate_rows, same_sequence
 
 
 @cached_launch
@@ -67,15 +67,21 @@ def chunkwise_bwd_dz_kernel(
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC"])
 def chunkwise_bwd_dstates_kernel(
-    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr,
+    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, start_ptr,
     dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
     s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_DC_LAST: tl.constexpr, HAS_DN_LAST: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
 ):
+    """dC_c = decay_c dC_{c+1} + sum_{t in c} g_t q^_t dO_t^T, from the last chunk down; VARLEN
+    (packed sequences): one program per segment of chunks between restarts of the forward
+    recurrence (`carries`), as in the forward (programs (k block, v block, head * NC + chunk))."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if VARLEN:
+        c_top = bh % NC
+        bh = bh // NC
     b, hd = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -94,30 +100,67 @@ def chunkwise_bwd_dstates_kernel(
     if HAS_DN_LAST:
         dn = tl.load(dn_last_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
 
-    for cc in range(NC):
-        c = NC - 1 - cc
-        chunk = bh.to(tl.int64) * NC + c
-        # dstates[c] is the gradient of C_{c+1}, the state at the end of chunk c.
-        tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
-        tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
-        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        dC = dC * decay
-        dn = dn * decay
-        for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
-            t = c * L + tt * BT + tl.arange(0, BT)
-            mask_t = t < S
-            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-            gq = tl.load(g_ptr + row_base + t) * scale
-            coef = gq * tl.load(inv_den_ptr + row_base + t)          # dO_t = dh_t / den_t
-            dhw = (dh.to(tl.float32) * coef[:, None]).to(DOT_DTYPE)    # scale dh, not q (as in fwd)
-            dC = tl.dot(tl.trans(q.to(DOT_DTYPE)), dhw, acc=dC, input_precision=PRECISION)
-            dn += tl.sum(q.to(tl.float32) * (gq * tl.load(dz_ptr + row_base + t))[:, None], axis=0)
+    if VARLEN:
+        # Chunk c's step ignores the gradient coming from above where C_{c+1} does not carry C_c:
+        # the program of such a chunk (or of the last one) walks down from it while the chunks
+        # below carry.
+        c = c_top
+        go = (c_top == NC - 1) | (carries(start_ptr, c_top, S, L) == 0)
+        top = bh.to(tl.int64) * NC + NC - 1
+        tl.store(dstates_ptr + top * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                 mask=tl.where(c_top == NC - 1, mask_kv, False))
+        tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
+        while go:
+            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+            keep = carries(start_ptr, c, S, L)
+            dC = tl.where(keep, dC * decay, 0.0)
+            dn = tl.where(keep, dn * decay, 0.0)
+            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
+                                    offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+            below = bh.to(tl.int64) * NC + tl.maximum(c - 1, 0)     # dstates[c - 1]: the gradient of C_c
+            tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                     mask=tl.where(c > 0, mask_kv, False))
+            tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
+            tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(c == 0, mask_kv, False))
+            tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(c == 0, mask_k & first_v, False))
+            c -= 1
+            go = tl.where(c >= 0, carries(start_ptr, tl.maximum(c, 0), S, L) != 0, False)
+    else:
+        for cc in range(NC):
+            c = NC - 1 - cc
+            chunk = bh.to(tl.int64) * NC + c
+            # dstates[c] is the gradient of C_{c+1}, the state at the end of chunk c.
+            tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
+            tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
+            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+            dC = dC * decay
+            dn = dn * decay
+            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
+                                    offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+        tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
+        tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
 
-    tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
-    tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
+
+@triton.jit
+def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k, offs_v, mask_k, mask_v,
+                   s_qt, s_dt, S, scale, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """dC, dn plus chunk c's terms sum_t g_t q^_t dO_t^T and sum_t g_t q^_t dz_t."""
+    for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
+        t = c * L + tt * BT + tl.arange(0, BT)
+        mask_t = t < S
+        q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                     mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        gq = tl.load(g_ptr + row_base + t) * scale
+        coef = gq * tl.load(inv_den_ptr + row_base + t)          # dO_t = dh_t / den_t
+        dhw = (dh.to(tl.float32) * coef[:, None]).to(DOT_DTYPE)    # scale dh, not q (as in fwd)
+        dC = tl.dot(tl.trans(q.to(DOT_DTYPE)), dhw, acc=dC, input_precision=PRECISION)
+        dn += tl.sum(q.to(tl.float32) * (gq * tl.load(dz_ptr + row_base + t))[:, None], axis=0)
+    return dC, dn
+
+
 
 
 @cached_launch
@@ -432,12 +475,14 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
     dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
     dn0 = new_empty((B, NH, DQK), torch.float32, dev)
-    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH)](
-        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, dstates, dnstates, dc0, dn0,
+    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states),
+                                  B * NH * (NC if seq_start is not None else 1))](
+        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, start, dstates, dnstates, dc0, dn0,
         *q_st, *dh_st, NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
-        PRECISION=cfg.precision, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states)
+        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states,
+        num_stages=cfg.num_stages_states)
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](

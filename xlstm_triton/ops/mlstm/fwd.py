@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
-from .gates import same_sequence, segment_first
+from .gates import carries, same_sequence, segment_first
 
 
 @cached_launch
@@ -43,6 +43,9 @@ def chunkwise_fwd_states_kernel(
     the old state are left out, not multiplied by a zero weight: a NaN in one sequence stays
     there); empty where the next chunk starts a sequence."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if VARLEN:          # programs (k block, v block, head * NC + chunk): one segment each (below)
+        c0 = bh % NC
+        bh = bh // NC
     b, h = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -61,39 +64,68 @@ def chunkwise_fwd_states_kernel(
     if HAS_N0:
         n = tl.load(n0_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
 
-    for c in range(NC):
-        chunk = bh.to(tl.int64) * NC + c
-        tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
-        tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
-        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        if VARLEN:
-            seq_last = segment_first(start_ptr, c * L + L - 1, S, VARLEN)
+    if VARLEN:
+        # The recurrence restarts wherever a chunk's state does not carry into the next one
+        # (`carries`), so each run of chunks between restarts is independent: the program of a
+        # chunk that begins such a segment (chunk 0, or one whose predecessor does not carry)
+        # walks it; the other programs have nothing to do. A packed row of many documents is
+        # then as parallel as a batch of them.
+        c = c0
+        go = (c0 == 0) | (carries(start_ptr, tl.maximum(c0 - 1, 0), S, L) == 0)
+        tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                 mask=tl.where(c0 == 0, mask_kv, False))
+        tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
+        while go:
+            keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
             nxt = c * L + L
-            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
-            keep = tl.where(whole, seq_last < c * L, False)     # (where: the interpreter's scalar masks)
-            C = tl.where(keep, C * decay, 0.0)
+            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not empty
+            seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
+            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+            C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
             n = tl.where(keep, n * decay, 0.0)
-        else:
+            for tt in tl.static_range(L // BT):
+                t = c * L + tt * BT + tl.arange(0, BT)
+                mask_t = tl.where(whole, (t < S) & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
+                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                w = tl.load(w_ptr + row_base + t)
+                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
+            c += 1
+            chunk = bh.to(tl.int64) * NC + c
+            more = c < NC
+            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=tl.where(more, mask_kv, False))
+            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
+            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(c == NC, mask_kv, False))
+            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(c == NC, mask_k & first_v, False))
+            go = tl.where(more, carries(start_ptr, c - 1, S, L) != 0, False)
+    else:
+        for c in range(NC):
+            chunk = bh.to(tl.int64) * NC + c
+            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
+            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
+            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
             C = C * decay
             n = n * decay
-        for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
-            t = c * L + tt * BT + tl.arange(0, BT)
-            mask_t = t < S
-            if VARLEN:
-                mask_t = tl.where(whole, mask_t & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
-            k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
-                        mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-            w = tl.load(w_ptr + row_base + t)
-            # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured
-            # 30% faster on H100 than scaling k, bench/NOTES.md).
-            vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-            C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-            n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
+            for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
+                t = c * L + tt * BT + tl.arange(0, BT)
+                mask_t = t < S
+                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                w = tl.load(w_ptr + row_base + t)
+                # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured
+                # 30% faster on H100 than scaling k, bench/NOTES.md).
+                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
 
-    tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
-    tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
+        tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
+        tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
 
 
 @cached_launch
@@ -203,7 +235,7 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
     nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
     c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
-    grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH)
+    grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * (NC if seq_start is not None else 1))
     chunkwise_fwd_states_kernel[grid](
         k, v, gates.w, gates.decay, c_initial, n_initial, seq_start if seq_start is not None else gates.w,
         states, nstates, c_last, n_last,

@@ -147,6 +147,18 @@ def same_sequence(start_ptr, rows, cols, S, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def carries(start_ptr, c, S, L: tl.constexpr):
+    """Packed sequences: whether C_{c+1} continues C_c, i.e. chunk c's last step is in the
+    sequence of its first step, begun before the chunk, and the next chunk does not start a
+    sequence. Where it is False the state recurrence restarts (the kernels' segment ends)."""
+    first = c * L
+    nxt = first + L
+    seq_last = tl.load(start_ptr + tl.minimum(nxt - 1, S - 1))
+    whole = (tl.load(start_ptr + tl.minimum(nxt, S - 1)) != nxt) | (nxt >= S)
+    return tl.where(whole, seq_last < first, False)
+
+
+@triton.jit
 def _segmented_sum(fa, va, fb, vb):
     """Scan combine of (restart flag, value): a sum that restarts where the flag is set."""
     return fa | fb, tl.where(fb != 0, vb, va + vb)
@@ -246,7 +258,7 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr,
         nxt = last + 1
         whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not started empty
         feeds = tl.where(whole, seq == seq_last, False)    # the steps that enter C_{c+1}
-        keeps = tl.where(whole, seq_last <= first, False)  # C_c carried into C_{c+1}
+        keeps = tl.where(whole, seq_last < first, False)   # C_c carried into C_{c+1} (`carries`)
     else:
         cum = f_prev + b
         run = maximum_nan(tl.associative_scan(ig - cum, 0, maximum_nan), run_max)
