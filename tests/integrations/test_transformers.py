@@ -462,3 +462,42 @@ def test_gpu_float32_greedy_generate(monkeypatch):
         use_xlstm_triton(model)
         g_patched = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(g_patched, g_ref) and torch.equal(g_ours, g_ref)
+
+
+def test_packed_documents_through_the_patched_model():
+    """A packing collator's batch (1, S) with position_ids restarting at each document (or
+    cu_seq_lens_q): the patched model's loss is the mean over the documents' own next-token
+    pairs and its logits are each document's alone; the gradients equal those of the documents
+    run one by one (summed by their counted tokens)."""
+    model = hf_model().train()
+    use_xlstm_triton(model)
+    lengths = [6, 1, 21, 9]
+    ids = torch.randint(0, V, (1, sum(lengths)))
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+
+    def grads():
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    loss = model(ids, labels=ids, position_ids=position_ids, use_cache=False).loss
+    loss.backward()
+    packed_grads = grads()
+    model.zero_grad()
+    total = sum(model(ids[:, a:b], labels=ids[:, a:b], use_cache=False).loss * (b - a - 1)
+                for a, b in bounds if b - a > 1) / sum(b - a - 1 for a, b in bounds)
+    total.backward()
+    assert_close(loss, total, 1e-5, "packed loss")
+    for k, g in grads().items():
+        assert_close(packed_grads[k], g, 1e-3, f"grad {k}")
+    with torch.no_grad():
+        logits = model(ids, cu_seq_lens_q=cu.to(torch.int32), max_length_q=21, use_cache=False).logits
+        alone = torch.cat([model(ids[:, a:b], use_cache=False).logits for a, b in bounds], dim=1)
+    assert_close(logits, alone, 1e-4, "packed logits")
+    with pytest.raises(ValueError, match="position_ids: packed documents start at position 0"):
+        model(ids, labels=ids, position_ids=position_ids + 1, use_cache=False)
+    use_xlstm_triton(model, fuse_blocks=False)
+    with pytest.raises(ValueError, match="fuse_blocks=True"):
+        model(ids, labels=ids, position_ids=position_ids, use_cache=False)
+    remove_xlstm_triton(model)

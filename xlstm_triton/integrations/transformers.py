@@ -36,7 +36,8 @@ from torch import nn
 
 from ..checks import check_chunk_size
 from ..layers import mlstm_recurrence
-from ..models.lm_loss import IGNORE_INDEX, check_labels, next_token_loss
+from ..models.lm_loss import IGNORE_INDEX, check_labels, next_token_loss, shifted_labels
+from ..models.packed import packed_offsets
 from ..models.xlstm_large import mLSTMLargeBlock, xLSTMLargeConfig
 
 __all__ = ["use_xlstm_triton", "remove_xlstm_triton", "TritonMLSTMBackend", "FusedBlockForward",
@@ -155,8 +156,14 @@ class FusedBlockForward:
 
     def __init__(self, block: mLSTMLargeBlock):
         self.block = block
+        self.cu_seqlens = None         # packed documents of the current call (`FusedLossForward`)
 
     def __call__(self, x, state=None):
+        if self.cu_seqlens is not None:
+            if state is not None:
+                raise ValueError("packed documents (position_ids / cu_seq_lens_q) run without a cache: pass "
+                                 "use_cache=False")
+            return self.block(x, cu_seqlens=self.cu_seqlens), None
         update = (state is not None and not torch.is_grad_enabled()
                   and all(isinstance(t, torch.Tensor) and t.is_contiguous() for t in state))
         x, new = self.block(x, state, return_state=True, update_state=update)
@@ -169,7 +176,14 @@ class FusedLossForward:
     hidden states: the float32 logits of the batch are never built, and the output's `logits`
     is None. The loss is transformers' (labels shifted inside, -100 not counted, the mean over
     counted tokens, or their sum over `num_items_in_batch` when that is given). Without labels
-    it is the model's own forward."""
+    it is the model's own forward.
+
+    Packed documents, as transformers' packing collators pass them: `position_ids` of a batch
+    of 1 that restart at 0 at each document, or flash-attention's `cu_seq_lens_q`. With fused
+    blocks, each block's mLSTM then restarts at every document and the loss skips document ends
+    (`models/packed.py`); `max_length_q`, `max_length_k`, `cu_seq_lens_k` are dropped."""
+
+    PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -178,6 +192,34 @@ class FusedLossForward:
     def __call__(self, input_ids=None, inputs_embeds=None, cache_params=None, labels=None, use_cache=None,
                  **kwargs):
         model = self.model
+        cu_seqlens = self._packed_offsets(input_ids, inputs_embeds, cache_params, kwargs)
+        blocks = [b.__dict__["forward"] for b in _xlstm_blocks(model)
+                  if isinstance(b.__dict__.get("forward"), FusedBlockForward)]
+        if cu_seqlens is not None and not blocks:
+            raise ValueError("packed documents (position_ids / cu_seq_lens_q) need use_xlstm_triton(model, "
+                             "fuse_blocks=True)")
+        for block in blocks:
+            block.cu_seqlens = cu_seqlens
+        try:
+            return self._forward(model, input_ids, inputs_embeds, cache_params, labels, use_cache, cu_seqlens,
+                                 kwargs)
+        finally:
+            for block in blocks:
+                block.cu_seqlens = None
+
+    def _packed_offsets(self, input_ids, inputs_embeds, cache_params, kwargs):
+        """The checked offsets of packed documents in kwargs (removed from it), or None."""
+        cu = kwargs.pop("cu_seq_lens_q", None)
+        for key in self.PACKED_KEYS[1:]:
+            kwargs.pop(key, None)
+        position_ids = kwargs.pop("position_ids", None)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if cu is None and (position_ids is None or tokens is None or tokens.shape[0] != 1):
+            return None                 # a batch of rows: position ids are not document offsets here
+        ids = tokens if tokens.dim() == 2 else tokens[..., 0]
+        return packed_offsets(ids, cu, None if cu is not None else position_ids, cache_params)
+
+    def _forward(self, model, input_ids, inputs_embeds, cache_params, labels, use_cache, cu_seqlens, kwargs):
         if labels is None:
             return type(model).forward(model, input_ids=input_ids, inputs_embeds=inputs_embeds,
                                        cache_params=cache_params, use_cache=use_cache, **kwargs)
@@ -187,9 +229,9 @@ class FusedLossForward:
         out = model.backbone(input_ids, cache_params=cache_params, inputs_embeds=inputs_embeds,
                              use_cache=use_cache, **kwargs)
         head = model.lm_head.weight
-        loss = next_token_loss(out[0].to(head.dtype), head, labels, model.config.output_logit_soft_cap)
+        loss = next_token_loss(out[0].to(head.dtype), head, labels, model.config.output_logit_soft_cap, cu_seqlens)
         if num_items is not None:
-            loss = loss * (labels[:, 1:] != IGNORE_INDEX).sum() / num_items
+            loss = loss * (shifted_labels(labels, cu_seqlens) != IGNORE_INDEX).sum() / num_items
         return self.output_class(loss=loss, logits=None, cache_params=out.cache_params,
                                  hidden_states=out.hidden_states)
 

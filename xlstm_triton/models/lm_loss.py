@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..generation import check_token_ids, range_check_runs
 from ..modules import linear_cross_entropy
 
-__all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss"]
+__all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss", "shifted_labels"]
 
 IGNORE_INDEX = -100
 
@@ -39,16 +39,23 @@ def check_labels(labels, input_ids: torch.Tensor, vocab_size: int, check_range: 
                          f"{vocab_size} (expected 0 <= label < {vocab_size}, or {IGNORE_INDEX} to skip)")
 
 
-def next_token_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
-                    soft_cap: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean cross-entropy of labels[:, t + 1] under the logits soft_cap(hidden[:, t] @ head_weight^T).
-    hidden (B, S, E), head_weight (V, E), labels (B, S). Returns a float32 scalar. Packed
-    documents (`cu_seqlens`, B = 1): a document's last position predicts nothing (the next
-    document's first token is not its continuation)."""
+def shifted_labels(labels: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The target of each position: labels[:, t + 1], -100 at the last position and, for packed
+    documents (`cu_seqlens`, B = 1), at each document's last position (the next document's
+    first token is not its continuation)."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     if cu_seqlens is not None:
         ends = cu_seqlens[1:].to(device=labels.device, dtype=torch.long) - 1   # -1: empty documents first
         at_end = torch.zeros(labels.shape[1], dtype=torch.int32, device=labels.device)
         at_end.index_add_(0, ends.clamp(min=0), (ends >= 0).to(torch.int32))     # no host sync
         shifted = torch.where(at_end[None] > 0, IGNORE_INDEX, shifted)
-    return linear_cross_entropy(hidden, head_weight, shifted, soft_cap=soft_cap, ignore_index=IGNORE_INDEX)
+    return shifted
+
+
+def next_token_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                    soft_cap: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean cross-entropy of `shifted_labels(labels, cu_seqlens)` under the logits
+    soft_cap(hidden[:, t] @ head_weight^T). hidden (B, S, E), head_weight (V, E), labels (B, S).
+    Returns a float32 scalar."""
+    return linear_cross_entropy(hidden, head_weight, shifted_labels(labels, cu_seqlens), soft_cap=soft_cap,
+                                ignore_index=IGNORE_INDEX)

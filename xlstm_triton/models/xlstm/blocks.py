@@ -87,9 +87,11 @@ class xLSTMBlock(WeightDecayGroupsMixin, nn.Module):
     def zero_state(self, batch_size: int, device=None, dtype=None) -> BlockState:
         return self.xlstm.zero_state(batch_size, device, dtype)
 
-    def forward(self, x: torch.Tensor, state: Optional[BlockState] = None, return_state: bool = False):
-        """x (B, S, E). Returns the block output (B, S, E) and, with `return_state`, the new state."""
-        x, y, new_state = self.forward_residual(x, None, state, return_state)
+    def forward(self, x: torch.Tensor, state: Optional[BlockState] = None, return_state: bool = False,
+                cu_seqlens: Optional[torch.Tensor] = None):
+        """x (B, S, E). Returns the block output (B, S, E) and, with `return_state`, the new state.
+        `cu_seqlens`: packed documents (B = 1, no state)."""
+        x, y, new_state = self.forward_residual(x, None, state, return_state, cu_seqlens)
         x = x + y
         return (x, new_state) if return_state else x
 

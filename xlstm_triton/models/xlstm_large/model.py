@@ -56,8 +56,8 @@ class mLSTMLargeBlock(nn.Module):
         self.ffn = SwiGLUFeedForward(config)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
-                update_state: bool = False):
-        x, y, new = self.forward_residual(x, None, state, return_state, update_state)
+                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+        x, y, new = self.forward_residual(x, None, state, return_state, update_state, cu_seqlens)
         x = x + y
         return (x, new) if return_state else x
 
