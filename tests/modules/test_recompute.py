@@ -76,7 +76,8 @@ def test_paper_layer_recomputation_matches_keeping(recompute_class, bias, device
         monkeypatch.setattr(mlstm_mod.torch.compiler, "is_compiling", lambda: True)
     forwards = []
     kernel_forward = mlstm_mod.mlstm_chunkwise_forward
-    monkeypatch.setattr(mlstm_mod, "mlstm_chunkwise_forward", lambda *a, **k: forwards.append(1) or kernel_forward(*a, **k))
+    monkeypatch.setattr(mlstm_mod, "mlstm_chunkwise_forward",
+                        lambda *a, **k: forwards.append(1) or kernel_forward(*a, **k))
     runs = []
     for recompute in (True, False):
         layer.recompute = recompute
