@@ -74,8 +74,7 @@ def chunkwise_fwd_states_kernel(
         go = (c0 == 0) | (carries(start_ptr, tl.maximum(c0 - 1, 0), S, L) == 0)
         tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
                  mask=tl.where(c0 == 0, mask_kv, False))
-        tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n,
-                 mask=tl.where(c0 == 0, mask_k & first_v, False))
+        tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
         while go:
             keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
             nxt = c * L + L
@@ -84,17 +83,24 @@ def chunkwise_fwd_states_kernel(
             decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
             C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
             n = tl.where(keep, n * decay, 0.0)
-            C, n = _states_chunk(k_base, v_base, w_ptr, start_ptr, row_base, c, C, n, offs_k, offs_v, mask_k, mask_v,
-                                 s_kt, s_vt, S, seq_last, whole, L, BT, DOT_DTYPE, PRECISION, VARLEN)
+            for tt in tl.static_range(L // BT):
+                t = c * L + tt * BT + tl.arange(0, BT)
+                mask_t = tl.where(whole, (t < S) & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
+                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                w = tl.load(w_ptr + row_base + t)
+                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
             c += 1
             chunk = bh.to(tl.int64) * NC + c
             more = c < NC
-            ends = c == NC
-            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
-                     mask=tl.where(more, mask_kv, False))
+            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=tl.where(more, mask_kv, False))
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
-            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(ends, mask_kv, False))
-            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(ends, mask_k & first_v, False))
+            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(c == NC, mask_kv, False))
+            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(c == NC, mask_k & first_v, False))
             go = tl.where(more, carries(start_ptr, c - 1, S, L) != 0, False)
     else:
         for c in range(NC):
@@ -104,8 +110,19 @@ def chunkwise_fwd_states_kernel(
             decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
             C = C * decay
             n = n * decay
-            C, n = _states_chunk(k_base, v_base, w_ptr, start_ptr, row_base, c, C, n, offs_k, offs_v, mask_k, mask_v,
-                                 s_kt, s_vt, S, 0, True, L, BT, DOT_DTYPE, PRECISION, VARLEN)
+            for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
+                t = c * L + tt * BT + tl.arange(0, BT)
+                mask_t = t < S
+                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                w = tl.load(w_ptr + row_base + t)
+                # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured
+                # 30% faster on H100 than scaling k, bench/NOTES.md).
+                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
 
         tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
         tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
@@ -204,30 +221,6 @@ def chunkwise_fwd_output_kernel(
     tl.store(zsign_ptr + row_base + t, zsign, mask=first_v)
 
 
-@triton.jit
-def _states_chunk(k_base, v_base, w_ptr, start_ptr, row_base, c, C, n, offs_k, offs_v, mask_k, mask_v, s_kt, s_vt, S,
-                  seq_last, whole, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                  PRECISION: tl.constexpr, VARLEN: tl.constexpr):
-    """C, n plus chunk c's terms sum_s w_s k_s v_s^T and sum_s w_s k_s; VARLEN: the rows of
-    the sequence `seq_last` only, none unless `whole` (C_{c+1} not started empty)."""
-    for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
-        t = c * L + tt * BT + tl.arange(0, BT)
-        mask_t = t < S
-        if VARLEN:
-            mask_t = tl.where(whole, mask_t & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
-        k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
-                    mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-        v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
-                    mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-        w = tl.load(w_ptr + row_base + t)
-        # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured
-        # 30% faster on H100 than scaling k, bench/NOTES.md).
-        vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-        C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-        n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-    return C, n
-
-
 def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None):
     """States at the start of every chunk and the final state.
 
@@ -250,8 +243,7 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
         NH, S, gates.padded_len, NC,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_C0=c_initial is not None, HAS_N0=n_initial is not None, DOT_DTYPE=cfg.dot_dtype,
-        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states,
-        num_stages=cfg.num_stages_states,
+        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
     )
     return states, nstates, c_last, n_last
 
