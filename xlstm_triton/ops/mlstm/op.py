@@ -265,8 +265,10 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
             end along S, with B = 1 (`checks.check_cu_seqlens`). Each sequence starts from its
             own initial state (c_initial (N, NH, DQK, DV), n_initial (N, NH, DQK), m_initial
             (N, NH, 1); zeros where not given) and return_last_states gives one final state per
-            sequence, (N, ...). For now the sequences run one call each (exact, but a launch set
-            per sequence and a host read of the offsets unless they are on the CPU).
+            sequence, (N, ...). Without initial states and final states (training) all
+            sequences run in one launch set, the kernels restarting at each sequence's first
+            step; with them, one call per sequence. The offsets' values are read on the host
+            (free for a CPU tensor) unless they come from `checks.checked_cu_seqlens`.
 
     Returns:
         h (B, NH, S, DV) in q's dtype (laid out in memory as (B, S, NH, DV) when q is: a
