@@ -113,6 +113,39 @@ def test_packed_sequences_equal_each_alone(states, device, poison):
         slstm(inputs["wx"], inputs["R"], inputs["b"], torch.zeros(4, 1, 2, 16, device=device), cu_seqlens=cu)
 
 
+@pytest.mark.parametrize("states", [False, True])
+def test_packed_sequences_without_last_states_run_as_one_padded_batch(states, device, poison, monkeypatch):
+    """cu_seqlens without return_last_state: one batched call (the per-sequence calls must not
+    run), h and all gradients equal each sequence run alone in float64."""
+    import importlib
+    slstm_op = importlib.import_module("xlstm_triton.ops.slstm.op")    # the package name is also the function's
+    lengths = [1, 5, 0, 12, 3]
+    N, T = len(lengths), sum(lengths)
+    inputs = make_inputs(1, T, 2, 16, device=device)
+    if states:
+        inputs["initial_state"] = make_inputs(N, 1, 2, 16, device=device, states=True)["initial_state"]
+    bounds = [0]
+    for length in lengths:
+        bounds.append(bounds[-1] + length)
+    cu = torch.tensor(bounds, device=device)
+    calls = []
+    batched = slstm_op.slstm
+    monkeypatch.setattr(slstm_op, "slstm", lambda wx, *a, **k: calls.append(wx.shape[0]) or batched(wx, *a, **k))
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    h = batched(**leaves, cu_seqlens=cu)
+    assert calls == [N], calls                     # one call, N rows
+    x64 = {k: v.double().requires_grad_(True) for k, v in inputs.items()}
+    h_ref, _ = packed_recurrent(bounds)(**x64)
+    weighted_sum_loss([h], generator=torch.Generator().manual_seed(1)).backward()
+    weighted_sum_loss([h_ref], generator=torch.Generator().manual_seed(1)).backward()
+    tol_fw, tol_bw = TOL[torch.float32]
+    assert_close(h, h_ref, tol_fw, "h")
+    for k in inputs:
+        parts = leaves[k].grad[:3] if k == "initial_state" else leaves[k].grad      # m gets no gradient
+        ref = x64[k].grad[:3] if k == "initial_state" else x64[k].grad
+        assert_close(parts, ref, tol_bw, f"d{k}")
+
+
 # (B, T, NH, DH, dtype, config override, initial states)
 CASES = [
     (3, 7, 2, 16, torch.float32, None, False),

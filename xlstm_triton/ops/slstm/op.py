@@ -30,7 +30,7 @@ import contextlib
 import torch
 
 from ...checks import check_cu_seqlens, check_tensor
-from ...utils import kernel_op, use_kernels
+from ...utils import kernel_op, packed_index, use_kernels
 from .bwd import slstm_bwd
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
 from .step import slstm_step_fwd
@@ -160,7 +160,8 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False, cu_seql
 
     Packed sequences: `cu_seqlens` (N + 1,) offsets of N sequences laid end to end along T,
     B = 1 (`checks.check_cu_seqlens`); initial_state and the last state are then (4, N, NH, DH),
-    one per sequence. For now each sequence runs as its own call.
+    one per sequence. Without the last states the sequences run as one padded batch (exact:
+    padding after a sequence's end changes none of its outputs); with them, one call each.
     """
     check_tensor("wx", wx, ndim=5, doc="(B, T, 4, NH, DH)")
     B, T, G, NH, DH = wx.shape
@@ -191,10 +192,14 @@ def slstm(wx, R, b, initial_state=None, return_last_state: bool = False, cu_seql
 
 
 def _slstm_packed(wx, R, b, initial_state, return_last_state, cu_seqlens):
-    """`slstm` over packed sequences (its docstring): one call per sequence; an empty
-    sequence's last state is its initial one."""
+    """`slstm` over packed sequences (its docstring). Without the last states: one call on the
+    sequences as a batch, each row padded after its end to the longest (trailing padding
+    changes no earlier output, and gets no gradient). With them: one call per sequence; an
+    empty sequence's last state is its initial one."""
     bounds = cu_seqlens.tolist()
     NH, DH = wx.shape[3], wx.shape[4]
+    if not return_last_state:
+        return _slstm_padded(wx, R, b, initial_state, cu_seqlens.to(wx.device), bounds)
     state_dtype = torch.float64 if wx.dtype == torch.float64 else torch.float32
     hs, last = [], []
     for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
@@ -207,6 +212,22 @@ def _slstm_packed(wx, R, b, initial_state, return_last_state, cu_seqlens):
         last.append(state)
     h = torch.cat(hs, dim=1)
     return (h, torch.cat(last, dim=1)) if return_last_state else h
+
+
+def _slstm_padded(wx, R, b, initial_state, cu_seqlens, bounds):
+    """h of packed sequences from one batched call: wx (1, T, ...) gathered into (N, L_max, ...)
+    rows (positions past a row's end masked to 0), h gathered back to (1, T, NH, DH)."""
+    T = wx.shape[1]
+    longest = max(hi - lo for lo, hi in zip(bounds, bounds[1:]))
+    cu = cu_seqlens.to(torch.long)
+    steps = torch.arange(longest, device=wx.device)
+    valid = steps[None] < (cu[1:] - cu[:-1])[:, None]                           # (N, L_max)
+    rows = torch.where(valid, cu[:-1, None] + steps[None], 0)
+    padded = torch.where(valid[..., None, None, None], wx[0][rows], 0.0)      # (N, L_max, 4, NH, DH)
+    h = slstm(padded, R, b, initial_state)                                      # (N, L_max, NH, DH)
+    start, seq = packed_index(cu_seqlens, T)
+    flat = seq.long() * longest + (torch.arange(T, device=wx.device) - start.long())
+    return h.flatten(0, 1)[flat][None]
 
 
 def slstm_step(wx_t, R, b, state):
