@@ -12,7 +12,7 @@ from tests.helpers import TOL, V, assert_close, small_lm, weighted_sum_loss
 from tests.models.large_helpers import randomize_, tiny_config
 from xlstm_triton.models import xLSTMLarge
 
-LENGTHS = [5, 1, 19, 16, 3]          # around the chunk of 16, a single token
+LENGTHS = [5, 1, 19, 16, 3, 40]      # around the chunk of 16, a single token, one over three chunks
 
 
 def _models(device):

@@ -18,6 +18,14 @@ GPU = torch.cuda.is_available()
 NAMES = ["q", "k", "v", "i", "f", "c_initial", "n_initial"]
 
 
+# Gate ranges of the tests. "normal" forgets within a few steps, so a state that is wrong at a
+# chunk boundary barely shows in h; "memory" keeps every step within ~2% of the last one's weight
+# (log f >= -0.02, equal-sized input gates), so each step's contribution through the chunk
+# states is as large as its contribution inside a chunk.
+GATES = dict(normal={}, extreme=dict(igate=(-10.0, 12.0), fgate=(-12.0, 12.0)),
+             memory=dict(igate=(-0.5, 0.5), fgate=(4.0, 8.0)))
+
+
 def make_inputs(B, NH, S, DQK, DV, device, dtype=torch.float32, states=False,
                 igate=(-3.0, 3.0), fgate=(-3.0, 6.0)):
     def u(lo, hi):
@@ -93,6 +101,13 @@ def test_matches_reference_fp32(B, NH, S, DQK, DV, L, states, device, poison):
     check_against_reference(x, torch.float32, chunk_size=L)
 
 
+@pytest.mark.parametrize("states", [False, True])
+def test_matches_reference_long_memory(states, device, poison):
+    """Open forget gates over seven chunks: every state at a chunk boundary carries weight in h."""
+    x = make_inputs(2, 1, 100, 16, 32, device, states=states, **GATES["memory"])
+    check_against_reference(x, torch.float32, chunk_size=16)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_matches_reference_16bit(dtype, device, poison):
     x = make_inputs(2, 2, 37, 32, 16, device, dtype=dtype, states=True)
@@ -121,6 +136,7 @@ def test_packed_sequences_equal_each_alone(lengths, states, dtype, device, poiso
     ([1, 2, 15, 16, 17, 0, 40, 3, 1], "normal"),          # starts inside chunks, at chunk starts, empty
     ([5, 31, 1, 1, 2, 50], "extreme"),                    # closed forget gates, large input gates
     ([70], "normal"),                                     # one sequence: the batch path
+    ([5, 51, 40, 20], "memory"),                          # open forget gates: the states carry across chunks
 ])
 def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, poison, monkeypatch):
     """cu_seqlens without initial or final states runs all sequences in one launch set (the
@@ -133,8 +149,7 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, 
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
     torch.manual_seed(sum(lengths))
     S = sum(lengths)
-    extreme = dict(igate=(-10.0, 12.0), fgate=(-12.0, 12.0)) if gates == "extreme" else {}
-    x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **extreme)
+    x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **GATES[gates])
     cu = torch.tensor([0] + lengths, device=device).cumsum(0)
     reference = packed_recurrent(cu)
     x64 = {k: t.double().requires_grad_() for k, t in x.items()}

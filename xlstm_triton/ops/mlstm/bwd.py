@@ -35,7 +35,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import carries, gate_rows, same_sequence
+from .gates import carries, chain_end, gate_rows, same_sequence
 
 
 @cached_launch
@@ -101,16 +101,18 @@ def chunkwise_bwd_dstates_kernel(
         dn = tl.load(dn_last_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
 
     if VARLEN:
-        # Chunk c's step ignores the gradient coming from above where C_{c+1} does not carry C_c:
-        # the program of such a chunk (or of the last one) walks down from it while the chunks
-        # below carry.
-        c = c_top
-        go = (c_top == NC - 1) | (carries(start_ptr, c_top, S, L) == 0)
+        # Chunk c's step ignores the gradient coming from above where it does not carry (the
+        # forward restarted there): the program of such a chunk (or of the last one) walks down
+        # the chain of chunks below it that carry (`chain_end`), a loop Triton pipelines.
+        bottom = c_top + 1
+        if (c_top == NC - 1) | (carries(start_ptr, c_top, S, L) == 0):
+            bottom = chain_end(start_ptr, c_top, S, NC, L, False)
         top = bh.to(tl.int64) * NC + NC - 1
         tl.store(dstates_ptr + top * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                  mask=tl.where(c_top == NC - 1, mask_kv, False))
         tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
-        while go:
+        for cc in range(c_top + 1 - bottom):
+            c = c_top - cc
             decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
             keep = carries(start_ptr, c, S, L)
             dC = tl.where(keep, dC * decay, 0.0)
@@ -123,8 +125,6 @@ def chunkwise_bwd_dstates_kernel(
             tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
             tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(c == 0, mask_kv, False))
             tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(c == 0, mask_k & first_v, False))
-            c -= 1
-            go = tl.where(c >= 0, carries(start_ptr, tl.maximum(c, 0), S, L) != 0, False)
     else:
         for cc in range(NC):
             c = NC - 1 - cc

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
-from .gates import carries, same_sequence, segment_first
+from .gates import carries, chain_end, same_sequence, segment_first
 
 
 @cached_launch
@@ -65,17 +65,18 @@ def chunkwise_fwd_states_kernel(
         n = tl.load(n0_ptr + bh.to(tl.int64) * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
 
     if VARLEN:
-        # The recurrence restarts wherever a chunk's state does not carry into the next one
-        # (`carries`), so each run of chunks between restarts is independent: the program of a
-        # chunk that begins such a segment (chunk 0, or one whose predecessor does not carry)
-        # walks it; the other programs have nothing to do. A packed row of many documents is
-        # then as parallel as a batch of them.
-        c = c0
-        go = (c0 == 0) | (carries(start_ptr, tl.maximum(c0 - 1, 0), S, L) == 0)
+        # Chunk c continues the state of chunk c - 1 only where `carries(c)`; elsewhere the
+        # recurrence restarts, so the chunks form independent chains. The program of a chunk that
+        # begins one (a chunk that does not carry) walks it, a plain loop over known bounds that
+        # Triton pipelines; the other programs have nothing to do. A packed row of many documents
+        # is then as parallel as a batch of them.
+        last = c0 - 1
+        if carries(start_ptr, c0, S, L) == 0:
+            last = chain_end(start_ptr, c0, S, NC, L, True)
         tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
                  mask=tl.where(c0 == 0, mask_kv, False))
         tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
-        while go:
+        for c in range(c0, last + 1):
             keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
             nxt = c * L + L
             whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not empty
@@ -94,14 +95,12 @@ def chunkwise_fwd_states_kernel(
                 vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
                 C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
                 n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-            c += 1
-            chunk = bh.to(tl.int64) * NC + c
-            more = c < NC
+            chunk = bh.to(tl.int64) * NC + c + 1
+            more = c + 1 < NC
             tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=tl.where(more, mask_kv, False))
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
-            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(c == NC, mask_kv, False))
-            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(c == NC, mask_k & first_v, False))
-            go = tl.where(more, carries(start_ptr, c - 1, S, L) != 0, False)
+            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(more, False, mask_kv))
+            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(more, False, mask_k & first_v))
     else:
         for c in range(NC):
             chunk = bh.to(tl.int64) * NC + c

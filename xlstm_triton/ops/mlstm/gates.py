@@ -159,6 +159,31 @@ def carries(start_ptr, c, S, L: tl.constexpr):
 
 
 @triton.jit
+def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl.constexpr = 64):
+    """Packed sequences: where the chain of chunks through c0 ends, BLOCK chunks' flags at a time.
+    Chunk c uses the state of chunk c - 1 where `carries(c)`, so the forward chain beginning at
+    c0 (UP) runs to the last e such that every chunk in (c0, e] carries, and the backward one
+    from c0 down to the first b such that every chunk in [b, c0) carries."""
+    if UP:
+        end = NC - 1
+        base = c0 + 1
+        while base <= end:
+            c = base + tl.arange(0, BLOCK)
+            stop = (c < NC) & (carries(start_ptr, c, S, L) == 0)
+            end = tl.minimum(end, tl.min(tl.where(stop, c, NC), axis=0) - 1)
+            base += BLOCK
+    else:
+        end = 0
+        top = c0 - 1
+        while top >= end:
+            c = top - tl.arange(0, BLOCK)
+            stop = (c >= 0) & (carries(start_ptr, tl.maximum(c, 0), S, L) == 0)
+            end = tl.maximum(end, tl.max(tl.where(stop, c, -1), axis=0) + 1)
+            top -= BLOCK
+    return end
+
+
+@triton.jit
 def _segmented_sum(fa, va, fb, vb):
     """Scan combine of (restart flag, value): a sum that restarts where the flag is set."""
     return fa | fb, tl.where(fb != 0, vb, va + vb)
