@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import xlstm_triton.ops.mlstm.op as mlstm_op
+import xlstm_triton.ops.mlstm.bwd as mlstm_bwd
 from reference.mlstm import mlstm_parallel, mlstm_recurrent
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
@@ -102,8 +103,10 @@ def test_matches_reference_fp32(B, NH, S, DQK, DV, L, states, device, poison):
 
 
 @pytest.mark.parametrize("states", [False, True])
-def test_matches_reference_long_memory(states, device, poison):
-    """Open forget gates over seven chunks: every state at a chunk boundary carries weight in h."""
+def test_matches_reference_long_memory(states, device, poison, monkeypatch):
+    """Open forget gates over seven chunks: every state at a chunk boundary carries weight in h
+    (and the gate gradients' suffix sums cross blocks of 16 steps)."""
+    monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)
     x = make_inputs(2, 1, 100, 16, 32, device, states=states, **GATES["memory"])
     check_against_reference(x, torch.float32, chunk_size=16)
 
@@ -147,6 +150,7 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, 
     if not use_kernels(torch.zeros(1, device=device)):
         pytest.skip("CPU without TRITON_INTERPRET=1: packed sequences loop over the PyTorch path")
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
+    monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)      # the gate gradients' sums cross blocks
     torch.manual_seed(sum(lengths))
     S = sum(lengths)
     x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **GATES[gates])

@@ -23,7 +23,8 @@ kernels return the row dots q . dq and k . dk (one partial per DQK block) for th
 Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
 (DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
 `chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH);
-`chunkwise_bwd_gates_kernel` (B*NH,), reverse over the steps: di, and df from the suffix sums.
+`chunkwise_bwd_gates_kernel` (B*NH,), reverse over the steps (packed sequences: (B*NH, S/BS)):
+di, and df from the suffix sums.
 """
 
 from __future__ import annotations
@@ -368,11 +369,36 @@ def chunkwise_bwd_dk_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_k[None, :])
 
 
+GATE_BLOCK = 1024        # steps per block of the gate-gradient kernel (tests make it small)
+
+
 @triton.jit
 def _suffix_until_end(fa, va, fb, vb):
     """Scan combine over a flipped row of (sequence end flag, value): b (earlier steps) adds what
     a (later steps) summed unless b holds a sequence's last step."""
     return fa | fb, tl.where(fb != 0, vb, va + vb)
+
+
+@triton.jit
+def _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB: tl.constexpr,
+                HAS_EXTRA: tl.constexpr, VARLEN: tl.constexpr):
+    """At steps t of a row: dF_t (float64), k . dk (float32), and (VARLEN) whether t is the last
+    step of its sequence (the row's last step always is)."""
+    real = t < S
+    qdq = tl.zeros(t.shape, dtype=tl.float32)
+    kdk = tl.zeros(t.shape, dtype=tl.float32)
+    for j in range(NKB):
+        off = (j * ROWS + row) * S_pad + t
+        qdq += tl.load(qdq_ptr + off, mask=real, other=0.0)
+        kdk += tl.load(kdk_ptr + off, mask=real, other=0.0)
+    d_f = qdq.to(tl.float64) - kdk.to(tl.float64)
+    if HAS_EXTRA:
+        d_f += tl.where(t == S - 1, tl.load(extra_ptr + row), 0.0)
+    ends = t >= S - 1
+    if VARLEN:
+        after = t + 1
+        ends = ends | (tl.load(start_ptr + tl.minimum(after, S - 1)) == after)
+    return d_f, kdk, ends.to(tl.int32)
 
 
 @cached_launch
@@ -381,52 +407,69 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_
                                s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, NKB: tl.constexpr,
                                BS: tl.constexpr, HAS_EXTRA: tl.constexpr, SOFT_CAP: tl.constexpr,
                                VARLEN: tl.constexpr):
-    """Program row: di_s = k_s . dk_s and df_j = sigmoid(-f_j) sum_{t >= j} dF_t (0 where the
-    logsigmoid floor clamps), dF_t = q_t . dq_t - k_t . dk_t (+ extra at the last step), from
-    the per-DQK-block partial dots (NKB, ROWS, S_pad); suffix sums in float64, walking the row
-    backwards a block at a time. With the soft cap, both times its derivative 1 - (x_cap / cap)^2.
-    VARLEN (packed sequences): the suffix sums stop at each sequence's last step."""
+    """di_s = k_s . dk_s and df_j = sigmoid(-f_j) sum_{t >= j} dF_t (0 where the logsigmoid floor
+    clamps), dF_t = q_t . dq_t - k_t . dk_t (+ extra at the last step), from the per-DQK-block
+    partial dots (NKB, ROWS, S_pad); suffix sums in float64. With the soft cap, both times its
+    derivative 1 - (x_cap / cap)^2.
+
+    Programs (row,): walk the row backwards a block of BS steps at a time. VARLEN (packed
+    sequences), programs (row, block): the suffix sums stop at each sequence's last step, so a
+    block needs only its own steps and those after it up to the end of its last step's
+    sequence, which it reads itself (a few blocks for long sequences)."""
     row = tl.program_id(0).to(tl.int64)
     i_row, f_row = gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH)
-    carry = tl.zeros((), dtype=tl.float64)
-    if HAS_EXTRA:
-        carry += tl.load(extra_ptr + row)
-    for blk in range(tl.cdiv(S, BS) - 1, -1, -1):
+    if VARLEN:
+        blk = tl.program_id(1)
         t = blk * BS + tl.arange(0, BS)
-        real = t < S
-        qdq = tl.zeros((BS,), dtype=tl.float32)
-        kdk = tl.zeros((BS,), dtype=tl.float32)
-        for j in range(NKB):
-            off = (j * ROWS + row) * S_pad + t
-            qdq += tl.load(qdq_ptr + off, mask=real, other=0.0)
-            kdk += tl.load(kdk_ptr + off, mask=real, other=0.0)
-        d_f = qdq.to(tl.float64) - kdk.to(tl.float64)
-        if VARLEN:
-            # The last step of each sequence ends the sums: a forward scan over the flipped block
-            # (each element meets the steps after it) with a segmented sum.
-            after = t + 1
-            ends = ((after >= S) | (tl.load(start_ptr + tl.minimum(after, S - 1)) == after)).to(tl.int32)
-            reached, suffix = tl.associative_scan((tl.flip(ends, 0), tl.flip(d_f, 0)), 0, _suffix_until_end)
-            reached, suffix = tl.flip(reached, 0), tl.flip(suffix, 0)
-            d_logf = suffix + tl.where(reached != 0, 0.0, carry)     # sum over s >= t in t's sequence
-            carry = tl.sum(tl.where(tl.arange(0, BS) == 0, d_logf, 0.0), axis=0)
-        else:
+        d_f, kdk, ends = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB,
+                                     HAS_EXTRA, VARLEN)
+        # What the steps after the block add to the sequence of its last step: the blocks after
+        # it, each up to its first sequence end.
+        carry = tl.zeros((), dtype=tl.float64)
+        nxt = blk + 1
+        open_end = tl.sum(tl.where(tl.arange(0, BS) == BS - 1, ends, 0), axis=0) == 0
+        while open_end:
+            d_n, _, ends_n = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, nxt * BS + tl.arange(0, BS),
+                                         S, S_pad, ROWS, NKB, HAS_EXTRA, VARLEN)
+            first_end = tl.min(tl.where(ends_n != 0, tl.arange(0, BS), BS), axis=0)
+            carry += tl.sum(tl.where(tl.arange(0, BS) <= first_end, d_n, 0.0), axis=0)
+            open_end = first_end == BS
+            nxt += 1
+        # Inside the block: a forward scan over the flipped block (each step meets the steps
+        # after it) with a sum that restarts at each sequence's last step.
+        reached, suffix = tl.associative_scan((tl.flip(ends, 0), tl.flip(d_f, 0)), 0, _suffix_until_end)
+        reached, suffix = tl.flip(reached, 0), tl.flip(suffix, 0)
+        d_logf = suffix + tl.where(reached != 0, 0.0, carry)      # sum over s >= t in t's sequence
+        _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP)
+    else:
+        carry = tl.zeros((), dtype=tl.float64)
+        for blk in range(tl.cdiv(S, BS) - 1, -1, -1):
+            t = blk * BS + tl.arange(0, BS)
+            d_f, kdk, _ = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB,
+                                      HAS_EXTRA, VARLEN)
             total = tl.sum(d_f, axis=0)
             d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
             carry += total
-        fg = tl.load(f_row + t * s_ft, mask=real, other=0.0).to(tl.float64)
-        d_ig = kdk
-        if SOFT_CAP:
-            fg = soft_cap_jit(fg, cap)
-            ig = soft_cap_jit(tl.load(i_row + t * s_it, mask=real, other=0.0).to(tl.float32), cap)
-            d_ig = d_ig * (1.0 - (ig / cap) * (ig / cap))
-        logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))
-        d_fg = tl.where(logf < -1000.0, 0.0, d_logf / (1.0 + tl.exp(fg)))    # -1000.0 = LOGF_FLOOR
-        if SOFT_CAP:
-            d_fg = d_fg * (1.0 - (fg / cap) * (fg / cap))
-        # via float32: the interpreter turns float64 -> bfloat16 into NaN
-        tl.store(df_ptr + row * S + t, d_fg.to(tl.float32).to(df_ptr.dtype.element_ty), mask=real)
-        tl.store(di_ptr + row * S + t, d_ig.to(di_ptr.dtype.element_ty), mask=real)
+            _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP)
+
+
+@triton.jit
+def _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP: tl.constexpr):
+    """di and df at steps t from d logsigmoid(f) and k . dk (the soft cap's derivative applied)."""
+    real = t < S
+    fg = tl.load(f_row + t * s_ft, mask=real, other=0.0).to(tl.float64)
+    d_ig = kdk
+    if SOFT_CAP:
+        fg = soft_cap_jit(fg, cap)
+        ig = soft_cap_jit(tl.load(i_row + t * s_it, mask=real, other=0.0).to(tl.float32), cap)
+        d_ig = d_ig * (1.0 - (ig / cap) * (ig / cap))
+    logf = minimum_nan(fg, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(fg)))
+    d_fg = tl.where(logf < -1000.0, 0.0, d_logf / (1.0 + tl.exp(fg)))    # -1000.0 = LOGF_FLOOR
+    if SOFT_CAP:
+        d_fg = d_fg * (1.0 - (fg / cap) * (fg / cap))
+    # via float32: the interpreter turns float64 -> bfloat16 into NaN
+    tl.store(df_ptr + row * S + t, d_fg.to(tl.float32).to(df_ptr.dtype.element_ty), mask=real)
+    tl.store(di_ptr + row * S + t, d_ig.to(di_ptr.dtype.element_ty), mask=real)
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
@@ -508,8 +551,10 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         extra = dn_term if extra is None else extra + dn_term
     di = new_empty((B, NH, S), f.dtype, dev)
     df = new_empty((B, NH, S), f.dtype, dev)
-    chunkwise_bwd_gates_kernel[(B * NH,)](
+    BS = min(GATE_BLOCK, max(16, next_power_of_2(S)))
+    grid = (B * NH, cdiv(S, BS) if seq_start is not None else 1)
+    chunkwise_bwd_gates_kernel[grid](
         qdq, kdk, i, f, extra if extra is not None else qdq, start, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
-        NH, 1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=min(1024, max(16, next_power_of_2(S))),
+        NH, 1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=BS,
         HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
     return dq, dk, dv, di, df, dc0, dn0
