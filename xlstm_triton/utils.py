@@ -96,11 +96,12 @@ def as_dtype(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Te
 def new_empty(shape, dtype, device) -> torch.Tensor:
     """Allocate a buffer a kernel will overwrite completely.
 
-    Normally `torch.empty`; inside `poison_outputs()` it is filled with NaN, so a test sees
-    every element a kernel failed to write.
+    Normally `torch.empty`; inside `poison_outputs()` it is filled with NaN (integers: their
+    most negative value), so a test sees every element a kernel failed to write.
     """
     if _POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, fill, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

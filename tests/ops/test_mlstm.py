@@ -10,6 +10,7 @@ import torch
 
 import xlstm_triton.ops.mlstm.op as mlstm_op
 import xlstm_triton.ops.mlstm.bwd as mlstm_bwd
+import xlstm_triton.ops.mlstm.gates as mlstm_gates
 from reference.mlstm import mlstm_parallel, mlstm_recurrent
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
@@ -151,6 +152,7 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, 
         pytest.skip("CPU without TRITON_INTERPRET=1: packed sequences loop over the PyTorch path")
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
     monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)      # the gate gradients' sums cross blocks
+    monkeypatch.setattr(mlstm_gates, "CHAIN_SLOTS", 2)    # a program walks several chains
     torch.manual_seed(sum(lengths))
     S = sum(lengths)
     x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **GATES[gates])

@@ -36,7 +36,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import carries, chain_end, gate_rows, same_sequence
+from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence
 
 
 @cached_launch
@@ -66,23 +66,23 @@ def chunkwise_bwd_dz_kernel(
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
 def chunkwise_bwd_dstates_kernel(
-    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, start_ptr,
+    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, start_ptr, chains_ptr, count_ptr,
     dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
     s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
-    NH, S, S_pad, NC, scale,
+    NH, S, S_pad, NC, P, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_DC_LAST: tl.constexpr, HAS_DN_LAST: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """dC_c = decay_c dC_{c+1} + sum_{t in c} g_t q^_t dO_t^T, from the last chunk down; VARLEN
-    (packed sequences): one program per segment of chunks between restarts of the forward
-    recurrence (`carries`), as in the forward (programs (k block, v block, head * NC + chunk))."""
+    (packed sequences): the chains of chunks between restarts of the forward recurrence
+    (`carries`), shared out as in the forward (programs (k block, v block, head * P + slot))."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if VARLEN:
-        c_top = bh % NC
-        bh = bh // NC
+        slot = bh % P
+        bh = bh // P
     b, hd = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -103,29 +103,32 @@ def chunkwise_bwd_dstates_kernel(
 
     if VARLEN:
         # Chunk c's step ignores the gradient coming from above where it does not carry (the
-        # forward restarted there): the program of such a chunk (or of the last one) walks down
-        # the chain of chunks below it that carry (`chain_end`), a loop Triton pipelines.
-        bottom = c_top + 1
-        if (c_top == NC - 1) | (carries(start_ptr, c_top, S, L) == 0):
-            bottom = chain_end(start_ptr, c_top, S, NC, L, False)
+        # forward restarted there): the chains run down from such chunks and from the last one
+        # (listed by `chain_starts`) over the chunks below that carry (`chain_end`), each a loop
+        # Triton pipelines.
         top = bh.to(tl.int64) * NC + NC - 1
-        tl.store(dstates_ptr + top * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
-                 mask=tl.where(c_top == NC - 1, mask_kv, False))
-        tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
-        for cc in range(c_top + 1 - bottom):
-            c = c_top - cc
-            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-            keep = carries(start_ptr, c, S, L)
-            dC = tl.where(keep, dC * decay, 0.0)
-            dn = tl.where(keep, dn * decay, 0.0)
-            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
-                                    offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
-            below = bh.to(tl.int64) * NC + tl.maximum(c - 1, 0)     # dstates[c - 1]: the gradient of C_c
-            tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
-                     mask=tl.where(c > 0, mask_kv, False))
-            tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
-            tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(c == 0, mask_kv, False))
-            tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(c == 0, mask_k & first_v, False))
+        for j in range(slot, tl.load(count_ptr), P):
+            c_top = tl.load(chains_ptr + j)
+            dC = tl.zeros((BK, BV), dtype=tl.float32)        # no final state's gradient here
+            dn = tl.zeros((BK,), dtype=tl.float32)
+            tl.store(dstates_ptr + top * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                     mask=tl.where(c_top == NC - 1, mask_kv, False))
+            tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
+            bottom = chain_end(start_ptr, c_top, S, NC, L, False)
+            for cc in range(c_top + 1 - bottom):
+                c = c_top - cc
+                decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+                keep = carries(start_ptr, c, S, L)
+                dC = tl.where(keep, dC * decay, 0.0)
+                dn = tl.where(keep, dn * decay, 0.0)
+                dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
+                                        offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+                below = bh.to(tl.int64) * NC + tl.maximum(c - 1, 0)     # dstates[c - 1]: the gradient of C_c
+                tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                         mask=tl.where(c > 0, mask_kv, False))
+                tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
+                tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(c == 0, mask_kv, False))
+                tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(c == 0, mask_k & first_v, False))
     else:
         for cc in range(NC):
             c = NC - 1 - cc
@@ -518,10 +521,12 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
     dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
     dn0 = new_empty((B, NH, DQK), torch.float32, dev)
-    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states),
-                                  B * NH * (NC if seq_start is not None else 1))](
-        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, start, dstates, dnstates, dc0, dn0,
-        *q_st, *dh_st, NH, S, S_pad, NC, scale,
+    chains, count, P = start, start, 1            # unread without seq_start
+    if seq_start is not None:
+        chains, count, P = chain_starts(seq_start, NC, L, tops=True)
+    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)](
+        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, start, chains, count, dstates, dnstates, dc0, dn0,
+        *q_st, *dh_st, NH, S, S_pad, NC, P, scale,
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states,

@@ -2,7 +2,8 @@
 
 Two kernels (weights from `gates.py`; C_c is the state at the start of chunk c, stabilized by mc_c):
 
-`chunkwise_fwd_states_kernel`: grid (DQK/BK, DV/BV, B*NH), sequential over chunks:
+`chunkwise_fwd_states_kernel`: grid (DQK/BK, DV/BV, B*NH), sequential over chunks (packed
+sequences: (DQK/BK, DV/BV, NH*P), P programs of a head sharing the chains of chunks):
     C_{c+1} = decay_c C_c + sum_{s in c} w_s k_s v_s^T        n_{c+1} likewise with k_s
     stores C_c for every chunk (the backward recomputes them with this same kernel) and the
     final state in float32.
@@ -24,16 +25,16 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
-from .gates import carries, chain_end, same_sequence, segment_first
+from .gates import carries, chain_end, chain_starts, same_sequence, segment_first
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
 def chunkwise_fwd_states_kernel(
-    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, start_ptr,
+    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, start_ptr, chains_ptr, count_ptr,
     states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
     s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
-    NH, S, S_pad, NC,
+    NH, S, S_pad, NC, P,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_C0: tl.constexpr, HAS_N0: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
@@ -43,9 +44,9 @@ def chunkwise_fwd_states_kernel(
     the old state are left out, not multiplied by a zero weight: a NaN in one sequence stays
     there); empty where the next chunk starts a sequence."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if VARLEN:          # programs (k block, v block, head * NC + chunk): one segment each (below)
-        c0 = bh % NC
-        bh = bh // NC
+    if VARLEN:          # programs (k block, v block, head * P + slot): chains slot, slot + P, ... (below)
+        slot = bh % P
+        bh = bh // P
     b, h = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -66,41 +67,44 @@ def chunkwise_fwd_states_kernel(
 
     if VARLEN:
         # Chunk c continues the state of chunk c - 1 only where `carries(c)`; elsewhere the
-        # recurrence restarts, so the chunks form independent chains. The program of a chunk that
-        # begins one (a chunk that does not carry) walks it, a plain loop over known bounds that
-        # Triton pipelines; the other programs have nothing to do. A packed row of many documents
-        # is then as parallel as a batch of them.
-        last = c0 - 1
-        if carries(start_ptr, c0, S, L) == 0:
-            last = chain_end(start_ptr, c0, S, NC, L, True)
-        tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
-                 mask=tl.where(c0 == 0, mask_kv, False))
-        tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
-        for c in range(c0, last + 1):
-            keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
-            nxt = c * L + L
-            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not empty
-            seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
-            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-            C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
-            n = tl.where(keep, n * decay, 0.0)
-            for tt in tl.static_range(L // BT):
-                t = c * L + tt * BT + tl.arange(0, BT)
-                mask_t = tl.where(whole, (t < S) & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
-                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
-                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
-                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-                w = tl.load(w_ptr + row_base + t)
-                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-            chunk = bh.to(tl.int64) * NC + c + 1
-            more = c + 1 < NC
-            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=tl.where(more, mask_kv, False))
-            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
-            tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(more, False, mask_kv))
-            tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(more, False, mask_k & first_v))
+        # recurrence restarts, so the chunks form independent chains, each beginning at a chunk
+        # that does not carry (listed by `chain_starts`). The programs of a head share them out
+        # and walk each in a plain loop over bounds found by `chain_end`, which Triton
+        # pipelines. A packed row of many documents is then as parallel as a batch of them.
+        for j in range(slot, tl.load(count_ptr), P):
+            c0 = tl.load(chains_ptr + j)
+            C = tl.zeros((BK, BV), dtype=tl.float32)
+            n = tl.zeros((BK,), dtype=tl.float32)
+            tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                     mask=tl.where(c0 == 0, mask_kv, False))
+            tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n,
+                     mask=tl.where(c0 == 0, mask_k & first_v, False))
+            for c in range(c0, chain_end(start_ptr, c0, S, NC, L, True) + 1):
+                keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
+                nxt = c * L + L
+                whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not empty
+                seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
+                decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+                C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
+                n = tl.where(keep, n * decay, 0.0)
+                for tt in tl.static_range(L // BT):
+                    t = c * L + tt * BT + tl.arange(0, BT)
+                    mask_t = tl.where(whole, (t < S) & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
+                    k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
+                                mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                    v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
+                                mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                    w = tl.load(w_ptr + row_base + t)
+                    vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                    C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+                    n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
+                chunk = bh.to(tl.int64) * NC + c + 1
+                more = c + 1 < NC
+                tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                         mask=tl.where(more, mask_kv, False))
+                tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
+                tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(more, False, mask_kv))
+                tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(more, False, mask_k & first_v))
     else:
         for c in range(NC):
             chunk = bh.to(tl.int64) * NC + c
@@ -234,12 +238,15 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
     nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
     c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
-    grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * (NC if seq_start is not None else 1))
+    chains, count, P = gates.w, gates.w, 1            # unread without seq_start
+    if seq_start is not None:
+        chains, count, P = chain_starts(seq_start, NC, cfg.chunk_size)
+    grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)
     chunkwise_fwd_states_kernel[grid](
         k, v, gates.w, gates.decay, c_initial, n_initial, seq_start if seq_start is not None else gates.w,
-        states, nstates, c_last, n_last,
+        chains, count, states, nstates, c_last, n_last,
         *k.stride()[:3], *v.stride()[:3],
-        NH, S, gates.padded_len, NC,
+        NH, S, gates.padded_len, NC, P,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_C0=c_initial is not None, HAS_N0=n_initial is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,

@@ -183,6 +183,39 @@ def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl
     return end
 
 
+@cached_launch
+@triton.jit(do_not_specialize=["S", "NC"])
+def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr, TOPS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """Packed sequences, one program: the chunks where the state recurrences' chains begin, in
+    order, and their count: the chunks that do not carry (the forward walks up from each) or,
+    TOPS, those and the last chunk (the backward walks down from each)."""
+    count = tl.zeros((), dtype=tl.int32)
+    for base in range(0, NC, BLOCK):
+        c = base + tl.arange(0, BLOCK)
+        flag = (c < NC) & (carries(start_ptr, c, S, L) == 0)
+        if TOPS:
+            flag = flag | (c == NC - 1)
+        flag = flag.to(tl.int32)
+        tl.store(chains_ptr + count + tl.cumsum(flag, axis=0) - flag, c, mask=flag != 0)
+        count += tl.sum(flag, axis=0)
+    tl.store(count_ptr, count)
+
+
+CHAIN_SLOTS = 64     # programs per head (and state tile) that share a packed row's chains
+
+
+def chain_starts(seq_start: torch.Tensor, num_chunks: int, chunk_size: int, tops: bool = False):
+    """The state kernels' work list over a packed row (`chain_starts_kernel`): int32 chunk
+    indices (num_chunks,), the first `count` of them valid, and count (1,) int32, on the device
+    (no host sync); and the number of programs per head that walk them."""
+    chains = new_empty((num_chunks,), torch.int32, seq_start.device)
+    count = new_empty((1,), torch.int32, seq_start.device)
+    chain_starts_kernel[(1,)](seq_start, chains, count, seq_start.shape[0], num_chunks, L=chunk_size, TOPS=tops,
+                              BLOCK=min(1024, max(16, next_power_of_2(num_chunks))), num_warps=4)
+    return chains, count, min(num_chunks, CHAIN_SLOTS)
+
+
 @triton.jit
 def _segmented_sum(fa, va, fb, vb):
     """Scan combine of (restart flag, value): a sum that restarts where the flag is set."""
