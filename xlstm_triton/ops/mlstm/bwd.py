@@ -36,7 +36,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence
+from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
 @cached_launch
@@ -115,10 +115,11 @@ def chunkwise_bwd_dstates_kernel(
                      mask=tl.where(c_top == NC - 1, mask_kv, False))
             tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
             bottom = chain_end(start_ptr, c_top, S, NC, L, False)
+            keep_top = carries(start_ptr, c_top, S, L)       # (the last chunk may carry)
             for cc in range(c_top + 1 - bottom):
                 c = c_top - cc
                 decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-                keep = carries(start_ptr, c, S, L)
+                keep = (cc > 0) | keep_top                   # the chunks below the top carry
                 dC = tl.where(keep, dC * decay, 0.0)
                 dn = tl.where(keep, dn * decay, 0.0)
                 dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
@@ -220,7 +221,8 @@ def chunkwise_bwd_dv_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
-        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
+        t_first = segment_first(start_ptr, t, S, VARLEN)
+        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(t_first[None, :], s[:, None], VARLEN),
                             scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
                             0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -275,6 +277,7 @@ def chunkwise_bwd_dq_kernel(
     dq = dq * tl.load(g_ptr + row_base + t)[:, None]
 
     # Inside the chunk: key tiles from the chunk's start to the diagonal.
+    t_first = segment_first(start_ptr, t, S, VARLEN)
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
         mask_s = s < S
@@ -288,7 +291,7 @@ def chunkwise_bwd_dq_kernel(
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN),
+        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(t_first[:, None], s[None, :], VARLEN),
                       (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
@@ -358,7 +361,8 @@ def chunkwise_bwd_dk_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         dz = tl.load(dz_ptr + row_base + t)
-        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
+        t_first = segment_first(start_ptr, t, S, VARLEN)
+        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(t_first[None, :], s[:, None], VARLEN),
                         (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
-from .gates import carries, chain_end, chain_starts, same_sequence, segment_first
+from .gates import chain_end, chain_starts, same_sequence, segment_first
 
 
 @cached_launch
@@ -73,6 +73,12 @@ def chunkwise_fwd_states_kernel(
         # pipelines. A packed row of many documents is then as parallel as a batch of them.
         for j in range(slot, tl.load(count_ptr), P):
             c0 = tl.load(chains_ptr + j)
+            # Every chunk of a chain after the first carries, so it lies wholly in the sequence of
+            # the first one's last step: only the first chunk has rows of other sequences (selected
+            # out), or none for the next state (`whole` False: the next chunk starts a sequence).
+            nxt = c0 * L + L
+            seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
+            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
             C = tl.zeros((BK, BV), dtype=tl.float32)
             n = tl.zeros((BK,), dtype=tl.float32)
             tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
@@ -80,16 +86,13 @@ def chunkwise_fwd_states_kernel(
             tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n,
                      mask=tl.where(c0 == 0, mask_k & first_v, False))
             for c in range(c0, chain_end(start_ptr, c0, S, NC, L, True) + 1):
-                keep = carries(start_ptr, c, S, L)                 # C_{c+1} continues C_c
-                nxt = c * L + L
-                whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not empty
-                seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
                 decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+                keep = c > c0                          # C_{c+1} continues C_c
                 C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
                 n = tl.where(keep, n * decay, 0.0)
                 for tt in tl.static_range(L // BT):
                     t = c * L + tt * BT + tl.arange(0, BT)
-                    mask_t = tl.where(whole, (t < S) & (segment_first(start_ptr, t, S, VARLEN) == seq_last), False)
+                    mask_t = tl.where(keep, t < S, tl.where(whole, (t < S) & (t >= seq_last), False))
                     k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
                                 mask=mask_t[:, None] & mask_k[None, :], other=0.0)
                     v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
@@ -172,8 +175,9 @@ def chunkwise_fwd_output_kernel(
         n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
         num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    t_first = segment_first(start_ptr, t, S, VARLEN)
     if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
-        carried = segment_first(start_ptr, t, S, VARLEN) <= chunk * L
+        carried = t_first <= chunk * L
         num = tl.where(carried[:, None], num * g[:, None], 0.0)
         nq = tl.where(carried, nq * g, 0.0)
     else:
@@ -198,7 +202,7 @@ def chunkwise_fwd_output_kernel(
                         mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
             scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        causal = (s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN)
+        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first[:, None], s[None, :], VARLEN)
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
