@@ -78,7 +78,8 @@ def chunkwise_bwd_dstates_kernel(
 ):
     """dC_c = decay_c dC_{c+1} + sum_{t in c} g_t q^_t dO_t^T, from the last chunk down; VARLEN
     (packed sequences): the chains of chunks between restarts of the forward recurrence
-    (`carries`), shared out as in the forward (programs (k block, v block, head * P + slot))."""
+    (`carries`), shared out as in the forward (programs (k block, v block, head * P + slot)); no
+    initial state's gradient is written then (packed rows start from zeros)."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if VARLEN:
         slot = bh % P
@@ -128,8 +129,6 @@ def chunkwise_bwd_dstates_kernel(
                 tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                          mask=tl.where(c > 0, mask_kv, False))
                 tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
-                tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(c == 0, mask_kv, False))
-                tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(c == 0, mask_k & first_v, False))
     else:
         for cc in range(NC):
             c = NC - 1 - cc
@@ -484,7 +483,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     """Gradients of q, k, v, i, f, c_initial, n_initial.
 
     `seq_start`: packed sequences (B = 1), int32 (S,) each step's sequence's first step, with
-    `gates` made for them (no initial or final state terms then).
+    `gates` made for them (no initial or final state terms then: dc0, dn0 come back unwritten).
 
     `out`: optional (dq, dk, dv) tensors of q's, k's and v's shapes, unit stride in the last dim,
     that the kernels write (e.g. views of one buffer the caller reads next), else fresh ones.

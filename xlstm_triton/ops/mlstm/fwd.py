@@ -42,7 +42,8 @@ def chunkwise_fwd_states_kernel(
     """C_{c+1} = decay_c C_c + sum_s w_s k_s v_s^T (and n). VARLEN (packed sequences): C_{c+1}
     holds the sequence of the chunk's last step only, selected (rows of other sequences and
     the old state are left out, not multiplied by a zero weight: a NaN in one sequence stays
-    there); empty where the next chunk starts a sequence."""
+    there); empty where the next chunk starts a sequence. No final state is written then (a
+    packed row has none: c_last, n_last are left as allocated)."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if VARLEN:          # programs (k block, v block, head * P + slot): chains slot, slot + P, ... (below)
         slot = bh % P
@@ -106,8 +107,6 @@ def chunkwise_fwd_states_kernel(
                 tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
                          mask=tl.where(more, mask_kv, False))
                 tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
-                tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(more, False, mask_kv))
-                tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(more, False, mask_k & first_v))
     else:
         for c in range(NC):
             chunk = bh.to(tl.int64) * NC + c
@@ -175,9 +174,8 @@ def chunkwise_fwd_output_kernel(
         n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
         num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
-    t_first = segment_first(start_ptr, t, S, VARLEN)
     if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
-        carried = t_first <= chunk * L
+        carried = segment_first(start_ptr, t, S, VARLEN) <= chunk * L
         num = tl.where(carried[:, None], num * g[:, None], 0.0)
         nq = tl.where(carried, nq * g, 0.0)
     else:
@@ -202,6 +200,7 @@ def chunkwise_fwd_output_kernel(
                         mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
             scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
+        t_first = segment_first(start_ptr, t, S, VARLEN)
         causal = (s[None, :] <= t[:, None]) & same_sequence(t_first[:, None], s[None, :], VARLEN)
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
@@ -233,7 +232,7 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
 
     k: (B, NH, S, DQK), v: (B, NH, S, DV), any strides with unit stride in the last dim.
     Returns states (B*NH, NC, DQK, DV) in cfg.state_dtype, nstates (B*NH, NC, DQK) float32,
-    c_last (B, NH, DQK, DV) and n_last (B, NH, DQK) float32.
+    c_last (B, NH, DQK, DV) and n_last (B, NH, DQK) float32 (not written with `seq_start`).
     """
     B, NH, S, DQK = k.shape
     DV = v.shape[-1]
