@@ -36,7 +36,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence, segment_first
+from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence
 
 
 @cached_launch
@@ -107,28 +107,32 @@ def chunkwise_bwd_dstates_kernel(
         # forward restarted there): the chains run down from such chunks and from the last one
         # (listed by `chain_starts`) over the chunks below that carry (`chain_end`), each a loop
         # Triton pipelines.
-        top = bh.to(tl.int64) * NC + NC - 1
         for j in range(slot, tl.load(count_ptr), P):
             c_top = tl.load(chains_ptr + j)
             dC = tl.zeros((BK, BV), dtype=tl.float32)        # no final state's gradient here
             dn = tl.zeros((BK,), dtype=tl.float32)
-            tl.store(dstates_ptr + top * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
-                     mask=tl.where(c_top == NC - 1, mask_kv, False))
-            tl.store(dnstates_ptr + top * DQK + offs_k, dn, mask=tl.where(c_top == NC - 1, mask_k & first_v, False))
             bottom = chain_end(start_ptr, c_top, S, NC, L, False)
             keep_top = carries(start_ptr, c_top, S, L)       # (the last chunk may carry)
             for cc in range(c_top + 1 - bottom):
                 c = c_top - cc
+                # dstates[c], the gradient of C_{c+1}: from the step before (0 above the last
+                # chunk; the chain's top gets it from the chain above), stored first as in the
+                # batch walk.
+                chunk = bh.to(tl.int64) * NC + c
+                mine = (cc > 0) | (c == NC - 1)
+                tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                         mask=tl.where(mine, mask_kv, False))
+                tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=tl.where(mine, mask_k & first_v, False))
                 decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
                 keep = (cc > 0) | keep_top                   # the chunks below the top carry
                 dC = tl.where(keep, dC * decay, 0.0)
                 dn = tl.where(keep, dn * decay, 0.0)
                 dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
                                         offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
-                below = bh.to(tl.int64) * NC + tl.maximum(c - 1, 0)     # dstates[c - 1]: the gradient of C_c
-                tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
-                         mask=tl.where(c > 0, mask_kv, False))
-                tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(c > 0, mask_k & first_v, False))
+            below = bh.to(tl.int64) * NC + tl.maximum(bottom - 1, 0)   # dstates[bottom - 1]: the gradient of C_bottom
+            tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                     mask=tl.where(bottom > 0, mask_kv, False))
+            tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(bottom > 0, mask_k & first_v, False))
     else:
         for cc in range(NC):
             c = NC - 1 - cc
@@ -220,8 +224,7 @@ def chunkwise_bwd_dv_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
-        t_first = segment_first(start_ptr, t, S, VARLEN)
-        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(t_first[None, :], s[:, None], VARLEN),
+        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
                             scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
                             0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -276,7 +279,6 @@ def chunkwise_bwd_dq_kernel(
     dq = dq * tl.load(g_ptr + row_base + t)[:, None]
 
     # Inside the chunk: key tiles from the chunk's start to the diagonal.
-    t_first = segment_first(start_ptr, t, S, VARLEN)
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
         mask_s = s < S
@@ -290,7 +292,7 @@ def chunkwise_bwd_dq_kernel(
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(t_first[:, None], s[None, :], VARLEN),
+        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN),
                       (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
@@ -360,8 +362,7 @@ def chunkwise_bwd_dk_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         dz = tl.load(dz_ptr + row_base + t)
-        t_first = segment_first(start_ptr, t, S, VARLEN)
-        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(t_first[None, :], s[:, None], VARLEN),
+        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
                         (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)

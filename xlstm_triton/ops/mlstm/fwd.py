@@ -82,11 +82,15 @@ def chunkwise_fwd_states_kernel(
             whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
             C = tl.zeros((BK, BV), dtype=tl.float32)
             n = tl.zeros((BK,), dtype=tl.float32)
-            tl.store(states_ptr + (bh.to(tl.int64) * NC) * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
-                     mask=tl.where(c0 == 0, mask_kv, False))
-            tl.store(nstates_ptr + (bh.to(tl.int64) * NC) * DQK + offs_k, n,
-                     mask=tl.where(c0 == 0, mask_k & first_v, False))
-            for c in range(c0, chain_end(start_ptr, c0, S, NC, L, True) + 1):
+            last = chain_end(start_ptr, c0, S, NC, L, True)
+            for c in range(c0, last + 1):
+                # C_c: from the step before (C_0 = 0; the chain's first state is the last one of
+                # the chain before), stored first as in the batch walk.
+                chunk = bh.to(tl.int64) * NC + c
+                mine = (c > c0) | (c == 0)
+                tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                         mask=tl.where(mine, mask_kv, False))
+                tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(mine, mask_k & first_v, False))
                 decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
                 keep = c > c0                          # C_{c+1} continues C_c
                 C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
@@ -102,11 +106,11 @@ def chunkwise_fwd_states_kernel(
                     vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
                     C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
                     n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-                chunk = bh.to(tl.int64) * NC + c + 1
-                more = c + 1 < NC
-                tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
-                         mask=tl.where(more, mask_kv, False))
-                tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
+            chunk = bh.to(tl.int64) * NC + last + 1           # C_{last+1}: the next chain's first state
+            more = last + 1 < NC
+            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                     mask=tl.where(more, mask_kv, False))
+            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
     else:
         for c in range(NC):
             chunk = bh.to(tl.int64) * NC + c
@@ -200,8 +204,7 @@ def chunkwise_fwd_output_kernel(
                         mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
             scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        t_first = segment_first(start_ptr, t, S, VARLEN)
-        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first[:, None], s[None, :], VARLEN)
+        causal = (s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN)
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],

@@ -135,15 +135,15 @@ def segment_first(start_ptr, pos, S, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def same_sequence(later_first, earlier, VARLEN: tl.constexpr):
-    """Mask of step pairs (t, s <= t) in one packed sequence: s is not before the first step of
-    t's sequence. `later_first`: `segment_first` of the t's, broadcast by the caller against
-    `earlier`, the s's (all True without VARLEN). The kernels' intra-chunk weights are selected
-    by it."""
+def same_sequence(start_ptr, rows, cols, S, VARLEN: tl.constexpr):
+    """(len(rows), len(cols)) mask: the two steps are in one packed sequence (all True without
+    VARLEN). The kernels' intra-chunk weights are selected by it."""
     if VARLEN:
-        return earlier >= later_first
+        a = tl.load(start_ptr + tl.minimum(rows, S - 1))
+        b = tl.load(start_ptr + tl.minimum(cols, S - 1))
+        return a[:, None] == b[None, :]
     else:
-        return (earlier >= 0) | (later_first >= 0)
+        return (rows[:, None] >= 0) & (cols[None, :] >= 0)
 
 
 @triton.jit
