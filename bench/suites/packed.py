@@ -12,7 +12,8 @@ layouts of the same tokens:
 
 Providers:
   mlstm_op      `mlstm_chunkwise` forward+backward at the xLSTM-7B head geometry (NH=8, DQK=256,
-                DV=512), bf16
+                DV=512), bf16; packed offsets checked once (`checked_cu_seqlens`), as a model
+                passes them to its layers
   xlstm_large   one AdamW step of `xLSTMLarge` (E=1024, 12 blocks, 4 heads, vocabulary 50,304,
                 loss from `labels`), as `python -m bench model` runs it; padded rows get -100
                 labels on the padding
@@ -74,6 +75,7 @@ def _columns(case, lengths, shape):
 
 def _mlstm_op(case, mode, dtype):
     from xlstm_triton import mlstm_chunkwise
+    from xlstm_triton.checks import checked_cu_seqlens
     dev = device()
     (B, S), cu, _, lengths = _layout(case, dev)
     NH, DQK, DV = (2, 16, 32) if case.get("quick") else (8, 256, 512)
@@ -83,6 +85,10 @@ def _mlstm_op(case, mode, dtype):
     i = torch.randn(B, NH, S, device=dev, dtype=dtype, requires_grad=grad)
     f = (torch.randn(B, NH, S, device=dev, dtype=dtype) + 3).requires_grad_(grad)
     dh = torch.randn(B, NH, S, DV, device=dev, dtype=dtype)
+    if cu is not None:
+        # Checked once, as a model does per step for its layers: no host read of the offsets
+        # (a wait for the GPU) in each call.
+        cu = checked_cu_seqlens(cu.cpu(), S, dev)
 
     def run():
         if grad:
