@@ -86,18 +86,24 @@ def packed_recurrent(bounds):
     return reference
 
 
-@pytest.mark.parametrize("states", [False, True])
-def test_packed_sequences_equal_each_alone(states, device, poison):
-    """cu_seqlens: h, one last state per sequence and all gradients equal each sequence run alone."""
+def packed_inputs(states, device):
+    """Inputs of five packed sequences (lengths 1, 5, 0, 12, 3: an empty one), with initial
+    states per sequence if `states`; their offsets as a list and as a tensor."""
     lengths = [1, 5, 0, 12, 3]
-    N, T = len(lengths), sum(lengths)
-    inputs = make_inputs(1, T, 2, 16, device=device)
+    inputs = make_inputs(1, sum(lengths), 2, 16, device=device)
     if states:
-        inputs["initial_state"] = make_inputs(N, 1, 2, 16, device=device, states=True)["initial_state"]
+        inputs["initial_state"] = make_inputs(len(lengths), 1, 2, 16, device=device, states=True)["initial_state"]
     bounds = [0]
     for length in lengths:
         bounds.append(bounds[-1] + length)
-    cu = torch.tensor(bounds, device=device)
+    return inputs, bounds, torch.tensor(bounds, device=device)
+
+
+@pytest.mark.parametrize("states", [False, True])
+def test_packed_sequences_equal_each_alone(states, device, poison):
+    """cu_seqlens: h, one last state per sequence and all gradients equal each sequence run alone."""
+    inputs, bounds, cu = packed_inputs(states, device)
+    N = len(bounds) - 1
     h, state, grads = run_with_grads(lambda **kw: slstm(**kw, cu_seqlens=cu), inputs)
     h_ref, state_ref, grads_ref = run_with_grads(packed_recurrent(bounds), {k: v.double() for k, v in inputs.items()})
     tol_fw, tol_bw = TOL[torch.float32]
@@ -119,15 +125,8 @@ def test_packed_sequences_without_last_states_run_as_one_padded_batch(states, de
     run), h and all gradients equal each sequence run alone in float64."""
     import importlib
     slstm_op = importlib.import_module("xlstm_triton.ops.slstm.op")    # the package name is also the function's
-    lengths = [1, 5, 0, 12, 3]
-    N, T = len(lengths), sum(lengths)
-    inputs = make_inputs(1, T, 2, 16, device=device)
-    if states:
-        inputs["initial_state"] = make_inputs(N, 1, 2, 16, device=device, states=True)["initial_state"]
-    bounds = [0]
-    for length in lengths:
-        bounds.append(bounds[-1] + length)
-    cu = torch.tensor(bounds, device=device)
+    inputs, bounds, cu = packed_inputs(states, device)
+    N = len(bounds) - 1
     calls = []
     batched = slstm_op.slstm
     monkeypatch.setattr(slstm_op, "slstm", lambda wx, *a, **k: calls.append(wx.shape[0]) or batched(wx, *a, **k))
