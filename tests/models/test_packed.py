@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import TOL, V, assert_close, small_lm, weighted_sum_loss
+from tests.helpers import TOL, assert_close, small_lm, weighted_sum_loss
 from tests.models.large_helpers import randomize_, tiny_config
 from xlstm_triton.models import xLSTMLarge
 
@@ -29,22 +29,20 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("family", ["paper", "large"])
-@pytest.mark.parametrize("offsets", ["cu_seqlens", "position_ids"])
-def test_packed_row_equals_documents_one_by_one(family, offsets, path, device):
-    model = _models(device)[family]
-    torch.manual_seed(1)
-    S = sum(LENGTHS)
-    idx = torch.randint(0, _vocab(model), (1, S), device=device)
-    cu = torch.tensor([0] + LENGTHS, device=device).cumsum(0)
-    if offsets == "cu_seqlens":
-        packed = dict(cu_seqlens=cu)
-    else:
-        packed = dict(position_ids=torch.cat([torch.arange(n, device=device) for n in LENGTHS])[None])
+def _logits_and_grads(model, idx, **packed):
     model.zero_grad()
     logits = model(idx, **packed)
     weighted_sum_loss([logits], torch.Generator().manual_seed(3)).backward()
-    grads = _grads(model)
+    return logits, _grads(model)
+
+
+@pytest.mark.parametrize("family", ["paper", "large"])
+def test_packed_row_equals_documents_one_by_one(family, path, device):
+    model = _models(device)[family]
+    torch.manual_seed(1)
+    idx = torch.randint(0, _vocab(model), (1, sum(LENGTHS)), device=device)
+    cu = torch.tensor([0] + LENGTHS, device=device).cumsum(0)
+    logits, grads = _logits_and_grads(model, idx, cu_seqlens=cu)
     model.zero_grad()
     alone = torch.cat([model(idx[:, a:b]) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], dim=1)
     weighted_sum_loss([alone], torch.Generator().manual_seed(3)).backward()
@@ -53,6 +51,27 @@ def test_packed_row_equals_documents_one_by_one(family, offsets, path, device):
     assert grads.keys() == _grads(model).keys() and grads
     for name, g in _grads(model).items():
         assert_close(grads[name], g, bwd, f"d {name}")
+
+
+@pytest.mark.parametrize("family", ["paper", "large"])
+def test_position_ids_give_the_cu_seqlens_result(family, device, monkeypatch):
+    """position_ids restarting at 0 at each document (transformers' packing collators) mark the
+    same documents as their cu_seqlens: the same logits and gradients. (On the CPU through the
+    ops' PyTorch path: the conversion is the same for both paths, and the interpreter is slow.)"""
+    if device == "cpu":
+        import xlstm_triton.utils as xt_utils
+        monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = _models(device)[family]
+    torch.manual_seed(1)
+    idx = torch.randint(0, _vocab(model), (1, sum(LENGTHS)), device=device)
+    cu = torch.tensor([0] + LENGTHS, device=device).cumsum(0)
+    position_ids = torch.cat([torch.arange(n, device=device) for n in LENGTHS])[None]
+    logits, grads = _logits_and_grads(model, idx, cu_seqlens=cu)
+    logits_pos, grads_pos = _logits_and_grads(model, idx, position_ids=position_ids)
+    assert torch.equal(logits_pos, logits)
+    assert grads_pos.keys() == grads.keys() and grads
+    for name, g in grads.items():
+        assert torch.equal(grads_pos[name], g), f"d {name}"
 
 
 @pytest.mark.parametrize("family", ["paper", "large"])
