@@ -109,11 +109,21 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, n
     return cu_seqlens.numel() - 1
 
 
+def host_offsets(cu_seqlens: torch.Tensor) -> list:
+    """The values of packed offsets as a list, for host-side code (loops or padding over the
+    sequences): those `checked_cu_seqlens` kept when it read them, else one read (a wait for
+    the GPU for a CUDA tensor). Under torch.compile always the read (a graph break)."""
+    kept = None if torch.compiler.is_compiling() else getattr(cu_seqlens, "_xlstm_triton_values", None)
+    return list(kept) if kept is not None else cu_seqlens.tolist()
+
+
 def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str = "cu_seqlens") -> torch.Tensor:
     """`check_cu_seqlens` once (batch of 1), then the offsets on `device` as int32, marked as
     checked for `total` steps: the layers a model passes them to skip the values' host read (one
-    GPU sync per layer otherwise)."""
+    GPU sync per layer otherwise). Offsets given on the CPU also keep their values on the tensor
+    for host-side code (`host_offsets`: the sLSTM's padding over the sequences)."""
     check_cu_seqlens(cu_seqlens, total, 1, device, name)
+    values = cu_seqlens.tolist() if cu_seqlens.device.type == "cpu" else None
     if cu_seqlens.device.type == "cpu" and torch.device(device).type == "cuda":
         cu_seqlens = cu_seqlens.to(torch.int32).pin_memory()     # copied without waiting for the GPU
     cu = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True)
@@ -121,4 +131,6 @@ def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str =
         cu = cu.view(cu.shape)          # mark a view, not the caller's tensor
     if not torch.compiler.is_compiling():
         cu._xlstm_triton_checked = total
+        if values is not None:
+            cu._xlstm_triton_values = tuple(values)
     return cu

@@ -145,6 +145,19 @@ def test_packed_sequences_without_last_states_run_as_one_padded_batch(states, de
         assert_close(parts, ref, tol_bw, f"d{k}")
 
 
+def test_packed_sequences_read_checked_offsets_once(device, monkeypatch):
+    """Offsets a model checked once (`checked_cu_seqlens`, given on the CPU) keep their values:
+    the sLSTM pads its batch from them without reading the tensor again (on a GPU each read is
+    a wait for it), with the result of plain offsets."""
+    from xlstm_triton.checks import checked_cu_seqlens
+    inputs, bounds, cu = packed_inputs(False, device)
+    checked = checked_cu_seqlens(torch.tensor(bounds), bounds[-1], device)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("the offsets were read again"))
+    h = slstm(**inputs, cu_seqlens=checked)
+    monkeypatch.undo()
+    assert torch.equal(h, slstm(**inputs, cu_seqlens=cu))
+
+
 # (B, T, NH, DH, dtype, config override, initial states)
 CASES = [
     (3, 7, 2, 16, torch.float32, None, False),

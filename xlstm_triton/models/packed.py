@@ -40,5 +40,5 @@ def packed_offsets(input_ids: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
         if tuple(position_ids.shape) not in ((1, input_ids.shape[1]), (input_ids.shape[1],)):
             raise ValueError(f"position_ids: expected shape (1, {input_ids.shape[1]}) (input_ids'), got "
                              f"{tuple(position_ids.shape)}")
-        cu_seqlens = cu_seqlens_from_position_ids(position_ids)
+        cu_seqlens = cu_seqlens_from_position_ids(position_ids).cpu()    # (read once already)
     return checked_cu_seqlens(cu_seqlens, input_ids.shape[1], input_ids.device)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..checks import check_cu_seqlens, check_tensor
+from ..checks import check_cu_seqlens, check_tensor, host_offsets
 from ..launch import cached_launch
 from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_index, use_kernels
 
@@ -276,7 +276,7 @@ def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     """The PyTorch spelling: the state (or zeros) before x, a grouped conv1d, SiLU; packed
     sequences (`cu_seqlens`) one by one, each from its own state row."""
     if cu_seqlens is not None:
-        bounds = cu_seqlens.tolist()
+        bounds = host_offsets(cu_seqlens)
         return torch.cat([causal_conv1d_torch(x[:, a:b], weight, bias, None if state is None else state[n:n + 1], silu)
                           for n, (a, b) in enumerate(zip(bounds, bounds[1:]))], dim=1)
     B, S, Fd = x.shape

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from ...checks import check_chunk_size, check_cu_seqlens, check_tensor
+from ...checks import check_chunk_size, check_cu_seqlens, check_tensor, host_offsets
 from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_index, soft_cap,
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
@@ -341,7 +341,7 @@ def _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_st
                   gate_soft_cap, cu_seqlens):
     """`mlstm_chunkwise` over packed sequences (its docstring): one call per sequence. An empty
     sequence's final state is its initial one."""
-    bounds = cu_seqlens.tolist()
+    bounds = host_offsets(cu_seqlens)
     NH, DQK, DV = q.shape[1], q.shape[3], v.shape[3]
     state_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     hs, last = [], []

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from ...checks import check_cu_seqlens, check_tensor
+from ...checks import check_cu_seqlens, check_tensor, host_offsets
 from ...utils import kernel_op, packed_index, use_kernels
 from .bwd import slstm_bwd
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
@@ -196,7 +196,7 @@ def _slstm_packed(wx, R, b, initial_state, return_last_state, cu_seqlens):
     sequences as a batch, each row padded after its end to the longest (trailing padding
     changes no earlier output, and gets no gradient). With them: one call per sequence; an
     empty sequence's last state is its initial one."""
-    bounds = cu_seqlens.tolist()
+    bounds = host_offsets(cu_seqlens)
     NH, DH = wx.shape[3], wx.shape[4]
     if not return_last_state:
         return _slstm_padded(wx, R, b, initial_state, cu_seqlens.to(wx.device), bounds)
