@@ -36,7 +36,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
 from .fwd import chunkwise_fwd_states
-from .gates import carries, chain_end, chain_starts, gate_rows, same_sequence
+from .gates import chain_end, chain_starts, gate_rows, same_sequence
 
 
 @cached_launch
@@ -105,48 +105,54 @@ def chunkwise_bwd_dstates_kernel(
     if VARLEN:
         # Chunk c's step ignores the gradient coming from above where it does not carry (the
         # forward restarted there): the chains run down from such chunks and from the last one
-        # (listed by `chain_starts`) over the chunks below that carry (`chain_end`), each a loop
-        # Triton pipelines.
+        # (listed by `chain_starts`) over the chunks below that carry (`chain_end`).
         for j in range(slot, tl.load(count_ptr), P):
             c_top = tl.load(chains_ptr + j)
-            dC = tl.zeros((BK, BV), dtype=tl.float32)        # no final state's gradient here
+            # The top's dstates, the gradient of C_{c_top+1}, is the chain above's (zero above
+            # the last chunk: a packed row has no final state); its own step starts from zero.
+            dC = tl.zeros((BK, BV), dtype=tl.float32)
             dn = tl.zeros((BK,), dtype=tl.float32)
+            chunk = bh.to(tl.int64) * NC + c_top
+            top_row = c_top == NC - 1
+            tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
+                     mask=tl.where(top_row, mask_kv, False))
+            tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=tl.where(top_row, mask_k & first_v, False))
+            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c_top, dC, dn, offs_k,
+                                    offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+            # The chunks below the top carry: the batch walk's steps, then dstates[bottom - 1],
+            # the gradient of C_bottom, the top of the chain below.
             bottom = chain_end(start_ptr, c_top, S, NC, L, False)
-            keep_top = carries(start_ptr, c_top, S, L)       # (the last chunk may carry)
-            for cc in range(c_top + 1 - bottom):
-                c = c_top - cc
-                # dstates[c], the gradient of C_{c+1}: from the step before (0 above the last
-                # chunk; the chain's top gets it from the chain above), stored first as in the
-                # batch walk.
-                chunk = bh.to(tl.int64) * NC + c
-                mine = (cc > 0) | (c == NC - 1)
-                tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
-                         mask=tl.where(mine, mask_kv, False))
-                tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=tl.where(mine, mask_k & first_v, False))
-                decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-                keep = (cc > 0) | keep_top                   # the chunks below the top carry
-                dC = tl.where(keep, dC * decay, 0.0)
-                dn = tl.where(keep, dn * decay, 0.0)
-                dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
-                                        offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
-            below = bh.to(tl.int64) * NC + tl.maximum(bottom - 1, 0)   # dstates[bottom - 1]: the gradient of C_bottom
+            dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
+                                   bh, row_base, c_top - 1, bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
+                                   mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+            below = bh.to(tl.int64) * NC + tl.maximum(bottom - 1, 0)
             tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                      mask=tl.where(bottom > 0, mask_kv, False))
             tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(bottom > 0, mask_k & first_v, False))
     else:
-        for cc in range(NC):
-            c = NC - 1 - cc
-            chunk = bh.to(tl.int64) * NC + c
-            # dstates[c] is the gradient of C_{c+1}, the state at the end of chunk c.
-            tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
-            tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
-            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-            dC = dC * decay
-            dn = dn * decay
-            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k,
-                                    offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+        dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
+                               bh, row_base, NC - 1, 0, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
+                               mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
         tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
         tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
+
+
+@triton.jit
+def _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr, bh, row_base,
+                  c_top, c_bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, s_qt, s_dt,
+                  S, NC, scale, DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+                  DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """Chunks c_top down to c_bottom: store dstates[c] (the gradient of C_{c+1}), then
+    dC_c = decay_c dC_{c+1} + chunk c's terms. The loop Triton pipelines."""
+    for cc in range(c_top + 1 - c_bottom):
+        c = c_top - cc
+        chunk = bh.to(tl.int64) * NC + c
+        tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty), mask=mask_kv)
+        tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
+        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+        dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC * decay, dn * decay,
+                                offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+    return dC, dn
 
 
 @triton.jit

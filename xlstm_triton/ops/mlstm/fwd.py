@@ -69,72 +69,75 @@ def chunkwise_fwd_states_kernel(
     if VARLEN:
         # Chunk c continues the state of chunk c - 1 only where `carries(c)`; elsewhere the
         # recurrence restarts, so the chunks form independent chains, each beginning at a chunk
-        # that does not carry (listed by `chain_starts`). The programs of a head share them out
-        # and walk each in a plain loop over bounds found by `chain_end`, which Triton
-        # pipelines. A packed row of many documents is then as parallel as a batch of them.
+        # that does not carry (listed by `chain_starts`). The programs of a head share them out.
         for j in range(slot, tl.load(count_ptr), P):
             c0 = tl.load(chains_ptr + j)
-            # Every chunk of a chain after the first carries, so it lies wholly in the sequence of
-            # the first one's last step: only the first chunk has rows of other sequences (selected
-            # out), or none for the next state (`whole` False: the next chunk starts a sequence).
+            # Only a chain's first chunk has rows of other sequences: C_{c0+1} holds those of
+            # the sequence of its last step, from `lo` on (none where the next chunk starts a
+            # sequence). C_{c0} is the chain before's (stored by it; zero for chunk 0).
             nxt = c0 * L + L
-            seq_last = segment_first(start_ptr, nxt - 1, S, VARLEN)
             whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
+            lo = tl.where(whole, segment_first(start_ptr, nxt - 1, S, VARLEN), S)
             C = tl.zeros((BK, BV), dtype=tl.float32)
             n = tl.zeros((BK,), dtype=tl.float32)
+            chunk = bh.to(tl.int64) * NC + c0
+            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
+                     mask=tl.where(c0 == 0, mask_kv, False))
+            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
+            C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c0, lo, C, n, offs_k, offs_v, mask_k, mask_v,
+                                 s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
+            # The rest of the chain carries: the batch walk's steps, then C_{last+1}, the first
+            # state of the next chain.
             last = chain_end(start_ptr, c0, S, NC, L, True)
-            for c in range(c0, last + 1):
-                # C_c: from the step before (C_0 = 0; the chain's first state is the last one of
-                # the chain before), stored first as in the batch walk.
-                chunk = bh.to(tl.int64) * NC + c
-                mine = (c > c0) | (c == 0)
-                tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
-                         mask=tl.where(mine, mask_kv, False))
-                tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(mine, mask_k & first_v, False))
-                decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-                keep = c > c0                          # C_{c+1} continues C_c
-                C = tl.where(keep, C * decay, 0.0)       # selected: a NaN of another sequence stays out
-                n = tl.where(keep, n * decay, 0.0)
-                for tt in tl.static_range(L // BT):
-                    t = c * L + tt * BT + tl.arange(0, BT)
-                    mask_t = tl.where(keep, t < S, tl.where(whole, (t < S) & (t >= seq_last), False))
-                    k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
-                                mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-                    v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
-                                mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-                    w = tl.load(w_ptr + row_base + t)
-                    vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-                    C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-                    n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-            chunk = bh.to(tl.int64) * NC + last + 1           # C_{last+1}: the next chain's first state
+            C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, c0 + 1,
+                                last + 1, C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
+                                s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+            chunk = bh.to(tl.int64) * NC + last + 1
             more = last + 1 < NC
             tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
                      mask=tl.where(more, mask_kv, False))
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
     else:
-        for c in range(NC):
-            chunk = bh.to(tl.int64) * NC + c
-            tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
-            tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
-            decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-            C = C * decay
-            n = n * decay
-            for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
-                t = c * L + tt * BT + tl.arange(0, BT)
-                mask_t = t < S
-                k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :],
-                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-                v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :],
-                            mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-                w = tl.load(w_ptr + row_base + t)
-                # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured
-                # 30% faster on H100 than scaling k, bench/NOTES.md).
-                vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-                C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-                n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
-
+        C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, 0, NC,
+                            C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
+                            s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
         tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
         tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
+
+
+@triton.jit
+def _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, c_from, c_to, C, n,
+                 kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, s_kt, s_vt, S, NC,
+                 DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """Chunks c_from .. c_to - 1: store C_c, then C_{c+1} = decay_c C_c + chunk c's terms. The
+    loop Triton pipelines."""
+    for c in range(c_from, c_to):
+        chunk = bh.to(tl.int64) * NC + c
+        tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
+        tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
+        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
+        C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c, 0, C * decay, n * decay, offs_k, offs_v,
+                             mask_k, mask_v, s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
+    return C, n
+
+
+@triton.jit
+def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, offs_k, offs_v, mask_k, mask_v, s_kt, s_vt, S,
+                  L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """C + sum_s w_s k_s v_s^T and n + sum_s w_s k_s over chunk c's steps s >= lo (and < S)."""
+    for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
+        t = c * L + tt * BT + tl.arange(0, BT)
+        mask_t = (t < S) & (t >= lo)
+        k = tl.load(k_base + t[:, None] * s_kt + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        v = tl.load(v_base + t[:, None] * s_vt + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        w = tl.load(w_ptr + row_base + t)
+        # Scale the values, not the keys: k then feeds the matrix unit as loaded (measured 30%
+        # faster on H100 than scaling k, bench/NOTES.md).
+        vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+        C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
+        n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
+    return C, n
 
 
 @cached_launch
