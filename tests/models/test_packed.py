@@ -72,7 +72,9 @@ def test_position_ids_give_the_cu_seqlens_result(family, device, monkeypatch):
     assert torch.equal(logits_pos, logits)
     assert grads_pos.keys() == grads.keys() and grads
     for name, g in grads.items():
-        assert torch.equal(grads_pos[name], g), f"d {name}"
+        # Bitwise but for the order of float atomic adds (the sLSTM's dR on the GPU): 1e-5, two
+        # orders below what a wrong document bound gives.
+        assert_close(grads_pos[name], g, 1e-5, f"d {name}")
 
 
 @pytest.mark.parametrize("family", ["paper", "large"])

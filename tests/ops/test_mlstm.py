@@ -171,6 +171,35 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, device, 
         assert_close(leaves[name].grad, x64[name].grad, bw_tol, f"d{name}")
 
 
+@pytest.mark.parametrize("tops", [False, True])
+@pytest.mark.parametrize("lengths", [[5, 51, 40, 20, 1, 70, 3, 16, 32], [300]])
+def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
+    """The state kernels' work list over a packed row: every chain's start exactly once (chunk
+    c starts a chain where it does not continue chunk c - 1's state; the backward's list adds
+    the last chunk), the longest chains first."""
+    from xlstm_triton.utils import packed_index, use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("a Triton kernel: the GPU or TRITON_INTERPRET=1")
+    L, S = 16, sum(lengths)
+    NC = -(-S // L)
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0)
+    first = [0] * S
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        first[a:b] = [a] * (b - a)
+
+    def carries(c):        # chunk c's last step is in a sequence begun before c, going on after it
+        end = min(c * L + L, S)
+        return first[end - 1] < c * L and (end == S or first[end] != end)
+
+    starts = [c for c in range(NC) if not carries(c) or (tops and c == NC - 1)]
+    chains, count, _ = mlstm_gates.chain_starts(packed_index(cu, S)[0], NC, L, tops=tops)
+    got = chains[:int(count)].tolist()
+    assert sorted(got) == starts
+    after = dict(zip(starts, starts[1:] + [NC])) if not tops else dict(zip(starts, [-1] + starts[:-1]))
+    length = [abs(after[c] - c) for c in got]
+    assert length == sorted(length, reverse=True), (got, length)
+
+
 def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):
     """A NaN in one packed sequence's input reaches no other sequence's output (fused path)."""
     from xlstm_triton.utils import use_kernels

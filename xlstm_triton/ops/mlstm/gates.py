@@ -186,10 +186,12 @@ def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl
 @cached_launch
 @triton.jit(do_not_specialize=["S", "NC"])
 def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr, TOPS: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    """Packed sequences, one program: the chunks where the state recurrences' chains begin, in
-    order, and their count: the chunks that do not carry (the forward walks up from each) or,
-    TOPS, those and the last chunk (the backward walks down from each)."""
+                        BLOCK: tl.constexpr, LONGEST_FIRST: tl.constexpr):
+    """Packed sequences, one program: the chunks where the state recurrences' chains begin and
+    their count: the chunks that do not carry (the forward walks up from each) or, TOPS, those
+    and the last chunk (the backward walks down from each). In order of position, or
+    (LONGEST_FIRST, all chunks in one BLOCK) the longest chains first, so that the programs
+    sharing them out (chain j goes to program j mod P) finish together."""
     count = tl.zeros((), dtype=tl.int32)
     for base in range(0, NC, BLOCK):
         c = base + tl.arange(0, BLOCK)
@@ -200,6 +202,18 @@ def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr
         tl.store(chains_ptr + count + tl.cumsum(flag, axis=0) - flag, c, mask=flag != 0)
         count += tl.sum(flag, axis=0)
     tl.store(count_ptr, count)
+    if LONGEST_FIRST:
+        tl.debug_barrier()                    # the list above, stored by other threads
+        j = tl.arange(0, BLOCK)
+        valid = j < count
+        here = tl.load(chains_ptr + j, mask=valid, other=0)
+        if TOPS:                              # down to the chunk above the previous top
+            length = here - tl.load(chains_ptr + j - 1, mask=valid & (j > 0), other=-1)
+        else:                                 # up to the chunk below the next start
+            length = tl.load(chains_ptr + j + 1, mask=valid & (j + 1 < count), other=NC) - here
+        key = tl.sort(tl.where(valid, length * BLOCK + here, -1), 0, descending=True)
+        tl.debug_barrier()                    # every load above done before the stores
+        tl.store(chains_ptr + j, key % BLOCK, mask=valid)
 
 
 CHAIN_SLOTS = 64     # programs per head (and state tile) that share a packed row's chains
@@ -207,12 +221,14 @@ CHAIN_SLOTS = 64     # programs per head (and state tile) that share a packed ro
 
 def chain_starts(seq_start: torch.Tensor, num_chunks: int, chunk_size: int, tops: bool = False):
     """The state kernels' work list over a packed row (`chain_starts_kernel`): int32 chunk
-    indices (num_chunks,), the first `count` of them valid, and count (1,) int32, on the device
-    (no host sync); and the number of programs per head that walk them."""
+    indices (num_chunks,), the first `count` of them valid (the longest chains first, up to
+    1,024 chunks; in order beyond), and count (1,) int32, on the device (no host sync); and the
+    number of programs per head that walk them."""
     chains = new_empty((num_chunks,), torch.int32, seq_start.device)
     count = new_empty((1,), torch.int32, seq_start.device)
+    block = min(1024, max(16, next_power_of_2(num_chunks)))
     chain_starts_kernel[(1,)](seq_start, chains, count, seq_start.shape[0], num_chunks, L=chunk_size, TOPS=tops,
-                              BLOCK=min(1024, max(16, next_power_of_2(num_chunks))), num_warps=4)
+                              BLOCK=block, LONGEST_FIRST=block >= num_chunks, num_warps=4)
     return chains, count, min(num_chunks, CHAIN_SLOTS)
 
 
