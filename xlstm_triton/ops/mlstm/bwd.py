@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
-from .fwd import chunkwise_fwd_states
+from .fwd import chunkwise_fwd_states, varlen_maxnreg
 from .gates import chain_end, chain_starts, gate_rows, same_sequence
 
 
@@ -540,7 +540,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states,
-        num_stages=cfg.num_stages_states)
+        num_stages=cfg.num_stages_states, maxnreg=varlen_maxnreg(cfg) if seq_start is not None else None)
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](

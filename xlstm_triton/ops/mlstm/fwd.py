@@ -233,6 +233,16 @@ def chunkwise_fwd_output_kernel(
     tl.store(zsign_ptr + row_base + t, zsign, mask=first_v)
 
 
+def varlen_maxnreg(cfg):
+    """Register cap of the packed-sequence state kernels (forward and backward). With 64 x 64
+    state tiles on 4 warps their chain loops take 217-227 registers a thread against 148-168
+    for the batch walks (H200, Triton 3.6): 2 programs per SM instead of 3. Capped at 168 they
+    fit 3 again, with a few spills (measured: the op's fwd+bwd 10.84 -> 10.52 ms,
+    bench/NOTES.md). Other tiles keep Triton's choice."""
+    small = cfg.block_k_states * cfg.block_v_states <= 64 * 64 and cfg.num_warps_states == 4
+    return 168 if small else None
+
+
 def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None):
     """States at the start of every chunk and the final state.
 
@@ -259,6 +269,7 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_C0=c_initial is not None, HAS_N0=n_initial is not None, DOT_DTYPE=cfg.dot_dtype,
         PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
+        maxnreg=varlen_maxnreg(cfg) if seq_start is not None else None,
     )
     return states, nstates, c_last, n_last
 
