@@ -107,11 +107,21 @@ def new_empty(shape, dtype, device) -> torch.Tensor:
 
 def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: the first step
-    of each step's sequence and the sequence's index, int32 (total,) each. No host sync."""
+    of each step's sequence and the sequence's index, int32 (total,) each. No host sync.
+
+    Offsets made by `checks.checked_cu_seqlens` (a model's, once per step) keep the result
+    (eager mode): its layers share one index, and the one their backwards keep, instead of one
+    each."""
+    kept = None if torch.compiler.is_compiling() else getattr(cu_seqlens, "_xlstm_triton_index", None)
+    if kept is not None and kept[0].shape[0] == total:
+        return kept
     cu = cu_seqlens.to(torch.int32)
     seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
                                   cu[1:] - cu[:-1], output_size=total)
-    return cu[:-1][seq.long()], seq
+    index = cu[:-1][seq.long()], seq
+    if not torch.compiler.is_compiling() and getattr(cu_seqlens, "_xlstm_triton_checked", None) == total:
+        cu_seqlens._xlstm_triton_index = index
+    return index
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,21 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
     assert length == sorted(length, reverse=True), (got, length)
 
 
+def test_checked_offsets_share_one_packed_index():
+    """Offsets a model checked once per step keep their index (first step and sequence of each
+    step): every layer, and what its backward saves, shares one; plain offsets get a new one."""
+    from xlstm_triton.checks import checked_cu_seqlens
+    from xlstm_triton.utils import packed_index
+    cu = torch.tensor([0, 3, 3, 7])
+    checked = checked_cu_seqlens(cu, 7, "cpu")
+    start, seq = packed_index(checked, 7)
+    assert start.tolist() == [0, 0, 0, 3, 3, 3, 3] and seq.tolist() == [0, 0, 0, 2, 2, 2, 2]
+    again = packed_index(checked, 7)
+    assert again[0] is start and again[1] is seq
+    plain = packed_index(cu, 7)
+    assert plain[0] is not packed_index(cu, 7)[0] and torch.equal(plain[0], start)
+
+
 def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):
     """A NaN in one packed sequence's input reaches no other sequence's output (fused path)."""
     from xlstm_triton.utils import use_kernels
