@@ -8,6 +8,7 @@ kernels' own correctness is tested elsewhere, so the ops take their PyTorch path
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -36,12 +37,15 @@ def _fast_cpu_runs(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _run(suite, provider_names, cases, dtype="float32"):
-    """In-process rows of the named providers over `cases` (the cases each applies to)."""
+def _run(suite, provider_names, cases, dtype="float32", modes=None):
+    """In-process rows of the named providers over `cases` (the cases each applies to), in each
+    provider's modes or those of `modes` it has."""
     providers = {p.name: p for p in suite.providers()}
     rows = []
     for name in provider_names:
         p = providers[name]
+        if modes is not None:
+            p = dataclasses.replace(p, modes=tuple(m for m in p.modes if m in modes))
         for row in harness.measure_cases(p, [c for c in cases if p.applies(c)], dtype):
             rows.append(dict(row, provider=name))
     return rows
@@ -106,10 +110,15 @@ def test_model_quick_rows_and_matching_size():
         names.append("xlstm")
     except ImportError:
         pass
-    rows = _run(suite_model, names, [case])
-    for mode in ("compiled", "compiled_graphs", "cudagraph"):       # GPU only
-        gpu_rows = [r for r in rows if r["mode"] == mode]
-        assert gpu_rows and all(r["status"] == "unavailable" for r in gpu_rows), mode
+    if torch.cuda.is_available():
+        # The compiled and graph modes run in their own process (test_graph_modes_quick_rows):
+        # a device-side failure there would end this process's CUDA context.
+        rows = _run(suite_model, names, [case], modes=("eager",))
+    else:
+        rows = _run(suite_model, names, [case])
+        for mode in ("compiled", "compiled_graphs", "cudagraph"):       # GPU only
+            gpu_rows = [r for r in rows if r["mode"] == mode]
+            assert gpu_rows and all(r["status"] == "unavailable" for r in gpu_rows), mode
     rows = [r for r in rows if r["mode"] == "eager"]
     got = {name: _ok(rows, name)[0]["columns"] for name in names}
     xlstm_params = got["xlstm_triton"]["params"]
@@ -120,6 +129,22 @@ def test_model_quick_rows_and_matching_size():
     assert got["xlstm_triton.mlstm_only"]["params"] < xlstm_params     # no sLSTM blocks or FFN
     for cols in got.values():
         assert cols["tokens_per_s"] > 0 and cols["arch"] and cols["tflops"] > 0 and cols["mfu"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile and CUDA graphs of a model step: GPU")
+@pytest.mark.parametrize("provider", ["xlstm_triton", "xlstm_triton.mlstm_only", "xlstm_large"])
+def test_graph_modes_quick_rows(provider, tmp_path):
+    """The model suite's compiled, compiled_graphs and cudagraph steps of our models measure at
+    the quick shapes (a process each: a device-side failure ends its CUDA context)."""
+    out = tmp_path / "model.csv"
+    cmd = [sys.executable, "-m", "bench", "model", "--quick", "--dtype", "float32", "--providers", provider,
+           "--modes", "compiled,compiled_graphs,cudagraph", "--csv", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    assert rows
+    for r in rows:
+        assert r["status"] == "ok", (r["mode"], r["status"], r["error"][-1500:])
 
 
 def test_matching_transformer_at_full_size():

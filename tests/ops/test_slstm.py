@@ -357,6 +357,7 @@ kernels = {
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 out = {}
 for name, (fn, sig, ce) in kernels.items():
+    fn = getattr(fn, "kernel", fn)          # the jit function under the launch cache's wrapper
     sig = dict(sig, **{k: "constexpr" for k in ce})
     attrs = {(i,): [["tt.divisibility", 16]] for i, k in enumerate(sig) if sig[k].startswith("*")}
     c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
