@@ -1,7 +1,10 @@
 """sLSTM kernels vs FlashRNN vs cuDNN LSTM.
 
 B=16, T=1024; hidden 768 split as 12x64, 6x128, 3x256, 1x768, plus 4x128 (TiRex) and 4x512
-(xLSTM 1.3B, hidden 2048). Layout: wx (B, T, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH).
+(xLSTM 1.3B, hidden 2048). Also the shapes of two models: the paper LM's sLSTM blocks (4 x 256,
+E = 1024) at (B, T) = (8, 2048) and (2, 8192), its 16,384 tokens per step; TiRex's cells (4 x 128)
+forecasting from a context of 2,048 steps in patches of 32 (T = 64) for 1 and 256 series.
+Layout: wx (B, T, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from bench.harness.setups import fw_fwbw
 def cases(quick: bool = False) -> list[dict]:
     splits = [(12, 64), (6, 128), (3, 256), (1, 768), (4, 128), (4, 512)]
     out = [dict(B=16, T=1024, NH=nh, DH=dh, hidden=nh * dh) for nh, dh in splits]
+    out += [dict(B=B, T=T, NH=4, DH=256, hidden=1024, model="paper LM") for B, T in ((8, 2048), (2, 8192))]
+    out += [dict(B=B, T=64, NH=4, DH=128, hidden=512, model="TiRex") for B in (1, 256)]
     if quick:
         out = [dict(c, T=64) for c in out[:2]]
     return out
@@ -78,4 +83,4 @@ def providers() -> list[Provider]:
     ]
 
 
-TABLE_KEYS = ["NH", "DH"]
+TABLE_KEYS = ["NH", "DH", "B", "T"]

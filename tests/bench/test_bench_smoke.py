@@ -147,6 +147,21 @@ def test_graph_modes_quick_rows(provider, tmp_path):
         assert r["status"] == "ok", (r["mode"], r["status"], r["error"][-1500:])
 
 
+def test_tirex_quick_rows():
+    pytest.importorskip("tirex", reason="the tirex extra")
+    from bench.suites import tirex as suite_tirex
+    rows = _run(suite_tirex, ["tirex.torch", "xlstm_triton"], suite_tirex.cases(quick=True))
+    for name in ("tirex.torch", "xlstm_triton"):
+        (row,) = _ok(rows, name)
+        assert row["mode"] == "forecast" and row["ms"] > 0 and row["columns"]["series_per_s"] > 0
+
+
+def test_slstm_cases_have_the_model_shapes():
+    from bench.suites import slstm as suite_slstm
+    shapes = {(c["NH"], c["DH"], c["B"], c["T"]) for c in suite_slstm.cases()}
+    assert {(4, 256, 8, 2048), (4, 256, 2, 8192), (4, 128, 1, 64), (4, 128, 256, 64)} <= shapes
+
+
 def test_matching_transformer_at_full_size():
     from bench.baselines.transformer import matching_config, parameter_count
 
