@@ -21,6 +21,7 @@ from ...checks import check_chunk_size, check_cu_seqlens, check_tensor, host_off
 from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_index, soft_cap,
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
+from .context_parallel import mlstm_context_parallel
 from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
 from .gates import ChunkGates, chunkwise_gates
 from .step import mlstm_step_torch, mlstm_step_triton
@@ -246,7 +247,8 @@ def check_soft_cap(gate_soft_cap) -> Optional[float]:
 
 
 def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
-                    return_last_states=False, eps=1e-6, chunk_size=None, gate_soft_cap=None, cu_seqlens=None):
+                    return_last_states=False, eps=1e-6, chunk_size=None, gate_soft_cap=None, cu_seqlens=None,
+                    cp_group=None):
     """Chunkwise-parallel mLSTM over a whole sequence (docs/mlstm.md), exact forward and backward.
 
     Args:
@@ -269,6 +271,12 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
             sequences run in one launch set, the kernels restarting at each sequence's first
             step; with them, one call per sequence. The offsets' values are read on the host
             (free for a CPU tensor) unless they come from `checks.checked_cu_seqlens`.
+        cp_group: context parallelism: a `torch.distributed` process group over which one
+            sequence is split in contiguous pieces, in rank order; q, k, v, i, f are this
+            rank's piece (the same B, NH, DQK, DV on every rank; S may differ). The initial
+            state is the sequence's, read on rank 0; h is the piece's, and return_last_states
+            gives the state at the piece's end. Exact forward and backward (one all-gather of
+            the pieces' float32 states; `context_parallel.py`). Every rank must call it.
 
     Returns:
         h (B, NH, S, DV) in q's dtype (laid out in memory as (B, S, NH, DV) when q is: a
@@ -311,6 +319,15 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
     if not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     gate_soft_cap = check_soft_cap(gate_soft_cap)
+    if cp_group is not None:
+        import torch.distributed as dist
+        if cu_seqlens is not None:
+            raise ValueError("cu_seqlens, cp_group: packed sequences are not split over ranks; give one of them")
+        if not dist.is_initialized():
+            raise ValueError("cp_group: torch.distributed is not initialized (init_process_group first)")
+        if dist.get_world_size(cp_group) > 1:
+            return mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial, m_initial,
+                                          return_last_states, eps, chunk_size, gate_soft_cap, cp_group)
     if cu_seqlens is not None:
         if (triton_path and not return_last_states and c_initial is None and n_initial is None
                 and m_initial is None):

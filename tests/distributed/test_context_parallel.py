@@ -1,0 +1,110 @@
+"""Context parallelism of the mLSTM op (`mlstm_chunkwise(..., cp_group=)`): a sequence split in
+uneven pieces over 2 and 3 ranks (gloo on the CPU: processes spawned here) gives the outputs,
+the final state and every gradient (inputs and initial state) of one run of the whole sequence.
+The reference is the op itself on the whole sequence (checked against float64 references
+elsewhere): both run in float32, so they agree to rounding (1e-4, well below a missing term)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.helpers import assert_close
+from xlstm_triton import mlstm_chunkwise
+
+NH, DQK, DV, L = 2, 16, 32, 16
+
+
+def _inputs(S, states, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = dict(q=torch.randn(1, NH, S, DQK, generator=g), k=torch.randn(1, NH, S, DQK, generator=g),
+             v=torch.randn(1, NH, S, DV, generator=g), i=torch.randn(1, NH, S, generator=g) * 2,
+             f=torch.randn(1, NH, S, generator=g) + 3)          # open forget gates: the state carries
+    if states:
+        x.update(c_initial=torch.randn(1, NH, DQK, DV, generator=g), n_initial=torch.randn(1, NH, DQK, generator=g),
+                 m_initial=torch.randn(1, NH, 1, generator=g))
+    return x
+
+
+def _weights(S):
+    """Weights of the loss: on h (1, NH, S, DV) and on the final state's c and n."""
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(1, NH, S, DV, generator=g), torch.randn(1, NH, DQK, DV, generator=g),
+            torch.randn(1, NH, DQK, generator=g))
+
+
+def _state_loss(last, wc, wn):
+    """A weighted sum of the final state in true scale (c exp(m)), as a later piece uses it."""
+    c, n, m = last
+    return (c * m[..., None].exp() * wc).sum() + (n * m.exp() * wn).sum()
+
+
+def _rank(rank, world, pieces, states, path):
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    S = sum(pieces)
+    lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
+    mine = {k: (t[:, :, lo:hi] if k in "qkvif" else t).clone().requires_grad_()
+            for k, t in _inputs(S, states).items() if k in "qkvif" or rank == 0}   # the initial state: rank 0's
+    h, last = mlstm_chunkwise(**mine, return_last_states=True, chunk_size=L, cp_group=dist.group.WORLD)
+    w, wc, wn = _weights(S)
+    loss = (h * w[:, :, lo:hi]).sum()
+    if rank == world - 1:        # the sequence's final state
+        loss = loss + _state_loss(last, wc, wn)
+    loss.backward()
+    torch.save({"h": h.detach(), "last": [t.detach() for t in last],
+                "grads": {k: t.grad for k, t in mine.items()}}, f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("pieces, states", [([20, 13], False), ([7, 30, 16], True), ([16, 1, 40], False)])
+def test_pieces_over_ranks_equal_one_run(pieces, states, tmp_path):
+    S, world = sum(pieces), len(pieces)
+    mp.start_processes(_rank, args=(world, pieces, states, str(tmp_path)), nprocs=world, start_method="spawn")
+    ref = {k: t.clone().requires_grad_() for k, t in _inputs(S, states).items()}
+    h, last = mlstm_chunkwise(**ref, return_last_states=True, chunk_size=L)
+    w, wc, wn = _weights(S)
+    ((h * w).sum() + _state_loss(last, wc, wn)).backward()
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    assert_close(torch.cat([g["h"] for g in got], dim=2), h, 1e-4, "h")
+    c, n, m = got[-1]["last"]
+    assert_close(c * m[..., None].exp(), last[0] * last[2][..., None].exp(), 1e-4, "final c (true scale)")
+    assert_close(n * m.exp(), last[1] * last[2].exp(), 1e-4, "final n (true scale)")
+    for k in "qkvif":
+        assert_close(torch.cat([g["grads"][k] for g in got], dim=2), ref[k].grad, 1e-4, f"d{k}")
+    if states:
+        for k in ("c_initial", "n_initial"):
+            assert_close(got[0]["grads"][k], ref[k].grad, 1e-4, f"d {k} (rank 0)")
+
+
+def _mismatched_rank(rank, world, path):
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    x = _inputs(9, False)
+    if rank == 1:
+        x = {k: t[:, :1] for k, t in x.items()}          # one head instead of two
+    try:
+        mlstm_chunkwise(**x, cp_group=dist.group.WORLD)
+        message = "no error"
+    except ValueError as e:
+        message = str(e)
+    torch.save(message, f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_mismatched_pieces_are_named_on_every_rank(tmp_path):
+    mp.start_processes(_mismatched_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        message = torch.load(tmp_path / f"rank{r}.pt")
+        assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in message, message
+        assert "rank 0 has (B, NH, DQK, DV) = (1, 2, 16, 32), rank 1 (1, 1, 16, 32)" in message, message
+
+
+def test_cp_group_errors_without_a_process_group():
+    x = _inputs(9, False)
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with pytest.raises(ValueError, match="cp_group: torch.distributed is not initialized"):
+        mlstm_chunkwise(**x, cp_group=object())
+    with pytest.raises(ValueError, match="cu_seqlens, cp_group: packed sequences are not split over ranks"):
+        mlstm_chunkwise(**x, cp_group=object(), cu_seqlens=torch.tensor([0, 4, 9]))

@@ -1,0 +1,129 @@
+"""Context parallelism for the mLSTM: one sequence split in contiguous pieces over the ranks of a
+`torch.distributed` process group, exact in the forward and the backward.
+
+The state recurrence is linear in the state. Written in true scale (the stored state times
+exp(m)), the state after rank r's piece is
+
+    C_{r+1} = exp(F_r) C_r + D_r          F_r = sum of log sigmoid(f) over the piece (B, NH)
+                                          D_r = the piece's final state from a zero state
+
+(and n likewise), so each rank
+1. computes its piece's summary (D_r as a stabilized (c, n, m), and F_r) from a zero state
+   (rank 0 from the sequence's initial state, so C_1 = D_0);
+2. exchanges the summaries with one all-gather (float32, one flat buffer per rank);
+3. folds the summaries of the ranks before it into its own initial state, stabilized as the
+   kernels are (m = max of the candidates' exponents);
+4. runs its piece from that state.
+The backward is autograd's: the initial state's gradient flows through the fold into the
+gathered summaries, and the all-gather's backward (an all-reduce of the gathered gradient,
+each rank keeping its part) hands every rank the gradient of its own summary, which reaches
+its q, k, v, i, f through step 1's op. The stabilizers are constants of the computation (as
+`m_initial` is for the op: they cancel), so the gradients are exact.
+
+Cost: step 1 is a second forward of the piece (and of its backward): the price of a first
+version that reuses the op as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather of equal-shaped tensors along a new first dim, differentiable: the backward
+    sums the gathered gradient over the ranks (all-reduce) and keeps this rank's part."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(out, x.contiguous(), group=group)
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None
+
+
+_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # the op's dtypes, numbered
+
+
+def _check_pieces(q, v, group):
+    """All ranks hold pieces of one batch: the same B, NH, DQK, DV, dtype and device type."""
+    world = dist.get_world_size(group)
+    B, NH, S, DQK = q.shape
+    mine = torch.tensor([B, NH, DQK, v.shape[-1], S, _DTYPES.index(q.dtype)], dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        mine = mine.to(q.device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    every = [t.tolist() for t in every]
+    for r, other in enumerate(every):
+        if other[:4] != every[0][:4] or other[5] != every[0][5]:
+            raise ValueError(
+                "cp_group: every rank's piece must have the same (B, NH, DQK, DV) and dtype; rank 0 has "
+                f"(B, NH, DQK, DV) = {tuple(every[0][:4])}, rank {r} {tuple(other[:4])}"
+                + ("" if other[5] == every[0][5] else " (and another dtype)"))
+    return [o[4] for o in every]
+
+
+def _fold(summaries, logF, c0, n0, m0):
+    """The state entering the piece after the given ones (in order), from (c0, n0, m0): each
+    step C' = exp(F + m - m') C + exp(m_j - m') C_j with m' = max(F + m, m_j), m detached."""
+    c, n, m = c0, n0, m0
+    for (cj, nj, mj), Fj in zip(summaries, logF):
+        decayed = Fj[..., None] + m                                     # (B, NH, 1)
+        m_new = torch.maximum(decayed, mj).detach()
+        a, b = torch.exp(decayed - m_new), torch.exp(mj - m_new)
+        c = a[..., None] * c + b[..., None] * cj
+        n = a * n + b * nj
+        m = m_new
+    return c, n, m
+
+
+def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states,
+                           eps, chunk_size, gate_soft_cap, group):
+    """`mlstm_chunkwise` over this rank's piece of a sequence split over `group` in rank order
+    (module docstring; the arguments are `mlstm_chunkwise`'s). The initial state is the
+    sequence's: read on rank 0 (where its gradient appears), ignored on the others. Returns h
+    of the piece and, with return_last_states, the state at the end of the piece."""
+    rank = dist.get_rank(group)
+    _check_pieces(q, v, group)
+    B, NH, _, DQK = q.shape
+    DV = v.shape[-1]
+    sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # 1. This piece's summary: its final state from a zero state (rank 0: from the sequence's
+    # initial state, which so reaches every later rank through the fold).
+    first = rank == 0
+    init = (c_initial, n_initial, m_initial) if first else (None, None, None)
+    _, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, *init, return_last_states=True, eps=eps,
+                                      chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
+    fs = f.to(sdt)
+    if gate_soft_cap is not None:
+        fs = gate_soft_cap * torch.tanh(fs / gate_soft_cap)
+    logF = F.logsigmoid(fs).sum(-1)                                     # (B, NH)
+    # 2. One all-gather of every rank's summary (a flat float buffer per rank).
+    flat = torch.cat([cs.reshape(-1), ns.reshape(-1), ms.reshape(-1), logF.reshape(-1)]).to(sdt)
+    every = _AllGather.apply(flat, group)
+    sizes = [B * NH * DQK * DV, B * NH * DQK, B * NH, B * NH]
+    parts = [torch.split(row, sizes) for row in every[:rank]]
+    summaries = [(c.view(B, NH, DQK, DV), n.view(B, NH, DQK), m.view(B, NH, 1)) for c, n, m, _ in parts]
+    logFs = [Fj.view(B, NH) for *_, Fj in parts]
+    # 3. The pieces before this one folded from a zero state (the first carries the initial one).
+    zeros = dict(dtype=sdt, device=q.device)
+    if first:
+        c, n, m = c_initial, n_initial, m_initial
+        c = torch.zeros(B, NH, DQK, DV, **zeros) if c is None else c
+    else:
+        c, n, m = _fold(summaries, logFs, torch.zeros(B, NH, DQK, DV, **zeros), torch.zeros(B, NH, DQK, **zeros),
+                        torch.zeros(B, NH, 1, **zeros))
+    # Every rank runs the gather's backward (its collective), also where no gathered summary is
+    # used (rank 0): an empty slice of it joins the graph, adding an exact 0.
+    c = c + every[rank:rank].sum()
+    # 4. This piece from its own initial state.
+    return mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_last_states, eps=eps,
+                           chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
