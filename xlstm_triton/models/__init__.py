@@ -11,11 +11,13 @@
 `load_checkpoint` reads sharded safetensors checkpoints, and the state-dict functions map weights
 to and from Hugging Face `transformers`. `compile_blocks(model)` compiles a model of either
 family block by block (one compile for all identical blocks); `capture_step` captures a training
-step's forward and backward in a CUDA graph (models/training.py).
+step's forward and backward in a CUDA graph (models/training.py); `shard_blocks` (FSDP2, a unit
+per block) and `data_parallel` (DDP) train either family on several GPUs (models/parallel.py).
 """
 
 from ..layers import mLSTMLargeLayer, mLSTMState
 from ..modules import RMSNorm, SwiGLUFeedForward, soft_cap
+from .parallel import data_parallel, shard_blocks
 from .training import capture_step, compile_blocks
 from .xlstm_large import (convert_weight_mode, detect_weight_mode, from_transformers, from_transformers_state_dict,
                           load_checkpoint, load_safetensors_dir, mLSTMLargeBlock, to_transformers_state_dict,
@@ -26,5 +28,5 @@ __all__ = [
     "SwiGLUFeedForward", "RMSNorm", "mLSTMState", "soft_cap",
     "load_checkpoint", "load_safetensors_dir", "from_transformers", "to_transformers_state_dict",
     "from_transformers_state_dict", "convert_weight_mode", "detect_weight_mode", "compile_blocks",
-    "capture_step",
+    "capture_step", "shard_blocks", "data_parallel",
 ]

@@ -16,6 +16,12 @@ import torch
 __all__ = ["capture_step", "compile_blocks"]
 
 
+def model_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks of an `xLSTMLarge` or `xLSTMLMModel` (or their stacks): the modules with a
+    `forward_residual`, the unit of `compile_blocks` and of `parallel.shard_blocks`."""
+    return [m for m in model.modules() if hasattr(m, "forward_residual")]
+
+
 def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> torch.nn.Module:
     """Regional compilation: `torch.compile` each block's `forward_residual` of an xLSTM model
     (`xLSTMLarge`, `xLSTMLMModel` or their stacks), in place; returns the model.
@@ -25,7 +31,7 @@ def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> torch.nn.Module:
     `torch.compile(model)` unrolls every block into one graph (minutes for a 24-block model).
     The embedding and the loss stay eager (the loss is one fused kernel each way anyway).
     `compile_kwargs` go to `torch.compile` (e.g. mode="max-autotune-no-cudagraphs")."""
-    blocks = [m for m in model.modules() if hasattr(m, "forward_residual")]
+    blocks = model_blocks(model)
     if not blocks:
         raise ValueError(f"compile_blocks: {type(model).__name__} has no blocks with forward_residual "
                          "(expected an xLSTMLarge or xLSTMLMModel)")

@@ -1,0 +1,88 @@
+"""Data parallel training of both model families (`models.shard_blocks`: FSDP2 with a unit per
+block; `models.data_parallel`: DDP) on 2 gloo ranks of the CPU (spawned here): three SGD
+steps with each rank on half of a global batch give the losses and the parameters of one
+process training on the whole batch (the mean loss of two equal halves is the whole batch's
+mean). The ranks run the ops' PyTorch path (what is tested is the wrapping and the gradient
+averaging; the kernels are tested elsewhere); float32, so to 1e-4 (reduction order)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.helpers import assert_close
+
+STEPS, BATCH, S = 3, 4, 24
+
+
+def _model(family):
+    from tests.helpers import small_lm
+    from tests.models.large_helpers import randomize_, tiny_config
+    from xlstm_triton.models import xLSTMLarge
+    if family == "paper":
+        model = small_lm(slstm_at=(1,), num_blocks=2, seed=3)
+    else:
+        torch.manual_seed(3)
+        model = randomize_(xLSTMLarge(tiny_config()), seed=3, gate_scale=1.0)
+    model.check_token_range = False
+    return model.train()
+
+
+def _batch(model):
+    return torch.randint(0, model.config.vocab_size, (BATCH, S), generator=torch.Generator().manual_seed(5))
+
+
+def _train(model, idx, step_params):
+    # SGD: the parameters move linearly in the gradients (Adam would blow a rounding difference
+    # in a near-zero gradient up to a whole step)
+    optimizer = torch.optim.SGD(step_params, lr=0.5)
+    losses = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss = model(idx, labels=idx)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)
+
+
+def _rank(rank, world, family, mode, path):
+    os.environ["TRITON_INTERPRET"] = "0"                # the ops' PyTorch path on these CPU ranks
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from xlstm_triton.models import data_parallel, shard_blocks
+    model = _model(family)
+    idx = _batch(model).chunk(world)[rank]
+    wrapped = shard_blocks(model) if mode == "fsdp" else data_parallel(model)
+    losses = _train(wrapped, idx, wrapped.parameters())
+    dist.all_reduce(losses)
+    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in model.named_parameters()}
+    if rank == 0:
+        torch.save({"losses": losses / world, "params": params}, f"{path}/result.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("family, mode", [("large", "fsdp"), ("paper", "fsdp"), ("large", "ddp")])
+def test_two_ranks_train_as_one_process(family, mode, tmp_path, monkeypatch):
+    mp.start_processes(_rank, args=(2, family, mode, str(tmp_path)), nprocs=2, start_method="spawn")
+    import xlstm_triton.utils as xt_utils
+    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = _model(family)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    losses = _train(model, _batch(model), model.parameters())
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm() > 1e-2 * before.norm()        # the steps move the parameters
+    got = torch.load(tmp_path / "result.pt")
+    assert_close(got["losses"], losses, 1e-4, "losses")
+    assert got["params"].keys() == dict(model.named_parameters()).keys()
+    for name, p in model.named_parameters():
+        assert_close(got["params"][name], p.detach(), 1e-4, name)
+
+
+def test_shard_blocks_needs_blocks():
+    from xlstm_triton.models import shard_blocks
+    with pytest.raises(ValueError, match="shard_blocks: Linear has no blocks with forward_residual"):
+        shard_blocks(torch.nn.Linear(2, 2))

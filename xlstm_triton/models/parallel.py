@@ -1,0 +1,57 @@
+"""Data-parallel training of either model family on `torch.distributed`.
+
+    torchrun --nproc-per-node 4 train.py           # in train.py:
+    dist.init_process_group("nccl"); torch.cuda.set_device(local_rank)
+    model = shard_blocks(xLSTMLarge(cfg).cuda())                # FSDP2: one unit per block
+    # or: model = data_parallel(xLSTMLarge(cfg).cuda())         # DDP
+
+`shard_blocks` applies FSDP2 (`torch.distributed.fsdp.fully_shard`) the usual way: one unit per
+block (each block's parameters gathered for its forward and backward, resharded after), then
+the model itself (embedding, final norm, LM head). The blocks are the modules with a
+`forward_residual` (the ones `compile_blocks` compiles), so both families shard alike.
+`data_parallel` wraps the model in `DistributedDataParallel` on the device of its parameters.
+Our ops launch on their tensors' device, so a rank's kernels run on its own GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .training import model_blocks
+
+
+def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: bool = True,
+                 **fsdp_kwargs) -> nn.Module:
+    """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group): each block
+    a unit, then the model. mp_policy: a `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32
+    gradient reduction). Returns `model` (its parameters now `DTensor` shards). The batch each
+    rank passes is its own; gradients are averaged over the ranks."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    blocks = model_blocks(model)
+    if not blocks:
+        raise ValueError(f"shard_blocks: {type(model).__name__} has no blocks with forward_residual "
+                         "(expected an xLSTMLarge or xLSTMLMModel)")
+    kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    for block in blocks:
+        fully_shard(block, **kwargs)
+        # The models call a block's forward_residual, not its forward: FSDP gathers for it too.
+        register_fsdp_forward_method(block, "forward_residual")
+    fully_shard(model, **kwargs)
+    return model
+
+
+def data_parallel(model: nn.Module, process_group=None, **ddp_kwargs) -> nn.Module:
+    """`DistributedDataParallel(model)` on the device of the model's parameters (its GPU, or
+    the CPU with gloo). Returns the wrapper; the model is `wrapper.module`."""
+    device = next(model.parameters()).device
+    ids: Optional[list] = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=process_group, **ddp_kwargs)
+
+
+__all__ = ["shard_blocks", "data_parallel"]
+
