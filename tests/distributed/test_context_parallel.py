@@ -1,17 +1,22 @@
 """Context parallelism of the mLSTM op (`mlstm_chunkwise(..., cp_group=)`): a sequence split in
-uneven pieces over 2 and 3 ranks (gloo on the CPU: processes spawned here) gives the outputs,
-the final state and every gradient (inputs and initial state) of one run of the whole sequence.
-The reference is the op itself on the whole sequence (checked against float64 references
-elsewhere): both run in float32, so they agree to rounding (1e-4, well below a missing term)."""
+uneven pieces over 2 and 3 ranks gives the outputs, the final state and every gradient (inputs
+and initial state) of one run of the whole sequence. Ranks are processes spawned here: gloo on
+the CPU, and NCCL with a GPU each where the machine has enough (float32 and bfloat16). The
+reference is the op itself on the whole sequence (checked against float64 references
+elsewhere) in the same dtype: in float32 they agree to rounding (1e-4, well below a missing
+term); in bfloat16 to the test helpers' bfloat16 tolerances (h and the gradients are rounded
+to bfloat16 where the chunking differs)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import assert_close
+from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
 
 NH, DQK, DV, L = 2, 16, 32, 16
@@ -41,41 +46,60 @@ def _state_loss(last, wc, wn):
     return (c * m[..., None].exp() * wc).sum() + (n * m.exp() * wn).sum()
 
 
-def _rank(rank, world, pieces, states, path):
-    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+def _rank(rank, world, pieces, states, path, backend, dtype):
+    device = "cpu"
+    if backend == "nccl":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     S = sum(pieces)
     lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
-    mine = {k: (t[:, :, lo:hi] if k in "qkvif" else t).clone().requires_grad_()
+    mine = {k: (t[:, :, lo:hi] if k in "qkvif" else t).to(device, dtype if k in "qkv" else torch.float32)
+            .clone().requires_grad_()
             for k, t in _inputs(S, states).items() if k in "qkvif" or rank == 0}   # the initial state: rank 0's
     h, last = mlstm_chunkwise(**mine, return_last_states=True, chunk_size=L, cp_group=dist.group.WORLD)
-    w, wc, wn = _weights(S)
-    loss = (h * w[:, :, lo:hi]).sum()
+    w, wc, wn = (t.to(device) for t in _weights(S))
+    loss = (h.float() * w[:, :, lo:hi]).sum()
     if rank == world - 1:        # the sequence's final state
         loss = loss + _state_loss(last, wc, wn)
     loss.backward()
-    torch.save({"h": h.detach(), "last": [t.detach() for t in last],
-                "grads": {k: t.grad for k, t in mine.items()}}, f"{path}/rank{rank}.pt")
+    torch.save({"h": h.detach().cpu(), "last": [t.detach().cpu() for t in last],
+                "grads": {k: None if t.grad is None else t.grad.cpu() for k, t in mine.items()}}, f"{path}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
+BACKENDS = [("gloo", torch.float32), ("nccl", torch.float32), ("nccl", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("backend, dtype", BACKENDS, ids=["gloo-fp32", "nccl-fp32", "nccl-bf16"])
 @pytest.mark.parametrize("pieces, states", [([20, 13], False), ([7, 30, 16], True), ([16, 1, 40], False)])
-def test_pieces_over_ranks_equal_one_run(pieces, states, tmp_path):
+def test_pieces_over_ranks_equal_one_run(pieces, states, backend, dtype, tmp_path):
     S, world = sum(pieces), len(pieces)
-    mp.start_processes(_rank, args=(world, pieces, states, str(tmp_path)), nprocs=world, start_method="spawn")
-    ref = {k: t.clone().requires_grad_() for k, t in _inputs(S, states).items()}
+    device = "cpu"
+    if backend == "nccl":
+        if torch.cuda.device_count() < world:
+            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
+        device = "cuda:0"
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    mp.start_processes(_rank, args=(world, pieces, states, str(tmp_path), backend, dtype), nprocs=world,
+                       start_method="spawn")
+    ref = {k: t.to(device, dtype if k in "qkv" else torch.float32).clone().requires_grad_()
+           for k, t in _inputs(S, states).items()}
     h, last = mlstm_chunkwise(**ref, return_last_states=True, chunk_size=L)
-    w, wc, wn = _weights(S)
-    ((h * w).sum() + _state_loss(last, wc, wn)).backward()
+    w, wc, wn = (t.to(device) for t in _weights(S))
+    ((h.float() * w).sum() + _state_loss(last, wc, wn)).backward()
+    fwd, bwd = (1e-4, 1e-4) if dtype == torch.float32 else TOL[dtype]
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    assert_close(torch.cat([g["h"] for g in got], dim=2), h, 1e-4, "h")
+    assert_close(torch.cat([g["h"] for g in got], dim=2), h.cpu(), fwd, "h")
     c, n, m = got[-1]["last"]
-    assert_close(c * m[..., None].exp(), last[0] * last[2][..., None].exp(), 1e-4, "final c (true scale)")
-    assert_close(n * m.exp(), last[1] * last[2].exp(), 1e-4, "final n (true scale)")
+    last = [t.cpu() for t in last]
+    assert_close(c * m[..., None].exp(), last[0] * last[2][..., None].exp(), fwd, "final c (true scale)")
+    assert_close(n * m.exp(), last[1] * last[2].exp(), fwd, "final n (true scale)")
     for k in "qkvif":
-        assert_close(torch.cat([g["grads"][k] for g in got], dim=2), ref[k].grad, 1e-4, f"d{k}")
+        assert_close(torch.cat([g["grads"][k] for g in got], dim=2), ref[k].grad.cpu(), bwd, f"d{k}")
     if states:
         for k in ("c_initial", "n_initial"):
-            assert_close(got[0]["grads"][k], ref[k].grad, 1e-4, f"d {k} (rank 0)")
+            assert_close(got[0]["grads"][k], ref[k].grad.cpu(), bwd, f"d {k} (rank 0)")
 
 
 def _mismatched_rank(rank, world, path):

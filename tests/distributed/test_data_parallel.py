@@ -1,9 +1,9 @@
 """Data parallel training of both model families (`models.shard_blocks`: FSDP2 with a unit per
-block; `models.data_parallel`: DDP) on 2 gloo ranks of the CPU (spawned here): three SGD
-steps with each rank on half of a global batch give the losses and the parameters of one
-process training on the whole batch (the mean loss of two equal halves is the whole batch's
-mean). The ranks run the ops' PyTorch path (what is tested is the wrapping and the gradient
-averaging; the kernels are tested elsewhere); float32, so to 1e-4 (reduction order)."""
+block; `models.data_parallel`: DDP) on 2 ranks spawned here (gloo on the CPU; NCCL on 2 GPUs
+where there are): three SGD steps with each rank on half of a global batch give the losses and
+the parameters of one process training on the whole batch (the mean loss of two equal halves is the whole batch's
+mean). The CPU ranks run the ops' PyTorch path (what is tested there is the wrapping and the
+gradient averaging), the GPU ranks the kernels; float32, so to 1e-4 (reduction order)."""
 
 from __future__ import annotations
 
@@ -50,36 +50,50 @@ def _train(model, idx, step_params):
     return torch.stack(losses)
 
 
-def _rank(rank, world, family, mode, path):
-    os.environ["TRITON_INTERPRET"] = "0"                # the ops' PyTorch path on these CPU ranks
-    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+def _rank(rank, world, family, mode, path, backend):
+    device = "cpu"
+    if backend == "nccl":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(device)
+    else:
+        os.environ["TRITON_INTERPRET"] = "0"            # the ops' PyTorch path on these CPU ranks
+    dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     from xlstm_triton.models import data_parallel, shard_blocks
-    model = _model(family)
-    idx = _batch(model).chunk(world)[rank]
+    model = _model(family).to(device)
+    idx = _batch(model).chunk(world)[rank].to(device)
     wrapped = shard_blocks(model) if mode == "fsdp" else data_parallel(model)
     losses = _train(wrapped, idx, wrapped.parameters())
     dist.all_reduce(losses)
-    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in model.named_parameters()}
+    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+              for n, p in model.named_parameters()}
     if rank == 0:
-        torch.save({"losses": losses / world, "params": params}, f"{path}/result.pt")
+        torch.save({"losses": (losses / world).cpu(), "params": params}, f"{path}/result.pt")
     dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
 @pytest.mark.parametrize("family, mode", [("large", "fsdp"), ("paper", "fsdp"), ("large", "ddp")])
-def test_two_ranks_train_as_one_process(family, mode, tmp_path, monkeypatch):
-    mp.start_processes(_rank, args=(2, family, mode, str(tmp_path)), nprocs=2, start_method="spawn")
-    import xlstm_triton.utils as xt_utils
-    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _model(family)
+def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeypatch):
+    device = "cpu"
+    if backend == "nccl":
+        if torch.cuda.device_count() < 2:
+            pytest.skip(f"NCCL ranks need 2 GPUs, this machine has {torch.cuda.device_count()}")
+        device = "cuda:0"
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    mp.start_processes(_rank, args=(2, family, mode, str(tmp_path), backend), nprocs=2, start_method="spawn")
+    if backend == "gloo":
+        import xlstm_triton.utils as xt_utils
+        monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = _model(family).to(device)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
-    losses = _train(model, _batch(model), model.parameters())
+    losses = _train(model, _batch(model).to(device), model.parameters())
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm() > 1e-2 * before.norm()        # the steps move the parameters
     got = torch.load(tmp_path / "result.pt")
-    assert_close(got["losses"], losses, 1e-4, "losses")
+    assert_close(got["losses"], losses.cpu(), 1e-4, "losses")
     assert got["params"].keys() == dict(model.named_parameters()).keys()
     for name, p in model.named_parameters():
-        assert_close(got["params"][name], p.detach(), 1e-4, name)
+        assert_close(got["params"][name], p.detach().cpu(), 1e-4, name)
 
 
 def test_shard_blocks_needs_blocks():
