@@ -42,7 +42,8 @@ __all__ = ["mlstm_recurrence", "mLSTMCell", "mLSTMLayer", "mLSTMLayerState"]
 def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                      state: Optional[Sequence[torch.Tensor]] = None, *, return_state: bool = False,
                      eps: float = 1e-6, chunk_size: Optional[int] = None, inplace: bool = False,
-                     gate_soft_cap: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None):
+                     gate_soft_cap: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                     cp_group=None):
     """The mLSTM cell over a sequence, from `state`: the one dispatch of every layer.
 
     q, k (B, NH, S, DQK), v (B, NH, S, DV), i, f (B, NH, S) gate pre-activations, any strides
@@ -52,11 +53,18 @@ def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
     or the PyTorch path itself. `inplace` (no autograd) writes the new state into `state`
     (S == 1: by the step kernel; else copied) and returns it. `gate_soft_cap` caps the gates
     inside the kernels (cap * tanh(x / cap) of the given i, f). `cu_seqlens`: packed sequences
-    along S (B = 1, `mlstm_chunkwise`'s argument; no state in or out).
+    along S (B = 1, `mlstm_chunkwise`'s argument; no state in or out). `cp_group`: this rank's
+    piece of sequences split over a process group (`mlstm_chunkwise`'s context parallelism;
+    from the sequences' zero state, no state in or out).
 
     Returns h (B, NH, S, DV) in q's dtype and, with `return_state`, the new mLSTMState.
     """
     B, NH, S, DQK = q.shape
+    if cp_group is not None:
+        if state is not None or return_state or inplace:
+            raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in or out")
+        return mlstm_chunkwise(q, k, v, i, f, eps=eps, chunk_size=chunk_size, gate_soft_cap=gate_soft_cap,
+                               cu_seqlens=cu_seqlens, cp_group=cp_group)
     if cu_seqlens is not None:
         if state is not None or return_state or inplace:
             raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")

@@ -78,11 +78,13 @@ class mLSTMLargeLayer(nn.Module):
         return q, k, v, o, i, f
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
-                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """x (B, S, E); state (c, n, m) or None (zeros). Returns y (B, S, E) and, with
         `return_state`, the new mLSTMState (float32). `update_state` writes the new state into
         the given one (static buffers, e.g. for CUDA-graph decoding; no autograd).
-        `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state."""
+        `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state.
+        `cp_group`: x is this rank's piece of sequences split over the group (context
+        parallelism, `mlstm_chunkwise`), from a zero state."""
         E = self.config.embedding_dim
         check_layer_input("mLSTMLargeLayer", x, E)
         B, S, _ = x.shape
@@ -95,7 +97,7 @@ class mLSTMLargeLayer(nn.Module):
         i, f = i.transpose(1, 2), f.transpose(1, 2)                       # (B, NH, S)
         out = mlstm_recurrence(q, k, v, i, f, state, return_state=return_state, eps=self.config.eps,
                                chunk_size=self.config.chunk_size, inplace=update_state,
-                               gate_soft_cap=self.config.gate_soft_cap, cu_seqlens=cu_seqlens)
+                               gate_soft_cap=self.config.gate_soft_cap, cu_seqlens=cu_seqlens, cp_group=cp_group)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DV)
         if use_kernels(x):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..generation import check_token_ids, range_check_runs
 from ..modules import linear_cross_entropy
 
-__all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss", "shifted_labels"]
+__all__ = ["IGNORE_INDEX", "check_labels", "next_token_loss", "shifted_labels", "cp_next_token_loss"]
 
 IGNORE_INDEX = -100
 
@@ -59,3 +59,25 @@ def next_token_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: tor
     Returns a float32 scalar."""
     return linear_cross_entropy(hidden, head_weight, shifted_labels(labels, cu_seqlens), soft_cap=soft_cap,
                                 ignore_index=IGNORE_INDEX)
+
+
+def cp_next_token_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                       soft_cap: Optional[float], group) -> torch.Tensor:
+    """`next_token_loss` of sequences split over the ranks of `group` in contiguous pieces (context
+    parallelism): hidden (B, S_rank, E) and labels (B, S_rank) are this rank's pieces. A piece's
+    last position is scored against the next rank's first label (one all-gather of the first
+    labels); the loss is the mean over the whole sequences' counted positions, the same value
+    on every rank, while its gradient is this rank's part (sum the parameter gradients over the
+    group: `models.cp_reduce_gradients`)."""
+    import torch.distributed as dist
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    firsts = [torch.empty_like(labels[:, :1]) for _ in range(world)]
+    dist.all_gather(firsts, labels[:, :1].contiguous(), group=group)
+    after = firsts[rank + 1] if rank + 1 < world else torch.full_like(labels[:, :1], IGNORE_INDEX)
+    targets = torch.cat([labels[:, 1:], after], dim=1)
+    count = (targets != IGNORE_INDEX).sum().to(torch.float32)
+    mean = linear_cross_entropy(hidden, head_weight, targets, soft_cap=soft_cap, ignore_index=IGNORE_INDEX)
+    local = torch.where(count > 0, mean * count, 0.0)                       # this piece's sum
+    totals = torch.stack([local.detach(), count])
+    dist.all_reduce(totals, group=group)
+    return (local + (totals[0] - local.detach())) / totals[1]

@@ -53,5 +53,16 @@ def data_parallel(model: nn.Module, process_group=None, **ddp_kwargs) -> nn.Modu
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=process_group, **ddp_kwargs)
 
 
-__all__ = ["shard_blocks", "data_parallel"]
+def cp_reduce_gradients(model: nn.Module, group) -> None:
+    """Context parallelism: after the backward of a model run on pieces of sequences split over
+    `group` (`xLSTMLarge(..., cp_group=group)`), each rank holds its piece's part of the
+    parameter gradients; this sums them over the group (one all-reduce per parameter), so every
+    rank holds the whole sequences' gradients, as one GPU would."""
+    import torch.distributed as dist
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, group=group)
+
+
+__all__ = ["shard_blocks", "data_parallel", "cp_reduce_gradients"]
 

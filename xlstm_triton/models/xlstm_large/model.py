@@ -27,7 +27,7 @@ from torch import nn
 from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
-from ..lm_loss import check_labels, next_token_loss
+from ..lm_loss import check_labels, cp_next_token_loss, next_token_loss
 from ..packed import packed_offsets
 from ..residual import run_residual_stream
 from .checkpoint import read_checkpoint, transformers_weights
@@ -56,19 +56,19 @@ class mLSTMLargeBlock(nn.Module):
         self.ffn = SwiGLUFeedForward(config)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMState] = None, return_state: bool = False,
-                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
-        x, y, new = self.forward_residual(x, None, state, return_state, update_state, cu_seqlens)
+                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
+        x, y, new = self.forward_residual(x, None, state, return_state, update_state, cu_seqlens, cp_group)
         x = x + y
         return (x, new) if return_state else x
 
     def forward_residual(self, x: torch.Tensor, branch: Optional[torch.Tensor], state: Optional[mLSTMState] = None,
                          return_state: bool = False, update_state: bool = False,
-                         cu_seqlens: Optional[torch.Tensor] = None):
+                         cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """The block on the residual stream x whose last branch output (the previous block's
         FFN, or None) is not added yet: each add is fused into the norm after it. Returns
         (stream, this block's FFN output, new state or None); `forward` adds the two."""
         h, x = self.norm_mlstm.add_forward(x, branch)
-        out = self.mlstm_layer(h, state, return_state, update_state, cu_seqlens=cu_seqlens)
+        out = self.mlstm_layer(h, state, return_state, update_state, cu_seqlens=cu_seqlens, cp_group=cp_group)
         y, new = out if return_state else (out, None)
         h, x = self.norm_ffn.add_forward(x, y)
         return x, self.ffn(h), new
@@ -107,11 +107,13 @@ class xLSTMLargeBackbone(nn.Module):
                 for j, (block, s) in enumerate(zip(self.blocks, state))]
 
     def forward(self, x: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
-                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                update_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         states = self.normalize_state(state, x.shape[0])
         if update_state and state is None:
             raise ValueError("update_state=True needs a state to update (e.g. model.zero_state(B))")
         packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens)
+        if cp_group is not None:
+            packed["cp_group"] = cp_group
         x, new_states = run_residual_stream(x, self.blocks, states, self.out_norm, return_state=return_state,
                                             update_state=update_state, **packed)
         return (x, new_states) if return_state else x
@@ -206,7 +208,8 @@ class xLSTMLarge(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, state: Optional[StateLike] = None, return_state: bool = False,
                 update_state: bool = False, labels: Optional[torch.Tensor] = None,
-                cu_seqlens: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None):
+                cu_seqlens: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                cp_group=None):
         """input_ids (B, S) int64 / int32 on the model's device (B may be 0; see the class
         docstring for the checks); state: None (zeros), a sequence (tuple or list) of num_blocks
         (c, n, m) or a dict {block: (c, n, m)}. Returns soft-capped logits (B, S, V) in float32 and, with
@@ -221,20 +224,37 @@ class xLSTMLarge(nn.Module):
         Packed documents (training, B = 1, no state): `cu_seqlens` (N + 1,) int offsets of the
         documents laid end to end in input_ids (1, S), or `position_ids` (1, S) restarting at 0
         at each document (converted once: one host read); no state or loss term crosses a
-        document boundary (see `models/packed.py`)."""
+        document boundary (see `models/packed.py`).
+
+        Context parallelism (training, no state): `cp_group`, a process group over which the
+        sequences are split in contiguous pieces in rank order; input_ids (and labels) are this
+        rank's piece (B, S_rank) of every sequence. The logits are the piece's; the loss is the
+        whole sequences' mean (each piece's last position is scored against the next rank's
+        first label), the same value on every rank, and its backward gives each rank its
+        piece's part of the parameter gradients: sum them over the group
+        (`models.cp_reduce_gradients`)."""
+        if cp_group is not None and (state is not None or return_state or cu_seqlens is not None
+                                     or position_ids is not None):
+            raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in "
+                             "or out and without packed documents")
         return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range,
-                             labels, packed_offsets(input_ids, cu_seqlens, position_ids, state, return_state))
+                             labels, packed_offsets(input_ids, cu_seqlens, position_ids, state, return_state),
+                             cp_group)
 
     def _forward(self, input_ids, state, return_state: bool, update_state: bool, name: str, check_range: bool,
-                 labels=None, cu_seqlens=None):
+                 labels=None, cu_seqlens=None, cp_group=None):
         check_token_ids(input_ids, name, self.config.vocab_size, self.embedding.weight.device, check_range)
         if labels is not None:
             check_labels(labels, input_ids, self.config.vocab_size, check_range)
         x = self.embedding(input_ids)
-        out = self.backbone(x, state, return_state=return_state, update_state=update_state, cu_seqlens=cu_seqlens)
+        cp = {} if cp_group is None else dict(cp_group=cp_group)
+        out = self.backbone(x, state, return_state=return_state, update_state=update_state, cu_seqlens=cu_seqlens,
+                            **cp)
         x, new = out if return_state else (out, None)
         if labels is None:
             out = self._logits(x)
+        elif cp_group is not None:
+            out = cp_next_token_loss(x, self.lm_head.weight, labels, self.config.output_logit_soft_cap, cp_group)
         else:
             out = next_token_loss(x, self.lm_head.weight, labels, self.config.output_logit_soft_cap, cu_seqlens)
         return (out, new) if return_state else out
