@@ -20,8 +20,8 @@ each rank keeping its part) hands every rank the gradient of its own summary, wh
 its q, k, v, i, f through step 1's op. The stabilizers are constants of the computation (as
 `m_initial` is for the op: they cancel), so the gradients are exact.
 
-Cost: step 1 is a second forward of the piece (and of its backward): the price of a first
-version that reuses the op as it is.
+Cost: on every rank but the first, step 1 is a second forward of the piece (and of its
+backward): the price of a first version that reuses the op as it is.
 """
 
 from __future__ import annotations
@@ -53,22 +53,21 @@ _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # th
 
 
 def _check_pieces(q, v, group):
-    """All ranks hold pieces of one batch: the same B, NH, DQK, DV, dtype and device type."""
-    world = dist.get_world_size(group)
-    B, NH, S, DQK = q.shape
-    mine = torch.tensor([B, NH, DQK, v.shape[-1], S, _DTYPES.index(q.dtype)], dtype=torch.int64)
+    """All ranks hold pieces of one batch: the same B, NH, DQK, DV and dtype (one small
+    all-gather; every rank raises the same error)."""
+    B, NH, _, DQK = q.shape
+    mine = torch.tensor([B, NH, DQK, v.shape[-1], _DTYPES.index(q.dtype)], dtype=torch.int64)
     if dist.get_backend(group) == "nccl":
         mine = mine.to(q.device)
-    every = [torch.empty_like(mine) for _ in range(world)]
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(every, mine, group=group)
     every = [t.tolist() for t in every]
     for r, other in enumerate(every):
-        if other[:4] != every[0][:4] or other[5] != every[0][5]:
+        if other != every[0]:
             raise ValueError(
                 "cp_group: every rank's piece must have the same (B, NH, DQK, DV) and dtype; rank 0 has "
                 f"(B, NH, DQK, DV) = {tuple(every[0][:4])}, rank {r} {tuple(other[:4])}"
-                + ("" if other[5] == every[0][5] else " (and another dtype)"))
-    return [o[4] for o in every]
+                + ("" if other[4] == every[0][4] else " (and another dtype)"))
 
 
 def _fold(summaries, logF, c0, n0, m0):
@@ -96,11 +95,12 @@ def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial,
     B, NH, _, DQK = q.shape
     DV = v.shape[-1]
     sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # 1. This piece's summary: its final state from a zero state (rank 0: from the sequence's
-    # initial state, which so reaches every later rank through the fold).
+    # 1. This piece's summary: its final state from a zero state. Rank 0's starts from the
+    # sequence's initial state (which so reaches every later rank through the fold), so its
+    # summary run is its piece's run (step 4) too.
     first = rank == 0
     init = (c_initial, n_initial, m_initial) if first else (None, None, None)
-    _, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, *init, return_last_states=True, eps=eps,
+    h, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, *init, return_last_states=True, eps=eps,
                                       chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
     fs = f.to(sdt)
     if gate_soft_cap is not None:
@@ -109,21 +109,19 @@ def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial,
     # 2. One all-gather of every rank's summary (a flat float buffer per rank).
     flat = torch.cat([cs.reshape(-1), ns.reshape(-1), ms.reshape(-1), logF.reshape(-1)]).to(sdt)
     every = _AllGather.apply(flat, group)
+    if first:
+        # Rank 0 uses no gathered summary, but must run the gather's backward (its collective)
+        # like the others: an empty slice of it joins the graph, adding an exact 0.
+        h = h + every[:0].sum().to(h.dtype)
+        return (h, (cs, ns, ms)) if return_last_states else h
+    # 3. The pieces before this one folded from a zero state (the first carries the initial one).
     sizes = [B * NH * DQK * DV, B * NH * DQK, B * NH, B * NH]
     parts = [torch.split(row, sizes) for row in every[:rank]]
     summaries = [(c.view(B, NH, DQK, DV), n.view(B, NH, DQK), m.view(B, NH, 1)) for c, n, m, _ in parts]
     logFs = [Fj.view(B, NH) for *_, Fj in parts]
-    # 3. The pieces before this one folded from a zero state (the first carries the initial one).
     zeros = dict(dtype=sdt, device=q.device)
-    if first:
-        c, n, m = c_initial, n_initial, m_initial
-        c = torch.zeros(B, NH, DQK, DV, **zeros) if c is None else c
-    else:
-        c, n, m = _fold(summaries, logFs, torch.zeros(B, NH, DQK, DV, **zeros), torch.zeros(B, NH, DQK, **zeros),
-                        torch.zeros(B, NH, 1, **zeros))
-    # Every rank runs the gather's backward (its collective), also where no gathered summary is
-    # used (rank 0): an empty slice of it joins the graph, adding an exact 0.
-    c = c + every[rank:rank].sum()
+    c, n, m = _fold(summaries, logFs, torch.zeros(B, NH, DQK, DV, **zeros), torch.zeros(B, NH, DQK, **zeros),
+                    torch.zeros(B, NH, 1, **zeros))
     # 4. This piece from its own initial state.
     return mlstm_chunkwise(q, k, v, i, f, c, n, m, return_last_states=return_last_states, eps=eps,
                            chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
