@@ -14,7 +14,9 @@ from bench.harness.provider import Provider, Unavailable
 EXIT_CONTEXT_LOST = 3      # a worker's exit code after a sticky CUDA error, its row already printed
 
 
-def _measure(fn, grad_to_none) -> tuple[float, float | None]:
+def _measure(fn, grad_to_none) -> tuple[float, float | None, float | None]:
+    """Median ms; peak MiB of one call as the allocator counts it (its blocks, rounded) and as
+    the tensors asked for it (requested bytes: no rounding, no unsplit remainders of blocks)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -29,15 +31,16 @@ def _measure(fn, grad_to_none) -> tuple[float, float | None]:
     fn()
     torch.cuda.synchronize()
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    requested_mib = torch.cuda.memory_stats().get("requested_bytes.all.peak", 0) / 2**20
     ms = triton.testing.do_bench(fn, warmup=25, rep=getattr(fn, "rep_ms", 200), grad_to_none=grad_to_none,
                                  return_mode="median")
-    return float(ms), float(peak_mib)
+    return float(ms), float(peak_mib), float(requested_mib)
 
 
 WALL_CLOCK_REPS = 3
 
 
-def _measure_wall_clock(fn, grad_to_none) -> tuple[float, None]:
+def _measure_wall_clock(fn, grad_to_none) -> tuple[float, None, None]:
     """CPU stand-in for `_measure`: the median of a few wall-clock calls, no memory."""
     fn()
     times = []
@@ -47,7 +50,7 @@ def _measure_wall_clock(fn, grad_to_none) -> tuple[float, None]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3, None
+    return sorted(times)[len(times) // 2] * 1e3, None, None
 
 
 def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
@@ -59,7 +62,8 @@ def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
     dtype = getattr(torch, dtype_name)
     for case in cases:
         for mode in provider.modes:
-            row = {"case": case, "mode": mode, "ms": None, "peak_mib": None, "status": "ok", "error": ""}
+            row = {"case": case, "mode": mode, "ms": None, "peak_mib": None, "peak_requested_mib": None,
+                   "status": "ok", "error": ""}
             reason = provider.skip(case)
             if reason:
                 row.update(status="skipped", error=reason)
@@ -70,7 +74,7 @@ def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
                         torch.cuda.empty_cache()
                     fn = provider.setup(case, mode, dtype)
                     grads = getattr(fn, "grad_to_none", None)
-                    row["ms"], row["peak_mib"] = _measure(fn, grads)
+                    row["ms"], row["peak_mib"], row["peak_requested_mib"] = _measure(fn, grads)
                     row["ms"] /= getattr(fn, "calls_per_run", 1)   # e.g. steps in one CUDA graph
                     columns = getattr(fn, "columns", None)
                     if columns:

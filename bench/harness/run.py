@@ -125,7 +125,8 @@ def _flatten(env, provider_name, dtype_name, row) -> dict:
     case = {k: v for k, v in row["case"].items() if not k.startswith("_")}
     case.update(row.get("columns") or {})
     return {"provider": provider_name, **case, "mode": row["mode"], "dtype": dtype_name,
-            "ms": row["ms"], "peak_mib": row["peak_mib"], "status": row["status"],
+            "ms": row["ms"], "peak_mib": row["peak_mib"],
+            "peak_requested_mib": row.get("peak_requested_mib"), "status": row["status"],
             "error": row["error"], **env}
 
 

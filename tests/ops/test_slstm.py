@@ -255,20 +255,29 @@ def test_step_with_grad_matches_reference(device, poison):
 
 
 def test_inference_saves_nothing_for_backward(device, monkeypatch):
-    """Without grad mode (or without inputs that require grad) the forward saves no activations."""
+    """Without grad mode (or without inputs that require grad) the forward saves no activations;
+    in training a split head stores its steps, a whole head leaves them to the backward, which
+    recomputes them (once per backward)."""
     from xlstm_triton.ops.slstm import op
 
-    saves = []
-    real = op.slstm_fwd
-    monkeypatch.setattr(op, "slstm_fwd", lambda *a, save: saves.append(save) or real(*a, save=save))
-    x = {k: v.requires_grad_(True) for k, v in make_inputs(2, 3, 1, 16, torch.float32, device).items()}
+    saves, recomputes = [], []
+    real_fwd, real_recompute = op.slstm_fwd, op.slstm_recompute
+    monkeypatch.setattr(op, "slstm_fwd", lambda *a, save: saves.append(save) or real_fwd(*a, save=save))
+    monkeypatch.setattr(op, "slstm_recompute", lambda *a: recomputes.append(1) or real_recompute(*a))
+    x = {k: v.requires_grad_(True) for k, v in make_inputs(2, 3, 1, 32, torch.float32, device).items()}
     with torch.no_grad():
         h = slstm(**x)
     assert not h.requires_grad
     slstm(**{k: v.detach() for k, v in x.items()})
-    h = slstm(**x)
+    h = slstm(**x)                          # whole head (DH = 32): nothing stored
     assert h.requires_grad
-    assert saves == [False, False, True]
+    with op.config_override(bo=16, sync=False):
+        h_split = slstm(**x)                # two column blocks: the steps stored
+    assert saves == [False, False, False, True]
+    h.sum().backward()
+    assert recomputes == [1]
+    h_split.sum().backward()
+    assert recomputes == [1]
 
 
 def test_noncontiguous_and_mixed_dtype_inputs(device, poison):

@@ -365,6 +365,14 @@ class SLSTMConfig:
     sync: bool = True
     bwd_num_warps: int = 8
 
+    @property
+    def saves_steps(self) -> bool:
+        """Whether a training forward stores the per-step pre-activations and (c, n, m) for the
+        backward (split heads: many SMs share the stores) or the backward recomputes them
+        (whole heads: the stores would cost the head's one SM more than the recomputation
+        costs all of them; recompute.py)."""
+        return self.ncb > 1
+
     def as_ints(self) -> list[int]:
         """The fields as a list of ints (how the custom ops take a config)."""
         return [int(x) for x in astuple(self)]

@@ -33,6 +33,7 @@ from ...checks import check_cu_seqlens, check_tensor, host_offsets
 from ...utils import kernel_op, packed_index, use_kernels
 from .bwd import slstm_bwd
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
+from .recompute import slstm_recompute
 from .step import slstm_step_fwd
 from .torch_path import slstm_step_torch, slstm_torch
 
@@ -83,10 +84,12 @@ def _config(NH, DH, B, dtype, device) -> list[int]:
 def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch.Tensor,
                save: bool, config: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """h, last state, and (when `save`) the pre-activations and (c, n, m) of every step for the
-    backward; without `save` those two are empty. `config`: SLSTMConfig.as_ints()."""
-    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, SLSTMConfig.from_ints(config), save=save)
-    if not save:
+    """h, last state, and (when `save` and the config stores them, `SLSTMConfig.saves_steps`)
+    the pre-activations and (c, n, m) of every step for the backward; else those two are empty
+    (the backward recomputes them from wx). `config`: SLSTMConfig.as_ints()."""
+    cfg = SLSTMConfig.from_ints(config)
+    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, cfg, save=save and cfg.saves_steps)
+    if pre is None:
         pre, cnm = wx.new_empty(0, dtype=torch.float32), wx.new_empty(0, dtype=torch.float32)
     return h, last, pre, cnm
 
@@ -95,21 +98,27 @@ def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch
 def _(wx, R, b, state0, save, config):
     B, T, _, NH, DH = wx.shape
     f32 = dict(dtype=torch.float32)
+    stored = save and SLSTMConfig.from_ints(config).saves_steps
     return (wx.new_empty(B, T, NH, DH), wx.new_empty(4, B, NH, DH, **f32),
-            wx.new_empty((T, 4, B, NH, DH) if save else (0,), **f32),
-            wx.new_empty((T, 3, B, NH, DH) if save else (0,), **f32))
+            wx.new_empty((T, 4, B, NH, DH) if stored else (0,), **f32),
+            wx.new_empty((T, 3, B, NH, DH) if stored else (0,), **f32))
 
 
 @kernel_op("xlstm_triton::slstm_bwd")
 def _slstm_bwd(dh: torch.Tensor, dlast: torch.Tensor, R: torch.Tensor, h: torch.Tensor,
-               state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor, config: list[int]
+               state0: torch.Tensor, pre: torch.Tensor, cnm: torch.Tensor, wx: torch.Tensor,
+               b: torch.Tensor, config: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dwx in h's dtype; dR, db and the initial state's gradient in float32."""
-    return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, SLSTMConfig.from_ints(config))
+    """dwx in h's dtype; dR, db and the initial state's gradient in float32. pre and cnm empty:
+    recomputed from wx and b (whole-head configs); else wx and b are empty and unused."""
+    cfg = SLSTMConfig.from_ints(config)
+    if pre.numel() == 0:
+        pre, cnm = slstm_recompute(wx, R, b, h, state0, cfg)
+    return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg)
 
 
 @_slstm_bwd.register_fake
-def _(dh, dlast, R, h, state0, pre, cnm, config):
+def _(dh, dlast, R, h, state0, pre, cnm, wx, b, config):
     B, T, NH, DH = h.shape
     f32 = dict(dtype=torch.float32)
     return (h.new_empty(B, T, 4, NH, DH), h.new_empty(4, NH, DH, DH, **f32),
@@ -120,15 +129,18 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
     wx, R, b, state0, save, config = inputs
     h, _, pre, cnm = output
-    ctx.save_for_backward(R, h, state0, pre, cnm)
+    if pre.numel() == 0:     # the backward recomputes the steps from the inputs
+        ctx.save_for_backward(R, h, state0, pre, cnm, wx, b)
+    else:
+        ctx.save_for_backward(R, h, state0, pre, cnm, pre[:0], pre[:0])
     ctx.config = config          # the forward's config (an override is not seen by the backward)
 
 
 def _backward(ctx, dh, dlast, dpre, dcnm):
-    R, h, state0, pre, cnm = ctx.saved_tensors
+    R, h, state0, pre, cnm, wx, b = ctx.saved_tensors
     dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).contiguous()
     dlast = torch.zeros_like(state0) if dlast is None else dlast.to(torch.float32).contiguous()
-    dwx, dR, db, dstate0 = _slstm_bwd(dh, dlast, R, h, state0, pre, cnm, ctx.config)
+    dwx, dR, db, dstate0 = _slstm_bwd(dh, dlast, R, h, state0, pre, cnm, wx, b, ctx.config)
     return dwx, dR.to(R.dtype), db.to(R.dtype), dstate0, None, None
 
 
