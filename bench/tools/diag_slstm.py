@@ -74,22 +74,33 @@ def timing(NH, DH, **over):
         def fwbw():
             slstm(**leaves).backward(dh)
         fb = triton.testing.do_bench(fwbw, warmup=5, rep=50, return_mode="median", grad_to_none=list(leaves.values()))
-        # the stages alone: forward saving for the backward, backward kernel + dR/db, dR/db
-        from xlstm_triton.ops.slstm.bwd import slstm_bwd, slstm_dr_db
+        # the stages alone: the training forward (split heads save their steps), the backward's
+        # recomputation of the step coefficients (whole heads), the sequential backward + dR/db,
+        # dR/db alone
+        from xlstm_triton.ops.slstm.bwd import slstm_bwd, slstm_bwd_head, slstm_dr_db
         from xlstm_triton.ops.slstm.fwd import slstm_fwd
+        from xlstm_triton.ops.slstm.recompute import slstm_step_coefficients
         wx, R, b = (x[k].detach() for k in ("wx", "R", "b"))
         s0 = torch.zeros(4, 16, NH, DH, device="cuda")
-        h, last, pre, cnm = slstm_fwd(wx, R, b, s0, cfg, save=True)
-        fs = triton.testing.do_bench(lambda: slstm_fwd(wx, R, b, s0, cfg, save=True), warmup=5, rep=50,
+        save = cfg.saves_steps
+        h, last, pre, cnm = slstm_fwd(wx, R, b, s0, cfg, save=save)
+        fs = triton.testing.do_bench(lambda: slstm_fwd(wx, R, b, s0, cfg, save=save), warmup=5, rep=50,
                                      return_mode="median")
         dl = torch.zeros_like(s0)
-        bw = triton.testing.do_bench(lambda: slstm_bwd(dh, dl, R, h, s0, pre, cnm, cfg), warmup=5, rep=50,
-                                     return_mode="median")
-        dwx = slstm_bwd(dh, dl, R, h, s0, pre, cnm, cfg)[0]
+        if save:
+            rc = 0.0
+            backward = lambda: slstm_bwd(dh, dl, R, h, s0, pre, cnm, cfg)   # noqa: E731
+        else:
+            rc = triton.testing.do_bench(lambda: slstm_step_coefficients(wx, R, b, h, s0, cfg), warmup=5,
+                                         rep=50, return_mode="median")
+            coef = slstm_step_coefficients(wx, R, b, h, s0, cfg)
+            backward = lambda: slstm_bwd_head(dh, dl, R, h, s0, coef, cfg)   # noqa: E731
+        bw = triton.testing.do_bench(backward, warmup=5, rep=50, return_mode="median")
+        dwx = backward()[0]
         dr = triton.testing.do_bench(lambda: slstm_dr_db(dwx, h, s0, R), warmup=5, rep=50,
                                      return_mode="median")
     return (f"{NH}x{DH} {over or 'default'} cfg={cfg} fw={fw:.3f} ms ({fw / 1024 * 1e3:.2f} us/step) "
-            f"fwbw={fb:.3f} ms | fw+save {fs:.3f} bwd {bw:.3f} (dR/db {dr:.3f})")
+            f"fwbw={fb:.3f} ms | training fw {fs:.3f} coefficients {rc:.3f} bwd {bw:.3f} (dR/db {dr:.3f})")
 
 
 if __name__ == "__main__":

@@ -261,9 +261,9 @@ def test_inference_saves_nothing_for_backward(device, monkeypatch):
     from xlstm_triton.ops.slstm import op
 
     saves, recomputes = [], []
-    real_fwd, real_recompute = op.slstm_fwd, op.slstm_recompute
+    real_fwd, real_recompute = op.slstm_fwd, op.slstm_step_coefficients
     monkeypatch.setattr(op, "slstm_fwd", lambda *a, save: saves.append(save) or real_fwd(*a, save=save))
-    monkeypatch.setattr(op, "slstm_recompute", lambda *a: recomputes.append(1) or real_recompute(*a))
+    monkeypatch.setattr(op, "slstm_step_coefficients", lambda *a: recomputes.append(1) or real_recompute(*a))
     x = {k: v.requires_grad_(True) for k, v in make_inputs(2, 3, 1, 32, torch.float32, device).items()}
     with torch.no_grad():
         h = slstm(**x)

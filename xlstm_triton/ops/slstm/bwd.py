@@ -1,8 +1,7 @@
-"""sLSTM backward: a Triton kernel that runs time in reverse, then a parallel dR/db reduction.
+"""sLSTM backward: Triton kernels that run time in reverse, then a parallel dR/db reduction.
 
-Shapes as in fwd.py; saved by the forward: pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH), float32.
-
-Per step t (float32, one element; dh includes the recurrent term R^T dpre_{t+1}):
+Shapes as in fwd.py. Per step t (float32, one element; dh includes the recurrent term
+R^T dpre_{t+1}):
     recompute  i', f', z = tanh(z~), o = sigmoid(o~), m_t from pre_t and (n, m)_{t-1};
                c_t = f' c_{t-1} + i' z,  n_t = f' n_{t-1} + i'
     dc += dh o / n_t;   dn -= dh o c_t / n_t^2
@@ -11,12 +10,17 @@ Per step t (float32, one element; dh includes the recurrent term R^T dpre_{t+1})
     dc_{t-1} = dc f';  dn_{t-1} = dn f'          (m carries no gradient)
 The gate gradients dpre_t are dwx[:, t]. After step 0, dh_init = R^T dpre_0.
 
-slstm_bwd_kernel uses the forward's program decomposition: a program owns BB batch rows and BO
-columns of one head and computes dpre for those columns (pre, (c, n, m) and dwx move as fused
-(BB, 4 * BO) tiles, like the forward's gates). The recurrent term for its columns needs dpre_{t+1}
-of the whole head: in whole-head mode (NCB == 1) it stays in registers and is one product with
-the gates' R stacked along the contraction, (BB, 4 * BO) @ (4 * BO, BO); in split mode it is read
-back from dwx in global memory after a per-group barrier (or one launch per step, see fwd.py) and
+Whole heads (NCB == 1), slstm_bwd_head_kernel: one program per (batch block, head) owns the
+chain. Everything of a step that does not depend on dh (the activations, c_t, 1 / n_t, and their
+products) comes precomputed as nine coefficients per element and step (recompute.py), so the
+chain is the recurrent term, four (BB, BO) @ (BO, BO) products with R_g held on chip, and a few
+multiply-adds.
+
+Split heads (NCB > 1), slstm_bwd_kernel: the forward's program decomposition; a program owns BB
+batch rows and BO columns of one head, reads pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH)
+saved by the forward as fused (BB, 4 * BO) tiles, recomputes the step, and computes dpre for its
+columns. The recurrent term for its columns needs dpre_{t+1} of the whole head: it is read back
+from dwx in global memory after a per-group barrier (or one launch per step, see fwd.py) and
 multiplied per gate, the four gates as a batch spread over warps (4, BB, K) @ (4, K, BO), summed.
 
 dR_g = sum_{b,t} dpre_g[b, t]^T h_{t-1}[b] and db_g = sum_{b,t} dpre_g[b, t] are not on the
@@ -86,17 +90,6 @@ def bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_next, T, rb64, mask_b, head,
 
 
 @triton.jit
-def load_r_stacked(R_ptr, head, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr):
-    """Whole-head mode: the four gates' R stacked along the contraction, (4 * BO, BO):
-    [g * BO + o, i] = R[g, head, o, i] (zero outside DH)."""
-    cc = tl.arange(0, 4 * BO)
-    o = (cc % BO)[:, None]
-    i = tl.arange(0, BO)[None, :]
-    p = R_ptr + (cc // BO)[:, None] * (NH * DH * DH) + head * DH * DH + o * DH + i
-    return tl.load(p, mask=(o < DH) & (i < DH), other=0.0)
-
-
-@triton.jit
 def join_gates(g_i, g_f, g_z, g_o, BB: tl.constexpr, BO: tl.constexpr):
     """Four (BB, BO) gate tiles -> (BB, 4 * BO) with columns (gate, j); inverse of split_gates."""
     x = tl.join(tl.join(g_i, g_z), tl.join(g_f, g_o))  # (b, j, g // 2, g % 2)
@@ -152,10 +145,8 @@ def slstm_bwd_kernel(
     off_dh = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
 
     col0 = cb * BO
-    R_s, R_a, R_b = 0, 0, 0  # placeholders for the unused mode
-    if NCB == 1:  # whole head: the gates' R stacked, (4 * BO, BO)
-        R_s = load_r_stacked(R_ptr, head, NH, DH, BO)
-    elif RESIDENT:  # R_g[o, own i] for all o, gates batched, two row blocks of o
+    R_a, R_b = 0, 0  # placeholders when R is streamed
+    if RESIDENT:  # R_g[o, own i] for all o, gates batched, two row blocks of o
         R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
         if KB > 0:
             R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
@@ -169,9 +160,6 @@ def slstm_bwd_kernel(
     mask4 = mask_b[:, None] & (o4 < DH)[None, :]
     off4 = rb[:, None] * HD + (cc // BO)[None, :] * s_state + head * DH + o4[None, :]
     off_dwx4 = rb64[:, None] * (T64 * 4 * HD) + (cc // BO)[None, :] * HD + head * DH + o4[None, :]
-    # whole-head mode: dpre_{t+1} of the head stays in registers (zero before the first step)
-    dp4 = tl.zeros((BB, 4 * BO), dtype=dtype)
-
     # inputs of a step are loaded one step ahead
     nx_pre, nx_cnm, nx_dh = load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t_hi - 1, s_state,
                                              off4, mask_if(mask4, t_hi > t_lo), off_dh,
@@ -184,14 +172,11 @@ def slstm_bwd_kernel(
                                                  mask_if(mask, t - 1 >= t_lo), HD, BO)
 
         # recurrent gradient R^T dpre_{t+1} for the own columns
-        if NCB == 1:
-            dh = dh_out.to(tl.float32) + mma(dp4, R_s, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
-        else:
-            if SYNC:
-                group_wait(sync_ptr + group, k * NCB)
-            dh = dh_out.to(tl.float32) + bwd_recurrent_split(
-                dwx_ptr, R_ptr, R_a, R_b, t + 1, T, rb64, mask_b, head, col0,
-                NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
+        if SYNC:
+            group_wait(sync_ptr + group, k * NCB)
+        dh = dh_out.to(tl.float32) + bwd_recurrent_split(
+            dwx_ptr, R_ptr, R_a, R_b, t + 1, T, rb64, mask_b, head, col0,
+            NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
         dh = dh + tl.where(t == T - 1, dh_last, 0.0)
 
         pre_i, pre_f, pre_z, pre_o = split_gates(pre4, BB, BO)
@@ -218,20 +203,118 @@ def slstm_bwd_kernel(
     tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
     tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
     if FINALIZE:  # gradient of the initial h: R^T dpre_0
-        if NCB == 1:  # reloaded: reusing the tile would make the compiler keep R in registers
-            dh0 = mma(dp4, load_r_stacked(R_ptr, head, NH, DH, BO),
-                      tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
-        else:
-            if SYNC:
-                group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
-            if RESIDENT:
-                R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
-                if KB > 0:
-                    R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
-            dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_lo, T, rb64, mask_b, head, col0,
-                                      NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
+        if SYNC:
+            group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
+        if RESIDENT:
+            R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
+            if KB > 0:
+                R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
+        dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_lo, T, rb64, mask_b, head, col0,
+                                  NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
         tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
+
+
+@triton.jit
+def load_r_gate(R_ptr, g: tl.constexpr, head, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr):
+    """Whole-head mode: R_g of the head as (BO, BO), [o, i] = R[g, head, o, i] (zero outside DH)."""
+    o = tl.arange(0, BO)[:, None]
+    i = tl.arange(0, BO)[None, :]
+    return tl.load(R_ptr + g * (NH * DH * DH) + head * DH * DH + o * DH + i,
+                   mask=(o < DH) & (i < DH), other=0.0)
+
+
+@triton.jit
+def load_coefficients(coef_ptr, t, s_state, off, mask):
+    """The nine (BB, BO) coefficient tiles of step t (recompute.py, COEFFICIENTS)."""
+    q = coef_ptr + tl.cast(t, tl.int64) * (9 * s_state) + off
+    return (tl.load(q, mask=mask, other=0.0), tl.load(q + s_state, mask=mask, other=0.0),
+            tl.load(q + 2 * s_state, mask=mask, other=0.0), tl.load(q + 3 * s_state, mask=mask, other=0.0),
+            tl.load(q + 4 * s_state, mask=mask, other=0.0), tl.load(q + 5 * s_state, mask=mask, other=0.0),
+            tl.load(q + 6 * s_state, mask=mask, other=0.0), tl.load(q + 7 * s_state, mask=mask, other=0.0),
+            tl.load(q + 8 * s_state, mask=mask, other=0.0))
+
+
+@cached_launch
+@triton.jit(do_not_specialize=["B", "T"])
+def slstm_bwd_head_kernel(
+    R_ptr, coef_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, B, T,
+    NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """The whole backward of one (batch block, head) in whole-head mode, t = T - 1 down to 0,
+    from the step coefficients coef (T, 9, B, NH, DH) float32 (recompute.py): per step the
+    recurrent term sum_g dpre_g,t+1 @ R_g (four products, R held on chip) and multiply-adds.
+
+    dh (B, T, NH, DH): gradient of the output h. dstate_in (4, B, NH, DH) float32: gradient of
+    the last state (its dh slot is added at t == T - 1). dwx (B, T, 4, NH, DH) output.
+    dstate_out (4, B, NH, DH) float32: the gradient of the initial state (dh, dc, dn, 0)."""
+    group = tl.program_id(0)
+    head = group % NH
+    rb = (group // NH) * BB + tl.arange(0, BB)
+    mask_b = rb < B
+    rb64 = rb.to(tl.int64)
+    cols = tl.arange(0, BO)
+    mask = mask_b[:, None] & (cols < DH)[None, :]
+    dtype = R_ptr.dtype.element_ty
+    HD: tl.constexpr = NH * DH
+    T64 = tl.cast(T, tl.int64)
+    s_state = tl.cast(B, tl.int64) * HD
+    off_st = rb[:, None] * HD + head * DH + cols[None, :]
+    off_dh = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
+    off_dwx = rb64[:, None] * (T64 * 4 * HD) + head * DH + cols[None, :]
+
+    R_i = load_r_gate(R_ptr, 0, head, NH, DH, BO)
+    R_f = load_r_gate(R_ptr, 1, head, NH, DH, BO)
+    R_z = load_r_gate(R_ptr, 2, head, NH, DH, BO)
+    R_o = load_r_gate(R_ptr, 3, head, NH, DH, BO)
+    dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
+    dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
+    dh_last = tl.load(dstate_in_ptr + off_st, mask=mask, other=0.0)
+    # dpre_{t+1} of the four gates (zero before the first step), in the matmul dtype
+    p_i = tl.zeros((BB, BO), dtype=dtype)
+    p_f = tl.zeros((BB, BO), dtype=dtype)
+    p_z = tl.zeros((BB, BO), dtype=dtype)
+    p_o = tl.zeros((BB, BO), dtype=dtype)
+
+    # a step's inputs are loaded one step ahead
+    nx = load_coefficients(coef_ptr, T - 1, s_state, off_st, mask)
+    nx_dh = tl.load(dh_ptr + off_dh + (T64 - 1) * HD, mask=mask, other=0.0)
+    for k in tl.range(0, T, num_stages=1):
+        t = T - 1 - k
+        (a, q, p, d, i_act, f_z, g_c, g_n, f_act), dh_out = nx, nx_dh
+        nx = load_coefficients(coef_ptr, t - 1, s_state, off_st, mask_if(mask, t > 0))
+        nx_dh = tl.load(dh_ptr + off_dh + tl.cast(t - 1, tl.int64) * HD, mask=mask_if(mask, t > 0), other=0.0)
+
+        rec = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
+        rec = mma(p_f, R_f, rec, DOT_PREC)
+        rec = mma(p_z, R_z, rec, DOT_PREC)
+        rec = mma(p_o, R_o, rec, DOT_PREC)
+        dh = dh_out.to(tl.float32) + rec + tl.where(t == T - 1, dh_last, 0.0)
+        dc = dc + dh * a
+        dn = dn - dh * q
+        g_o = dh * p
+        g_i = dc * d + dn * i_act
+        g_z = dc * f_z
+        g_f = dc * g_c + dn * g_n
+        dc = dc * f_act
+        dn = dn * f_act
+
+        p_i, p_f, p_z, p_o = g_i.to(dtype), g_f.to(dtype), g_z.to(dtype), g_o.to(dtype)
+        w = dwx_ptr + off_dwx + tl.cast(t, tl.int64) * (4 * HD)
+        tl.store(w, p_i, mask=mask)
+        tl.store(w + HD, p_f, mask=mask)
+        tl.store(w + 2 * HD, p_z, mask=mask)
+        tl.store(w + 3 * HD, p_o, mask=mask)
+
+    # gradient of the initial state: (R^T dpre_0, dc, dn, 0)
+    dh0 = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
+    dh0 = mma(p_f, R_f, dh0, DOT_PREC)
+    dh0 = mma(p_z, R_z, dh0, DOT_PREC)
+    dh0 = mma(p_o, R_o, dh0, DOT_PREC)
+    tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
+    tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
+    tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
+    tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
 
 @cached_launch
@@ -304,13 +387,16 @@ def slstm_dr_db(dwx, h, state0, R):
 
 
 def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
-    """Gradients of the sLSTM. dh (B, T, NH, DH) gradient of the output (contiguous, wx's dtype);
-    dlast (4, B, NH, DH) float32 gradient of the last state; R (4, NH, DH, DH); h the forward
-    output; state0 the float32 initial state; pre, cnm saved by the forward.
+    """Gradients of the sLSTM, split-head configs (cfg.ncb > 1). dh (B, T, NH, DH) gradient of
+    the output (contiguous, wx's dtype); dlast (4, B, NH, DH) float32 gradient of the last state;
+    R (4, NH, DH, DH); h the forward output; state0 the float32 initial state; pre, cnm saved by
+    the forward.
     Returns dwx (B, T, 4, NH, DH) in wx's dtype, dR (4, NH, DH, DH) and db (4, NH, DH) float32,
     and the gradient of the initial state (4, B, NH, DH) float32 (m slot 0)."""
     B, T, NH, DH = h.shape
     dev, dtype = h.device, h.dtype
+    if cfg.ncb == 1:
+        raise ValueError(f"slstm_bwd: split-head configs only (ncb > 1), got {cfg}; whole heads: slstm_bwd_head")
     dwx = new_empty((B, T, 4, NH, DH), dtype, dev)
     dstate0 = new_empty((4, B, NH, DH), torch.float32, dev)
     grid = NH * cfg.ncb * cdiv(B, BATCH_BLOCK)
@@ -325,14 +411,28 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
             R, pre, cnm, state0, dh, dstate_in, dwx, dstate0, counters, B, T, t_lo, t_hi,
             SYNC=sync_flag, FINALIZE=finalize, **meta, **extra)
 
-    if cfg.ncb == 1:
-        run(dlast, 0, T, False, True)
-    elif sync:
+    if sync:
         run(dlast, 0, T, True, True, **cooperative_launch_kwargs())
         check_barrier(counters, "backward")
     else:  # one launch per step, (dc, dn) carried in dstate0; then dh_init from dpre_0
         for t in range(T - 1, -1, -1):
             run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)
         run(dstate0, 0, 0, False, True)
+    dR, db = slstm_dr_db(dwx, h, state0, R)
+    return dwx, dR, db, dstate0
+
+
+def slstm_bwd_head(dh, dlast, R, h, state0, coef, cfg: SLSTMConfig):
+    """Gradients of the sLSTM, whole-head configs (cfg.ncb == 1), from the step coefficients
+    (recompute.py). Arguments and results as `slstm_bwd`."""
+    B, T, NH, DH = h.shape
+    dev, dtype = h.device, h.dtype
+    if cfg.ncb != 1:
+        raise ValueError(f"slstm_bwd_head: whole-head configs only (ncb == 1), got {cfg}")
+    dwx = new_empty((B, T, 4, NH, DH), dtype, dev)
+    dstate0 = new_empty((4, B, NH, DH), torch.float32, dev)
+    slstm_bwd_head_kernel[(NH * cdiv(B, BATCH_BLOCK),)](
+        R, coef, dh, dlast, dwx, dstate0, B, T, NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo,
+        DOT_PREC=dot_precision(dtype, dev), num_warps=cfg.bwd_num_warps)
     dR, db = slstm_dr_db(dwx, h, state0, R)
     return dwx, dR, db, dstate0

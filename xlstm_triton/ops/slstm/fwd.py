@@ -36,11 +36,12 @@ Gate math runs in float32 with exponentials as 2^(x log2 e); on the GPU (FAST_MA
 and reciprocals are single MUFU instructions (.approx.ftz), which cut the instructions per step by
 about a third; the interpreter has no inline assembly and runs Triton's functions.
 
-What is stored for the backward (SAVE), time-major so that a tile has the same offsets as in the
-state: the gate pre-activations wx + R h_{t-1} + b, pre (T, 4, B, NH, DH), and (c, n, m) after each
-step, cnm (T, 3, B, NH, DH), both float32: 7 floats = 28 bytes per element and step (B=16, T=1024,
-hidden 768: 352 MB). The backward recomputes the activations, m_t, c_t and n_t from them and
-re-reads h_{t-1} from the output.
+What is stored for the backward (SAVE; split heads only, `SLSTMConfig.saves_steps`), time-major
+so that a tile has the same offsets as in the state: the gate pre-activations wx + R h_{t-1} + b,
+pre (T, 4, B, NH, DH), and (c, n, m) after each step, cnm (T, 3, B, NH, DH), both float32: 7
+floats = 28 bytes per element and step (B=16, T=1024, hidden 768: 352 MB). The backward
+recomputes the activations, m_t, c_t and n_t from them and re-reads h_{t-1} from the output. A
+whole head stores nothing: its backward recomputes from wx and h on every SM (recompute.py).
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ import torch
 
 from ...checks import check_cu_seqlens, check_tensor, host_offsets
 from ...utils import kernel_op, packed_index, use_kernels
-from .bwd import slstm_bwd
+from .bwd import slstm_bwd, slstm_bwd_head
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
-from .recompute import slstm_recompute
+from .recompute import slstm_step_coefficients
 from .step import slstm_step_fwd
 from .torch_path import slstm_step_torch, slstm_torch
 
@@ -113,7 +113,7 @@ def _slstm_bwd(dh: torch.Tensor, dlast: torch.Tensor, R: torch.Tensor, h: torch.
     recomputed from wx and b (whole-head configs); else wx and b are empty and unused."""
     cfg = SLSTMConfig.from_ints(config)
     if pre.numel() == 0:
-        pre, cnm = slstm_recompute(wx, R, b, h, state0, cfg)
+        return slstm_bwd_head(dh, dlast, R, h, state0, slstm_step_coefficients(wx, R, b, h, state0, cfg), cfg)
     return slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg)
 
 

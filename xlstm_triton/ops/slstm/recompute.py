@@ -1,15 +1,16 @@
 """sLSTM backward, first stage for whole-head configs: what the forward did not save, recomputed.
 
 In whole-head mode (one program per head, heads up to 128) the forward runs on one SM per
-(batch block, head), and storing the per-step tensors the backward reads, pre (T, 4, B, NH, DH)
-and cnm (T, 3, B, NH, DH) float32, costs that one SM most of a step's time (28 bytes per element
-and step through one SM's store path). So the training forward saves nothing but its output h
-(and keeps wx), and the backward rebuilds both here, on every SM:
+(batch block, head), and storing per-step tensors for the backward (28 bytes per element and
+step) costs that one SM a large part of a step's time. So the training forward saves nothing but its output h (and keeps
+wx), and the backward first rebuilds what it needs here, on every SM:
 
     slstm_pre_kernel    pre_t = wx_t + b + h_{t-1} R^T, the forward's fused-gate product, with
                         h_{t-1} read from the output (no recurrence left: parallel over time blocks)
-    slstm_cnm_kernel    (c, n, m)_t from pre_t and (c, n, m)_{t-1}: elementwise, a scan over time
-                        per element, parallel over the B * NH * DH elements
+    slstm_coef_kernel   (c, n, m)_t from pre_t and (c, n, m)_{t-1}, a scan over time per element
+                        (parallel over the B * NH * DH elements), and from them the coefficients
+                        of each step's gradient (COEFFICIENTS), so that the sequential backward
+                        does multiply-adds only: no exponentials, no reciprocals on its chain
 
 Both use the forward's own code (the product's operands and precision, `gate_activations` with
 the same fast math), so the values match what the forward computed up to float32 summation order.
@@ -24,10 +25,11 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, dot_precision, mma, new_empty
-from .fwd import BATCH_BLOCK, SLSTMConfig, fast_math, gate_activations, load_h_prev, load_rt
+from .fwd import (BATCH_BLOCK, SLSTMConfig, fast_math, fast_rcp, fast_sigmoid, gate_activations,
+                  load_h_prev, load_rt)
 
 TIME_BLOCK = 16      # steps per program of slstm_pre_kernel
-ELEMENT_BLOCK = 128  # elements per program of slstm_cnm_kernel
+ELEMENT_BLOCK = 128  # elements per program of slstm_coef_kernel
 
 
 @cached_launch
@@ -67,12 +69,24 @@ def slstm_pre_kernel(
         tl.store(pre_ptr + t64 * (4 * s_state) + off_pre, acc, mask=mask4)
 
 
+# Slots of the per-step coefficients (coef (T, COEFFICIENTS, B, NH, DH), float32) that turn one
+# backward step of an element into multiply-adds (bwd.py, slstm_bwd_head_kernel):
+#   A = o / n_t            dc += dh A
+#   Q = A c_t / n_t        dn -= dh Q
+#   P = A c_t (1 - o)      do~ = dh P
+#   D = z i',  I = i'      di~ = dc D + dn I
+#   F = i' (1 - z^2)       dz~ = dc F
+#   G = c_{t-1} f' s,  H = n_{t-1} f' s  (s = sigmoid(-f~))   df~ = dc G + dn H
+#   FG = f'                dc, dn *= FG  (the carry to step t - 1)
+COEFFICIENTS = 9
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["B", "T"])
-def slstm_cnm_kernel(pre_ptr, state0_ptr, cnm_ptr, B, T, NH: tl.constexpr, DH: tl.constexpr,
-                     BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
-    """cnm[t] = (c, n, m) after step t for BLOCK of the B * NH * DH elements, from pre and the
-    initial state (4, B, NH, DH) float32 (slots h, c, n, m)."""
+def slstm_coef_kernel(pre_ptr, state0_ptr, coef_ptr, B, T, NH: tl.constexpr, DH: tl.constexpr,
+                      BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
+    """coef[t] (slots above) for BLOCK of the B * NH * DH elements: the forward's (c, n, m) run
+    again from pre and the initial state (4, B, NH, DH) float32 (slots h, c, n, m)."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     n_el = tl.cast(B, tl.int64) * (NH * DH)
     mask = e < n_el
@@ -81,35 +95,46 @@ def slstm_cnm_kernel(pre_ptr, state0_ptr, cnm_ptr, B, T, NH: tl.constexpr, DH: t
     m = tl.load(state0_ptr + 3 * n_el + e, mask=mask, other=0.0)
     for t in tl.range(0, T, num_stages=3):   # the loads do not depend on the carry: pipelined
         p = pre_ptr + tl.cast(t, tl.int64) * (4 * n_el) + e
-        i_act, f_act, z_act, _o, m = gate_activations(
-            tl.load(p, mask=mask, other=0.0), tl.load(p + n_el, mask=mask, other=0.0),
-            tl.load(p + 2 * n_el, mask=mask, other=0.0), tl.load(p + 3 * n_el, mask=mask, other=0.0),
-            n, m, FAST_MATH)
-        c = f_act * c + i_act * z_act
-        n = f_act * n + i_act
-        q = cnm_ptr + tl.cast(t, tl.int64) * (3 * n_el) + e
-        tl.store(q, c, mask=mask)
-        tl.store(q + n_el, n, mask=mask)
-        tl.store(q + 2 * n_el, m, mask=mask)
+        f_pre = tl.load(p + n_el, mask=mask, other=0.0)
+        i_act, f_act, z_act, o_act, m = gate_activations(
+            tl.load(p, mask=mask, other=0.0), f_pre, tl.load(p + 2 * n_el, mask=mask, other=0.0),
+            tl.load(p + 3 * n_el, mask=mask, other=0.0), n, m, FAST_MATH)
+        c_t = f_act * c + i_act * z_act
+        n_t = f_act * n + i_act
+        inv_n = fast_rcp(n_t, FAST_MATH)
+        a = o_act * inv_n
+        s = f_act * fast_sigmoid(-f_pre, FAST_MATH)
+        q = coef_ptr + tl.cast(t, tl.int64) * (COEFFICIENTS * n_el) + e
+        tl.store(q, a, mask=mask)
+        tl.store(q + n_el, a * c_t * inv_n, mask=mask)
+        tl.store(q + 2 * n_el, a * c_t * (1.0 - o_act), mask=mask)
+        tl.store(q + 3 * n_el, z_act * i_act, mask=mask)
+        tl.store(q + 4 * n_el, i_act, mask=mask)
+        tl.store(q + 5 * n_el, i_act * (1.0 - z_act * z_act), mask=mask)
+        tl.store(q + 6 * n_el, c * s, mask=mask)
+        tl.store(q + 7 * n_el, n * s, mask=mask)
+        tl.store(q + 8 * n_el, f_act, mask=mask)
+        c = c_t
+        n = n_t
 
 
-def slstm_recompute(wx, R, b, h, state0, cfg: SLSTMConfig):
-    """pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH), float32, as the whole-head forward of
-    `cfg` (ncb == 1) would have saved them. wx (B, T, 4, NH, DH) (last dim contiguous), R
-    (4, NH, DH, DH) and b (4, NH, DH) contiguous in wx's dtype; h (B, T, NH, DH) the forward's
-    output; state0 (4, B, NH, DH) float32 contiguous."""
+def slstm_step_coefficients(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
+    """coef (T, COEFFICIENTS, B, NH, DH) float32 for the backward of a whole-head forward of `cfg`
+    (ncb == 1). wx (B, T, 4, NH, DH) (last dim contiguous), R (4, NH, DH, DH) and b (4, NH, DH)
+    contiguous in wx's dtype; h (B, T, NH, DH) the forward's output; state0 (4, B, NH, DH)
+    float32 contiguous."""
     B, T, _, NH, DH = wx.shape
     dev, dtype = wx.device, wx.dtype
     if cfg.ncb != 1:
-        raise ValueError(f"slstm_recompute: whole-head configs only (ncb == 1), got {cfg}")
+        raise ValueError(f"slstm_step_coefficients: whole-head configs only (ncb == 1), got {cfg}")
     pre = new_empty((T, 4, B, NH, DH), torch.float32, dev)
-    cnm = new_empty((T, 3, B, NH, DH), torch.float32, dev)
+    coef = new_empty((T, COEFFICIENTS, B, NH, DH), torch.float32, dev)
     h0 = state0[0].to(dtype)   # the forward multiplies the initial h in the matmul dtype
     slstm_pre_kernel[(cdiv(B, BATCH_BLOCK) * NH, cdiv(T, TIME_BLOCK))](
         wx, R, b, h0, h, pre, B, T, wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3),
         NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, BT=TIME_BLOCK, DOT_PREC=dot_precision(dtype, dev),
         num_warps=cfg.num_warps)
-    slstm_cnm_kernel[(cdiv(B * NH * DH, ELEMENT_BLOCK),)](
-        pre, state0, cnm, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(dev),
+    slstm_coef_kernel[(cdiv(B * NH * DH, ELEMENT_BLOCK),)](
+        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(dev),
         num_warps=4)
-    return pre, cnm
+    return coef
