@@ -104,7 +104,7 @@ def slstm_coef_kernel(pre_ptr, state0_ptr, coef_ptr, B, T, NH: tl.constexpr, DH:
         inv_n = fast_rcp(n_t, FAST_MATH)
         a = o_act * inv_n
         s = f_act * fast_sigmoid(-f_pre, FAST_MATH)
-        q = coef_ptr + tl.cast(t, tl.int64) * (COEFFICIENTS * n_el) + e
+        q = coef_ptr + tl.cast(t, tl.int64) * (9 * n_el) + e   # 9 = COEFFICIENTS
         tl.store(q, a, mask=mask)
         tl.store(q + n_el, a * c_t * inv_n, mask=mask)
         tl.store(q + 2 * n_el, a * c_t * (1.0 - o_act), mask=mask)
