@@ -276,14 +276,11 @@ def slstm_bwd_head_kernel(
     p_z = tl.zeros((BB, BO), dtype=dtype)
     p_o = tl.zeros((BB, BO), dtype=dtype)
 
-    # a step's inputs are loaded one step ahead
-    nx = load_coefficients(coef_ptr, T - 1, s_state, off_st, mask)
-    nx_dh = tl.load(dh_ptr + off_dh + (T64 - 1) * HD, mask=mask, other=0.0)
-    for k in tl.range(0, T, num_stages=1):
+    # the step's inputs do not depend on the chain: software-pipelined ahead of it
+    for k in tl.range(0, T, num_stages=2):
         t = T - 1 - k
-        (a, q, p, d, i_act, f_z, g_c, g_n, f_act), dh_out = nx, nx_dh
-        nx = load_coefficients(coef_ptr, t - 1, s_state, off_st, mask_if(mask, t > 0))
-        nx_dh = tl.load(dh_ptr + off_dh + tl.cast(t - 1, tl.int64) * HD, mask=mask_if(mask, t > 0), other=0.0)
+        a, q, p, d, i_act, f_z, g_c, g_n, f_act = load_coefficients(coef_ptr, t, s_state, off_st, mask)
+        dh_out = tl.load(dh_ptr + off_dh + tl.cast(t, tl.int64) * HD, mask=mask, other=0.0)
 
         rec = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
         rec = mma(p_f, R_f, rec, DOT_PREC)

@@ -29,7 +29,7 @@ from .fwd import (BATCH_BLOCK, SLSTMConfig, fast_math, fast_rcp, fast_sigmoid, g
                   load_h_prev, load_rt)
 
 TIME_BLOCK = 16      # steps per program of slstm_pre_kernel
-ELEMENT_BLOCK = 128  # elements per program of slstm_coef_kernel
+ELEMENT_BLOCK = 32   # elements per program (one warp) of slstm_coef_kernel: a scan is latency-bound, many warps hide it
 
 
 @cached_launch
@@ -136,5 +136,5 @@ def slstm_step_coefficients(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tens
         num_warps=cfg.num_warps)
     slstm_coef_kernel[(cdiv(B * NH * DH, ELEMENT_BLOCK),)](
         pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(dev),
-        num_warps=4)
+        num_warps=1)
     return coef
