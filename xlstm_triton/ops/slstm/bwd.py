@@ -225,6 +225,16 @@ def load_r_gate(R_ptr, g: tl.constexpr, head, NH: tl.constexpr, DH: tl.constexpr
 
 
 @triton.jit
+def recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, BB: tl.constexpr, BO: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
+    """sum_g dpre_g @ R_g (BB, BO) float32, the four products in separate accumulators (four
+    independent chains of tensor-core ops instead of one four times as long), then added."""
+    zero = tl.zeros((BB, BO), dtype=tl.float32)
+    return ((mma(p_i, R_i, zero, DOT_PREC) + mma(p_f, R_f, zero, DOT_PREC))
+            + (mma(p_z, R_z, zero, DOT_PREC) + mma(p_o, R_o, zero, DOT_PREC)))
+
+
+@triton.jit
 def load_coefficients(coef_ptr, t, s_state, off, mask):
     """The nine (BB, BO) coefficient tiles of step t (recompute.py, COEFFICIENTS)."""
     q = coef_ptr + tl.cast(t, tl.int64) * (9 * s_state) + off
@@ -282,11 +292,8 @@ def slstm_bwd_head_kernel(
         a, q, p, d, i_act, f_z, g_c, g_n, f_act = load_coefficients(coef_ptr, t, s_state, off_st, mask)
         dh_out = tl.load(dh_ptr + off_dh + tl.cast(t, tl.int64) * HD, mask=mask, other=0.0)
 
-        rec = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
-        rec = mma(p_f, R_f, rec, DOT_PREC)
-        rec = mma(p_z, R_z, rec, DOT_PREC)
-        rec = mma(p_o, R_o, rec, DOT_PREC)
-        dh = dh_out.to(tl.float32) + rec + tl.where(t == T - 1, dh_last, 0.0)
+        dh = dh_out.to(tl.float32) + recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, BB, BO, DOT_PREC)
+        dh += tl.where(t == T - 1, dh_last, 0.0)
         dc = dc + dh * a
         dn = dn - dh * q
         g_o = dh * p
@@ -304,10 +311,7 @@ def slstm_bwd_head_kernel(
         tl.store(w + 3 * HD, p_o, mask=mask)
 
     # gradient of the initial state: (R^T dpre_0, dc, dn, 0)
-    dh0 = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
-    dh0 = mma(p_f, R_f, dh0, DOT_PREC)
-    dh0 = mma(p_z, R_z, dh0, DOT_PREC)
-    dh0 = mma(p_o, R_o, dh0, DOT_PREC)
+    dh0 = recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, BB, BO, DOT_PREC)
     tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
     tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
     tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)

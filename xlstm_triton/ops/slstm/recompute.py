@@ -93,7 +93,8 @@ def slstm_coef_kernel(pre_ptr, state0_ptr, coef_ptr, B, T, NH: tl.constexpr, DH:
     c = tl.load(state0_ptr + n_el + e, mask=mask, other=0.0)
     n = tl.load(state0_ptr + 2 * n_el + e, mask=mask, other=0.0)
     m = tl.load(state0_ptr + 3 * n_el + e, mask=mask, other=0.0)
-    for t in tl.range(0, T, num_stages=3):   # the loads do not depend on the carry: pipelined
+    # the loads do not depend on the carry: pipelined several steps ahead of the latency-bound scan
+    for t in tl.range(0, T, num_stages=8):
         p = pre_ptr + tl.cast(t, tl.int64) * (4 * n_el) + e
         f_pre = tl.load(p + n_el, mask=mask, other=0.0)
         i_act, f_act, z_act, o_act, m = gate_activations(
