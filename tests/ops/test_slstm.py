@@ -280,6 +280,39 @@ def test_inference_saves_nothing_for_backward(device, monkeypatch):
     assert recomputes == [1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_recomputed_steps_equal_what_the_forward_stores(dtype, device):
+    """The whole-head backward's first stage: the gate pre-activations recomputed from wx and h
+    equal the ones the forward stores (same operands: float32 summation order only), and the
+    step coefficients equal float64 formulas of the forward's own (c, n, m), fresh states
+    (n = 0) included."""
+    from xlstm_triton.ops.slstm.fwd import pick_config, slstm_fwd
+    from xlstm_triton.ops.slstm.recompute import recompute_pre, step_coefficients
+
+    B, T, NH, DH = 3, 9, 2, 32
+    x = make_inputs(B, T, NH, DH, dtype, device, states=True, fresh_fraction=0.3)
+    cfg = pick_config(NH, DH, B, dtype, torch.device(device))
+    assert cfg.ncb == 1 and not cfg.saves_steps
+    state0 = x["initial_state"].float().contiguous()
+    h, _, pre, cnm = slstm_fwd(x["wx"], x["R"], x["b"], state0, cfg, save=True)
+    assert_close(recompute_pre(x["wx"], x["R"], x["b"], h, state0, cfg), pre, 1e-5, "pre")
+    coef = step_coefficients(pre, state0).double()
+
+    p, st = pre.double(), state0.double()
+    prev = torch.cat([st[None, 1:], cnm.double()[:-1]])            # (c, n, m) before each step
+    c_p, n_p, m_p = prev.unbind(1)
+    i_pre, f_pre, z_pre, o_pre = p.unbind(1)
+    logf = torch.nn.functional.logsigmoid(f_pre)
+    m = torch.where(n_p == 0, i_pre, torch.maximum(i_pre, logf + m_p))
+    i, f = torch.exp(i_pre - m), torch.exp(torch.clamp(logf + m_p - m, max=60.0))
+    z, o = torch.tanh(z_pre), torch.sigmoid(o_pre)
+    c, n = f * c_p + i * z, f * n_p + i
+    a, s = o / n, f * torch.sigmoid(-f_pre)
+    want = torch.stack([a, a * c / n, a * c * (1 - o), z * i, i, i * (1 - z * z), c_p * s, n_p * s, f], 1)
+    for slot, name in enumerate(["A", "Q", "P", "D", "I", "F", "G", "H", "FG"]):
+        assert_close(coef[:, slot], want[:, slot], 1e-4, name)
+
+
 def test_noncontiguous_and_mixed_dtype_inputs(device, poison):
     base = make_inputs(3, 7, 2, 16, torch.bfloat16, device, states=True)
     expected = slstm(**base, return_last_state=True)

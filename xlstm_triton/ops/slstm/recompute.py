@@ -119,23 +119,35 @@ def slstm_coef_kernel(pre_ptr, state0_ptr, coef_ptr, B, T, NH: tl.constexpr, DH:
         n = n_t
 
 
-def slstm_step_coefficients(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
-    """coef (T, COEFFICIENTS, B, NH, DH) float32 for the backward of a whole-head forward of `cfg`
-    (ncb == 1). wx (B, T, 4, NH, DH) (last dim contiguous), R (4, NH, DH, DH) and b (4, NH, DH)
-    contiguous in wx's dtype; h (B, T, NH, DH) the forward's output; state0 (4, B, NH, DH)
-    float32 contiguous."""
+def recompute_pre(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
+    """pre (T, 4, B, NH, DH) float32, the gate pre-activations a whole-head forward of `cfg`
+    (ncb == 1) computed: wx (B, T, 4, NH, DH) (last dim contiguous), R (4, NH, DH, DH) and b
+    (4, NH, DH) contiguous in wx's dtype; h (B, T, NH, DH) the forward's output; state0
+    (4, B, NH, DH) float32 contiguous."""
     B, T, _, NH, DH = wx.shape
     dev, dtype = wx.device, wx.dtype
     if cfg.ncb != 1:
-        raise ValueError(f"slstm_step_coefficients: whole-head configs only (ncb == 1), got {cfg}")
+        raise ValueError(f"recompute_pre: whole-head configs only (ncb == 1), got {cfg}")
     pre = new_empty((T, 4, B, NH, DH), torch.float32, dev)
-    coef = new_empty((T, COEFFICIENTS, B, NH, DH), torch.float32, dev)
     h0 = state0[0].to(dtype)   # the forward multiplies the initial h in the matmul dtype
     slstm_pre_kernel[(cdiv(B, BATCH_BLOCK) * NH, cdiv(T, TIME_BLOCK))](
         wx, R, b, h0, h, pre, B, T, wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3),
         NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, BT=TIME_BLOCK, DOT_PREC=dot_precision(dtype, dev),
         num_warps=cfg.num_warps)
+    return pre
+
+
+def step_coefficients(pre: torch.Tensor, state0: torch.Tensor) -> torch.Tensor:
+    """coef (T, COEFFICIENTS, B, NH, DH) float32 from pre (T, 4, B, NH, DH) float32 and the
+    initial state (4, B, NH, DH) float32, both contiguous."""
+    T, _, B, NH, DH = pre.shape
+    coef = new_empty((T, COEFFICIENTS, B, NH, DH), torch.float32, pre.device)
     slstm_coef_kernel[(cdiv(B * NH * DH, ELEMENT_BLOCK),)](
-        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(dev),
+        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(pre.device),
         num_warps=1)
     return coef
+
+
+def slstm_step_coefficients(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
+    """`step_coefficients` of `recompute_pre`: what the whole-head backward reads."""
+    return step_coefficients(recompute_pre(wx, R, b, h, state0, cfg), state0)
