@@ -188,3 +188,105 @@ def test_xlstm_large_over_ranks_equals_one_run(pieces, tmp_path, monkeypatch):
         assert_close(g["loss"], loss.detach(), 1e-5, "loss")
     for name, p in model.named_parameters():      # 1e-3: the gate biases' gradients are sums of ~1e-4 terms
         assert_close(got[0]["grads"][name], p.grad, 1e-3, f"d {name}")
+
+
+# ------------------------------------------------------------------ the paper architecture
+
+def _conv_rank(rank, world, pieces, path):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from xlstm_triton.modules import CausalConv1d
+    conv, x, w = _conv_setup(sum(pieces))
+    lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
+    piece = x[:, lo:hi].detach().requires_grad_()
+    y = conv(piece, silu=True, cp_group=dist.group.WORLD)
+    (y * w[:, lo:hi]).sum().backward()
+    assert isinstance(conv, CausalConv1d)
+    torch.save({"y": y.detach(), "dx": piece.grad, "dw": conv.conv.weight.grad, "db": conv.conv.bias.grad},
+               f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _conv_setup(S):
+    from xlstm_triton.modules import CausalConv1d
+    torch.manual_seed(5)
+    conv = CausalConv1d(6, 4).double()
+    x = torch.randn(2, S, 6, dtype=torch.float64, requires_grad=True)
+    return conv, x, torch.randn(2, S, 6, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pieces", [[1, 2, 9], [6, 5]])
+def test_conv_halo_over_ranks_equals_one_run(pieces, tmp_path):
+    """CausalConv1d(..., cp_group=): each piece's window reaches K-1 = 3 inputs into the ranks
+    before it, across pieces shorter than that (1 and 2 rows); outputs and the gradients of
+    the input and the weights (summed over ranks) equal one run (float64)."""
+    world = len(pieces)
+    mp.start_processes(_conv_rank, args=(world, pieces, str(tmp_path)), nprocs=world, start_method="spawn")
+    conv, x, w = _conv_setup(sum(pieces))
+    y = conv(x, silu=True)
+    (y * w).sum().backward()
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    assert_close(torch.cat([g["y"] for g in got], dim=1), y, 1e-12, "y")
+    assert_close(torch.cat([g["dx"] for g in got], dim=1), x.grad, 1e-12, "dx")
+    assert_close(sum(g["dw"] for g in got), conv.conv.weight.grad, 1e-12, "d weight")
+    assert_close(sum(g["db"] for g in got), conv.conv.bias.grad, 1e-12, "d bias")
+
+
+def _paper_model():
+    from tests.helpers import small_lm
+    model = small_lm(slstm_at=[], num_blocks=2, seed=3).train()
+    model.check_token_range = False
+    return model
+
+
+def _paper_rank(rank, world, pieces, path):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from xlstm_triton.models import cp_reduce_gradients
+    model = _paper_model()
+    ids = _ids(sum(pieces)) % model.config.vocab_size
+    lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
+    piece = ids[:, lo:hi]
+    group = dist.group.WORLD
+    with torch.no_grad():
+        logits = model(piece, cp_group=group)
+    loss = model(piece, labels=piece, cp_group=group)
+    loss.backward()
+    cp_reduce_gradients(model, group)
+    torch.save({"logits": logits, "loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}},
+               f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("pieces", [[20, 13], [2, 17, 11]])
+def test_paper_lm_over_ranks_equals_one_run(pieces, tmp_path, monkeypatch):
+    """xLSTMLMModel(..., cp_group=) with mLSTM blocks (their conv windows cross the pieces, a
+    piece of 2 steps included): the logits, the loss and, after cp_reduce_gradients, every
+    parameter gradient equal one run of the whole sequences."""
+    world = len(pieces)
+    mp.start_processes(_paper_rank, args=(world, pieces, str(tmp_path)), nprocs=world, start_method="spawn")
+    import xlstm_triton.utils as xt_utils
+    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = _paper_model()
+    ids = _ids(sum(pieces)) % model.config.vocab_size
+    with torch.no_grad():
+        logits = model(ids)
+    loss = model(ids, labels=ids)
+    loss.backward()
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    assert_close(torch.cat([g["logits"] for g in got], dim=1), logits, 1e-4, "logits")
+    for g in got:
+        assert_close(g["loss"], loss.detach(), 1e-5, "loss")
+    for name, p in model.named_parameters():
+        assert_close(got[0]["grads"][name], p.grad, 1e-3, f"d {name}")
+
+
+def test_slstm_refuses_context_parallelism():
+    """An sLSTM layer (and a model whose first block is one) names why it cannot be split."""
+    from tests.helpers import small_lm
+    model = small_lm(slstm_at=[0], num_blocks=2).train()
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with pytest.raises(ValueError, match="cp_group: the sLSTM cannot be split over ranks"):
+        model(ids, labels=ids, cp_group=object())
+    with pytest.raises(ValueError, match="cp_group: a sequence split over ranks runs from a zero state"):
+        model(ids, return_state=True, cp_group=object())

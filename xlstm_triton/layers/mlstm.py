@@ -132,13 +132,14 @@ class mLSTMCell(nn.Module):
         return zero_mlstm_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
 
     def forward(self, q, k, v, state: Optional[tuple] = None, return_state: bool = False, normalize: bool = True,
-                cu_seqlens: Optional[torch.Tensor] = None):
+                cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """q, k, v (B, S, inner); state (c, n, m) or None. Returns h (B, S, inner) and, with
         `return_state`, the new mLSTMState. `normalize=False` leaves out `outnorm`: h is then the
         recurrence's output as a (B, S, NH, DH) view (for a fused norm downstream).
-        `cu_seqlens`: packed sequences (`mlstm_recurrence`)."""
+        `cu_seqlens`: packed sequences, `cp_group`: a piece of sequences split over ranks
+        (`mlstm_recurrence`)."""
         out = mlstm_recurrence(*_cell_inputs(self, q, k, v), state, return_state=return_state,
-                               cu_seqlens=cu_seqlens)
+                               cu_seqlens=cu_seqlens, cp_group=cp_group)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DH) view
         if normalize:
@@ -222,15 +223,24 @@ class mLSTMLayer(nn.Module):
         return mLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None,
-                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new mLSTMLayerState.
         Training through the kernels recomputes the cheap intermediates (see `recompute`).
         `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state (no
-        state in or out): the conv window and the mLSTM restart at each document."""
+        state in or out): the conv window and the mLSTM restart at each document.
+        `cp_group`: x is this rank's piece of sequences split in contiguous pieces over the
+        group (context parallelism, no state in or out): the conv window reaches into the
+        ranks before (`CausalConv1d`), the mLSTM starts from their state (`mlstm_chunkwise`)."""
         check_layer_input("mLSTMLayer", x, self.config.embedding_dim)
         B = x.shape[0]
         if cu_seqlens is not None and (state is not None or return_state):
             raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")
+        if cp_group is not None:
+            if state is not None or return_state or cu_seqlens is not None:
+                raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state "
+                                 "in or out and without packed documents")
+            x_m, z = self.proj_up(x).split(self.inner, dim=-1)
+            return self.dropout(self.proj_down(self._mix(x_m, z, cp_group=cp_group)))
         if state is not None:
             state = self._check_state(state, B)
         xz = self.proj_up(x)
@@ -260,10 +270,11 @@ class mLSTMLayer(nn.Module):
         return [p for p in (module._parameters[name] for module, name in slots)
                 if p is not None and p.requires_grad]
 
-    def _inputs(self, x_m, conv_state=None, return_state=False, cu_seqlens=None):
+    def _inputs(self, x_m, conv_state=None, return_state=False, cu_seqlens=None, cp_group=None):
         """The cell's inputs from x_m: x_c = SiLU(conv(x_m)) (and the new conv state with
         `return_state`), q, k from x_c, v from x_m, each (B, S, inner)."""
-        out = self.conv1d(x_m, conv_state, return_state=return_state, silu=True, cu_seqlens=cu_seqlens)
+        cp = {} if cp_group is None else dict(cp_group=cp_group)
+        out = self.conv1d(x_m, conv_state, return_state=return_state, silu=True, cu_seqlens=cu_seqlens, **cp)
         x_c, conv_state = out if return_state else (out, None)
         q, k = linear_headwise_many(x_c, (self.q_proj, self.k_proj))      # one read of x_c
         v = self.v_proj(x_m)
@@ -302,15 +313,15 @@ class mLSTMLayer(nn.Module):
         return head_norm_gate(h, z, norm.weight_proxy, norm.bias, norm.eps, act="silu",
                               skip=self.learnable_skip, x_skip=x_c)
 
-    def _mix(self, x_m, z, state=None, return_state=False, cu_seqlens=None):
+    def _mix(self, x_m, z, state=None, return_state=False, cu_seqlens=None, cp_group=None):
         """Everything between the up- and the down-projection: (x_m, z) -> the input of
         proj_down (B, S, inner); with `return_state` also the new cell state and conv state."""
         x_c, q, k, v, conv_state = self._inputs(x_m, None if state is None else state.conv, return_state,
-                                                cu_seqlens)
+                                                cu_seqlens, cp_group)
         cell_state = None if state is None else tuple(state[:3])
         fused = use_kernels(x_m)        # outnorm, the skip and the SiLU(z) gate as one kernel each way
         out = self.mlstm_cell(q, k, v, cell_state, return_state=return_state, normalize=not fused,
-                              cu_seqlens=cu_seqlens)
+                              cu_seqlens=cu_seqlens, cp_group=cp_group)
         h, cnm = out if return_state else (out, None)
         if fused:
             h = self._output(h, z, x_c)

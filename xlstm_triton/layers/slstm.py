@@ -212,10 +212,14 @@ class sLSTMLayer(nn.Module):
         return sLSTMLayerState(*state)
 
     def forward(self, x: torch.Tensor, state: Optional[sLSTMLayerState] = None,
-                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new sLSTMLayerState.
         `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state (no
-        state in or out)."""
+        state in or out). `cp_group` is refused: see the error."""
+        if cp_group is not None:
+            raise ValueError("cp_group: the sLSTM cannot be split over ranks along the sequence (its recurrence "
+                             "mixes h_t nonlinearly into every later step, so a piece cannot start before the "
+                             "pieces before it have run); context parallelism needs mLSTM blocks only")
         E = self.config.embedding_dim
         check_layer_input("sLSTMLayer", x, E)
         B, S, _ = x.shape

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.mlstm.context_parallel import gather_pieces
 from .causal_conv1d import causal_conv1d
 
-__all__ = ["CausalConv1d"]
+__all__ = ["CausalConv1d", "context_parallel_halo"]
 
 
 class CausalConv1d(nn.Module):
@@ -53,15 +54,26 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch_size, self.state_len, self.feature_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
-                return_state: bool = False, silu: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                return_state: bool = False, silu: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                cp_group=None):
         """x (B, S, F), state (B, K-1, F) or None. Returns y (B, S, F) (SiLU applied with `silu`),
         and with `return_state` also the new state (the last K-1 inputs). Sequences run the
         fused kernel of `causal_conv1d.py` where the Triton kernels run.
 
         Packed sequences: `cu_seqlens` (N + 1,) offsets of N sequences in x (1, S, F) (see
-        `causal_conv1d`); state and new state are then (N, K-1, F), one row per sequence."""
+        `causal_conv1d`); state and new state are then (N, K-1, F), one row per sequence.
+
+        Context parallelism: with `cp_group`, x is this rank's piece of sequences split in
+        contiguous pieces over the group in rank order; the window's K-1 inputs before the piece
+        come from the ranks before it (`context_parallel_halo`; no state in or out)."""
         B, S, Fd = x.shape
         K = self.kernel_size
+        if cp_group is not None:
+            if state is not None or return_state or cu_seqlens is not None:
+                raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state "
+                                 "in or out and without packed documents")
+            if K > 1:
+                state = context_parallel_halo(x, K - 1, cp_group)
         rows = B if cu_seqlens is None else cu_seqlens.numel() - 1
         if state is not None and tuple(state.shape) != (rows, self.state_len, Fd):
             what = "(B, K-1, F)" if cu_seqlens is None else "(N, K-1, F)"
@@ -120,3 +132,26 @@ class CausalConv1d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, kernel_size={self.kernel_size}"
+
+
+def context_parallel_halo(x: torch.Tensor, length: int, group) -> torch.Tensor:
+    """The `length` inputs before this rank's piece x (B, S, F) of sequences split in contiguous
+    pieces over `group` in rank order, oldest first: (B, length, F), zeros where the sequences
+    have fewer (rank 0). One all-gather of every rank's last `length` inputs, with a flag per
+    row telling inputs from padding, so pieces shorter than `length` are bridged by the ranks
+    before them; no host read. Differentiable: the halo's gradient reaches the ranks whose
+    inputs it holds."""
+    B, S, Fd = x.shape
+    rows = torch.cat([x.new_zeros(B, length, Fd), x], dim=1)[:, -length:]
+    real = (torch.arange(length, device=x.device) >= length - min(S, length)).to(x.dtype)
+    every = gather_pieces(torch.cat([rows, real.expand(B, length)[..., None]], dim=-1), group)
+    rank = torch.distributed.get_rank(group)
+    if rank == 0:     # nothing before; tied to the gather so that its backward runs here too
+        return x.new_zeros(B, length, Fd) + every[:0].sum()
+    before = every[:rank].transpose(0, 1).reshape(B, rank * length, Fd + 1)   # ranks before, in order
+    inputs, is_real = before[..., :Fd], before[0, :, Fd] > 0
+    # A real row's slot in the halo: length minus the number of real rows from it to the end.
+    from_end = is_real.flip(0).to(torch.int64).cumsum(0).flip(0)
+    slot = length - from_end
+    pick = is_real[None, :] & (slot[None, :] == torch.arange(length, device=x.device)[:, None])
+    return torch.einsum("sr,brf->bsf", pick.to(x.dtype), inputs)

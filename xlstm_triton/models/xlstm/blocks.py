@@ -88,21 +88,24 @@ class xLSTMBlock(WeightDecayGroupsMixin, nn.Module):
         return self.xlstm.zero_state(batch_size, device, dtype)
 
     def forward(self, x: torch.Tensor, state: Optional[BlockState] = None, return_state: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None):
+                cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """x (B, S, E). Returns the block output (B, S, E) and, with `return_state`, the new state.
-        `cu_seqlens`: packed documents (B = 1, no state)."""
-        x, y, new_state = self.forward_residual(x, None, state, return_state, cu_seqlens)
+        `cu_seqlens`: packed documents (B = 1, no state); `cp_group`: context parallelism (the
+        layer's)."""
+        x, y, new_state = self.forward_residual(x, None, state, return_state, cu_seqlens, cp_group)
         x = x + y
         return (x, new_state) if return_state else x
 
     def forward_residual(self, x: torch.Tensor, branch: Optional[torch.Tensor], state: Optional[BlockState] = None,
-                         return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None):
+                         return_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """The block on the residual stream x whose last branch output (the previous block's, or
         None) is not added yet: each add is fused into the norm after it. Returns (stream, this
         block's last branch output, new state or None); `forward` adds the two. `cu_seqlens`:
         packed documents (B = 1), for the layer."""
         h, x = self.xlstm_norm.add_forward(x, branch)
         packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens)
+        if cp_group is not None:
+            packed["cp_group"] = cp_group
         out = self.xlstm(h, state, return_state=return_state, **packed)
         y, new_state = out if return_state else (out, None)
         if self.ffn is None:
@@ -194,10 +197,11 @@ class xLSTMBlockStack(WeightDecayGroupsMixin, nn.Module):
         return tuple(b.zero_state(batch_size, device, dtype) for b in self.blocks)
 
     def forward(self, x: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False,
-                cu_seqlens: Optional[torch.Tensor] = None):
+                cu_seqlens: Optional[torch.Tensor] = None, cp_group=None):
         """x (B, S, E); state: a tuple of block states (entries may be None) or None. Returns
         y (B, S, E) and, with `return_state`, the new stack state (a tuple). `cu_seqlens`:
-        packed documents (B = 1, no state), checked offsets (`checks.checked_cu_seqlens`)."""
+        packed documents (B = 1, no state), checked offsets (`checks.checked_cu_seqlens`);
+        `cp_group`: context parallelism (mLSTM blocks only, `mLSTMLayer`)."""
         if state is None:
             state = (None,) * len(self.blocks)
         elif not is_state_sequence(state) or len(state) != len(self.blocks):
@@ -205,6 +209,8 @@ class xLSTMBlockStack(WeightDecayGroupsMixin, nn.Module):
                              f"one per block, None for a fresh one), got {type(state).__name__}"
                              f"{f' of length {len(state)}' if is_state_sequence(state) else ''}")
         packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens)
+        if cp_group is not None:
+            packed["cp_group"] = cp_group
         x, new_states = run_residual_stream(x, self.blocks, state, self.post_blocks_norm, return_state=return_state,
                                             **packed)
         return (x, new_states) if return_state else x

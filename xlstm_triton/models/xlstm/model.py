@@ -16,7 +16,7 @@ from torch import nn
 
 from ...generation import check_token_ids, copy_state_, generate_tokens, sample_tokens
 from ...modules import small_init_
-from ..lm_loss import check_labels, next_token_loss
+from ..lm_loss import check_labels, cp_next_token_loss, next_token_loss
 from ..packed import packed_offsets
 from .blocks import StackState, WeightDecayGroupsMixin, xLSTMBlockStack
 from .config import xLSTMLMModelConfig
@@ -70,7 +70,7 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
 
     def forward(self, idx: torch.Tensor, state: Optional[StackState] = None, return_state: bool = False,
                 labels: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None):
+                position_ids: Optional[torch.Tensor] = None, cp_group=None):
         """idx (B, S) token ids; state: a stack state or None. Returns logits (B, S, V) and, with
         `return_state`, the new state. With `labels` (B, S) (see `models.lm_loss`: shifted inside,
         -100 not counted) it returns the mean next-token loss instead of the logits, computed
@@ -79,20 +79,35 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         Packed documents (B = 1, no state): `cu_seqlens` (N + 1,) int offsets of the documents
         laid end to end in idx (1, S), or `position_ids` (1, S) restarting at 0 at each document
         (converted once: one host read); no state, conv window or loss term crosses a document
-        boundary (see `models/packed.py`)."""
+        boundary (see `models/packed.py`).
+
+        Context parallelism (training, mLSTM blocks only, no state): `cp_group`, a process group
+        over which the sequences are split in contiguous pieces in rank order; idx (and labels)
+        are this rank's piece (B, S_rank). The logits are the piece's; the loss is the whole
+        sequences' mean, the same on every rank; sum the parameter gradients over the group
+        afterwards (`models.cp_reduce_gradients`). An sLSTM block refuses it."""
+        if cp_group is not None and (state is not None or return_state or cu_seqlens is not None
+                                     or position_ids is not None):
+            raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in "
+                             "or out and without packed documents")
         return self._forward(idx, state, return_state, "idx", self.check_token_range, labels,
-                             packed_offsets(idx, cu_seqlens, position_ids, state, return_state))
+                             packed_offsets(idx, cu_seqlens, position_ids, state, return_state), cp_group)
 
     def _forward(self, idx, state, return_state: bool, name: str, check_range: bool, labels=None,
-                 cu_seqlens=None):
+                 cu_seqlens=None, cp_group=None):
         check_token_ids(idx, name, self.config.vocab_size, self.token_embedding.weight.device, check_range)
         if labels is not None:
             check_labels(labels, idx, self.config.vocab_size, check_range)
         x = self.emb_dropout(self.token_embedding(idx))
-        out = self.xlstm_block_stack(x, state, return_state=return_state, cu_seqlens=cu_seqlens)
+        cp = {} if cp_group is None else dict(cp_group=cp_group)
+        out = self.xlstm_block_stack(x, state, return_state=return_state, cu_seqlens=cu_seqlens, **cp)
         x, new_state = out if return_state else (out, None)
-        out = self.lm_head(x) if labels is None else next_token_loss(x, self.lm_head.weight, labels,
-                                                                      cu_seqlens=cu_seqlens)
+        if labels is None:
+            out = self.lm_head(x)
+        elif cp_group is not None:
+            out = cp_next_token_loss(x, self.lm_head.weight, labels, None, cp_group)
+        else:
+            out = next_token_loss(x, self.lm_head.weight, labels, cu_seqlens=cu_seqlens)
         return (out, new_state) if return_state else out
 
     def step(self, idx: torch.Tensor, state: Optional[StackState] = None, **kwargs):

@@ -49,6 +49,13 @@ class _AllGather(torch.autograd.Function):
         return grad[dist.get_rank(ctx.group)], None
 
 
+def gather_pieces(x: torch.Tensor, group) -> torch.Tensor:
+    """Every rank's x (same shape on every rank of `group`) stacked along a new first dim, in
+    rank order: (world, *x.shape). Differentiable: each rank gets the gradient of its own x
+    summed over the ranks that used it."""
+    return _AllGather.apply(x, group)
+
+
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # the op's dtypes, numbered
 
 
