@@ -227,11 +227,13 @@ def load_r_gate(R_ptr, g: tl.constexpr, head, NH: tl.constexpr, DH: tl.constexpr
 @triton.jit
 def recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, BB: tl.constexpr, BO: tl.constexpr,
                    DOT_PREC: tl.constexpr):
-    """sum_g dpre_g @ R_g (BB, BO) float32, the four products in separate accumulators (four
-    independent chains of tensor-core ops instead of one four times as long), then added."""
-    zero = tl.zeros((BB, BO), dtype=tl.float32)
-    return ((mma(p_i, R_i, zero, DOT_PREC) + mma(p_f, R_f, zero, DOT_PREC))
-            + (mma(p_z, R_z, zero, DOT_PREC) + mma(p_o, R_o, zero, DOT_PREC)))
+    """sum_g dpre_g @ R_g (BB, BO) float32: the recurrent term of the whole-head backward.
+    (Written as four products into one accumulator or as four sums, the sm_90 code is the same
+    chain: the compiler merges them.)"""
+    acc = mma(p_i, R_i, tl.zeros((BB, BO), dtype=tl.float32), DOT_PREC)
+    acc = mma(p_f, R_f, acc, DOT_PREC)
+    acc = mma(p_z, R_z, acc, DOT_PREC)
+    return mma(p_o, R_o, acc, DOT_PREC)
 
 
 @triton.jit
