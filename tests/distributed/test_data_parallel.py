@@ -100,3 +100,48 @@ def test_shard_blocks_needs_blocks():
     from xlstm_triton.models import shard_blocks
     with pytest.raises(ValueError, match="shard_blocks: Linear has no blocks with forward_residual"):
         shard_blocks(torch.nn.Linear(2, 2))
+
+
+def _mesh_rank(rank, world, path):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from xlstm_triton.models import cp_reduce_gradients, shard_blocks
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))
+    dp, cp = mesh["dp"].get_local_rank(), mesh["cp"].get_local_rank()
+    cp_group = mesh["cp"].get_group()
+    model = _model("large")
+    rows = _batch(model).chunk(2)[dp]                    # this data rank's sequences
+    piece = rows[:, :13] if cp == 0 else rows[:, 13:]    # this context rank's piece of them
+    shard_blocks(model, mesh=mesh["dp"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        loss = model(piece, labels=piece, cp_group=cp_group)
+        loss.backward()
+        cp_reduce_gradients(model, cp_group)
+        optimizer.step()
+        losses.append(loss.detach())
+    losses = torch.stack(losses)
+    dist.all_reduce(losses)
+    params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
+    if rank == 0:
+        torch.save({"losses": losses / world, "params": params}, f"{path}/result.pt")
+    dist.destroy_process_group()
+
+
+def test_fsdp_with_context_parallel_on_a_2x2_mesh(tmp_path, monkeypatch):
+    """FSDP over the data dimension and context parallelism over the other of a 2 x 2 mesh
+    (4 gloo ranks: each holds half the batch's sequences, and of those half the length): three
+    SGD steps give the losses and parameters of one process training on the whole batch."""
+    mp.start_processes(_mesh_rank, args=(4, str(tmp_path)), nprocs=4, start_method="spawn")
+    import xlstm_triton.utils as xt_utils
+    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = _model("large")
+    losses = _train(model, _batch(model), model.parameters())
+    got = torch.load(tmp_path / "result.pt")
+    assert_close(got["losses"], losses, 1e-4, "losses")
+    for name, p in model.named_parameters():
+        assert_close(got["params"][name], p.detach(), 1e-4, name)

@@ -57,11 +57,15 @@ def cp_reduce_gradients(model: nn.Module, group) -> None:
     """Context parallelism: after the backward of a model run on pieces of sequences split over
     `group` (`xLSTMLarge(..., cp_group=group)`), each rank holds its piece's part of the
     parameter gradients; this sums them over the group (one all-reduce per parameter), so every
-    rank holds the whole sequences' gradients, as one GPU would."""
+    rank holds the whole sequences' gradients, as one GPU would. With FSDP on the other
+    dimension of a 2-D (data x context) mesh (`shard_blocks(model, mesh=mesh["dp"])`, each
+    gradient a `DTensor` shard), it sums each rank's shard: the context ranks of one data rank
+    hold the same shards."""
     import torch.distributed as dist
     for p in model.parameters():
         if p.grad is not None:
-            dist.all_reduce(p.grad, group=group)
+            grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            dist.all_reduce(grad, group=group)
 
 
 __all__ = ["shard_blocks", "data_parallel", "cp_reduce_gradients"]
