@@ -8,6 +8,7 @@
     python -m bench model                                 # LM training tokens/s and memory vs context
     python -m bench large                                 # xLSTM-7B shape: prefill tokens/s, decode ms/token
     python -m bench packed                                # packed documents vs padding vs fixed rows
+    python -m bench distributed                           # DDP / FSDP2 / context parallel on 1, 2, 4 GPUs
     python -m bench plot bench/results/mlstm.csv          # CSV -> PNG figures in docs/figures/
 
 Results are appended to bench/results/<suite>.csv (with --quick: to the system's temporary

@@ -24,7 +24,9 @@ class Provider:
     between calls), `calls_per_run` (the time is divided by it, e.g. steps in one CUDA graph),
     `columns` (a dict of extra CSV columns, or a function of the measured ms returning one),
     `rep_ms` (do_bench's timing budget, default 200 ms: raise it for calls of tens of ms, which
-    would otherwise be the median of two or three)."""
+    would otherwise be the median of two or three), `measures_itself` (True: calling the function
+    runs the whole measurement and returns (ms, peak MiB, requested peak MiB), e.g. a step run
+    by processes it spawns)."""
     name: str
     setup: Callable[[dict, str, "torch.dtype"], Callable[[], None]]
     env: dict = dataclasses.field(default_factory=dict)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-NAMES = ("mlstm", "slstm", "step", "kernels", "decode", "model", "large", "packed", "tirex")   # the CLI's order
+NAMES = ("mlstm", "slstm", "step", "kernels", "decode", "model", "large", "packed", "tirex", "distributed")   # the CLI's order
 
 
 def load(name: str):

@@ -279,3 +279,18 @@ def test_packed_quick_cases_and_providers():
         assert sorted(r["case"]["layout"] for r in got) == sorted(suite_packed.LAYOUTS)
         for r in got:
             assert r["columns"]["tokens_per_s"] > 0
+
+
+def test_distributed_quick_rows():
+    """`bench distributed --quick`: FSDP on 1 and 2 gloo ranks (with the scaling column) and
+    context parallelism over 2 ranks measure; every case spawns its own ranks."""
+    from bench.suites import distributed as suite_distributed
+    cases = suite_distributed.cases(quick=True)
+    rows = _run(suite_distributed, ["xlstm_large.fsdp"], [c for c in cases if c["parallel"] == "dp"])
+    rows += _run(suite_distributed, ["xlstm_large.cp"], [c for c in cases if c["parallel"] == "cp" and c["world"] == 2])
+    got = {(r["provider"], r["case"]["world"]): r for r in rows}
+    for key in [("xlstm_large.fsdp", 1), ("xlstm_large.fsdp", 2), ("xlstm_large.cp", 2)]:
+        row = got[key]
+        assert row["status"] == "ok", (key, row["error"])
+        assert row["ms"] > 0 and row["columns"]["tokens_per_s"] > 0 and row["columns"]["ranks"] == key[1]
+    assert got[("xlstm_large.fsdp", 2)]["columns"]["scaling"] > 0

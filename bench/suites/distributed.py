@@ -1,0 +1,214 @@
+"""Training across GPUs: xLSTMLarge steps under DDP, FSDP2 and context parallelism on 1, 2, 4 GPUs.
+
+Data parallel (providers xlstm_large.ddp, xlstm_large.fsdp): xLSTMLarge at E=2048, 24 blocks,
+8 heads, context 4096, B=4 per GPU (16,384 tokens per GPU and step: weak scaling), bf16, AdamW.
+Column `scaling`: tokens/s of the group / (GPUs x tokens/s of one GPU in the same run).
+Context parallel (xlstm_large.cp): one sequence of 32k to 256k tokens, split in equal pieces over
+the GPUs (`cp_group`), the same model; column `speedup`: tokens/s / one GPU's in the same run
+("oom" where it does not fit: the longest trainable sequence per GPU count).
+
+Each case starts its ranks (one process per GPU, NCCL; gloo on the CPU for --quick), runs
+warm-up steps, then times `steps` steps (wall clock of the whole step after a device sync,
+every rank); the row's ms is the median over steps of the slowest rank's step, its memory the
+largest peak over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from bench.harness import Provider, Unavailable
+
+LARGE = dict(E=2048, blocks=24, heads=8, vocab=50304)
+DP_CONTEXT, DP_BATCH = 4096, 4
+CP_CONTEXTS = (32768, 65536, 131072, 262144)
+WORLDS = (1, 2, 4)
+WARMUP, STEPS = 3, 10
+
+
+def cases(quick: bool = False) -> list[dict]:
+    if quick:
+        tiny = dict(E=64, blocks=2, heads=2, vocab=256, quick=True)
+        return ([dict(tiny, parallel="dp", world=w, ctx=32, B=2) for w in (1, 2)]
+                + [dict(tiny, parallel="cp", world=w, ctx=64, B=1) for w in (1, 2)])
+    return ([dict(LARGE, parallel="dp", world=w, ctx=DP_CONTEXT, B=DP_BATCH) for w in WORLDS]
+            + [dict(LARGE, parallel="cp", world=w, ctx=L, B=1) for L in CP_CONTEXTS for w in WORLDS])
+
+
+_ONE_RANK: dict = {}    # (provider, ctx) -> tokens/s of the world-1 case in this worker
+
+
+def _setup(wrap: str):
+    def setup(case, mode, dtype):
+        world = case["world"]
+        cuda = torch.cuda.is_available() and not case.get("quick")
+        if cuda and world > torch.cuda.device_count():
+            raise Unavailable(f"{world} GPUs needed, this machine has {torch.cuda.device_count()}")
+        if not cuda and not case.get("quick"):
+            raise Unavailable("the full-size cases need GPUs")
+        dtype_name = str(dtype).split(".")[-1] if cuda else "float32"
+
+        def run():
+            result = _spawn(case, wrap, dtype_name, cuda)
+            tokens = case["B"] * case["ctx"] * (world if case["parallel"] == "dp" else 1)
+            tps = tokens / result["ms"] * 1e3
+            key = (wrap, case["ctx"])
+            if world == 1:
+                _ONE_RANK[key] = tps
+            one = _ONE_RANK.get(key)
+            cols = dict(tokens_per_s=round(tps, 1), gpus=world if cuda else 0, ranks=world)
+            if one and world > 1:
+                if case["parallel"] == "dp":
+                    cols["scaling"] = round(tps / (world * one), 3)
+                else:
+                    cols["speedup"] = round(tps / one, 3)
+            run.columns = cols
+            return result["ms"], result["peak_mib"], result["peak_requested_mib"]
+        run.measures_itself = True
+        return run
+    return setup
+
+
+def _spawn(case, wrap, dtype_name, cuda) -> dict:
+    """Runs the case's ranks; returns rank 0's result dict (or raises what a rank reported)."""
+    import torch.multiprocessing as mp
+
+    world = case["world"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(_rank, args=(world, case, wrap, dtype_name, cuda, tmp), nprocs=world,
+                                 join=False, start_method="spawn")
+        deadline = time.monotonic() + 1200
+        try:
+            while not ctx.join(timeout=5):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("ranks did not finish within 20 minutes")
+        except Exception as e:   # a rank died: report what it wrote, else the exception
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            statuses = [_read(f"{tmp}/rank{r}.json") for r in range(world)]
+            if any(s and s.get("status") == "oom" for s in statuses):
+                raise torch.cuda.OutOfMemoryError("a rank ran out of memory") from None
+            raise RuntimeError(f"ranks failed: {[s for s in statuses if s] or e}") from None
+        result = _read(f"{tmp}/rank0.json")
+    if result is None or result.get("status") != "ok":
+        if result and result.get("status") == "oom":
+            raise torch.cuda.OutOfMemoryError("a rank ran out of memory")
+        raise RuntimeError(f"rank 0: {result}")
+    return result
+
+
+def _read(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
+    """One rank of a case (a spawned process)."""
+    import torch.distributed as dist
+
+    if not cuda:
+        os.environ["TRITON_INTERPRET"] = "0"      # the ops' PyTorch path on CPU ranks
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{tmp}/store", rank=rank,
+                            world_size=world)
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    out = f"{tmp}/rank{rank}.json"
+    try:
+        ms, peak, requested = _measure_rank(case, wrap, getattr(torch, dtype_name), device, world)
+        result = dict(status="ok", ms=ms, peak_mib=peak, peak_requested_mib=requested)
+    except torch.cuda.OutOfMemoryError as e:
+        result = dict(status="oom", error=str(e).splitlines()[0][:200])
+    except Exception as e:   # noqa: BLE001 - recorded for the parent
+        result = dict(status="error", error=f"{type(e).__name__}: {e}"[:300])
+    with open(out, "w") as fh:
+        json.dump(result, fh)
+    if result["status"] != "ok":
+        os._exit(1)     # the other ranks may wait in a collective: the parent ends them
+    dist.destroy_process_group()
+
+
+def _measure_rank(case, wrap, dtype, device, world):
+    import torch.distributed as dist
+
+    from xlstm_triton.models import (cp_reduce_gradients, data_parallel, shard_blocks, xLSTMLarge,
+                                     xLSTMLargeConfig)
+
+    cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
+                           num_heads=case["heads"], **({} if case.get("quick") else dict(weight_mode="fused")))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = xLSTMLarge(cfg)
+    model = model.to(dtype=dtype).train()
+    model.check_token_range = False
+    cp = case["parallel"] == "cp"
+    run = data_parallel(model) if wrap == "ddp" else shard_blocks(model) if wrap == "fsdp" else model
+    optimizer = torch.optim.AdamW(run.parameters(), lr=1e-6, fused=device.type == "cuda" and wrap != "fsdp")
+    rank, group = dist.get_rank(), dist.group.WORLD
+    length = case["ctx"]
+    if cp:   # equal pieces, the remainder on the last rank
+        length = case["ctx"] // world + (case["ctx"] % world if rank == world - 1 else 0)
+    gen = torch.Generator().manual_seed(rank)
+    tokens = torch.randint(0, case["vocab"], (case["B"], length), generator=gen).to(device)
+    extra = dict(cp_group=group) if cp and world > 1 else {}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = run(tokens, labels=tokens, **extra)
+        loss.backward()
+        if extra:
+            cp_reduce_gradients(model, group)
+        optimizer.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    steps = 2 if case.get("quick") else STEPS
+    for _ in range(1 if case.get("quick") else WARMUP):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        dist.barrier()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    slowest = torch.tensor(times, dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    if device.type == "cuda":
+        stats = torch.cuda.memory_stats(device)
+        mem = torch.tensor([stats["allocated_bytes.all.peak"], stats.get("requested_bytes.all.peak", 0)],
+                           dtype=torch.float64, device=device)
+        dist.all_reduce(mem, op=dist.ReduceOp.MAX)
+        peak, requested = (float(x) / 2**20 for x in mem.tolist())
+    else:
+        peak = requested = None
+    return float(slowest.median()), peak, requested
+
+
+def providers() -> list[Provider]:
+    dp = dict(modes=("train",), timeout_s=7200.0, applies=lambda c: c["parallel"] == "dp")
+    return [
+        Provider("xlstm_large.ddp", _setup("ddp"), **dp),
+        Provider("xlstm_large.fsdp", _setup("fsdp"), **dp),
+        Provider("xlstm_large.cp", _setup("cp"), modes=("train",), timeout_s=7200.0,
+                 applies=lambda c: c["parallel"] == "cp"),
+    ]
+
+
+TABLE_KEYS = ["parallel", "world", "ctx", "B"]
