@@ -105,23 +105,29 @@ def new_empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def packed_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: the first step
-    of each step's sequence and the sequence's index, int32 (total,) each. No host sync.
-
-    Offsets made by `checks.checked_cu_seqlens` (a model's, once per step) keep the result
-    (eager mode): its layers share one index, and the one their backwards keep, instead of one
-    each."""
-    kept = None if torch.compiler.is_compiling() else getattr(cu_seqlens, "_xlstm_triton_index", None)
-    if kept is not None and kept[0].shape[0] == total:
-        return kept
+def packed_sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: each step's
+    sequence index, int32 (total,). No host sync. Not kept (see `packed_starts`)."""
     cu = cu_seqlens.to(torch.int32)
-    seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
-                                  cu[1:] - cu[:-1], output_size=total)
-    index = cu[:-1][seq.long()], seq
+    return torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
+                                   cu[1:] - cu[:-1], output_size=total)
+
+
+def packed_starts(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """The first step of each step's sequence, int32 (total,), what the packed kernels read. No
+    host sync.
+
+    Offsets made by `checks.checked_cu_seqlens` (a model's, once per step) keep it (eager mode):
+    its layers share one, and the one their backwards keep, instead of one each. (The sequence
+    ids it is made from are not kept: only stateful convolutions and the sLSTM read them.)"""
+    kept = None if torch.compiler.is_compiling() else getattr(cu_seqlens, "_xlstm_triton_starts", None)
+    if kept is not None and kept.shape[0] == total:
+        return kept
+    seq = packed_sequence_ids(cu_seqlens, total)
+    start = cu_seqlens.to(torch.int32)[:-1][seq.long()]
     if not torch.compiler.is_compiling() and getattr(cu_seqlens, "_xlstm_triton_checked", None) == total:
-        cu_seqlens._xlstm_triton_index = index
-    return index
+        cu_seqlens._xlstm_triton_starts = start
+    return start
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:

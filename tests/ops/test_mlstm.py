@@ -177,7 +177,7 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
     """The state kernels' work list over a packed row: every chain's start exactly once (chunk
     c starts a chain where it does not continue chunk c - 1's state; the backward's list adds
     the last chunk), the longest chains first."""
-    from xlstm_triton.utils import packed_index, use_kernels
+    from xlstm_triton.utils import packed_starts, use_kernels
     if not use_kernels(torch.zeros(1, device=device)):
         pytest.skip("a Triton kernel: the GPU or TRITON_INTERPRET=1")
     L, S = 16, sum(lengths)
@@ -192,7 +192,7 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
         return first[end - 1] < c * L and (end == S or first[end] != end)
 
     starts = [c for c in range(NC) if not carries(c) or (tops and c == NC - 1)]
-    chains, count, _ = mlstm_gates.chain_starts(packed_index(cu, S)[0], NC, L, tops=tops)
+    chains, count, _ = mlstm_gates.chain_starts(packed_starts(cu, S), NC, L, tops=tops)
     got = chains[:int(count)].tolist()
     assert sorted(got) == starts
     after = dict(zip(starts, starts[1:] + [NC])) if not tops else dict(zip(starts, [-1] + starts[:-1]))
@@ -201,18 +201,21 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
 
 
 def test_checked_offsets_share_one_packed_index():
-    """Offsets a model checked once per step keep their index (first step and sequence of each
-    step): every layer, and what its backward saves, shares one; plain offsets get a new one."""
+    """Offsets a model checked once per step keep their index (the first step of each step's
+    sequence), and only it: every layer, and what its backward saves, shares one; plain
+    offsets get a new one. The sequence ids are made on demand, never kept."""
     from xlstm_triton.checks import checked_cu_seqlens
-    from xlstm_triton.utils import packed_index
+    from xlstm_triton.utils import packed_sequence_ids, packed_starts
     cu = torch.tensor([0, 3, 3, 7])
     checked = checked_cu_seqlens(cu, 7, "cpu")
-    start, seq = packed_index(checked, 7)
-    assert start.tolist() == [0, 0, 0, 3, 3, 3, 3] and seq.tolist() == [0, 0, 0, 2, 2, 2, 2]
-    again = packed_index(checked, 7)
-    assert again[0] is start and again[1] is seq
-    plain = packed_index(cu, 7)
-    assert plain[0] is not packed_index(cu, 7)[0] and torch.equal(plain[0], start)
+    start = packed_starts(checked, 7)
+    assert start.tolist() == [0, 0, 0, 3, 3, 3, 3]
+    assert packed_sequence_ids(checked, 7).tolist() == [0, 0, 0, 2, 2, 2, 2]
+    assert packed_starts(checked, 7) is start
+    assert [k for k in vars(checked) if k.startswith("_xlstm_triton") and isinstance(vars(checked)[k], torch.Tensor)] \
+        == ["_xlstm_triton_starts"]
+    plain = packed_starts(cu, 7)
+    assert plain is not packed_starts(cu, 7) and torch.equal(plain, start)
 
 
 def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):

@@ -32,7 +32,7 @@ from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNo
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        linear_headwise_many, recompute_cheap, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
-from ..utils import as_dtype, packed_index, use_kernels
+from ..utils import as_dtype, packed_starts, use_kernels
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
@@ -347,7 +347,7 @@ class _RecomputedMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, xz, cu_seqlens, *params):
         x_m, z = xz.split(layer.inner, dim=-1)
-        seq_start = None if cu_seqlens is None else packed_index(cu_seqlens, xz.shape[1])[0]
+        seq_start = None if cu_seqlens is None else packed_starts(cu_seqlens, xz.shape[1])
         with torch.no_grad():
             x_c, q, k, v, _ = layer._fused_inputs(x_m, cu_seqlens=cu_seqlens)
             h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v), seq_start=seq_start)

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ..checks import check_cu_seqlens, check_tensor, host_offsets
 from ..launch import cached_launch
-from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_index, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_sequence_ids, packed_starts, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
@@ -157,10 +157,13 @@ def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
-def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]):
+def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor], state: Optional[torch.Tensor]):
+    """The kernels' (start, seq) arguments: each step's sequence start and (read only with a
+    state, to find its row) sequence index."""
     if cu_seqlens is None:
         return x, x                     # unread (VARLEN=False)
-    return packed_index(cu_seqlens, x.shape[1])
+    start = packed_starts(cu_seqlens, x.shape[1])
+    return start, (packed_sequence_ids(cu_seqlens, x.shape[1]) if state is not None else start)
 
 
 @kernel_op("xlstm_triton::causal_conv1d")
@@ -170,7 +173,7 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     K = weight.shape[1]
     y = new_empty((B, S, F), x.dtype, x.device)
     BT, BF = _tiles(S, F)
-    start, seq = _varlen_args(x, cu_seqlens)
+    start, seq = _varlen_args(x, cu_seqlens, state)
     causal_conv1d_fwd_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         start, seq, y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
@@ -196,7 +199,7 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     dy = dy.contiguous()
     BT, BF = _tiles(S, F)
     grid = (B, cdiv(S, BT), cdiv(F, BF))
-    start, seq = _varlen_args(x, cu_seqlens)
+    start, seq = _varlen_args(x, cu_seqlens, state)
     dpre = new_empty((B, S, F), x.dtype, x.device)
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
     causal_conv1d_bwd_pre_kernel[grid](

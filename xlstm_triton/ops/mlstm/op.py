@@ -18,7 +18,7 @@ import torch
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_cu_seqlens, check_tensor, host_offsets
-from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_index, soft_cap,
+from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_starts, soft_cap,
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
 from .context_parallel import mlstm_context_parallel
@@ -119,7 +119,7 @@ def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """h, the final state (c, n, m), and what the backward reads: the row statistics inv_den,
     zsign and the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
-    of recomputed). `seq_start`: packed sequences (`packed_index`), zero initial states; the
+    of recomputed). `seq_start`: packed sequences (`packed_starts`), zero initial states; the
     final state is then meaningless (not returned by `mlstm_chunkwise`)."""
     cfg = _config(q, v, chunk_size)
     gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap, seq_start)
@@ -333,7 +333,7 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
                 and m_initial is None):
             # One launch set for all sequences: the kernels restart at each sequence's first step.
             q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-            seq_start = packed_index(cu_seqlens.to(q.device), S)[0]
+            seq_start = packed_starts(cu_seqlens.to(q.device), S)
             return _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size, is_seq_major(q),
                                         gate_soft_cap, seq_start)[0]
         return _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps,
@@ -384,7 +384,7 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, seq_start=
     """The kernels' forward alone, for a layer that recomputes q, k, v, i, f in its backward
     instead of keeping them (it owns the autograd): no autograd, Triton path only, zero
     initial state. Same arguments as `mlstm_chunkwise`; packed sequences as `seq_start` (S,)
-    int32, each step's sequence's first step (`utils.packed_index`). Returns h and `saved`,
+    int32, each step's sequence's first step (`utils.packed_starts`). Returns h and `saved`,
     what `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the
     chunk size, the layout and seq_start)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
