@@ -290,3 +290,34 @@ def test_slstm_refuses_context_parallelism():
         model(ids, labels=ids, cp_group=object())
     with pytest.raises(ValueError, match="cp_group: a sequence split over ranks runs from a zero state"):
         model(ids, return_state=True, cp_group=object())
+
+
+def _host_group_rank(rank, world, path):
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from xlstm_triton.ops.mlstm import context_parallel as cp
+    world_group = dist.group.WORLD
+    real_backend = dist.get_backend
+    cp.dist.get_backend = lambda g=None: "nccl" if g is world_group else real_backend(g)   # as if NCCL
+    made = cp.host_group(world_group)
+    again = cp.host_group(world_group)
+    x = _inputs(9, False)
+    if rank == 1:
+        x = {k: t[:, :1] for k, t in x.items()}
+    try:
+        mlstm_chunkwise(**x, cp_group=world_group)
+        message = "no error"
+    except ValueError as e:
+        message = str(e)
+    torch.save({"distinct": made is not world_group, "cached": made is again,
+                "backend": real_backend(made), "message": message}, f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_piece_checks_of_an_nccl_group_run_on_a_host_group(tmp_path):
+    """With an NCCL group the piece check goes through a gloo group over the same ranks (made
+    once, then reused): no GPU wait per call; the mismatch is still named on every rank."""
+    mp.start_processes(_host_group_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        assert got["distinct"] and got["cached"] and got["backend"] == "gloo", got
+        assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in got["message"], got

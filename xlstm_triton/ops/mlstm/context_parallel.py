@@ -59,15 +59,32 @@ def gather_pieces(x: torch.Tensor, group) -> torch.Tensor:
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # the op's dtypes, numbered
 
 
+_HOST_GROUPS: dict = {}     # NCCL group -> a gloo group over the same ranks (host-side checks)
+
+
+def host_group(group):
+    """A group over `group`'s ranks whose collectives run on the host: `group` itself unless it
+    is NCCL's, else a gloo group made once (its ranks only: `use_local_synchronization`). A
+    check through it is a CPU message exchange; through NCCL it would wait for the GPU to
+    finish everything queued before (a stall of the host's run-ahead, every call)."""
+    if dist.get_backend(group) != "nccl":
+        return group
+    gloo = _HOST_GROUPS.get(group)
+    if gloo is None:
+        gloo = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo",
+                              use_local_synchronization=True)
+        _HOST_GROUPS[group] = gloo
+    return gloo
+
+
 def _check_pieces(q, v, group):
     """All ranks hold pieces of one batch: the same B, NH, DQK, DV and dtype (one small
-    all-gather; every rank raises the same error)."""
+    all-gather on the host; every rank raises the same error)."""
     B, NH, _, DQK = q.shape
     mine = torch.tensor([B, NH, DQK, v.shape[-1], _DTYPES.index(q.dtype)], dtype=torch.int64)
-    if dist.get_backend(group) == "nccl":
-        mine = mine.to(q.device)
-    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(every, mine, group=group)
+    checks = host_group(group)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size(checks))]
+    dist.all_gather(every, mine, group=checks)
     every = [t.tolist() for t in every]
     for r, other in enumerate(every):
         if other != every[0]:
