@@ -97,3 +97,36 @@ def test_launch_hooks_take_triton_path(monkeypatch):
     _launch(x)
     _launch(x)
     assert len(calls) == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs: launches on a device that is not the current one")
+def test_ops_run_on_their_tensors_device_not_the_current_one():
+    """With cuda:0 current, the ops and a model training step on tensors of cuda:1 run there
+    (every launch switches to its first tensor's device) and give cuda:0's results."""
+    from tests.helpers import small_lm
+    from xlstm_triton import mlstm_chunkwise, slstm
+
+    def run(device):
+        g = torch.Generator().manual_seed(0)
+        q, k = (torch.randn(2, 2, 70, 16, generator=g).to(device).requires_grad_() for _ in range(2))
+        v = torch.randn(2, 2, 70, 32, generator=g).to(device).requires_grad_()
+        i, f = (torch.randn(2, 2, 70, generator=g).to(device).requires_grad_() for _ in range(2))
+        h = mlstm_chunkwise(q, k, v, i, f)
+        wx = torch.randn(2, 9, 4, 2, 32, generator=g).to(device).requires_grad_()
+        R = (torch.randn(4, 2, 32, 32, generator=g) * 0.1).to(device).requires_grad_()
+        b = torch.randn(4, 2, 32, generator=g).to(device).requires_grad_()
+        hs = slstm(wx, R, b)
+        (h.sum() + hs.sum()).backward()
+        model = small_lm(slstm_at=(1,), num_blocks=2, device=device).train()
+        ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=g).to(device)
+        loss = model(ids, labels=ids)
+        loss.backward()
+        return [t.detach().cpu() for t in (h, hs, q.grad, wx.grad, R.grad, loss)] + \
+            [p.grad.cpu() for p in model.parameters()]
+
+    torch.cuda.set_device(0)
+    here = run("cuda:0")
+    there = run("cuda:1")
+    assert torch.cuda.current_device() == 0
+    for a, b in zip(here, there):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

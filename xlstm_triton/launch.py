@@ -16,6 +16,9 @@ the compiled kernel Triton chose for it, by Triton's own launch the first time. 
 (sizes, strides) in the key make a new shape a new entry: a training loop's few shapes hit; more
 than `MAX_ENTRIES` keys clear a kernel's table.
 
+Every launch runs on the device of its first tensor argument (the current device is switched
+for it if need be).
+
 Triton's path runs instead with XLSTM_TRITON_LAUNCH_CACHE=0 in the environment (or
 `launch.ENABLED = False`), in the interpreter, while Triton's launch hooks are set (profilers),
 for callable grids and for keyword arguments that are not kernel parameters or launch options.
@@ -65,7 +68,18 @@ class CachedLaunch:
         return getattr(self.kernel, name)
 
     def __getitem__(self, grid):
-        return lambda *args, **meta: self.launch(grid, args, meta)
+        return lambda *args, **meta: self.on_device_of(grid, args, meta)
+
+    def on_device_of(self, grid, args, meta):
+        """`launch` on the GPU of the first tensor argument: Triton (and the cached launcher)
+        launch on the current device, which need not be the tensors' (a model on cuda:1 called
+        while cuda:0 is current)."""
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else next(
+            (a for a in args if isinstance(a, torch.Tensor)), None)
+        if first is not None and first.is_cuda and first.device.index != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return self.launch(grid, args, meta)
+        return self.launch(grid, args, meta)
 
     def launch(self, grid, args, meta):
         kernel = self.kernel
