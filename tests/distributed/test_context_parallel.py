@@ -303,12 +303,17 @@ def _host_group_rank(rank, world, path):
     x = _inputs(9, False)
     if rank == 1:
         x = {k: t[:, :1] for k, t in x.items()}
-    try:
-        mlstm_chunkwise(**x, cp_group=world_group)
+    try:    # the piece check itself, over the host group
+        cp._check_pieces(x["q"], x["v"], world_group)
         message = "no error"
     except ValueError as e:
         message = str(e)
-    torch.save({"distinct": made is not world_group, "cached": made is again,
+    try:    # the op with the CPU tensors of a group taken for NCCL's: named before any collective
+        mlstm_chunkwise(**x, cp_group=world_group)
+        device_error = "no error"
+    except ValueError as e:
+        device_error = str(e)
+    torch.save({"device_error": device_error, "distinct": made is not world_group, "cached": made is again,
                 "backend": real_backend(made), "message": message}, f"{path}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -320,4 +325,5 @@ def test_piece_checks_of_an_nccl_group_run_on_a_host_group(tmp_path):
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt")
         assert got["distinct"] and got["cached"] and got["backend"] == "gloo", got
+        assert "cp_group: an NCCL group exchanges CUDA tensors; q is on cpu" in got["device_error"], got
         assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in got["message"], got

@@ -115,6 +115,9 @@ def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial,
     sequence's: read on rank 0 (where its gradient appears), ignored on the others. Returns h
     of the piece and, with return_last_states, the state at the end of the piece."""
     rank = dist.get_rank(group)
+    if dist.get_backend(group) == "nccl" and not q.is_cuda:
+        raise ValueError(f"cp_group: an NCCL group exchanges CUDA tensors; q is on {q.device} (use a gloo "
+                         "group for CPU tensors)")
     _check_pieces(q, v, group)
     B, NH, _, DQK = q.shape
     DV = v.shape[-1]
