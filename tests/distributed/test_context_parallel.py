@@ -327,3 +327,34 @@ def test_piece_checks_of_an_nccl_group_run_on_a_host_group(tmp_path):
         assert got["distinct"] and got["cached"] and got["backend"] == "gloo", got
         assert "cp_group: an NCCL group exchanges CUDA tensors; q is on cpu" in got["device_error"], got
         assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in got["message"], got
+
+
+@pytest.mark.parametrize("cap", [None, 4.0])
+def test_piece_summary_equals_the_ops_final_state_from_zero(cap):
+    """What a rank after the first shares, without running its piece: the state its piece
+    leaves from a zero state, in true scale (c e^m, n e^m; each side's own stabilizer m), and
+    its gradients for k, v, i, f, equal the op's (float64, extreme gates included)."""
+    from xlstm_triton.ops.mlstm.context_parallel import _PieceSummary
+    g = torch.Generator().manual_seed(3)
+    B, S = 2, 37
+    x = dict(q=torch.randn(B, NH, S, DQK, generator=g), k=torch.randn(B, NH, S, DQK, generator=g),
+             v=torch.randn(B, NH, S, DV, generator=g), i=torch.randn(B, NH, S, generator=g) * 6,
+             f=torch.randn(B, NH, S, generator=g) * 4 + 1)
+    x["f"][0, 0, 5] = -60.0                       # a nearly closed forget gate
+    x = {n: t.double().requires_grad_() for n, t in x.items()}
+    wc = torch.randn(B, NH, DQK, DV, generator=g, dtype=torch.float64)
+    wn = torch.randn(B, NH, DQK, generator=g, dtype=torch.float64)
+
+    def true_scale_loss(c, n, m):
+        scale = torch.exp(m.reshape(B, NH, 1)).detach()
+        return (wc * c * scale[..., None]).sum() + (wn * n * scale).sum(), (c * scale[..., None], n * scale)
+
+    _, (c, n, m) = mlstm_chunkwise(**x, return_last_states=True, gate_soft_cap=cap)
+    loss, (c_ref, n_ref) = true_scale_loss(c, n, m)
+    ref = torch.autograd.grad(loss, [x[k] for k in "kvif"])
+    loss, (c_got, n_got) = true_scale_loss(*_PieceSummary.apply(x["k"], x["v"], x["i"], x["f"], cap))
+    got = torch.autograd.grad(loss, [x[k] for k in "kvif"])
+    assert_close(c_got, c_ref, 1e-10, "C")
+    assert_close(n_got, n_ref, 1e-10, "n")
+    for name, a, b in zip("kvif", got, ref):
+        assert_close(a, b, 1e-9, f"d {name}")

@@ -8,8 +8,10 @@ exp(m)), the state after rank r's piece is
                                           D_r = the piece's final state from a zero state
 
 (and n likewise), so each rank
-1. computes its piece's summary (D_r as a stabilized (c, n, m), and F_r) from a zero state
-   (rank 0 from the sequence's initial state, so C_1 = D_0);
+1. computes its piece's summary (D_r as a stabilized (c, n, m), and F_r) from a zero state:
+   from a zero state the recurrence unrolls to one weighted sum of k_t v_t^T (`_PieceSummary`,
+   one product per head, no run of the piece); rank 0 runs its piece from the sequence's
+   initial state instead, and that run's final state is its summary (C_1 = D_0);
 2. exchanges the summaries with one all-gather (float32, one flat buffer per rank);
 3. folds the summaries of the ranks before it into its own initial state, stabilized as the
    kernels are (m = max of the candidates' exponents);
@@ -20,15 +22,17 @@ each rank keeping its part) hands every rank the gradient of its own summary, wh
 its q, k, v, i, f through step 1's op. The stabilizers are constants of the computation (as
 `m_initial` is for the op: they cancel), so the gradients are exact.
 
-Cost: on every rank but the first, step 1 is a second forward of the piece (and of its
-backward): the price of a first version that reuses the op as it is.
+Cost: one (DQK, S) by (S, DV) product per head for the summary and two for its backward, on
+every rank but the first, besides the piece's own run.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+
+from ...utils import soft_cap
+from .gates import floored_logsigmoid
 
 
 class _AllGather(torch.autograd.Function):
@@ -54,6 +58,75 @@ def gather_pieces(x: torch.Tensor, group) -> torch.Tensor:
     rank order: (world, *x.shape). Differentiable: each rank gets the gradient of its own x
     summed over the ranks that used it."""
     return _AllGather.apply(x, group)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b with float32 (float64) accumulation and output: 16-bit operands stay 16-bit
+    on the GPU's tensor cores where this build has `out_dtype`, else go through float32."""
+    if a.dtype in (torch.float32, torch.float64):
+        return a @ b
+    if a.is_cuda:
+        try:
+            shape = a.shape[:-2]
+            out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32)
+            return out.reshape(*shape, *out.shape[-2:])
+        except (RuntimeError, TypeError):
+            pass
+    return a.float() @ b.float()
+
+
+class _PieceSummary(torch.autograd.Function):
+    """The state a piece leaves from a zero state, (c, n, m) as the op stores them, without
+    running the piece: from a zero state the recurrence unrolls to one weighted sum,
+
+        C = sum_t exp(a_t - m) k_t v_t^T,  n = sum_t exp(a_t - m) k_t,  m = max_t a_t,
+        a_t = i_t + sum_{s > t} log sigmoid(f_s)          (gates soft-capped as the op does),
+
+    one product of (DQK, S) by (S, DV) per head instead of the chunkwise op's forward and
+    backward. The backward is written out: dk_t = w_t (dC v_t + dn), dv_t = w_t dC^T k_t,
+    da_t = w_t (k_t^T dC v_t + dn . k_t), di = da, and the log forget gate of step s gets the
+    sum of da_t over t < s; m is a stabilizer and gets none. k, v, i, f (B, NH, S, ...) as the op
+    takes them; c, n, m are float32 (float64 for float64 inputs)."""
+
+    @staticmethod
+    def _weights(i, f, cap, sdt):
+        ic, fc = soft_cap(i.to(sdt), cap), soft_cap(f.to(sdt), cap)
+        logf = floored_logsigmoid(fc)
+        a = ic + (logf.sum(-1, keepdim=True) - logf.cumsum(-1))        # + log f of the later steps
+        m = a.amax(-1, keepdim=True).detach()                          # a stabilizer: no gradient
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))      # all gates closed: zeros
+        return torch.exp(a - m), m, fc
+
+    @staticmethod
+    def forward(ctx, k, v, i, f, cap):
+        sdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+        w, m, _ = _PieceSummary._weights(i, f, cap, sdt)
+        wk = (w[..., None] * k.to(sdt)).to(k.dtype)                     # (B, NH, S, DQK)
+        c = _mm(wk.transpose(-1, -2), v)                                # (B, NH, DQK, DV)
+        n = (w[..., None] * k.to(sdt)).sum(-2)                          # (B, NH, DQK)
+        ctx.save_for_backward(k, v, i, f)
+        ctx.cap = cap
+        return c, n, m
+
+    @staticmethod
+    def backward(ctx, dc, dn, dm):
+        k, v, i, f = ctx.saved_tensors
+        sdt = torch.float64 if k.dtype == torch.float64 else torch.float32
+        B, NH, S, DQK = k.shape
+        DV = v.shape[-1]
+        dc = torch.zeros(B, NH, DQK, DV, dtype=sdt, device=k.device) if dc is None else dc.to(sdt)
+        dn = torch.zeros(B, NH, DQK, dtype=sdt, device=k.device) if dn is None else dn.to(sdt)
+        with torch.enable_grad():       # the gates' chain (soft cap, floor, cumsum) by autograd
+            i_, f_ = i.detach().requires_grad_(), f.detach().requires_grad_()
+            w, _, _ = _PieceSummary._weights(i_, f_, ctx.cap, sdt)
+        w_ = w.detach()
+        kdc = _mm(k, dc.to(k.dtype)) if k.dtype != sdt else k @ dc        # (B, NH, S, DV)
+        vdc = _mm(v, dc.transpose(-1, -2).to(v.dtype)) if v.dtype != sdt else v @ dc.transpose(-1, -2)
+        dk = w_[..., None] * (vdc + dn[..., None, :])
+        dv = w_[..., None] * kdc
+        dw = (kdc * v.to(sdt)).sum(-1) + (k.to(sdt) * dn[..., None, :]).sum(-1)
+        di, df = torch.autograd.grad(w, (i_, f_), dw)
+        return dk.to(k.dtype), dv.to(v.dtype), di.to(i.dtype), df.to(f.dtype), None
 
 
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # the op's dtypes, numbered
@@ -126,13 +199,12 @@ def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial,
     # sequence's initial state (which so reaches every later rank through the fold), so its
     # summary run is its piece's run (step 4) too.
     first = rank == 0
-    init = (c_initial, n_initial, m_initial) if first else (None, None, None)
-    h, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, *init, return_last_states=True, eps=eps,
-                                      chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
-    fs = f.to(sdt)
-    if gate_soft_cap is not None:
-        fs = gate_soft_cap * torch.tanh(fs / gate_soft_cap)
-    logF = F.logsigmoid(fs).sum(-1)                                     # (B, NH)
+    if first:
+        h, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states=True,
+                                          eps=eps, chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
+    else:   # from a zero state the piece's state is one weighted sum: no run of the piece
+        cs, ns, ms = _PieceSummary.apply(k, v, i, f, gate_soft_cap)
+    logF = floored_logsigmoid(soft_cap(f.to(sdt), gate_soft_cap)).sum(-1)      # (B, NH), as the op
     # 2. One all-gather of every rank's summary (a flat float buffer per rank).
     flat = torch.cat([cs.reshape(-1), ns.reshape(-1), ms.reshape(-1), logF.reshape(-1)]).to(sdt)
     every = _AllGather.apply(flat, group)
