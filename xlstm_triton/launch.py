@@ -35,6 +35,7 @@ from triton.runtime.jit import JITFunction
 
 MAX_ENTRIES = 512
 ENABLED = os.environ.get("XLSTM_TRITON_LAUNCH_CACHE", "1") != "0"
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl"})
 
 
@@ -74,10 +75,11 @@ class CachedLaunch:
         """`launch` on the GPU of the first tensor argument: Triton (and the cached launcher)
         launch on the current device, which need not be the tensors' (a model on cuda:1 called
         while cuda:0 is current)."""
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else next(
+        first = args[0] if args and type(args[0]) in _TENSORS else next(
             (a for a in args if isinstance(a, torch.Tensor)), None)
-        if first is not None and first.is_cuda and first.device.index != torch.cuda.current_device():
-            with torch.cuda.device(first.device):
+        index = -1 if first is None else first.get_device()      # -1: a CPU tensor (interpreter)
+        if index >= 0 and index != torch.cuda.current_device():
+            with torch.cuda.device(index):
                 return self.launch(grid, args, meta)
         return self.launch(grid, args, meta)
 
