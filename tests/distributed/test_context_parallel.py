@@ -134,12 +134,12 @@ def test_cp_group_errors_without_a_process_group():
         mlstm_chunkwise(**x, cp_group=object(), cu_seqlens=torch.tensor([0, 4, 9]))
 
 
-def _model_rank(rank, world, pieces, path):
+def _model_rank(rank, world, pieces, path, family="large"):
     os.environ["TRITON_INTERPRET"] = "0"                # the ops' PyTorch path on these CPU ranks
     dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
     from xlstm_triton.models import cp_reduce_gradients
-    model = _large_model()
-    ids = _ids(sum(pieces))
+    model = _large_model() if family == "large" else _paper_model()
+    ids = _ids(sum(pieces)) % model.config.vocab_size
     lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
     piece = ids[:, lo:hi]
     group = dist.group.WORLD
@@ -166,18 +166,20 @@ def _ids(S):
     return torch.randint(0, 64, (2, S), generator=torch.Generator().manual_seed(8))
 
 
-@pytest.mark.parametrize("pieces", [[20, 13], [7, 30, 16]])
-def test_xlstm_large_over_ranks_equals_one_run(pieces, tmp_path, monkeypatch):
-    """xLSTMLarge(..., cp_group=): the pieces' logits, the loss (the whole sequences' mean, every
-    piece's last position scored against the next piece's first token) and, after
+@pytest.mark.parametrize("family, pieces", [("large", [20, 13]), ("large", [7, 30, 16]),
+                                            ("paper", [20, 13]), ("paper", [2, 17, 11])])
+def test_model_over_ranks_equals_one_run(family, pieces, tmp_path, monkeypatch):
+    """xLSTMLarge / xLSTMLMModel (mLSTM blocks, their conv windows crossing the pieces, a piece
+    of 2 steps included) with cp_group=: the pieces' logits, the loss (the whole sequences'
+    mean, every piece's last position scored against the next piece's first token) and, after
     cp_reduce_gradients, every parameter gradient equal one run of the whole sequences."""
     world = len(pieces)
-    mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path)), nprocs=world, start_method="spawn")
+    mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path), family), nprocs=world,
+                       start_method="spawn")
     import xlstm_triton.utils as xt_utils
     monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _large_model()
-    assert model.config.vocab_size >= 64
-    ids = _ids(sum(pieces))
+    model = _large_model() if family == "large" else _paper_model()
+    ids = _ids(sum(pieces)) % model.config.vocab_size
     with torch.no_grad():
         logits = model(ids)
     loss = model(ids, labels=ids)
@@ -237,48 +239,6 @@ def _paper_model():
     model = small_lm(slstm_at=[], num_blocks=2, seed=3).train()
     model.check_token_range = False
     return model
-
-
-def _paper_rank(rank, world, pieces, path):
-    os.environ["TRITON_INTERPRET"] = "0"
-    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
-    from xlstm_triton.models import cp_reduce_gradients
-    model = _paper_model()
-    ids = _ids(sum(pieces)) % model.config.vocab_size
-    lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
-    piece = ids[:, lo:hi]
-    group = dist.group.WORLD
-    with torch.no_grad():
-        logits = model(piece, cp_group=group)
-    loss = model(piece, labels=piece, cp_group=group)
-    loss.backward()
-    cp_reduce_gradients(model, group)
-    torch.save({"logits": logits, "loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}},
-               f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-@pytest.mark.parametrize("pieces", [[20, 13], [2, 17, 11]])
-def test_paper_lm_over_ranks_equals_one_run(pieces, tmp_path, monkeypatch):
-    """xLSTMLMModel(..., cp_group=) with mLSTM blocks (their conv windows cross the pieces, a
-    piece of 2 steps included): the logits, the loss and, after cp_reduce_gradients, every
-    parameter gradient equal one run of the whole sequences."""
-    world = len(pieces)
-    mp.start_processes(_paper_rank, args=(world, pieces, str(tmp_path)), nprocs=world, start_method="spawn")
-    import xlstm_triton.utils as xt_utils
-    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _paper_model()
-    ids = _ids(sum(pieces)) % model.config.vocab_size
-    with torch.no_grad():
-        logits = model(ids)
-    loss = model(ids, labels=ids)
-    loss.backward()
-    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    assert_close(torch.cat([g["logits"] for g in got], dim=1), logits, 1e-4, "logits")
-    for g in got:
-        assert_close(g["loss"], loss.detach(), 1e-5, "loss")
-    for name, p in model.named_parameters():
-        assert_close(got[0]["grads"][name], p.grad, 1e-3, f"d {name}")
 
 
 def test_slstm_refuses_context_parallelism():
