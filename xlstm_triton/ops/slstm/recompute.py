@@ -142,9 +142,9 @@ def step_coefficients(pre: torch.Tensor, state0: torch.Tensor) -> torch.Tensor:
     initial state (4, B, NH, DH) float32, both contiguous."""
     T, _, B, NH, DH = pre.shape
     coef = new_empty((T, COEFFICIENTS, B, NH, DH), torch.float32, pre.device)
-    slstm_coef_kernel[(cdiv(B * NH * DH, ELEMENT_BLOCK),)](
-        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=ELEMENT_BLOCK, FAST_MATH=fast_math(pre.device),
-        num_warps=1)
+    block = ELEMENT_BLOCK if pre.is_cuda else 1024     # the interpreter: few wide programs
+    slstm_coef_kernel[(cdiv(B * NH * DH, block),)](
+        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=block, FAST_MATH=fast_math(pre.device), num_warps=1)
     return coef
 
 
