@@ -134,3 +134,13 @@ def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str =
         if values is not None:
             cu._xlstm_triton_values = tuple(values)
     return cu
+
+
+def check_context_parallel_call(cp_group, state=None, return_state: bool = False, cu_seqlens=None,
+                                position_ids=None) -> None:
+    """With `cp_group` (a sequence split over ranks), a model, layer or convolution runs from a
+    zero state with no state out and no packed documents: ValueError otherwise."""
+    if cp_group is not None and (state is not None or return_state or cu_seqlens is not None
+                                 or position_ids is not None):
+        raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in or "
+                         "out and without packed documents")

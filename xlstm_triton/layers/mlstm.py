@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_embedding_dim, check_layer_input, check_tensor
+from ..checks import check_context_parallel_call, check_embedding_dim, check_layer_input, check_tensor
 from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
                        causal_conv1d_backward, causal_conv1d_forward, head_norm_gate, head_norm_gate_backward,
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
@@ -236,9 +236,7 @@ class mLSTMLayer(nn.Module):
         if cu_seqlens is not None and (state is not None or return_state):
             raise ValueError("cu_seqlens: packed sequences run from zero states, without a state in or out")
         if cp_group is not None:
-            if state is not None or return_state or cu_seqlens is not None:
-                raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state "
-                                 "in or out and without packed documents")
+            check_context_parallel_call(cp_group, state, return_state, cu_seqlens)
             x_m, z = self.proj_up(x).split(self.inner, dim=-1)
             return self.dropout(self.proj_down(self._mix(x_m, z, cp_group=cp_group)))
         if state is not None:

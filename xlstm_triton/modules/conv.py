@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_context_parallel_call
 from ..ops.mlstm.context_parallel import gather_pieces
 from .causal_conv1d import causal_conv1d
 
@@ -69,9 +70,7 @@ class CausalConv1d(nn.Module):
         B, S, Fd = x.shape
         K = self.kernel_size
         if cp_group is not None:
-            if state is not None or return_state or cu_seqlens is not None:
-                raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state "
-                                 "in or out and without packed documents")
+            check_context_parallel_call(cp_group, state, return_state, cu_seqlens)
             if K > 1:
                 state = context_parallel_halo(x, K - 1, cp_group)
         rows = B if cu_seqlens is None else cu_seqlens.numel() - 1

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ...checks import check_context_parallel_call
 from ...generation import check_token_ids, copy_state_, generate_tokens, sample_tokens
 from ...modules import small_init_
 from ..lm_loss import check_labels, cp_next_token_loss, next_token_loss
@@ -86,10 +87,7 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
         are this rank's piece (B, S_rank). The logits are the piece's; the loss is the whole
         sequences' mean, the same on every rank; sum the parameter gradients over the group
         afterwards (`models.cp_reduce_gradients`). An sLSTM block refuses it."""
-        if cp_group is not None and (state is not None or return_state or cu_seqlens is not None
-                                     or position_ids is not None):
-            raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in "
-                             "or out and without packed documents")
+        check_context_parallel_call(cp_group, state, return_state, cu_seqlens, position_ids)
         return self._forward(idx, state, return_state, "idx", self.check_token_range, labels,
                              packed_offsets(idx, cu_seqlens, position_ids, state, return_state), cp_group)
 

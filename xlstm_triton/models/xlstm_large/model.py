@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ...checks import check_context_parallel_call
 from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
@@ -233,10 +234,7 @@ class xLSTMLarge(nn.Module):
         first label), the same value on every rank, and its backward gives each rank its
         piece's part of the parameter gradients: sum them over the group
         (`models.cp_reduce_gradients`)."""
-        if cp_group is not None and (state is not None or return_state or cu_seqlens is not None
-                                     or position_ids is not None):
-            raise ValueError("cp_group: a sequence split over ranks runs from a zero state, without a state in "
-                             "or out and without packed documents")
+        check_context_parallel_call(cp_group, state, return_state, cu_seqlens, position_ids)
         return self._forward(input_ids, state, return_state, update_state, "input_ids", self.check_token_range,
                              labels, packed_offsets(input_ids, cu_seqlens, position_ids, state, return_state),
                              cp_group)

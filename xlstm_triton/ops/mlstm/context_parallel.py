@@ -101,9 +101,9 @@ class _PieceSummary(torch.autograd.Function):
     def forward(ctx, k, v, i, f, cap):
         sdt = torch.float64 if k.dtype == torch.float64 else torch.float32
         w, m, _ = _PieceSummary._weights(i, f, cap, sdt)
-        wk = (w[..., None] * k.to(sdt)).to(k.dtype)                     # (B, NH, S, DQK)
-        c = _mm(wk.transpose(-1, -2), v)                                # (B, NH, DQK, DV)
-        n = (w[..., None] * k.to(sdt)).sum(-2)                          # (B, NH, DQK)
+        wk = w[..., None] * k.to(sdt)                                   # (B, NH, S, DQK)
+        c = _mm(wk.to(k.dtype).transpose(-1, -2), v)                    # (B, NH, DQK, DV)
+        n = wk.sum(-2)                                                  # (B, NH, DQK)
         ctx.save_for_backward(k, v, i, f)
         ctx.cap = cap
         return c, n, m
@@ -120,8 +120,8 @@ class _PieceSummary(torch.autograd.Function):
             i_, f_ = i.detach().requires_grad_(), f.detach().requires_grad_()
             w, _, _ = _PieceSummary._weights(i_, f_, ctx.cap, sdt)
         w_ = w.detach()
-        kdc = _mm(k, dc.to(k.dtype)) if k.dtype != sdt else k @ dc        # (B, NH, S, DV)
-        vdc = _mm(v, dc.transpose(-1, -2).to(v.dtype)) if v.dtype != sdt else v @ dc.transpose(-1, -2)
+        kdc = _mm(k, dc.to(k.dtype))                                    # (B, NH, S, DV)
+        vdc = _mm(v, dc.transpose(-1, -2).to(v.dtype))                  # (B, NH, S, DQK)
         dk = w_[..., None] * (vdc + dn[..., None, :])
         dv = w_[..., None] * kdc
         dw = (kdc * v.to(sdt)).sum(-1) + (k.to(sdt) * dn[..., None, :]).sum(-1)
