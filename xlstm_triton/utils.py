@@ -107,27 +107,38 @@ def new_empty(shape, dtype, device) -> torch.Tensor:
 
 def packed_sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """For packed sequences with offsets `cu_seqlens` (N + 1,) over `total` steps: each step's
-    sequence index, int32 (total,). No host sync. Not kept (see `packed_starts`)."""
+    sequence index, int32 (total,). No host sync. For PyTorch-side gathers (the sLSTM's
+    padding); kernels search the offsets themselves (`packed_sequence`) and keep no index."""
     cu = cu_seqlens.to(torch.int32)
     return torch.repeat_interleave(torch.arange(cu.numel() - 1, dtype=torch.int32, device=cu.device),
                                    cu[1:] - cu[:-1], output_size=total)
 
 
-def packed_starts(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """The first step of each step's sequence, int32 (total,), what the packed kernels read. No
-    host sync.
+def packed_kernel_args(cu_seqlens: Optional[torch.Tensor], dummy: torch.Tensor) -> tuple:
+    """The three arguments a packed-sequence kernel takes for `packed_sequence`: the offsets
+    (int32, on the kernel's device), the number of sequences N and the binary search's rounds
+    (N - 1).bit_length(); for no packing `dummy` (any tensor, unread), 1 and 0. No host sync:
+    N is the offsets' length."""
+    if cu_seqlens is None:
+        return dummy, 1, 0
+    n = cu_seqlens.shape[0] - 1
+    return cu_seqlens, n, max(n - 1, 0).bit_length()
 
-    Offsets made by `checks.checked_cu_seqlens` (a model's, once per step) keep it (eager mode):
-    its layers share one, and the one their backwards keep, instead of one each. (The sequence
-    ids it is made from are not kept: only stateful convolutions and the sLSTM read them.)"""
-    kept = None if torch.compiler.is_compiling() else getattr(cu_seqlens, "_xlstm_triton_starts", None)
-    if kept is not None and kept.shape[0] == total:
-        return kept
-    seq = packed_sequence_ids(cu_seqlens, total)
-    start = cu_seqlens.to(torch.int32)[:-1][seq.long()]
-    if not torch.compiler.is_compiling() and getattr(cu_seqlens, "_xlstm_triton_checked", None) == total:
-        cu_seqlens._xlstm_triton_starts = start
-    return start
+
+@triton.jit
+def packed_sequence(cu_ptr, NSEQ, STEPS, pos, S):
+    """Packed sequences with offsets cu (NSEQ + 1,) int32: for each step in `pos` (steps past S
+    count as S - 1), the index of its sequence and that sequence's first step. A branch-free
+    binary search of STEPS = (NSEQ - 1).bit_length() rounds over the offsets (a few hundred
+    bytes, cached): the largest j < NSEQ with cu[j] <= pos, so empty sequences are skipped."""
+    p = tl.minimum(pos, S - 1)
+    seq = p * 0
+    for r in range(STEPS):
+        cand = seq + (1 << (STEPS - 1 - r))
+        inside = cand < NSEQ
+        take = inside & (tl.load(cu_ptr + tl.where(inside, cand, 0)) <= p)
+        seq = tl.where(take, cand, seq)
+    return seq, tl.load(cu_ptr + seq)
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:

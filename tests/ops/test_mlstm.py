@@ -7,6 +7,8 @@ plain weighted-sum loss on h and on the final states, by relative Frobenius norm
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import xlstm_triton.ops.mlstm.op as mlstm_op
 import xlstm_triton.ops.mlstm.bwd as mlstm_bwd
@@ -15,6 +17,7 @@ from reference.mlstm import mlstm_parallel, mlstm_recurrent
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.ops.mlstm.torch_path import mlstm_chunkwise_torch
+from xlstm_triton.utils import packed_sequence
 
 GPU = torch.cuda.is_available()
 NAMES = ["q", "k", "v", "i", "f", "c_initial", "n_initial"]
@@ -177,7 +180,7 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
     """The state kernels' work list over a packed row: every chain's start exactly once (chunk
     c starts a chain where it does not continue chunk c - 1's state; the backward's list adds
     the last chunk), the longest chains first."""
-    from xlstm_triton.utils import packed_starts, use_kernels
+    from xlstm_triton.utils import use_kernels
     if not use_kernels(torch.zeros(1, device=device)):
         pytest.skip("a Triton kernel: the GPU or TRITON_INTERPRET=1")
     L, S = 16, sum(lengths)
@@ -192,7 +195,7 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
         return first[end - 1] < c * L and (end == S or first[end] != end)
 
     starts = [c for c in range(NC) if not carries(c) or (tops and c == NC - 1)]
-    chains, count, _ = mlstm_gates.chain_starts(packed_starts(cu, S), NC, L, tops=tops)
+    chains, count, _ = mlstm_gates.chain_starts(cu.to(torch.int32), S, NC, L, tops=tops)
     got = chains[:int(count)].tolist()
     assert sorted(got) == starts
     after = dict(zip(starts, starts[1:] + [NC])) if not tops else dict(zip(starts, [-1] + starts[:-1]))
@@ -200,22 +203,45 @@ def test_chain_starts_list_each_chain_once_longest_first(lengths, tops, device):
     assert length == sorted(length, reverse=True), (got, length)
 
 
-def test_checked_offsets_share_one_packed_index():
-    """Offsets a model checked once per step keep their index (the first step of each step's
-    sequence), and only it: every layer, and what its backward saves, shares one; plain
-    offsets get a new one. The sequence ids are made on demand, never kept."""
+@triton.jit
+def _search_kernel(cu_ptr, NSEQ, STEPS, seq_ptr, first_ptr, S, TOTAL, BLOCK: tl.constexpr):
+    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    seq, first = packed_sequence(cu_ptr, NSEQ, STEPS, pos, S)
+    tl.store(seq_ptr + pos, seq, mask=pos < TOTAL)
+    tl.store(first_ptr + pos, first, mask=pos < TOTAL)
+
+
+@pytest.mark.parametrize("lengths", [[1], [7], [3, 0, 0, 5, 1], [0, 4, 9, 0], [1] * 37, [2, 300, 0, 1, 64, 17]])
+def test_packed_sequence_search_finds_each_steps_sequence(lengths, device):
+    """The kernels' binary search over the offsets: every step's sequence (empty ones skipped)
+    and its first step, and steps past the end count as the last step."""
+    from xlstm_triton.utils import packed_kernel_args, packed_sequence_ids, use_kernels
+    if not use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("a Triton kernel: the GPU or TRITON_INTERPRET=1")
+    S = sum(lengths)
+    cu = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    total = S + 5
+    seq = torch.full((total,), -1, dtype=torch.int32, device=device)
+    first = torch.full((total,), -1, dtype=torch.int32, device=device)
+    _search_kernel[(triton.cdiv(total, 64),)](*packed_kernel_args(cu, None), seq, first, S, total, BLOCK=64)
+    ids = packed_sequence_ids(cu, S)
+    starts = cu[:-1][ids.long()]
+    assert seq[:S].tolist() == ids.tolist()
+    assert first[:S].tolist() == starts.tolist()
+    assert seq[S:].tolist() == [ids[-1].item()] * 5 and first[S:].tolist() == [starts[-1].item()] * 5
+    # the reference, from the offsets alone
+    bounds = cu.tolist()
+    want = [max(j for j in range(len(lengths)) if bounds[j] <= t) for t in range(S)]
+    assert ids.tolist() == want
+
+
+def test_checked_offsets_keep_no_index():
+    """Offsets a model checked once per step keep no per-step index: the kernels search the
+    offsets themselves, so packed rows need no memory beyond them."""
     from xlstm_triton.checks import checked_cu_seqlens
-    from xlstm_triton.utils import packed_sequence_ids, packed_starts
-    cu = torch.tensor([0, 3, 3, 7])
-    checked = checked_cu_seqlens(cu, 7, "cpu")
-    start = packed_starts(checked, 7)
-    assert start.tolist() == [0, 0, 0, 3, 3, 3, 3]
-    assert packed_sequence_ids(checked, 7).tolist() == [0, 0, 0, 2, 2, 2, 2]
-    assert packed_starts(checked, 7) is start
-    assert [k for k in vars(checked) if k.startswith("_xlstm_triton") and isinstance(vars(checked)[k], torch.Tensor)] \
-        == ["_xlstm_triton_starts"]
-    plain = packed_starts(cu, 7)
-    assert plain is not packed_starts(cu, 7) and torch.equal(plain, start)
+    checked = checked_cu_seqlens(torch.tensor([0, 3, 3, 7]), 7, "cpu")
+    assert checked.dtype == torch.int32 and checked.tolist() == [0, 3, 3, 7]
+    assert not [k for k, v in vars(checked).items() if isinstance(v, torch.Tensor)]
 
 
 def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):

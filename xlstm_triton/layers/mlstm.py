@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_context_parallel_call, check_embedding_dim, check_layer_input, check_tensor
+from ..checks import (check_context_parallel_call, check_embedding_dim, check_layer_input, check_tensor,
+                      checked_cu_seqlens)
 from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
                        causal_conv1d_backward, causal_conv1d_forward, head_norm_gate, head_norm_gate_backward,
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        linear_headwise_many, recompute_cheap, small_init_, wang_init_)
 from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
-from ..utils import as_dtype, packed_starts, use_kernels
+from ..utils import as_dtype, use_kernels
 from .config import mLSTMLayerConfig
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
@@ -239,6 +240,9 @@ class mLSTMLayer(nn.Module):
             check_context_parallel_call(cp_group, state, return_state, cu_seqlens)
             x_m, z = self.proj_up(x).split(self.inner, dim=-1)
             return self.dropout(self.proj_down(self._mix(x_m, z, cp_group=cp_group)))
+        if cu_seqlens is not None and not torch.compiler.is_compiling():
+            # int32 on x's device, checked (nothing to do for a model's; compiled blocks get those)
+            cu_seqlens = checked_cu_seqlens(cu_seqlens, x.shape[1], x.device)
         if state is not None:
             state = self._check_state(state, B)
         xz = self.proj_up(x)
@@ -345,10 +349,9 @@ class _RecomputedMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, xz, cu_seqlens, *params):
         x_m, z = xz.split(layer.inner, dim=-1)
-        seq_start = None if cu_seqlens is None else packed_starts(cu_seqlens, xz.shape[1])
         with torch.no_grad():
             x_c, q, k, v, _ = layer._fused_inputs(x_m, cu_seqlens=cu_seqlens)
-            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v), seq_start=seq_start)
+            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v), cu_seqlens=cu_seqlens)
             out, mean, rstd = head_norm_gate_forward(h.transpose(1, 2), z, *layer._norm_args(), act="silu",
                                                      skip=layer.learnable_skip, x_skip=x_c)
         ctx.save_for_backward(xz, h, mean, rstd, *saved[:4])      # row statistics, gate arrays

@@ -24,8 +24,8 @@ from .training import model_blocks
 
 def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: bool = True,
                  **fsdp_kwargs) -> nn.Module:
-    """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group): each block
-    a unit, then the model. mp_policy: a `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32
+    """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group, on the
+    device type of the model's parameters): each block a unit, then the model. mp_policy: a `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32
     gradient reduction). Returns `model` (its parameters now `DTensor` shards). The batch each
     rank passes is its own; gradients are averaged over the ranks."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -34,6 +34,12 @@ def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forw
     if not blocks:
         raise ValueError(f"shard_blocks: {type(model).__name__} has no blocks with forward_residual "
                          "(expected an xLSTMLarge or xLSTMLMModel)")
+    if mesh is None:
+        # All ranks, on the device type of the parameters (FSDP's own default is the machine's
+        # accelerator, wrong for a model kept on the CPU with gloo on a machine with GPUs).
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
     kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy

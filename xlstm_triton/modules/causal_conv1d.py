@@ -30,18 +30,19 @@ import triton.language as tl
 
 from ..checks import check_cu_seqlens, check_tensor, host_offsets
 from ..launch import cached_launch
-from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_sequence_ids, packed_starts, use_kernels
+from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_kernel_args, packed_sequence, use_kernels
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
 
 
 @triton.jit
-def _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN: tl.constexpr):
+def _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN: tl.constexpr):
     """(first step, state row) of the sequence each step t of the tile belongs to: (0, b)
-    for a batch of rows; packed sequences (VARLEN): their start and index."""
+    for a batch of rows; packed sequences (VARLEN, offsets cu (NSEQ + 1,)): their start and
+    index."""
     if VARLEN:
-        first = tl.load(start_ptr + t, mask=t < S, other=0)
-        seq = tl.load(seq_ptr + t, mask=t < S, other=0).to(tl.int64)
+        seq, first = packed_sequence(cu_ptr, NSEQ, STEPS, t, S)
+        seq = seq.to(tl.int64)
     else:
         first = tl.zeros_like(t)
         seq = b
@@ -80,14 +81,14 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f
 
 
 @cached_launch
-@triton.jit
-def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_ptr, seq_ptr, y_ptr, S, F,
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, y_ptr, S, F,
                              K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
                              HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
-    first, seq = _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN)
+    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
     pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
                           HAS_STATE, HAS_BIAS)
     y = pre
@@ -98,8 +99,8 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_ptr,
 
 
 @cached_launch
-@triton.jit
-def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_ptr, seq_ptr, dy_ptr, dpre_ptr,
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
                                  partial_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
                                  HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                                  VARLEN: tl.constexpr):
@@ -109,7 +110,7 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
     mask = (t < S)[:, None] & fm[None, :]
-    first, seq = _sequence_of(start_ptr, seq_ptr, b, t, S, VARLEN)
+    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
     dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
     if SILU:
         pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
@@ -129,21 +130,22 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, start_
 
 
 @cached_launch
-@triton.jit
-def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, start_ptr, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
                                 BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
     """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
-    those whose sequence starts at or before t)."""
+    those before the end of t's sequence)."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
     acc = tl.zeros((BT, BF), dtype=tl.float32)
+    end = t * 0 + S
+    if VARLEN:           # the largest j with cu[j] <= t: its sequence ends at cu[j + 1] > t
+        end = tl.load(cu_ptr + packed_sequence(cu_ptr, NSEQ, STEPS, t, S)[0] + 1)
     for j in tl.static_range(K):
         dst = t + (K - 1) - j
-        same = dst < S
-        if VARLEN:
-            same = same & (tl.load(start_ptr + dst, mask=dst < S, other=0) <= t)
+        same = dst < end
         d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
                     mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
         acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
@@ -157,13 +159,11 @@ def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
-def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor], state: Optional[torch.Tensor]):
-    """The kernels' (start, seq) arguments: each step's sequence start and (read only with a
-    state, to find its row) sequence index."""
-    if cu_seqlens is None:
-        return x, x                     # unread (VARLEN=False)
-    start = packed_starts(cu_seqlens, x.shape[1])
-    return start, (packed_sequence_ids(cu_seqlens, x.shape[1]) if state is not None else start)
+def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> tuple:
+    """The kernels' packed-sequence arguments (`utils.packed_kernel_args`): the offsets as
+    int32 on x's device (no copy when they are already)."""
+    cu = None if cu_seqlens is None else cu_seqlens.to(device=x.device, dtype=torch.int32)
+    return packed_kernel_args(cu, x)
 
 
 @kernel_op("xlstm_triton::causal_conv1d")
@@ -173,10 +173,9 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     K = weight.shape[1]
     y = new_empty((B, S, F), x.dtype, x.device)
     BT, BF = _tiles(S, F)
-    start, seq = _varlen_args(x, cu_seqlens, state)
     causal_conv1d_fwd_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        start, seq, y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+        *_varlen_args(x, cu_seqlens), y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
         VARLEN=cu_seqlens is not None, num_warps=4)
     return y
 
@@ -199,16 +198,16 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     dy = dy.contiguous()
     BT, BF = _tiles(S, F)
     grid = (B, cdiv(S, BT), cdiv(F, BF))
-    start, seq = _varlen_args(x, cu_seqlens, state)
+    packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
     causal_conv1d_bwd_pre_kernel[grid](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        start, seq, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
+        *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
         HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, start, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
                                       VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums

@@ -34,9 +34,9 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, soft_cap_jit
+from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, packed_kernel_args, soft_cap_jit
 from .fwd import chunkwise_fwd_states, varlen_maxnreg
-from .gates import chain_end, chain_starts, gate_rows, same_sequence
+from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
 @cached_launch
@@ -66,9 +66,9 @@ def chunkwise_bwd_dz_kernel(
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "P", "NSEQ", "STEPS"])
 def chunkwise_bwd_dstates_kernel(
-    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, start_ptr, chains_ptr, count_ptr,
+    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, cu_ptr, NSEQ, STEPS, chains_ptr, count_ptr,
     dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
     s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
     NH, S, S_pad, NC, P, scale,
@@ -121,7 +121,7 @@ def chunkwise_bwd_dstates_kernel(
                                     offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
             # The chunks below the top carry: the batch walk's steps, then dstates[bottom - 1],
             # the gradient of C_bottom, the top of the chain below.
-            bottom = chain_end(start_ptr, c_top, S, NC, L, False)
+            bottom = chain_end(cu_ptr, NSEQ, STEPS, c_top, S, NC, L, False)
             dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
                                    bh, row_base, c_top - 1, bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
                                    mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
@@ -178,9 +178,9 @@ def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC,
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dv_kernel(
-    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, start_ptr, dv_ptr,
+    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, cu_ptr, NSEQ, STEPS, dv_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
@@ -201,6 +201,7 @@ def chunkwise_bwd_dv_kernel(
     row_base = bh.to(tl.int64) * S_pad
     state = bh.to(tl.int64) * NC + chunk
     r2 = tl.load(r2_ptr + row_base + s)
+    s_first = segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN)
 
     # Through the state at the chunk's end: w_s dC_{c+1}^T k_s.
     dv = tl.zeros((BT, BV), dtype=tl.float32)
@@ -230,7 +231,8 @@ def chunkwise_bwd_dv_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
-        scores_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
+        scores_t = tl.where((t[None, :] >= s[:, None]) &
+                            same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
                             scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
                             0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
@@ -243,10 +245,10 @@ def chunkwise_bwd_dv_kernel(
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, inv_den_ptr, dz_ptr,
-    start_ptr, dq_ptr, qdq_ptr,
+    cu_ptr, NSEQ, STEPS, dq_ptr, qdq_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
@@ -269,6 +271,7 @@ def chunkwise_bwd_dq_kernel(
     u2 = tl.load(u2_ptr + row_base + t)
     inv_den = tl.load(inv_den_ptr + row_base + t)
     dz = tl.load(dz_ptr + row_base + t)
+    t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
 
     # Through the state at the chunk's start: g_t (C_c dO_t + dz_t n_c).
     dq = tl.zeros((BT, BK), dtype=tl.float32)
@@ -298,7 +301,8 @@ def chunkwise_bwd_dq_kernel(
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where((s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN),
+        dS = tl.where((s[None, :] <= t[:, None]) &
+                      same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
                       (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
@@ -314,10 +318,10 @@ def chunkwise_bwd_dq_kernel(
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dk_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, dstates_ptr, dnstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dz_ptr,
-    start_ptr, dk_ptr, kdk_ptr,
+    cu_ptr, NSEQ, STEPS, dk_ptr, kdk_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
@@ -338,6 +342,7 @@ def chunkwise_bwd_dk_kernel(
     row_base = bh.to(tl.int64) * S_pad
     state = bh.to(tl.int64) * NC + chunk
     r2 = tl.load(r2_ptr + row_base + s)
+    s_first = segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN)
 
     # Through the state at the chunk's end: w_s (dC_{c+1} v_s + dn_{c+1}).
     dk = tl.zeros((BT, BK), dtype=tl.float32)
@@ -368,7 +373,8 @@ def chunkwise_bwd_dk_kernel(
         u2 = tl.load(u2_ptr + row_base + t)
         inv_den = tl.load(inv_den_ptr + row_base + t)
         dz = tl.load(dz_ptr + row_base + t)
-        dS_t = tl.where((t[None, :] >= s[:, None]) & same_sequence(start_ptr, s, t, S, VARLEN),
+        dS_t = tl.where((t[None, :] >= s[:, None]) &
+                        same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
                         (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)
@@ -393,7 +399,7 @@ def _suffix_until_end(fa, va, fb, vb):
 
 
 @triton.jit
-def _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB: tl.constexpr,
+def _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB: tl.constexpr,
                 HAS_EXTRA: tl.constexpr, VARLEN: tl.constexpr):
     """At steps t of a row: dF_t (float64), k . dk (float32), and (VARLEN) whether t is the last
     step of its sequence (the row's last step always is)."""
@@ -410,13 +416,13 @@ def _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, 
     ends = t >= S - 1
     if VARLEN:
         after = t + 1
-        ends = ends | (tl.load(start_ptr + tl.minimum(after, S - 1)) == after)
+        ends = ends | (segment_first(cu_ptr, NSEQ, STEPS, after, S, True) == after)
     return d_f, kdk, ends.to(tl.int32)
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["S", "S_pad"])
-def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_ptr, di_ptr, df_ptr, S, S_pad, ROWS,
+@triton.jit(do_not_specialize=["S", "S_pad", "NSEQ", "STEPS"])
+def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, di_ptr, df_ptr, S, S_pad, ROWS,
                                s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap, NKB: tl.constexpr,
                                BS: tl.constexpr, HAS_EXTRA: tl.constexpr, SOFT_CAP: tl.constexpr,
                                VARLEN: tl.constexpr):
@@ -434,7 +440,7 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_
     if VARLEN:
         blk = tl.program_id(1)
         t = blk * BS + tl.arange(0, BS)
-        d_f, kdk, ends = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB,
+        d_f, kdk, ends = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB,
                                      HAS_EXTRA, VARLEN)
         # What the steps after the block add to the sequence of its last step: the blocks after
         # it, each up to its first sequence end.
@@ -442,7 +448,7 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_
         nxt = blk + 1
         open_end = tl.sum(tl.where(tl.arange(0, BS) == BS - 1, ends, 0), axis=0) == 0
         while open_end:
-            d_n, _, ends_n = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, nxt * BS + tl.arange(0, BS),
+            d_n, _, ends_n = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, nxt * BS + tl.arange(0, BS),
                                          S, S_pad, ROWS, NKB, HAS_EXTRA, VARLEN)
             first_end = tl.min(tl.where(ends_n != 0, tl.arange(0, BS), BS), axis=0)
             carry += tl.sum(tl.where(tl.arange(0, BS) <= first_end, d_n, 0.0), axis=0)
@@ -458,7 +464,7 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, start_
         carry = tl.zeros((), dtype=tl.float64)
         for blk in range(tl.cdiv(S, BS) - 1, -1, -1):
             t = blk * BS + tl.arange(0, BS)
-            d_f, kdk, _ = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, start_ptr, row, t, S, S_pad, ROWS, NKB,
+            d_f, kdk, _ = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB,
                                       HAS_EXTRA, VARLEN)
             total = tl.sum(d_f, axis=0)
             d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
@@ -486,10 +492,10 @@ def _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False, soft_cap=None, out=None, seq_start=None):
+                  seq_major=False, soft_cap=None, out=None, cu_seqlens=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
 
-    `seq_start`: packed sequences (B = 1), int32 (S,) each step's sequence's first step, with
+    `cu_seqlens`: packed sequences (B = 1), their offsets (N + 1,) int32 on q's device, with
     `gates` made for them (no initial or final state terms then: dc0, dn0 come back unwritten).
 
     `out`: optional (dq, dk, dv) tensors of q's, k's and v's shapes, unit stride in the last dim,
@@ -505,9 +511,9 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     S_pad, NC = gates.padded_len, gates.num_chunks
     dev = q.device
     L, BT = cfg.chunk_size, cfg.tile
-    common = dict(DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=seq_start is not None,
+    common = dict(DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=cu_seqlens is not None,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    start = seq_start if seq_start is not None else gates.u2        # unread without VARLEN
+    packed = packed_kernel_args(cu_seqlens, gates.u2)      # unread without VARLEN
     scale = DQK**-0.5
     q_st, k_st, v_st, dh_st = q.stride()[:3], k.stride()[:3], v.stride()[:3], dh.stride()[:3]
 
@@ -516,13 +522,13 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         h, dh, inv_den, zsign, dz, *h.stride()[:3], *dh_st, NH, S, S_pad,
         DV=DV, BT=BT, BV=cfg.block_v, num_warps=cfg.num_warps)
 
-    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start)
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens)
     nkb = cdiv(DQK, cfg.block_k_grad)
     dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, start, dq, qdq,
+        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, *packed, dq, qdq,
         *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     del states, nstates
@@ -531,27 +537,27 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
     dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
     dn0 = new_empty((B, NH, DQK), torch.float32, dev)
-    chains, count, P = start, start, 1            # unread without seq_start
-    if seq_start is not None:
-        chains, count, P = chain_starts(seq_start, NC, L, tops=True)
+    chains, count, P = gates.u2, gates.u2, 1      # unread without cu_seqlens
+    if cu_seqlens is not None:
+        chains, count, P = chain_starts(cu_seqlens, S, NC, L, tops=True)
     chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)](
-        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, start, chains, count, dstates, dnstates, dc0, dn0,
+        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, *packed, chains, count, dstates, dnstates, dc0, dn0,
         *q_st, *dh_st, NH, S, S_pad, NC, P, scale,
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
-        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states,
-        num_stages=cfg.num_stages_states, maxnreg=varlen_maxnreg(cfg) if seq_start is not None else None)
+        PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps_states,
+        num_stages=cfg.num_stages_states, maxnreg=varlen_maxnreg(cfg) if cu_seqlens is not None else None)
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
-        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, start, dv,
+        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, *packed, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
 
     dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, start, dk, kdk,
+        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, *packed, dk, kdk,
         *q_st, *k_st, *v_st, *dh_st, *dk.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     del dstates, dnstates
@@ -567,9 +573,9 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     di = new_empty((B, NH, S), f.dtype, dev)
     df = new_empty((B, NH, S), f.dtype, dev)
     BS = min(GATE_BLOCK, max(16, next_power_of_2(S)))
-    grid = (B * NH, cdiv(S, BS) if seq_start is not None else 1)
+    grid = (B * NH, cdiv(S, BS) if cu_seqlens is not None else 1)
     chunkwise_bwd_gates_kernel[grid](
-        qdq, kdk, i, f, extra if extra is not None else qdq, start, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
+        qdq, kdk, i, f, extra if extra is not None else qdq, *packed, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
         NH, 1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=BS,
-        HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
+        HAS_EXTRA=extra is not None, SOFT_CAP=soft_cap is not None, VARLEN=cu_seqlens is not None, num_warps=4)
     return dq, dk, dv, di, df, dc0, dn0

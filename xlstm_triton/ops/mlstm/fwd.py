@@ -24,14 +24,14 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd
+from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd, packed_kernel_args
 from .gates import chain_end, chain_starts, same_sequence, segment_first
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "P", "NSEQ", "STEPS"])
 def chunkwise_fwd_states_kernel(
-    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, start_ptr, chains_ptr, count_ptr,
+    k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, cu_ptr, NSEQ, STEPS, chains_ptr, count_ptr,
     states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
     s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
     NH, S, S_pad, NC, P,
@@ -76,8 +76,8 @@ def chunkwise_fwd_states_kernel(
             # the sequence of its last step, from `lo` on (none where the next chunk starts a
             # sequence). C_{c0} is the chain before's (stored by it; zero for chunk 0).
             nxt = c0 * L + L
-            whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)
-            lo = tl.where(whole, segment_first(start_ptr, nxt - 1, S, VARLEN), S)
+            whole = (segment_first(cu_ptr, NSEQ, STEPS, nxt, S, VARLEN) != nxt) | (nxt >= S)
+            lo = tl.where(whole, segment_first(cu_ptr, NSEQ, STEPS, nxt - 1, S, VARLEN), S)
             C = tl.zeros((BK, BV), dtype=tl.float32)
             n = tl.zeros((BK,), dtype=tl.float32)
             chunk = bh.to(tl.int64) * NC + c0
@@ -88,7 +88,7 @@ def chunkwise_fwd_states_kernel(
                                  s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
             # The rest of the chain carries: the batch walk's steps, then C_{last+1}, the first
             # state of the next chain.
-            last = chain_end(start_ptr, c0, S, NC, L, True)
+            last = chain_end(cu_ptr, NSEQ, STEPS, c0, S, NC, L, True)
             C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, c0 + 1,
                                 last + 1, C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
                                 s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
@@ -141,9 +141,9 @@ def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, offs_k, offs_v, 
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC"])
+@triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_fwd_output_kernel(
-    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr, start_ptr,
+    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr, cu_ptr, NSEQ, STEPS,
     h_ptr, inv_den_ptr, zsign_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_hb, s_hh, s_ht,
     NH, S, S_pad, NC, scale, eps,
@@ -167,6 +167,7 @@ def chunkwise_fwd_output_kernel(
     u2 = tl.load(u2_ptr + row_base + t)
     g = tl.load(g_ptr + row_base + t)
     m = tl.load(m_ptr + row_base + t)
+    t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
 
     # Contribution of the state at the chunk's start.
     num = tl.zeros((BT, BV), dtype=tl.float32)
@@ -182,7 +183,7 @@ def chunkwise_fwd_output_kernel(
         num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
         nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
     if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
-        carried = segment_first(start_ptr, t, S, VARLEN) <= chunk * L
+        carried = t_first <= chunk * L
         num = tl.where(carried[:, None], num * g[:, None], 0.0)
         nq = tl.where(carried, nq * g, 0.0)
     else:
@@ -207,7 +208,8 @@ def chunkwise_fwd_output_kernel(
                         mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
             scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        causal = (s[None, :] <= t[:, None]) & same_sequence(start_ptr, t, s, S, VARLEN)
+        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
+                                                                 VARLEN)
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
@@ -243,12 +245,12 @@ def varlen_maxnreg(cfg):
     return 168 if small else None
 
 
-def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None):
+def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens=None):
     """States at the start of every chunk and the final state.
 
     k: (B, NH, S, DQK), v: (B, NH, S, DV), any strides with unit stride in the last dim.
     Returns states (B*NH, NC, DQK, DV) in cfg.state_dtype, nstates (B*NH, NC, DQK) float32,
-    c_last (B, NH, DQK, DV) and n_last (B, NH, DQK) float32 (not written with `seq_start`).
+    c_last (B, NH, DQK, DV) and n_last (B, NH, DQK) float32 (not written with `cu_seqlens`).
     """
     B, NH, S, DQK = k.shape
     DV = v.shape[-1]
@@ -257,27 +259,27 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start=None)
     nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
     c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
-    chains, count, P = gates.w, gates.w, 1            # unread without seq_start
-    if seq_start is not None:
-        chains, count, P = chain_starts(seq_start, NC, cfg.chunk_size)
+    chains, count, P = gates.w, gates.w, 1            # unread without cu_seqlens
+    if cu_seqlens is not None:
+        chains, count, P = chain_starts(cu_seqlens, S, NC, cfg.chunk_size)
     grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)
     chunkwise_fwd_states_kernel[grid](
-        k, v, gates.w, gates.decay, c_initial, n_initial, seq_start if seq_start is not None else gates.w,
+        k, v, gates.w, gates.decay, c_initial, n_initial, *packed_kernel_args(cu_seqlens, gates.w),
         chains, count, states, nstates, c_last, n_last,
         *k.stride()[:3], *v.stride()[:3],
         NH, S, gates.padded_len, NC, P,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_C0=c_initial is not None, HAS_N0=n_initial is not None, DOT_DTYPE=cfg.dot_dtype,
-        PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
-        maxnreg=varlen_maxnreg(cfg) if seq_start is not None else None,
+        PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps_states, num_stages=cfg.num_stages_states,
+        maxnreg=varlen_maxnreg(cfg) if cu_seqlens is not None else None,
     )
     return states, nstates, c_last, n_last
 
 
-def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False, seq_start=None):
+def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False, cu_seqlens=None):
     """Outputs h (B, NH, S, DV) in q's dtype (laid out as (B, S, NH, DV) if `seq_major`), and
-    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32. `seq_start`
-    (int32 (S,), packed sequences): keys of other sequences in a chunk are masked out."""
+    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32. `cu_seqlens`
+    (packed sequences: offsets (N + 1,) int32 on q's device): keys of other sequences in a chunk are masked out."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     S_pad = gates.padded_len
@@ -287,11 +289,11 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     grid = (cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
     chunkwise_fwd_output_kernel[grid](
         q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m,
-        seq_start if seq_start is not None else gates.m, h, inv_den, zsign,
+        *packed_kernel_args(cu_seqlens, gates.m), h, inv_den, zsign,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *h.stride()[:3],
         NH, S, S_pad, gates.num_chunks, DQK**-0.5, eps,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, BV=cfg.block_v,
-        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=seq_start is not None, num_warps=cfg.num_warps,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages_output,
     )
     return h, inv_den, zsign

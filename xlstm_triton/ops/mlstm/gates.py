@@ -46,7 +46,8 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import maximum_nan, minimum_nan, new_empty, next_power_of_2, soft_cap_jit, use_triton
+from ...utils import (maximum_nan, minimum_nan, new_empty, next_power_of_2, packed_kernel_args, packed_sequence,
+                      soft_cap_jit, use_triton)
 from ...utils import soft_cap as apply_soft_cap
 
 LOG2E = 1.0 / math.log(2.0)
@@ -87,14 +88,14 @@ class ChunkGates:
 
 def chunkwise_gates(i: torch.Tensor, f: torch.Tensor, m_initial: torch.Tensor | None,
                     chunk_size: int, soft_cap: float | None = None,
-                    seq_start: torch.Tensor | None = None) -> ChunkGates:
+                    cu_seqlens: torch.Tensor | None = None) -> ChunkGates:
     """i, f: (B, NH, S) gate pre-activations, any strides; m_initial: (B, NH, 1) or None
-    (zeros); soft_cap: the gates are cap * tanh(x / cap) of i and f if given. seq_start:
-    packed sequences (B = 1): int32 (S,), each step's sequence's first step (the kernels only)."""
+    (zeros); soft_cap: the gates are cap * tanh(x / cap) of i and f if given. cu_seqlens:
+    packed sequences (B = 1): their offsets (N + 1,) int32 on i's device (the kernels only)."""
     if use_triton(i) and i.numel() > 0:
-        return chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap, seq_start)
-    if seq_start is not None:
-        raise ValueError("chunkwise_gates: packed sequences (seq_start) run on the Triton kernels only")
+        return chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap, cu_seqlens)
+    if cu_seqlens is not None:
+        raise ValueError("chunkwise_gates: packed sequences (cu_seqlens) run on the Triton kernels only")
     return chunkwise_gates_torch(i, f, m_initial, chunk_size, soft_cap)
 
 
@@ -125,41 +126,41 @@ def _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH
 
 
 @triton.jit
-def segment_first(start_ptr, pos, S, VARLEN: tl.constexpr):
-    """The first step of each position's packed sequence (VARLEN; positions past S belong to
-    the last one), else 0: the sequence is the whole row."""
+def segment_first(cu_ptr, NSEQ, STEPS, pos, S, VARLEN: tl.constexpr):
+    """The first step of each position's packed sequence (VARLEN: offsets cu (NSEQ + 1,),
+    searched by `packed_sequence`; positions past S belong to the last one), else 0: the
+    sequence is the whole row."""
     if VARLEN:
-        return tl.load(start_ptr + tl.minimum(pos, S - 1))
+        return packed_sequence(cu_ptr, NSEQ, STEPS, pos, S)[1]
     else:
         return pos * 0
 
 
 @triton.jit
-def same_sequence(start_ptr, rows, cols, S, VARLEN: tl.constexpr):
-    """(len(rows), len(cols)) mask: the two steps are in one packed sequence (all True without
-    VARLEN). The kernels' intra-chunk weights are selected by it."""
+def same_sequence(first_rows, first_cols, VARLEN: tl.constexpr):
+    """(len(rows), len(cols)) mask from the `segment_first` of rows and of columns: the two
+    steps are in one packed sequence (all True without VARLEN). The kernels' intra-chunk
+    weights are selected by it."""
     if VARLEN:
-        a = tl.load(start_ptr + tl.minimum(rows, S - 1))
-        b = tl.load(start_ptr + tl.minimum(cols, S - 1))
-        return a[:, None] == b[None, :]
+        return first_rows[:, None] == first_cols[None, :]
     else:
-        return (rows[:, None] >= 0) & (cols[None, :] >= 0)
+        return (first_rows[:, None] >= 0) & (first_cols[None, :] >= 0)
 
 
 @triton.jit
-def carries(start_ptr, c, S, L: tl.constexpr):
+def carries(cu_ptr, NSEQ, STEPS, c, S, L: tl.constexpr):
     """Packed sequences: whether C_{c+1} continues C_c, i.e. chunk c's last step is in the
     sequence of its first step, begun before the chunk, and the next chunk does not start a
     sequence. Where it is False the state recurrence restarts (the kernels' segment ends)."""
     first = c * L
     nxt = first + L
-    seq_last = tl.load(start_ptr + tl.minimum(nxt - 1, S - 1))
-    whole = (tl.load(start_ptr + tl.minimum(nxt, S - 1)) != nxt) | (nxt >= S)
+    seq_last = segment_first(cu_ptr, NSEQ, STEPS, nxt - 1, S, True)
+    whole = (segment_first(cu_ptr, NSEQ, STEPS, nxt, S, True) != nxt) | (nxt >= S)
     return tl.where(whole, seq_last < first, False)
 
 
 @triton.jit
-def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl.constexpr = 64):
+def chain_end(cu_ptr, NSEQ, STEPS, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl.constexpr = 64):
     """Packed sequences: where the chain of chunks through c0 ends, BLOCK chunks' flags at a time.
     Chunk c uses the state of chunk c - 1 where `carries(c)`, so the forward chain beginning at
     c0 (UP) runs to the last e such that every chunk in (c0, e] carries, and the backward one
@@ -169,7 +170,7 @@ def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl
         base = c0 + 1
         while base <= end:
             c = base + tl.arange(0, BLOCK)
-            stop = (c < NC) & (carries(start_ptr, c, S, L) == 0)
+            stop = (c < NC) & (carries(cu_ptr, NSEQ, STEPS, c, S, L) == 0)
             end = tl.minimum(end, tl.min(tl.where(stop, c, NC), axis=0) - 1)
             base += BLOCK
     else:
@@ -177,15 +178,15 @@ def chain_end(start_ptr, c0, S, NC, L: tl.constexpr, UP: tl.constexpr, BLOCK: tl
         top = c0 - 1
         while top >= end:
             c = top - tl.arange(0, BLOCK)
-            stop = (c >= 0) & (carries(start_ptr, tl.maximum(c, 0), S, L) == 0)
+            stop = (c >= 0) & (carries(cu_ptr, NSEQ, STEPS, tl.maximum(c, 0), S, L) == 0)
             end = tl.maximum(end, tl.max(tl.where(stop, c, -1), axis=0) + 1)
             top -= BLOCK
     return end
 
 
 @cached_launch
-@triton.jit(do_not_specialize=["S", "NC"])
-def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr, TOPS: tl.constexpr,
+@triton.jit(do_not_specialize=["S", "NC", "NSEQ", "STEPS"])
+def chain_starts_kernel(cu_ptr, NSEQ, STEPS, chains_ptr, count_ptr, S, NC, L: tl.constexpr, TOPS: tl.constexpr,
                         BLOCK: tl.constexpr, LONGEST_FIRST: tl.constexpr):
     """Packed sequences, one program: the chunks where the state recurrences' chains begin and
     their count: the chunks that do not carry (the forward walks up from each) or, TOPS, those
@@ -195,7 +196,7 @@ def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr
     count = tl.zeros((), dtype=tl.int32)
     for base in range(0, NC, BLOCK):
         c = base + tl.arange(0, BLOCK)
-        flag = (c < NC) & (carries(start_ptr, c, S, L) == 0)
+        flag = (c < NC) & (carries(cu_ptr, NSEQ, STEPS, c, S, L) == 0)
         if TOPS:
             flag = flag | (c == NC - 1)
         flag = flag.to(tl.int32)
@@ -219,16 +220,17 @@ def chain_starts_kernel(start_ptr, chains_ptr, count_ptr, S, NC, L: tl.constexpr
 CHAIN_SLOTS = 64     # programs per head (and state tile) that share a packed row's chains
 
 
-def chain_starts(seq_start: torch.Tensor, num_chunks: int, chunk_size: int, tops: bool = False):
-    """The state kernels' work list over a packed row (`chain_starts_kernel`): int32 chunk
-    indices (num_chunks,), the first `count` of them valid (the longest chains first, up to
-    1,024 chunks; in order beyond), and count (1,) int32, on the device (no host sync); and the
-    number of programs per head that walk them."""
-    chains = new_empty((num_chunks,), torch.int32, seq_start.device)
-    count = new_empty((1,), torch.int32, seq_start.device)
+def chain_starts(cu_seqlens: torch.Tensor, total: int, num_chunks: int, chunk_size: int, tops: bool = False):
+    """The state kernels' work list over a packed row of `total` steps with offsets `cu_seqlens`
+    (int32, on the device) (`chain_starts_kernel`): int32 chunk indices (num_chunks,), the
+    first `count` of them valid (the longest chains first, up to 1,024 chunks; in order
+    beyond), and count (1,) int32, on the device (no host sync); and the number of programs per
+    head that walk them."""
+    chains = new_empty((num_chunks,), torch.int32, cu_seqlens.device)
+    count = new_empty((1,), torch.int32, cu_seqlens.device)
     block = min(1024, max(16, next_power_of_2(num_chunks)))
-    chain_starts_kernel[(1,)](seq_start, chains, count, seq_start.shape[0], num_chunks, L=chunk_size, TOPS=tops,
-                              BLOCK=block, LONGEST_FIRST=block >= num_chunks, num_warps=4)
+    chain_starts_kernel[(1,)](*packed_kernel_args(cu_seqlens, None), chains, count, total, num_chunks, L=chunk_size,
+                              TOPS=tops, BLOCK=block, LONGEST_FIRST=block >= num_chunks, num_warps=4)
     return chains, count, min(num_chunks, CHAIN_SLOTS)
 
 
@@ -244,8 +246,8 @@ def _segmented_max(fa, va, fb, vb):
 
 
 @cached_launch
-@triton.jit
-def chunk_gate_summary_kernel(i_ptr, f_ptr, start_ptr, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb,
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def chunk_gate_summary_kernel(i_ptr, f_ptr, cu_ptr, NSEQ, STEPS, b_end_ptr, lmax_ptr, S, NC, row0, s_ib, s_ih, s_it, s_fb,
                               s_fh, s_ft, NH, cap, L: tl.constexpr, SOFT_CAP: tl.constexpr,
                               VARLEN: tl.constexpr):
     """Program (c, row): b_end = b at the chunk's last step, lmax = max_t (i_t - b_t), both
@@ -256,7 +258,7 @@ def chunk_gate_summary_kernel(i_ptr, f_ptr, start_ptr, b_end_ptr, lmax_ptr, S, N
     pos, ig, logf, b = _chunk_gates(i_ptr, f_ptr, row, c, S, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH, cap,
                                     L, SOFT_CAP)
     if VARLEN:
-        tail = pos >= tl.load(start_ptr + tl.minimum(c * L + L - 1, S - 1))
+        tail = pos >= segment_first(cu_ptr, NSEQ, STEPS, c * L + L - 1, S, True)
         b = tl.cumsum(tl.where(tail, logf, 0.0), axis=0)
         ig = tl.where(tail, ig, float("-inf"))
     b_end = tl.sum(tl.where(tl.arange(0, L) == L - 1, b, 0.0), axis=0)
@@ -266,14 +268,14 @@ def chunk_gate_summary_kernel(i_ptr, f_ptr, start_ptr, b_end_ptr, lmax_ptr, S, N
 
 
 @cached_launch
-@triton.jit
-def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, cu_ptr, NSEQ, STEPS, b_end_ptr, lmax_ptr, u2_ptr, r2_ptr, g_ptr, w_ptr, m_ptr,
                            decay_ptr, m_last_ptr, S, S_pad, NC, row0, s_ib, s_ih, s_it, s_fb, s_fh, s_ft, NH,
                            cap, L: tl.constexpr, BLOCK: tl.constexpr, HAS_M0: tl.constexpr,
                            SOFT_CAP: tl.constexpr, VARLEN: tl.constexpr):
     """Program (c, row): the outputs of chunk c, from the summaries of chunks 0..c.
 
-    VARLEN (packed sequences, `start_ptr`: each step's first step): everything restarts at each
+    VARLEN (packed sequences, offsets `cu_ptr` (NSEQ + 1,), see `segment_first`): everything restarts at each
     sequence's first step, from m_0 = 0. The prefixes run over the chunks of the sequence of the
     chunk's first step (for the chunk's start) and of its last step (for the next chunk's), on
     the summaries of each chunk's last sequence; g is 0 for steps of sequences that start inside
@@ -287,8 +289,8 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr,
         m0 = tl.load(m0_ptr + row).to(tl.float64)
     first = c * L
     last = first + L - 1
-    seq_first = segment_first(start_ptr, first, S, VARLEN)         # the chunk's first step's sequence
-    seq_last = segment_first(start_ptr, last, S, VARLEN)           # and its last step's
+    seq_first = segment_first(cu_ptr, NSEQ, STEPS, first, S, VARLEN)         # the chunk's first step's sequence
+    seq_last = segment_first(cu_ptr, NSEQ, STEPS, last, S, VARLEN)           # and its last step's
     c0 = seq_first // L                  # the prefixes cover chunks c0 .. c - 1 and c0_next .. c
     c0_next = seq_last // L
     # Prefixes over the earlier chunks, for k = c (f_prev, run_max) and k = c + 1 (f_next,
@@ -322,7 +324,7 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr,
                                     L, SOFT_CAP)
     log2e = 1.4426950408889634
     if VARLEN:
-        seq = segment_first(start_ptr, pos, S, VARLEN)
+        seq = segment_first(cu_ptr, NSEQ, STEPS, pos, S, VARLEN)
         carried = seq <= first                           # in the sequence of C_c (started before)
         restart = ((seq == pos) & (pos > first)).to(tl.int32)
         _, b = tl.associative_scan((restart, logf), 0, _segmented_sum)     # b restarts with each sequence
@@ -330,7 +332,7 @@ def chunkwise_gates_kernel(i_ptr, f_ptr, m0_ptr, start_ptr, b_end_ptr, lmax_ptr,
         _, run = tl.associative_scan((restart, ig - cum), 0, _segmented_max)
         run = tl.where(carried, maximum_nan(run, run_max), run)
         nxt = last + 1
-        whole = (segment_first(start_ptr, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not started empty
+        whole = (segment_first(cu_ptr, NSEQ, STEPS, nxt, S, VARLEN) != nxt) | (nxt >= S)   # C_{c+1} not started empty
         feeds = tl.where(whole, seq == seq_last, False)    # the steps that enter C_{c+1}
         keeps = tl.where(whole, seq_last < first, False)   # C_c carried into C_{c+1} (`carries`)
     else:
@@ -356,7 +358,7 @@ MAX_GRID_Y = 65535          # CUDA's limit on grid dimension 1: rows are launche
 SUMMARY_BLOCK = 1024        # chunk summaries a program of chunkwise_gates_kernel loads at a time
 
 
-def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None, seq_start=None) -> ChunkGates:
+def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None, cu_seqlens=None) -> ChunkGates:
     B, NH, S = i.shape
     L = chunk_size
     NC = -(-S // L)
@@ -373,12 +375,12 @@ def chunkwise_gates_triton(i, f, m_initial, chunk_size, soft_cap=None, seq_start
     block = min(max(next_power_of_2(NC), 16), SUMMARY_BLOCK)
     for row0 in range(0, rows, MAX_GRID_Y):
         grid = (NC, min(rows - row0, MAX_GRID_Y))
-        start = seq_start if seq_start is not None else i
-        chunk_gate_summary_kernel[grid](i, f, start, b_end, lmax, S, NC, row0, *gate_args, L=L,
-                                        SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
-        chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, start, b_end, lmax, *step, decay, m_last,
+        packed = packed_kernel_args(cu_seqlens, i)
+        chunk_gate_summary_kernel[grid](i, f, *packed, b_end, lmax, S, NC, row0, *gate_args, L=L,
+                                        SOFT_CAP=soft_cap is not None, VARLEN=cu_seqlens is not None, num_warps=4)
+        chunkwise_gates_kernel[grid](i, f, m0 if m0 is not None else i, *packed, b_end, lmax, *step, decay, m_last,
                                      S, S_pad, NC, row0, *gate_args, L=L, BLOCK=block, HAS_M0=m0 is not None,
-                                     SOFT_CAP=soft_cap is not None, VARLEN=seq_start is not None, num_warps=4)
+                                     SOFT_CAP=soft_cap is not None, VARLEN=cu_seqlens is not None, num_warps=4)
     u2, r2, g, w, m = step
     return ChunkGates(u2=u2, r2=r2, g=g, w=w, m=m, decay=decay, m_last=m_last, num_chunks=NC, padded_len=S_pad,
                       steps=steps)

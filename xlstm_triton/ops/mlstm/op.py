@@ -18,7 +18,7 @@ import torch
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_cu_seqlens, check_tensor, host_offsets
-from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, packed_starts, soft_cap,
+from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, soft_cap,
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
 from .context_parallel import mlstm_context_parallel
@@ -114,22 +114,22 @@ def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor], m_initial: Optional[torch.Tensor],
                          eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float],
-                         seq_start: Optional[torch.Tensor]
+                         cu_seqlens: Optional[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """h, the final state (c, n, m), and what the backward reads: the row statistics inv_den,
     zsign and the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
-    of recomputed). `seq_start`: packed sequences (`packed_starts`), zero initial states; the
-    final state is then meaningless (not returned by `mlstm_chunkwise`)."""
+    of recomputed). `cu_seqlens`: packed sequences' offsets (N + 1,) int32 on q's device, zero
+    initial states; the final state is then meaningless (not returned by `mlstm_chunkwise`)."""
     cfg = _config(q, v, chunk_size)
-    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap, seq_start)
-    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, seq_start)
-    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major, seq_start)
+    gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap, cu_seqlens)
+    states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens)
+    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major, cu_seqlens)
     return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack())
 
 
 @_mlstm_chunkwise_fwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, seq_start):
+def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, cu_seqlens):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = -(-S // chunk_size)
@@ -148,7 +148,7 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          gate_steps: torch.Tensor, gate_decay: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
                          dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool,
-                         gate_soft_cap: Optional[float], seq_start: Optional[torch.Tensor]
+                         gate_soft_cap: Optional[float], cu_seqlens: Optional[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _config(q, v, chunk_size)
@@ -158,12 +158,12 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
     dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
     return chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
-                         inv_den, zsign, cfg, seq_major, gate_soft_cap, seq_start=seq_start)
+                         inv_den, zsign, cfg, seq_major, gate_soft_cap, cu_seqlens=cu_seqlens)
 
 
 @_mlstm_chunkwise_bwd.register_fake
 def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
-      dn_last, chunk_size, seq_major, gate_soft_cap, seq_start):
+      dn_last, chunk_size, seq_major, gate_soft_cap, cu_seqlens):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -177,23 +177,23 @@ def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_d
 
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
-    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, seq_start = inputs
+    q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, cu_seqlens = inputs
     h, _, _, _, inv_den, zsign, gate_steps, gate_decay = output
-    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, seq_start)
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, cu_seqlens)
     ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
 
 def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay):
-    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, seq_start = ctx.saved_tensors
+    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, cu_seqlens = ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(h)
-    if seq_start is not None:
+    if cu_seqlens is not None:
         dc_last = dn_last = None             # packed sequences: no final state is returned
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
         q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
-        dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap, seq_start)
+        dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap, cu_seqlens)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
     dn0 = None if n_dtype is None else dn0.to(n_dtype)
@@ -333,9 +333,9 @@ def mlstm_chunkwise(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=Non
                 and m_initial is None):
             # One launch set for all sequences: the kernels restart at each sequence's first step.
             q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-            seq_start = packed_starts(cu_seqlens.to(q.device), S)
+            cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
             return _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size, is_seq_major(q),
-                                        gate_soft_cap, seq_start)[0]
+                                        gate_soft_cap, cu_seqlens)[0]
         return _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, eps,
                              chunk_size, gate_soft_cap, cu_seqlens)
 
@@ -380,18 +380,18 @@ def _mlstm_packed(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_st
     return h, tuple(torch.cat(parts, dim=0) for parts in zip(*last))
 
 
-def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, seq_start=None):
+def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, cu_seqlens=None):
     """The kernels' forward alone, for a layer that recomputes q, k, v, i, f in its backward
     instead of keeping them (it owns the autograd): no autograd, Triton path only, zero
-    initial state. Same arguments as `mlstm_chunkwise`; packed sequences as `seq_start` (S,)
-    int32, each step's sequence's first step (`utils.packed_starts`). Returns h and `saved`,
+    initial state. Same arguments as `mlstm_chunkwise`; packed sequences as `cu_seqlens` (N + 1,)
+    int32 on q's device (`checks.checked_cu_seqlens`). Returns h and `saved`,
     what `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the
-    chunk size, the layout and seq_start)."""
+    chunk size, the layout and cu_seqlens)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
     seq_major = is_seq_major(q)
     h, _, _, _, *saved = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
-                                              seq_major, None, seq_start)
-    return h, (*saved, chunk_size, seq_major, seq_start)
+                                              seq_major, None, cu_seqlens)
+    return h, (*saved, chunk_size, seq_major, cu_seqlens)
 
 
 def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
@@ -399,12 +399,12 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
     i, f as they were in the forward (recomputed), h and saved from it. No autograd (the
     kernels, not the custom op): `out`, optional (dq, dk, dv) tensors (q's, k's, v's shapes,
     unit last stride) to write the gradients into."""
-    inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, seq_start = saved
+    inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, cu_seqlens = saved
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     return chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None,
                          ChunkGates.unpack(gate_steps, gate_decay), inv_den, zsign,
-                         _config(q, v, chunk_size), seq_major, None, out, seq_start)[:5]
+                         _config(q, v, chunk_size), seq_major, None, out, cu_seqlens)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):

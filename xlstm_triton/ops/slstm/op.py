@@ -30,7 +30,7 @@ import contextlib
 import torch
 
 from ...checks import check_cu_seqlens, check_tensor, host_offsets
-from ...utils import kernel_op, packed_sequence_ids, packed_starts, use_kernels
+from ...utils import kernel_op, packed_sequence_ids, use_kernels
 from .bwd import slstm_bwd, slstm_bwd_head
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
 from .recompute import slstm_step_coefficients
@@ -237,8 +237,8 @@ def _slstm_padded(wx, R, b, initial_state, cu_seqlens, bounds):
     rows = torch.where(valid, cu[:-1, None] + steps[None], 0)
     padded = torch.where(valid[..., None, None, None], wx[0][rows], 0.0)      # (N, L_max, 4, NH, DH)
     h = slstm(padded, R, b, initial_state)                                      # (N, L_max, NH, DH)
-    start, seq = packed_starts(cu_seqlens, T), packed_sequence_ids(cu_seqlens, T)
-    flat = seq.long() * longest + (torch.arange(T, device=wx.device) - start.long())
+    seq = packed_sequence_ids(cu_seqlens, T).long()
+    flat = seq * longest + (torch.arange(T, device=wx.device) - cu[:-1][seq])
     return h.flatten(0, 1)[flat][None]
 
 
