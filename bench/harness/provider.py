@@ -26,7 +26,10 @@ class Provider:
     `rep_ms` (do_bench's timing budget, default 200 ms: raise it for calls of tens of ms, which
     would otherwise be the median of two or three), `measures_itself` (True: calling the function
     runs the whole measurement and returns (ms, peak MiB, requested peak MiB), e.g. a step run
-    by processes it spawns)."""
+    by processes it spawns).
+
+    `one_case_per_worker`: each case in a fresh worker process, for peaks compared across cases
+    (a worker's allocator otherwise carries the block splits of the cases before)."""
     name: str
     setup: Callable[[dict, str, "torch.dtype"], Callable[[], None]]
     env: dict = dataclasses.field(default_factory=dict)
@@ -34,6 +37,7 @@ class Provider:
     modes: tuple = MODES
     timeout_s: float = 900.0
     applies: Callable[[dict], bool] = lambda case: True
+    one_case_per_worker: bool = False
 
 
 class Unavailable(Exception):

@@ -85,30 +85,38 @@ def run_suite(suite_name: str, cases: list[dict], providers: list[Provider], dty
     per_provider = [[c for c in cases if provider.applies(c)] for provider in providers]
     bar = _progress_bar(sum(map(len, per_provider)), suite_name, progress)
     for provider, provider_cases in zip(providers, per_provider):
-        todo = list(provider_cases)
-        while todo:
-            rows, code, err = _spawn(suite_name, provider, todo, dtype_name, log)
-            done = {json.dumps(r["case"], sort_keys=True) for r in rows}
-            for r in rows:
-                all_rows.append(_flatten(env, provider.name, dtype_name, r))
-            bar.update(len(done))
-            todo = [c for c in todo if json.dumps(c, sort_keys=True) not in done]
-            if todo and code == EXIT_CONTEXT_LOST:
-                continue   # the worker stopped after a recorded CUDA error: a fresh one goes on
-            if todo:   # the worker died on todo[0]: record it, go on with the rest
-                last = err.strip().splitlines()[-1] if err.strip() else ""
-                why = f"worker died (exit {code}): {last}"[:300]
-                for mode in provider.modes:
-                    all_rows.append(_flatten(env, provider.name, dtype_name,
-                                             {"case": todo[0], "mode": mode, "ms": None,
-                                              "peak_mib": None, "status": "crashed", "error": why}))
-                todo = todo[1:]
-                bar.update(1)
+        # A worker per case where peaks are compared across cases: each starts from a fresh
+        # allocator (its cache and block splits otherwise carry the earlier cases' history).
+        batches = [[c] for c in provider_cases] if provider.one_case_per_worker else [provider_cases]
+        for todo in map(list, batches):
+            _run_batch(suite_name, provider, todo, dtype_name, log, env, all_rows, bar)
     bar.close()
     if log:
         log.close()
     append_csv(csv_path, all_rows)
     return all_rows
+
+
+def _run_batch(suite_name, provider, todo, dtype_name, log, env, all_rows, bar):
+    """Runs `todo` in workers of `provider` (a fresh one after a worker dies), rows to `all_rows`."""
+    while todo:
+        rows, code, err = _spawn(suite_name, provider, todo, dtype_name, log)
+        done = {json.dumps(r["case"], sort_keys=True) for r in rows}
+        for r in rows:
+            all_rows.append(_flatten(env, provider.name, dtype_name, r))
+        bar.update(len(done))
+        todo = [c for c in todo if json.dumps(c, sort_keys=True) not in done]
+        if todo and code == EXIT_CONTEXT_LOST:
+            continue   # the worker stopped after a recorded CUDA error: a fresh one goes on
+        if todo:   # the worker died on todo[0]: record it, go on with the rest
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            why = f"worker died (exit {code}): {last}"[:300]
+            for mode in provider.modes:
+                all_rows.append(_flatten(env, provider.name, dtype_name,
+                                         {"case": todo[0], "mode": mode, "ms": None,
+                                          "peak_mib": None, "status": "crashed", "error": why}))
+            todo = todo[1:]
+            bar.update(1)
 
 
 def _progress_bar(total, desc, enabled):

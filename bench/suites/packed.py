@@ -130,8 +130,10 @@ def _xlstm_large_step(case, mode, dtype):
 
 def providers() -> list[Provider]:
     return [
-        Provider("mlstm_op", _mlstm_op, modes=("fwbw",), applies=lambda case: case["level"] == "op"),
-        Provider("xlstm_large", _xlstm_large_step, modes=("train",), applies=lambda case: case["level"] == "model"),
+        Provider("mlstm_op", _mlstm_op, modes=("fwbw",), applies=lambda case: case["level"] == "op",
+                 one_case_per_worker=True),
+        Provider("xlstm_large", _xlstm_large_step, modes=("train",), applies=lambda case: case["level"] == "model",
+                 one_case_per_worker=True),
     ]
 
 
