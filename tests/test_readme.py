@@ -1,11 +1,13 @@
 """Every ```python block of README.md is a complete program: each runs here on its own, in a
 fresh namespace, from the repository root (the quickstart imports `reference`). On CPU the ops
 take their PyTorch path, as they do for a user without a GPU and without TRITON_INTERPRET. A
-block whose first line is `# requires: cuda` is skipped on machines without a GPU. Signatures
-that are not programs belong in ```text blocks."""
+block whose first line is `# requires: cuda` is skipped on machines without a GPU, and a block
+that imports an optional package (an extra: transformers, TiRex) where it does not import (CI
+installs them). Signatures that are not programs belong in ```text blocks."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import xlstm_triton.utils as xt_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_MARK = "# requires: cuda"
+OPTIONAL = ("transformers", "tirex")        # the packages of the extras the README's blocks use
 
 
 def python_blocks(text: str):
@@ -46,6 +49,12 @@ def test_block_extraction():
 def test_readme_block_runs(line, code, monkeypatch):
     if code.lstrip().startswith(CUDA_MARK) and not torch.cuda.is_available():
         pytest.skip(f"README.md:{line} needs CUDA ({CUDA_MARK})")
+    for name in OPTIONAL:
+        if re.search(rf"^\s*(from|import) {name}\b", code, flags=re.M):
+            try:
+                importlib.import_module(name)
+            except Exception as e:               # missing, or missing a dependency of its own
+                pytest.skip(f"README.md:{line} needs {name}, which does not import here: {type(e).__name__}: {e}")
     if not torch.cuda.is_available():
         monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
     monkeypatch.chdir(ROOT)
