@@ -22,7 +22,9 @@ kernels return the row dots q . dq and k . dk (one partial per DQK block) for th
 
 Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
 (DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
-`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH);
+`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH), with the chunk's
+W dS formed in each (per DQK block) or, with `dscores` in the config, once by
+`chunkwise_bwd_dscores_kernel` (S/BT, B*NH) into a (B*NH, S_pad, L) buffer they read;
 `chunkwise_bwd_gates_kernel` (B*NH,), reverse over the steps (packed sequences: (B*NH, S/BS)):
 di, and df from the suffix sums.
 """
@@ -245,16 +247,64 @@ def chunkwise_bwd_dv_kernel(
 
 
 @cached_launch
+@triton.jit(do_not_specialize=["NH", "S", "NSEQ", "STEPS"])
+def chunkwise_bwd_dscores_kernel(
+    v_ptr, dh_ptr, u2_ptr, r2_ptr, inv_den_ptr, dz_ptr, cu_ptr, NSEQ, STEPS, ds_ptr,
+    s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
+    NH, S, S_pad,
+    DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
+):
+    """W[t, s] dS[t, s] of the chunk (module docstring) once, for the dq and dk kernels, which
+    otherwise each form it again for every DQK block: ds[bh, t, s - cL] for the key tiles of
+    t's chunk up to t's tile (0 for s > t and across sequences), in ds's dtype (the dtype the
+    products take it in). ds (B*NH, S_pad, L); tiles after the diagonal are not written (not
+    read)."""
+    tile, bh = tl.program_id(0), tl.program_id(1)
+    b, hd = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    t = tile * BT + tl.arange(0, BT)
+    mask_t = t < S
+    v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
+    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    row_base = bh.to(tl.int64) * S_pad
+    u2 = tl.load(u2_ptr + row_base + t)
+    inv_den = tl.load(inv_den_ptr + row_base + t)
+    dz = tl.load(dz_ptr + row_base + t)
+    t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
+    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+        s = j * BT + tl.arange(0, BT)
+        mask_s = s < S
+        dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
+        for vb in range(0, DV, BV):
+            offs_v = vb + tl.arange(0, BV)
+            mask_v = offs_v < DV
+            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+            dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
+        r2 = tl.load(r2_ptr + row_base + s)
+        dS = tl.where((s[None, :] <= t[:, None]) &
+                      same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
+                      (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        tl.store(ds_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :], dS.to(ds_ptr.dtype.element_ty))
+
+
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, inv_den_ptr, dz_ptr,
-    cu_ptr, NSEQ, STEPS, dq_ptr, qdq_ptr,
+    cu_ptr, NSEQ, STEPS, ds_ptr, dq_ptr, qdq_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr,
+    VARLEN: tl.constexpr, DSCORES: tl.constexpr,
 ):
+    """dq and the partial row dots q . dq of one DQK block. DSCORES: the chunk's W dS from
+    `chunkwise_bwd_dscores_kernel` (ds_ptr) instead of formed here over DV."""
     pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -291,19 +341,22 @@ def chunkwise_bwd_dq_kernel(
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
         mask_s = s < S
-        dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
-        for vb in range(0, DV, BV):
-            offs_v = vb + tl.arange(0, BV)
-            mask_v = offs_v < DV
-            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
-            dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
-        r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where((s[None, :] <= t[:, None]) &
-                      same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
-                      (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        if DSCORES:
+            dS = tl.load(ds_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :])
+        else:
+            dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
+            for vb in range(0, DV, BV):
+                offs_v = vb + tl.arange(0, BV)
+                mask_v = offs_v < DV
+                dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                             mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+                dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
+            r2 = tl.load(r2_ptr + row_base + s)
+            dS = tl.where((s[None, :] <= t[:, None]) &
+                          same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
+                          (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
                     mask=mask_s[:, None] & mask_k[None, :], other=0.0)
         dq += tl.dot(dS.to(DOT_DTYPE), k.to(DOT_DTYPE), input_precision=PRECISION)
@@ -321,13 +374,15 @@ def chunkwise_bwd_dq_kernel(
 @triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dk_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, dstates_ptr, dnstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, dz_ptr,
-    cu_ptr, NSEQ, STEPS, dk_ptr, kdk_ptr,
+    cu_ptr, NSEQ, STEPS, ds_ptr, dk_ptr, kdk_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr,
+    VARLEN: tl.constexpr, DSCORES: tl.constexpr,
 ):
+    """dk and the partial row dots k . dk of one DQK block. DSCORES: the chunk's W dS from
+    `chunkwise_bwd_dscores_kernel` (ds_ptr, read transposed) instead of formed here over DV."""
     pid_k, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -361,21 +416,24 @@ def chunkwise_bwd_dk_kernel(
     for i in range(tile, (chunk + 1) * TILES_PER_CHUNK):
         t = i * BT + tl.arange(0, BT)
         mask_t = t < S
-        dS_t = tl.zeros((BT, BT), dtype=tl.float32)             # [s, t]
-        for vb in range(0, DV, BV):
-            offs_v = vb + tl.arange(0, BV)
-            mask_v = offs_v < DV
-            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
-            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-            dS_t += tl.dot(v.to(DOT_DTYPE), tl.trans(dh.to(DOT_DTYPE)), input_precision=PRECISION)
-        u2 = tl.load(u2_ptr + row_base + t)
-        inv_den = tl.load(inv_den_ptr + row_base + t)
-        dz = tl.load(dz_ptr + row_base + t)
-        dS_t = tl.where((t[None, :] >= s[:, None]) &
-                        same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
-                        (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
+        if DSCORES:
+            dS_t = tl.load(ds_ptr + (row_base + t)[None, :] * L + (s - chunk * L)[:, None])
+        else:
+            dS_t = tl.zeros((BT, BT), dtype=tl.float32)             # [s, t]
+            for vb in range(0, DV, BV):
+                offs_v = vb + tl.arange(0, BV)
+                mask_v = offs_v < DV
+                v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
+                            mask=mask_s[:, None] & mask_v[None, :], other=0.0)
+                dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
+                             mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+                dS_t += tl.dot(v.to(DOT_DTYPE), tl.trans(dh.to(DOT_DTYPE)), input_precision=PRECISION)
+            u2 = tl.load(u2_ptr + row_base + t)
+            inv_den = tl.load(inv_den_ptr + row_base + t)
+            dz = tl.load(dz_ptr + row_base + t)
+            dS_t = tl.where((t[None, :] >= s[:, None]) &
+                            same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
+                            (dS_t * inv_den[None, :] + dz[None, :]) * tl.exp2(r2[:, None] + u2[None, :]), 0.0)
         q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)
         dk += tl.dot(dS_t.to(DOT_DTYPE), q.to(DOT_DTYPE), input_precision=PRECISION) * scale
@@ -527,10 +585,16 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
+    ds = gates.u2                                 # unread without cfg.dscores
+    if cfg.dscores:
+        ds = new_empty((B * NH, S_pad, L), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32, dev)
+        chunkwise_bwd_dscores_kernel[(S_pad // BT, B * NH)](
+            v, dh, gates.u2, gates.r2, inv_den, dz, *packed, ds, *v_st, *dh_st, NH, S, S_pad,
+            DV=DV, L=L, BT=BT, BV=cfg.block_v_grad, **common)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, *packed, dq, qdq,
+        q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, *packed, ds, dq, qdq,
         *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
-        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, DSCORES=cfg.dscores, **common)
     del states, nstates
 
     dstates = new_empty((B * NH, NC, DQK, DV), cfg.state_dtype, dev)
@@ -557,10 +621,10 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     chunkwise_bwd_dk_kernel[(nkb, S_pad // BT, B * NH)](
-        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, *packed, dk, kdk,
+        q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, *packed, ds, dk, kdk,
         *q_st, *k_st, *v_st, *dh_st, *dk.stride()[:3], NH, S, S_pad, NC, scale,
-        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
-    del dstates, dnstates
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, DSCORES=cfg.dscores, **common)
+    del dstates, dnstates, ds
 
     # Gates (module docstring): the final state's terms enter dF at the last step, so every
     # suffix sum; they are rare (a state passed on with a gradient), kept in PyTorch.
