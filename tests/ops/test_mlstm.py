@@ -292,13 +292,14 @@ def test_several_tiles_and_feature_blocks_per_program(dscores, device, poison, m
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dscores_give_the_gradients_of_per_block_scores(dtype, device, poison, monkeypatch):
-    """The score gradients formed once (`dscores`) are the ones dq and dk form per DQK block,
-    in the precision the products take them: the same gradients to rounding."""
+    """The intra-chunk matrices formed once (`dscores`) are the ones dq, dk and dv form per
+    feature block, in the precision the products take them: the same gradients to rounding."""
     B, NH, S, DQK, DV, L, bk = (2, 2, 300, 256, 256, 128, 128) if GPU else (1, 2, 45, 32, 16, 16, 16)
     x = make_inputs(B, NH, S, DQK, DV, device, dtype=dtype, states=True)
     grads = []
     for dscores in (False, True):
-        monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=bk, dscores=dscores))
+        monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=bk, block_k=bk, block_v=bk,
+                                                               dscores=dscores))
         out, g, weights = run_and_grad(mlstm_chunkwise, x, grads[0][1] if grads else None, chunk_size=L)
         grads.append((g, weights))
     for name in grads[0][0]:

@@ -22,9 +22,10 @@ kernels return the row dots q . dq and k . dk (one partial per DQK block) for th
 
 Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
 (DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
-`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH), with the chunk's
-W dS formed in each (per DQK block) or, with `dscores` in the config, once by
-`chunkwise_bwd_dscores_kernel` (S/BT, B*NH) into a (B*NH, S_pad, L) buffer they read;
+`chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH); each forms the
+chunk's W dS (dq, dk) or weighted scores (dv) for every one of its feature blocks or, with
+`dscores` in the config, reads them from `chunkwise_bwd_dscores_kernel` (S/BT, B*NH), which
+forms them once into two (B*NH, S_pad, L) buffers;
 `chunkwise_bwd_gates_kernel` (B*NH,), reverse over the steps (packed sequences: (B*NH, S/BS)):
 di, and df from the suffix sums.
 """
@@ -182,13 +183,15 @@ def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC,
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_bwd_dv_kernel(
-    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, cu_ptr, NSEQ, STEPS, dv_ptr,
+    q_ptr, k_ptr, dh_ptr, dstates_ptr, u2_ptr, r2_ptr, w_ptr, inv_den_ptr, cu_ptr, NSEQ, STEPS, p_ptr, dv_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_db, s_dh, s_dt, s_gb, s_gh, s_gt,
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr,
+    VARLEN: tl.constexpr, DSCORES: tl.constexpr,
 ):
+    """dv of one DV block. DSCORES: the chunk's weighted scores from
+    `chunkwise_bwd_dscores_kernel` (p_ptr, read transposed) instead of formed here over DQK."""
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -221,22 +224,25 @@ def chunkwise_bwd_dv_kernel(
     for i in range(tile, (chunk + 1) * TILES_PER_CHUNK):
         t = i * BT + tl.arange(0, BT)
         mask_t = t < S
-        scores_t = tl.zeros((BT, BT), dtype=tl.float32)           # [s, t]
-        for kb in range(0, DQK, BK):
-            offs_k = kb + tl.arange(0, BK)
-            mask_k = offs_k < DQK
-            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
-                        mask=mask_s[:, None] & mask_k[None, :], other=0.0)
-            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            scores_t += tl.dot(k.to(DOT_DTYPE), tl.trans(q.to(DOT_DTYPE)), input_precision=PRECISION)
-        u2 = tl.load(u2_ptr + row_base + t)
-        inv_den = tl.load(inv_den_ptr + row_base + t)
-        # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
-        scores_t = tl.where((t[None, :] >= s[:, None]) &
-                            same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
-                            scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
-                            0.0)                                     # dO_t = dh_t / den_t
+        if DSCORES:
+            scores_t = tl.load(p_ptr + (row_base + t)[None, :] * L + (s - chunk * L)[:, None])     # [s, t]
+        else:
+            scores_t = tl.zeros((BT, BT), dtype=tl.float32)           # [s, t]
+            for kb in range(0, DQK, BK):
+                offs_k = kb + tl.arange(0, BK)
+                mask_k = offs_k < DQK
+                k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                            mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+                q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+                scores_t += tl.dot(k.to(DOT_DTYPE), tl.trans(q.to(DOT_DTYPE)), input_precision=PRECISION)
+            u2 = tl.load(u2_ptr + row_base + t)
+            inv_den = tl.load(inv_den_ptr + row_base + t)
+            # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
+            scores_t = tl.where((t[None, :] >= s[:, None]) &
+                                same_sequence(s_first, segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN), VARLEN),
+                                scores_t * tl.exp2(r2[:, None] + u2[None, :]) * (scale * inv_den)[None, :],
+                                0.0)                                     # dO_t = dh_t / den_t
         dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
                      mask=mask_t[:, None] & mask_v[None, :], other=0.0)
         dv += tl.dot(scores_t.to(DOT_DTYPE), dh.to(DOT_DTYPE), input_precision=PRECISION)
@@ -249,23 +255,25 @@ def chunkwise_bwd_dv_kernel(
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NSEQ", "STEPS"])
 def chunkwise_bwd_dscores_kernel(
-    v_ptr, dh_ptr, u2_ptr, r2_ptr, inv_den_ptr, dz_ptr, cu_ptr, NSEQ, STEPS, ds_ptr,
-    s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
-    NH, S, S_pad,
-    DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, dh_ptr, u2_ptr, r2_ptr, inv_den_ptr, dz_ptr, cu_ptr, NSEQ, STEPS, ds_ptr, p_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
+    NH, S, S_pad, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    """W[t, s] dS[t, s] of the chunk (module docstring) once, for the dq and dk kernels, which
-    otherwise each form it again for every DQK block: ds[bh, t, s - cL] for the key tiles of
-    t's chunk up to t's tile (0 for s > t and across sequences), in ds's dtype (the dtype the
-    products take it in). ds (B*NH, S_pad, L); tiles after the diagonal are not written (not
-    read)."""
+    """The chunk's intra-chunk matrices once, for the kernels that otherwise each form them again
+    for every feature block: ds[bh, t, s - cL] = W[t, s] dS[t, s] (module docstring; for dq and
+    dk) and p[bh, t, s - cL] = W[t, s] scale (q_t . k_s) / den_t (for dv), for the key tiles of
+    t's chunk up to t's tile (0 for s > t and across sequences), in the dtype the products take
+    them in. ds, p (B*NH, S_pad, L); tiles after the diagonal are not written (not read)."""
     tile, bh = tl.program_id(0), tl.program_id(1)
     b, hd = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
     chunk = tile // TILES_PER_CHUNK
     t = tile * BT + tl.arange(0, BT)
     mask_t = t < S
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
     v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
     dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
     row_base = bh.to(tl.int64) * S_pad
@@ -285,11 +293,25 @@ def chunkwise_bwd_dscores_kernel(
             v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
                         mask=mask_s[:, None] & mask_v[None, :], other=0.0)
             dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
+        scores = tl.zeros((BT, BT), dtype=tl.float32)           # [t, s]
+        for kb in range(0, DQK, BK):
+            offs_k = kb + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
+                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
+                        mask=mask_s[:, None] & mask_k[None, :], other=0.0)
+            scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
-        dS = tl.where((s[None, :] <= t[:, None]) &
-                      same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
-                      (dS * inv_den[:, None] + dz[:, None]) * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
-        tl.store(ds_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :], dS.to(ds_ptr.dtype.element_ty))
+        weight = tl.exp2(u2[:, None] + r2[None, :])
+        # Selected, not multiplied by a zero weight: a non-finite entry stays out of the products.
+        inside = (s[None, :] <= t[:, None]) & \
+            same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN)
+        dS = tl.where(inside, (dS * inv_den[:, None] + dz[:, None]) * weight, 0.0)
+        scores = tl.where(inside, scores * weight * (scale * inv_den)[:, None], 0.0)
+        out = (row_base + t)[:, None] * L + (s - chunk * L)[None, :]
+        tl.store(ds_ptr + out, dS.to(ds_ptr.dtype.element_ty))
+        tl.store(p_ptr + out, scores.to(p_ptr.dtype.element_ty))
 
 
 @cached_launch
@@ -585,12 +607,13 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
-    ds = gates.u2                                 # unread without cfg.dscores
+    ds = p = gates.u2                             # unread without cfg.dscores
     if cfg.dscores:
-        ds = new_empty((B * NH, S_pad, L), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32, dev)
+        ds, p = new_empty((2, B * NH, S_pad, L), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32,
+                          dev).unbind(0)
         chunkwise_bwd_dscores_kernel[(S_pad // BT, B * NH)](
-            v, dh, gates.u2, gates.r2, inv_den, dz, *packed, ds, *v_st, *dh_st, NH, S, S_pad,
-            DV=DV, L=L, BT=BT, BV=cfg.block_v_grad, **common)
+            q, k, v, dh, gates.u2, gates.r2, inv_den, dz, *packed, ds, p, *q_st, *k_st, *v_st, *dh_st,
+            NH, S, S_pad, scale, DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, *packed, ds, dq, qdq,
         *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
@@ -614,9 +637,9 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
 
     dv = dv_out if dv_out is not None else new_empty_bhsd(B, NH, S, DV, v.dtype, dev, seq_major)
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
-        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, *packed, dv,
+        q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, *packed, p, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
-        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, **common)
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, DSCORES=cfg.dscores, **common)
 
     dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
@@ -624,7 +647,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
         q, k, v, dh, dstates, dnstates, gates.u2, gates.r2, gates.w, inv_den, dz, *packed, ds, dk, kdk,
         *q_st, *k_st, *v_st, *dh_st, *dk.stride()[:3], NH, S, S_pad, NC, scale,
         DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, DSCORES=cfg.dscores, **common)
-    del dstates, dnstates, ds
+    del dstates, dnstates, ds, p
 
     # Gates (module docstring): the final state's terms enter dF at the last step, so every
     # suffix sum; they are rare (a state passed on with a gradient), kept in PyTorch.

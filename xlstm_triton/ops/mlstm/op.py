@@ -33,9 +33,10 @@ class ChunkwiseConfig:
     """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT
     (a divisor of L); block_k/block_v: feature blocks of the output and dv kernels;
     *_states: of the two state recurrences (which read a chunk as L / tile_states row tiles);
-    *_grad: of the dq and dk kernels. dscores: the backward forms the chunks' score gradients
-    once (a (B*NH, S_pad, L) buffer) for the dq and dk kernels, instead of each forming them
-    per DQK block (DQK / block_k_grad times). num_stages_output is 1: with 2 stages, Triton 3.6
+    *_grad: of the dq and dk kernels. dscores: the backward forms each chunk's intra-chunk
+    matrices once (two (B*NH, S_pad, L) buffers: the score gradients for the dq and dk kernels,
+    the weighted scores for dv), instead of each of those kernels forming them again for every
+    one of its feature blocks. num_stages_output is 1: with 2 stages, Triton 3.6
     on H100 compiles the output kernel's non-finite marking into code whose h changed in the
     last bits between identical calls (tests/ops/test_mlstm.py, stale-memory test); 1 stage
     costs nothing measurable there (bench/NOTES.md)."""
