@@ -38,7 +38,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, packed_kernel_args, soft_cap_jit
-from .fwd import chunkwise_fwd_states, varlen_maxnreg
+from .fwd import chunkwise_fwd_states, row_products, varlen_maxnreg
 from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
@@ -227,15 +227,7 @@ def chunkwise_bwd_dv_kernel(
         if DSCORES:
             scores_t = tl.load(p_ptr + (row_base + t)[None, :] * L + (s - chunk * L)[:, None])     # [s, t]
         else:
-            scores_t = tl.zeros((BT, BT), dtype=tl.float32)           # [s, t]
-            for kb in range(0, DQK, BK):
-                offs_k = kb + tl.arange(0, BK)
-                mask_k = offs_k < DQK
-                k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
-                            mask=mask_s[:, None] & mask_k[None, :], other=0.0)
-                q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                            mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-                scores_t += tl.dot(k.to(DOT_DTYPE), tl.trans(q.to(DOT_DTYPE)), input_precision=PRECISION)
+            scores_t = row_products(k_base, s, s_kt, q_base, t, s_qt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)  # [s, t]
             u2 = tl.load(u2_ptr + row_base + t)
             inv_den = tl.load(inv_den_ptr + row_base + t)
             # Selected, not multiplied by a zero weight: a non-finite score stays out of the product.
@@ -271,7 +263,6 @@ def chunkwise_bwd_dscores_kernel(
     TILES_PER_CHUNK: tl.constexpr = L // BT
     chunk = tile // TILES_PER_CHUNK
     t = tile * BT + tl.arange(0, BT)
-    mask_t = t < S
     q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
     k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
     v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
@@ -283,25 +274,8 @@ def chunkwise_bwd_dscores_kernel(
     t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
-        mask_s = s < S
-        dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
-        for vb in range(0, DV, BV):
-            offs_v = vb + tl.arange(0, BV)
-            mask_v = offs_v < DV
-            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                         mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-            v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                        mask=mask_s[:, None] & mask_v[None, :], other=0.0)
-            dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
-        scores = tl.zeros((BT, BT), dtype=tl.float32)           # [t, s]
-        for kb in range(0, DQK, BK):
-            offs_k = kb + tl.arange(0, BK)
-            mask_k = offs_k < DQK
-            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
-                        mask=mask_s[:, None] & mask_k[None, :], other=0.0)
-            scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
+        dS = row_products(dh_base, t, s_dt, v_base, s, s_vt, S, DV, BV, BT, DOT_DTYPE, PRECISION)        # [t, s]
+        scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)   # [t, s]
         r2 = tl.load(r2_ptr + row_base + s)
         weight = tl.exp2(u2[:, None] + r2[None, :])
         # Selected, not multiplied by a zero weight: a non-finite entry stays out of the products.
@@ -366,15 +340,7 @@ def chunkwise_bwd_dq_kernel(
         if DSCORES:
             dS = tl.load(ds_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :])
         else:
-            dS = tl.zeros((BT, BT), dtype=tl.float32)               # [t, s]
-            for vb in range(0, DV, BV):
-                offs_v = vb + tl.arange(0, BV)
-                mask_v = offs_v < DV
-                dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                             mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-                v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                            mask=mask_s[:, None] & mask_v[None, :], other=0.0)
-                dS += tl.dot(dh.to(DOT_DTYPE), tl.trans(v.to(DOT_DTYPE)), input_precision=PRECISION)
+            dS = row_products(dh_base, t, s_dt, v_base, s, s_vt, S, DV, BV, BT, DOT_DTYPE, PRECISION)    # [t, s]
             r2 = tl.load(r2_ptr + row_base + s)
             dS = tl.where((s[None, :] <= t[:, None]) &
                           same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN),
@@ -441,15 +407,7 @@ def chunkwise_bwd_dk_kernel(
         if DSCORES:
             dS_t = tl.load(ds_ptr + (row_base + t)[None, :] * L + (s - chunk * L)[:, None])
         else:
-            dS_t = tl.zeros((BT, BT), dtype=tl.float32)             # [s, t]
-            for vb in range(0, DV, BV):
-                offs_v = vb + tl.arange(0, BV)
-                mask_v = offs_v < DV
-                v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
-                            mask=mask_s[:, None] & mask_v[None, :], other=0.0)
-                dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :],
-                             mask=mask_t[:, None] & mask_v[None, :], other=0.0)
-                dS_t += tl.dot(v.to(DOT_DTYPE), tl.trans(dh.to(DOT_DTYPE)), input_precision=PRECISION)
+            dS_t = row_products(v_base, s, s_vt, dh_base, t, s_dt, S, DV, BV, BT, DOT_DTYPE, PRECISION)  # [s, t]
             u2 = tl.load(u2_ptr + row_base + t)
             inv_den = tl.load(inv_den_ptr + row_base + t)
             dz = tl.load(dz_ptr + row_base + t)

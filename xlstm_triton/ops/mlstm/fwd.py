@@ -140,6 +140,21 @@ def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, offs_k, offs_v, 
     return C, n
 
 
+@triton.jit
+def row_products(a_base, ra, s_a, b_base, rb, s_b, S, D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """(BT, BT) float32: a[ra] . b[rb] over D features, BD at a time, for two tiles of rows
+    (row t of a at a_base + t * s_a; rows at or past S read as zeros): a chunk's scores q . k,
+    score gradients dh . v, and their transposes."""
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        d = d0 + tl.arange(0, BD)
+        a = tl.load(a_base + ra[:, None] * s_a + d[None, :], mask=(ra < S)[:, None] & (d < D)[None, :], other=0.0)
+        b = tl.load(b_base + rb[:, None] * s_b + d[None, :], mask=(rb < S)[:, None] & (d < D)[None, :], other=0.0)
+        acc += tl.dot(a.to(DOT_DTYPE), tl.trans(b.to(DOT_DTYPE)), input_precision=PRECISION)
+    return acc
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_fwd_output_kernel(
@@ -198,15 +213,7 @@ def chunkwise_fwd_output_kernel(
     # by a product with the causal mask (0/1 operands, exact float32 sums), in num's layout.
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
-        scores = tl.zeros((BT, BT), dtype=tl.float32)
-        for kb in range(0, DQK, BK):
-            offs_k = kb + tl.arange(0, BK)
-            mask_k = offs_k < DQK
-            q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :],
-                        mask=mask_t[:, None] & mask_k[None, :], other=0.0)
-            k = tl.load(k_base + s[:, None] * s_kt + offs_k[None, :],
-                        mask=(s < S)[:, None] & mask_k[None, :], other=0.0)
-            scores += tl.dot(q.to(DOT_DTYPE), tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION)
+        scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
         causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
                                                                  VARLEN)
