@@ -157,7 +157,8 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, dscores,
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
     monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)      # the gate gradients' sums cross blocks
     monkeypatch.setattr(mlstm_gates, "CHAIN_SLOTS", 2)    # a program walks several chains
-    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=16, dscores=dscores))
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=16, block_v=16, scores=dscores,
+                                                           dscores=dscores))
     torch.manual_seed(sum(lengths))
     S = sum(lengths)
     x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **GATES[gates])
@@ -279,31 +280,35 @@ def test_extreme_gates(device, poison):
     check_against_reference(x, torch.float32, reference=mlstm_parallel, chunk_size=16)
 
 
-@pytest.mark.parametrize("dscores", [False, True])
-def test_several_tiles_and_feature_blocks_per_program(dscores, device, poison, monkeypatch):
-    # Chunks of 4 tiles and heads split into several DQK / DV blocks in every kernel; the score
-    # gradients formed per DQK block in dq and dk, or once (`dscores`).
+@pytest.mark.parametrize("once", [False, True])
+def test_several_tiles_and_feature_blocks_per_program(once, device, poison, monkeypatch):
+    # Chunks of 4 tiles and heads split into several DQK / DV blocks in every kernel; the
+    # intra-chunk matrices formed per feature block, or once (`scores`, `dscores`).
     monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(
         tile=16, tile_states=16, block_k=16, block_v=16, block_k_states=16, block_v_states=32,
-        block_k_grad=16, block_v_grad=16, dscores=dscores))
+        block_k_grad=16, block_v_grad=16, scores=once, dscores=once))
     x = make_inputs(2, 1, 70, 48, 40, device, states=True)     # DQK, DV not powers of two
     check_against_reference(x, torch.float32, chunk_size=64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dscores_give_the_gradients_of_per_block_scores(dtype, device, poison, monkeypatch):
-    """The intra-chunk matrices formed once (`dscores`) are the ones dq, dk and dv form per
-    feature block, in the precision the products take them: the same gradients to rounding."""
-    B, NH, S, DQK, DV, L, bk = (2, 2, 300, 256, 256, 128, 128) if GPU else (1, 2, 45, 32, 16, 16, 16)
+def test_intra_chunk_matrices_once_give_the_per_block_results(dtype, device, poison, monkeypatch):
+    """The intra-chunk matrices formed once (`scores` in the forward, `dscores` in the
+    backward) are the ones the kernels form per feature block, in the precision the products
+    take them: the same h and gradients to rounding (the normalizer's float32 sums in another
+    order)."""
+    B, NH, S, DQK, DV, L, bk = (2, 2, 300, 256, 256, 128, 128) if GPU else (1, 2, 45, 32, 32, 16, 16)
     x = make_inputs(B, NH, S, DQK, DV, device, dtype=dtype, states=True)
-    grads = []
-    for dscores in (False, True):
+    runs = []
+    for once in (False, True):
         monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=bk, block_k=bk, block_v=bk,
-                                                               dscores=dscores))
-        out, g, weights = run_and_grad(mlstm_chunkwise, x, grads[0][1] if grads else None, chunk_size=L)
-        grads.append((g, weights))
-    for name in grads[0][0]:
-        assert_close(grads[1][0][name], grads[0][0][name], 1e-5 if dtype == torch.float32 else 1e-2, f"d{name}")
+                                                               scores=once, dscores=once))
+        out, g, weights = run_and_grad(mlstm_chunkwise, x, runs[0][2] if runs else None, chunk_size=L)
+        runs.append((out, g, weights))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_close(runs[1][0][0], runs[0][0][0], tol, "h")
+    for name in runs[0][1]:
+        assert_close(runs[1][1][name], runs[0][1][name], tol, f"d{name}")
 
 
 @pytest.mark.parametrize("L", [16, 32, 128])

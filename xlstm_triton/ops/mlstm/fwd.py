@@ -156,16 +156,56 @@ def row_products(a_base, ra, s_a, b_base, rb, s_b, S, D: tl.constexpr, BD: tl.co
 
 
 @cached_launch
+@triton.jit(do_not_specialize=["NH", "S", "NSEQ", "STEPS"])
+def chunkwise_fwd_scores_kernel(
+    q_ptr, k_ptr, u2_ptr, r2_ptr, cu_ptr, NSEQ, STEPS, p_ptr, nq_ptr,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt,
+    NH, S, S_pad,
+    DQK: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
+):
+    """The chunk's weighted scores once, for the output kernel's DV blocks (which otherwise each
+    form them again): p[bh, t, s - cL] = W[t, s] (q_t . k_s) for the key tiles of t's chunk up
+    to t's tile (0 for s > t and across sequences) in the dtype the product with v takes them
+    in, and their float32 row sums nq[bh, t] (the normalizer's part from inside the chunk, before
+    the scale). p (B*NH, S_pad, L), tiles after the diagonal not written (not read); nq
+    (B*NH, S_pad)."""
+    tile, bh = tl.program_id(0), tl.program_id(1)
+    b, hd = bh // NH, bh % NH
+    TILES_PER_CHUNK: tl.constexpr = L // BT
+    chunk = tile // TILES_PER_CHUNK
+    t = tile * BT + tl.arange(0, BT)
+    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
+    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
+    row_base = bh.to(tl.int64) * S_pad
+    u2 = tl.load(u2_ptr + row_base + t)
+    t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
+    nq = tl.zeros((BT,), dtype=tl.float32)
+    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+        s = j * BT + tl.arange(0, BT)
+        scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
+        r2 = tl.load(r2_ptr + row_base + s)
+        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
+                                                                 VARLEN)
+        scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+        nq += tl.sum(scores, axis=1)
+        tl.store(p_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :], scores.to(p_ptr.dtype.element_ty))
+    tl.store(nq_ptr + row_base + t, nq)
+
+
+@cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NC", "NSEQ", "STEPS"])
 def chunkwise_fwd_output_kernel(
-    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr, cu_ptr, NSEQ, STEPS,
+    q_ptr, k_ptr, v_ptr, states_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, m_ptr, cu_ptr, NSEQ, STEPS, p_ptr, nqi_ptr,
     h_ptr, inv_den_ptr, zsign_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_hb, s_hh, s_ht,
     NH, S, S_pad, NC, scale, eps,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr,
+    VARLEN: tl.constexpr, SCORES: tl.constexpr,
 ):
+    """h of one DV block, and the row statistics. SCORES: the chunk's weighted scores and
+    their row sums from `chunkwise_fwd_scores_kernel` (p_ptr, nqi_ptr) instead of formed here."""
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -213,12 +253,15 @@ def chunkwise_fwd_output_kernel(
     # by a product with the causal mask (0/1 operands, exact float32 sums), in num's layout.
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
-        scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
-        r2 = tl.load(r2_ptr + row_base + s)
         causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
                                                                  VARLEN)
-        scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
-        nq += tl.sum(scores, axis=1)
+        if SCORES:
+            scores = tl.load(p_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :])
+        else:
+            scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
+            r2 = tl.load(r2_ptr + row_base + s)
+            scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
+            nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
                     mask=(s < S)[:, None] & mask_v[None, :], other=0.0)
         finite = tl.abs(v.to(tl.float32)) < float("inf")          # False for NaN and +-Inf
@@ -228,6 +271,8 @@ def chunkwise_fwd_output_kernel(
                       input_precision=PRECISION)
         num = tl.where(reached > 0.5, float("nan"), num)
 
+    if SCORES:
+        nq += tl.load(nqi_ptr + row_base + t)
     num = num * scale
     nq = nq * scale
     floor = tl.exp(-m)
@@ -293,14 +338,23 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     h = new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major)
     inv_den = new_empty((B * NH, S_pad), torch.float32, q.device)
     zsign = new_empty((B * NH, S_pad), torch.float32, q.device)
+    packed = packed_kernel_args(cu_seqlens, gates.m)
+    p = nq = gates.m                                  # unread without cfg.scores
+    if cfg.scores:
+        p = new_empty((B * NH, S_pad, cfg.chunk_size), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32,
+                      q.device)
+        nq = new_empty((B * NH, S_pad), torch.float32, q.device)
+        chunkwise_fwd_scores_kernel[(S_pad // cfg.tile, B * NH)](
+            q, k, gates.u2, gates.r2, *packed, p, nq, *q.stride()[:3], *k.stride()[:3], NH, S, S_pad,
+            DQK=DQK, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision,
+            VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     grid = (cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
     chunkwise_fwd_output_kernel[grid](
-        q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m,
-        *packed_kernel_args(cu_seqlens, gates.m), h, inv_den, zsign,
+        q, k, v, states, nstates, gates.u2, gates.r2, gates.g, gates.m, *packed, p, nq, h, inv_den, zsign,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *h.stride()[:3],
         NH, S, S_pad, gates.num_chunks, DQK**-0.5, eps,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, BV=cfg.block_v,
-        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages_output,
+        DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, SCORES=cfg.scores,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages_output,
     )
     return h, inv_den, zsign

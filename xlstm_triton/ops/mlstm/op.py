@@ -33,13 +33,14 @@ class ChunkwiseConfig:
     """Tile sizes of the kernels. chunk_size: state granularity L; tile: rows per program BT
     (a divisor of L); block_k/block_v: feature blocks of the output and dv kernels;
     *_states: of the two state recurrences (which read a chunk as L / tile_states row tiles);
-    *_grad: of the dq and dk kernels. dscores: the backward forms each chunk's intra-chunk
-    matrices once (two (B*NH, S_pad, L) buffers: the score gradients for the dq and dk kernels,
-    the weighted scores for dv), instead of each of those kernels forming them again for every
-    one of its feature blocks. num_stages_output is 1: with 2 stages, Triton 3.6
-    on H100 compiles the output kernel's non-finite marking into code whose h changed in the
-    last bits between identical calls (tests/ops/test_mlstm.py, stale-memory test); 1 stage
-    costs nothing measurable there (bench/NOTES.md)."""
+    *_grad: of the dq and dk kernels. scores: the forward forms each chunk's weighted scores
+    once (a (B*NH, S_pad, L) buffer) for the output kernel's DV blocks; dscores: the backward
+    forms each chunk's intra-chunk matrices once (two such buffers: the score gradients for
+    the dq and dk kernels, the weighted scores for dv); otherwise each of those kernels forms
+    them again for every one of its feature blocks. num_stages_output is 1: with 2 stages,
+    Triton 3.6 on H100 compiles the output kernel's non-finite marking into code whose h
+    changed in the last bits between identical calls (tests/ops/test_mlstm.py, stale-memory
+    test); 1 stage costs nothing measurable there (bench/NOTES.md)."""
     chunk_size: int
     tile: int
     tile_states: int
@@ -57,6 +58,7 @@ class ChunkwiseConfig:
     state_dtype: torch.dtype
     dot_dtype: tl.dtype
     precision: str
+    scores: bool = False
     dscores: bool = False
 
 
