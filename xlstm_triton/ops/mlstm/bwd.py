@@ -38,7 +38,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, packed_kernel_args, soft_cap_jit
-from .fwd import chunkwise_fwd_states, row_products, varlen_maxnreg
+from .fwd import chunkwise_fwd_states, head_base, row_products, varlen_maxnreg
 from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
@@ -51,11 +51,9 @@ def chunkwise_bwd_dz_kernel(
     DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
 ):
     tile, bh = tl.program_id(0), tl.program_id(1)
-    b, hd = bh // NH, bh % NH
     t = tile * BT + tl.arange(0, BT)
     mask_t = t < S
-    h_base = h_ptr + b.to(tl.int64) * s_hb + hd.to(tl.int64) * s_hh
-    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    h_base, dh_base = head_base(h_ptr, bh, NH, s_hb, s_hh), head_base(dh_ptr, bh, NH, s_db, s_dh)
     dot = tl.zeros((BT,), dtype=tl.float32)
     for vb in range(0, DV, BV):
         offs_v = vb + tl.arange(0, BV)
@@ -259,20 +257,16 @@ def chunkwise_bwd_dscores_kernel(
     t's chunk up to t's tile (0 for s > t and across sequences), in the dtype the products take
     them in. ds, p (B*NH, S_pad, L); tiles after the diagonal are not written (not read)."""
     tile, bh = tl.program_id(0), tl.program_id(1)
-    b, hd = bh // NH, bh % NH
-    TILES_PER_CHUNK: tl.constexpr = L // BT
-    chunk = tile // TILES_PER_CHUNK
+    chunk = tile // (L // BT)
     t = tile * BT + tl.arange(0, BT)
-    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
-    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
-    v_base = v_ptr + b.to(tl.int64) * s_vb + hd.to(tl.int64) * s_vh
-    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
+    q_base, k_base = head_base(q_ptr, bh, NH, s_qb, s_qh), head_base(k_ptr, bh, NH, s_kb, s_kh)
+    v_base, dh_base = head_base(v_ptr, bh, NH, s_vb, s_vh), head_base(dh_ptr, bh, NH, s_db, s_dh)
     row_base = bh.to(tl.int64) * S_pad
     u2 = tl.load(u2_ptr + row_base + t)
     inv_den = tl.load(inv_den_ptr + row_base + t)
     dz = tl.load(dz_ptr + row_base + t)
     t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
-    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+    for j in range(chunk * (L // BT), tile + 1):
         s = j * BT + tl.arange(0, BT)
         dS = row_products(dh_base, t, s_dt, v_base, s, s_vt, S, DV, BV, BT, DOT_DTYPE, PRECISION)        # [t, s]
         scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)   # [t, s]

@@ -141,6 +141,13 @@ def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, offs_k, offs_v, 
 
 
 @triton.jit
+def head_base(ptr, bh, NH, s_b, s_h):
+    """Where head bh = b * NH + h of a (B, NH, ...) tensor with batch and head strides s_b, s_h
+    starts."""
+    return ptr + (bh // NH).to(tl.int64) * s_b + (bh % NH).to(tl.int64) * s_h
+
+
+@triton.jit
 def row_products(a_base, ra, s_a, b_base, rb, s_b, S, D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """(BT, BT) float32: a[ra] . b[rb] over D features, BD at a time, for two tiles of rows
@@ -171,17 +178,14 @@ def chunkwise_fwd_scores_kernel(
     the scale). p (B*NH, S_pad, L), tiles after the diagonal not written (not read); nq
     (B*NH, S_pad)."""
     tile, bh = tl.program_id(0), tl.program_id(1)
-    b, hd = bh // NH, bh % NH
-    TILES_PER_CHUNK: tl.constexpr = L // BT
-    chunk = tile // TILES_PER_CHUNK
+    chunk = tile // (L // BT)
     t = tile * BT + tl.arange(0, BT)
-    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
-    k_base = k_ptr + b.to(tl.int64) * s_kb + hd.to(tl.int64) * s_kh
+    q_base, k_base = head_base(q_ptr, bh, NH, s_qb, s_qh), head_base(k_ptr, bh, NH, s_kb, s_kh)
     row_base = bh.to(tl.int64) * S_pad
     u2 = tl.load(u2_ptr + row_base + t)
     t_first = segment_first(cu_ptr, NSEQ, STEPS, t, S, VARLEN)
     nq = tl.zeros((BT,), dtype=tl.float32)
-    for j in range(chunk * TILES_PER_CHUNK, tile + 1):
+    for j in range(chunk * (L // BT), tile + 1):
         s = j * BT + tl.arange(0, BT)
         scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
         r2 = tl.load(r2_ptr + row_base + s)
