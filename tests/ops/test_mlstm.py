@@ -138,15 +138,14 @@ def test_packed_sequences_equal_each_alone(lengths, states, dtype, device, poiso
                             fn=lambda **kw: mlstm_chunkwise(**kw, cu_seqlens=cu), chunk_size=16)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype, once", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
 @pytest.mark.parametrize("lengths, gates", [
     ([1, 2, 15, 16, 17, 0, 40, 3, 1], "normal"),          # starts inside chunks, at chunk starts, empty
     ([5, 31, 1, 1, 2, 50], "extreme"),                    # closed forget gates, large input gates
     ([70], "normal"),                                     # one sequence: the batch path
     ([5, 51, 40, 20], "memory"),                          # open forget gates: the states carry across chunks
 ])
-@pytest.mark.parametrize("dscores", [False, True])
-def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, dscores, device, poison, monkeypatch):
+def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, once, device, poison, monkeypatch):
     """cu_seqlens without initial or final states runs all sequences in one launch set (the
     kernels restart at each sequence's first step; the per-sequence loop must not run): h and
     the gradients of q, k, v, i, f equal each sequence run alone in float64 (weighted-sum loss
@@ -157,8 +156,8 @@ def test_packed_sequences_fused_equal_each_alone(lengths, gates, dtype, dscores,
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
     monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)      # the gate gradients' sums cross blocks
     monkeypatch.setattr(mlstm_gates, "CHAIN_SLOTS", 2)    # a program walks several chains
-    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=16, block_v=16, scores=dscores,
-                                                           dscores=dscores))
+    # several feature blocks; the intra-chunk matrices formed per block, or once (`scores`, `dscores`)
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_k_grad=16, block_v=16, scores=once, dscores=once))
     torch.manual_seed(sum(lengths))
     S = sum(lengths)
     x = make_inputs(1, 2, S, 16, 32, device, dtype=dtype, **GATES[gates])
