@@ -257,13 +257,14 @@ def chunkwise_fwd_output_kernel(
     # by a product with the causal mask (0/1 operands, exact float32 sums), in num's layout.
     for j in range(chunk * TILES_PER_CHUNK, tile + 1):
         s = j * BT + tl.arange(0, BT)
-        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
-                                                                 VARLEN)
         if SCORES:
             scores = tl.load(p_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :])
         else:
             scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)
             r2 = tl.load(r2_ptr + row_base + s)
+        causal = (s[None, :] <= t[:, None]) & same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN),
+                                                                 VARLEN)
+        if not SCORES:
             scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
             nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
