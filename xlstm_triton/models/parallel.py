@@ -25,9 +25,10 @@ from .training import model_blocks
 def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: bool = True,
                  **fsdp_kwargs) -> nn.Module:
     """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group, on the
-    device type of the model's parameters): each block a unit, then the model. mp_policy: a `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32
-    gradient reduction). Returns `model` (its parameters now `DTensor` shards). The batch each
-    rank passes is its own; gradients are averaged over the ranks."""
+    device type of the model's parameters): each block a unit, then the model. mp_policy: a
+    `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32 gradient reduction). Returns
+    `model` (its parameters now `DTensor` shards). The batch each rank passes is its own;
+    gradients are averaged over the ranks."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = model_blocks(model)

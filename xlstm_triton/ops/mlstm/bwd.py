@@ -38,7 +38,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, packed_kernel_args, soft_cap_jit
-from .fwd import chunkwise_fwd_states, head_base, row_products, varlen_maxnreg
+from .fwd import chunkwise_fwd_states, head_base, intra_dtype, row_products, varlen_maxnreg
 from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
@@ -561,8 +561,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     ds = p = gates.u2                             # unread without cfg.dscores
     if cfg.dscores:
-        ds, p = new_empty((2, B * NH, S_pad, L), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32,
-                          dev).unbind(0)
+        ds, p = new_empty((2, B * NH, S_pad, L), intra_dtype(cfg), dev).unbind(0)
         chunkwise_bwd_dscores_kernel[(S_pad // BT, B * NH)](
             q, k, v, dh, gates.u2, gates.r2, inv_den, dz, *packed, ds, p, *q_st, *k_st, *v_st, *dh_st,
             NH, S, S_pad, scale, DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)

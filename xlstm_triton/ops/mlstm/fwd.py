@@ -292,6 +292,12 @@ def chunkwise_fwd_output_kernel(
     tl.store(zsign_ptr + row_base + t, zsign, mask=first_v)
 
 
+def intra_dtype(cfg) -> torch.dtype:
+    """The dtype of the once-formed intra-chunk matrices (`cfg.scores`, `cfg.dscores`): the one
+    the kernels' products take them in."""
+    return torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32
+
+
 def varlen_maxnreg(cfg):
     """Register cap of the packed-sequence state kernels (forward and backward). With 64 x 64
     state tiles on 4 warps their chain loops take 217-227 registers a thread against 148-168
@@ -346,8 +352,7 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     packed = packed_kernel_args(cu_seqlens, gates.m)
     p = nq = gates.m                                  # unread without cfg.scores
     if cfg.scores:
-        p = new_empty((B * NH, S_pad, cfg.chunk_size), torch.bfloat16 if cfg.dot_dtype == tl.bfloat16 else torch.float32,
-                      q.device)
+        p = new_empty((B * NH, S_pad, cfg.chunk_size), intra_dtype(cfg), q.device)
         nq = new_empty((B * NH, S_pad), torch.float32, q.device)
         chunkwise_fwd_scores_kernel[(S_pad // cfg.tile, B * NH)](
             q, k, gates.u2, gates.r2, *packed, p, nq, *q.stride()[:3], *k.stride()[:3], NH, S, S_pad,
