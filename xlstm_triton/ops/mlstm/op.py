@@ -89,7 +89,9 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
     # formed the chunk's intra-chunk matrix again: form it once instead (`scores`, `dscores`).
     # H200, one layer's forward / forward+backward at 16,384 tokens, S=2048 (bench/NOTES.md):
     # (512, 512) x 4 heads 0.61 / 2.05 -> 0.53 / 1.79 ms, (256, 512) x 8 0.82 / 2.62 -> 0.72 / 2.26.
-    scores = pv > block_v
+    # Over two DV blocks only (DV = 256) the forward's extra kernel cost more than it saved
+    # ((128, 256) x 16 at S=8192: 1.81 -> 1.92 ms), the backward's still paid (6.61 -> 6.18).
+    scores = pv > 2 * block_v
     dscores = pk > block_k_grad or pv > block_v
     cfg = dict(chunk_size=chunk_size, tile=tile, tile_states=min(128, chunk_size),
                block_k=block_k, block_v=block_v,
