@@ -1,8 +1,6 @@
 """The fused causal conv1d (+ SiLU) against F.conv1d in float64: outputs and the gradients of x,
 weight, bias and the carried state; short sequences (S < K - 1), odd sizes; the module's state."""
 
-import importlib
-
 import pytest
 import torch
 
@@ -36,39 +34,6 @@ def test_matches_float64_conv1d(B, S, F, K, bias, state, silu, device, poison):
     for name, t, g in zip(("x", "weight", "bias", "state"), (x, weight, b, st), grads):
         if t is not None:
             assert_close(t.grad, g, bwd, f"d {name}")
-
-
-@pytest.mark.parametrize("packed", [False, True])
-def test_several_step_tiles_per_program(packed, device, monkeypatch):
-    """Small tiles: the weight-gradient kernel walks several step tiles per program (its sums
-    kept across them), several programs along S and F, the last tile partial; packed
-    sequences whose boundaries fall inside tiles and programs."""
-    cc = importlib.import_module("xlstm_triton.modules.causal_conv1d")     # the module, not the function
-    monkeypatch.setitem(cc.TILES, "pre_bt", 16)
-    monkeypatch.setitem(cc.TILES, "pre_bf", 16)
-    monkeypatch.setitem(cc.TILES, "pre_rows", 48)
-    monkeypatch.setitem(cc.TILES, "bt", 16)
-    monkeypatch.setitem(cc.TILES, "bf", 16)
-    torch.manual_seed(5)
-    B, S, F, K = (1, 101, 40, 4) if packed else (2, 101, 40, 4)
-    x = torch.randn(B, S, F, device=device, requires_grad=True)
-    weight = torch.randn(F, K, device=device, requires_grad=True)
-    b = torch.randn(F, device=device, requires_grad=True)
-    if packed:
-        cu = torch.tensor([0, 3, 50, 51, 97, 101], device=device)
-        st = torch.randn(5, K - 1, F, device=device, requires_grad=True)
-    else:
-        cu, st = None, torch.randn(B, K - 1, F, device=device, requires_grad=True)
-    y = causal_conv1d(x, weight, b, st, silu=True, cu_seqlens=cu)
-    upstream = torch.randn_like(y)
-    (y * upstream).sum().backward()
-    leaves = [t.detach().double().requires_grad_() for t in (x, weight, b, st)]
-    ref = causal_conv1d_torch(*leaves, silu=True, cu_seqlens=cu)
-    (ref * upstream.double()).sum().backward()
-    fwd, bwd = TOL[torch.float32]
-    assert_close(y, ref, fwd, "y")
-    for name, t, r in zip(("x", "weight", "bias", "state"), (x, weight, b, st), leaves):
-        assert_close(t.grad, r.grad, bwd, f"d {name}")
 
 
 def test_module_state_carries_across_calls(device):

@@ -102,37 +102,31 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
                                  partial_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
-                                 TILES: tl.constexpr, KP: tl.constexpr, HAS_STATE: tl.constexpr,
-                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
-    """d pre = dy * silu'(pre) over TILES tiles of BT steps; over those steps partial[p, j, f] =
-    sum_t d pre[t] x[t - K + 1 + j] (j < K), partial[p, K, f] = sum_t d pre[t] (KP >= K + 1 rows
-    of sums kept per program, written once)."""
-    b, pp, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+                                 HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                                 VARLEN: tl.constexpr):
+    """d pre = dy * silu'(pre); partial[tile, j, f] = sum_t d pre[t] x[t - K + 1 + j], partial[tile, K] = sum d pre."""
+    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
-    row = tl.arange(0, KP)[:, None]
-    sums = tl.zeros((KP, BF), dtype=tl.float32)
-    for it in range(TILES):
-        t = (pp * TILES + it) * BT + tl.arange(0, BT)
-        mask = (t < S)[:, None] & fm[None, :]
-        first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
-        dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                                  HAS_STATE, HAS_BIAS)
-            sig = 1.0 / (1.0 + tl.exp(-pre))
-            dpre = dy * sig * (1.0 + pre * (1.0 - sig))
-        else:
-            dpre = dy
-        dpre = tl.where(mask, dpre, 0.0)
-        tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                 dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
-        for j in tl.static_range(K):
-            v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
-            sums += tl.where(row == j, tl.sum(dpre * v, axis=0)[None, :], 0.0)
-        sums += tl.where(row == K, tl.sum(dpre, axis=0)[None, :], 0.0)
-    p = b * tl.num_programs(1) + pp
-    tl.store(partial_ptr + (p * (K + 1) + row) * F + f[None, :], sums, mask=(row <= K) & fm[None, :])
+    mask = (t < S)[:, None] & fm[None, :]
+    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
+    dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+                              HAS_STATE, HAS_BIAS)
+        sig = 1.0 / (1.0 + tl.exp(-pre))
+        dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+    else:
+        dpre = dy
+    dpre = tl.where(mask, dpre, 0.0)
+    tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], dpre.to(dpre_ptr.dtype.element_ty),
+             mask=mask)
+    tile = b * tl.num_programs(1) + pt
+    for j in tl.static_range(K):
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+        tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
+    tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
 
 
 @cached_launch
@@ -161,15 +155,8 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
-# Tiles (steps x features) and warps of the kernels; the weight-gradient kernel walks `pre_rows`
-# steps per program, keeping its sums in registers. 64 x 128 tiles took 255 registers a thread
-# on sm_90 (one tap tile of each of the K taps live at once): see bench/NOTES.md for the sweep.
-TILES = dict(bt=32, bf=64, warps=4, pre_bt=16, pre_bf=64, pre_rows=256, pre_warps=4)
-
-
-def _tiles(S: int, F: int, pre: bool = False) -> tuple[int, int]:
-    bt, bf = (TILES["pre_bt"], TILES["pre_bf"]) if pre else (TILES["bt"], TILES["bf"])
-    return min(bt, max(16, next_power_of_2(S))), min(bf, max(16, next_power_of_2(F)))
+def _tiles(S: int, F: int) -> tuple[int, int]:
+    return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
 def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> tuple:
@@ -189,7 +176,7 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     causal_conv1d_fwd_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         *_varlen_args(x, cu_seqlens), y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
-        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=TILES["warps"])
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     return y
 
 
@@ -209,23 +196,19 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
+    BT, BF = _tiles(S, F)
+    grid = (B, cdiv(S, BT), cdiv(F, BF))
     packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    BT, BF = _tiles(S, F, pre=True)
-    tiles = max(1, min(TILES["pre_rows"] // BT, cdiv(S, BT)))         # step tiles per program
-    grid = (B, cdiv(S, BT * tiles), cdiv(F, BF))
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
     causal_conv1d_bwd_pre_kernel[grid](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, TILES=tiles, KP=next_power_of_2(K + 1),
-        HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None,
-        num_warps=TILES["pre_warps"])
+        *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    BT, BF = _tiles(S, F)
-    causal_conv1d_bwd_dx_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
-        dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
-        VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=TILES["warps"])
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
+                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
