@@ -18,7 +18,6 @@ State: `mLSTMLayerState` (the cell's (c, n, m) in float32 and the conv's last K-
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Optional
 
@@ -29,12 +28,11 @@ from torch import nn
 from ..checks import (check_context_parallel_call, check_embedding_dim, check_layer_input, check_tensor,
                       checked_cu_seqlens)
 from ..modules import (MAX_BLOCK, CausalConv1d, LinearHeadwise, MultiHeadLayerNorm, bias_linspace_init_,
-                       causal_conv1d_backward, causal_conv1d_forward, head_norm_gate, head_norm_gate_backward,
-                       head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
-                       linear_headwise_many, recompute_cheap, small_init_, wang_init_)
-from ..ops.mlstm import mlstm_chunkwise, mlstm_chunkwise_backward, mlstm_chunkwise_forward, mlstm_step
-from ..utils import as_dtype, use_kernels
+                       head_norm_gate, linear_headwise_many, small_init_, wang_init_)
+from ..ops.mlstm import mlstm_chunkwise, mlstm_step
+from ..utils import use_kernels
 from .config import mLSTMLayerConfig
+from .mlstm_mix import cell_inputs, mlstm_layer_mix
 from .state import (check_mlstm_state, check_state_tuple, mLSTMLayerState, mLSTMState, zero_mlstm_state)
 
 __all__ = ["mlstm_recurrence", "mLSTMCell", "mLSTMLayer", "mLSTMLayerState"]
@@ -90,8 +88,9 @@ def mlstm_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch
 
 
 class mLSTMCell(nn.Module):
-    """Input and forget gates (`igate`, `fgate`: Linear(3 * inner -> NH) on cat(q, k, v)), the
-    mLSTM recurrence, and the per-head norm `outnorm`. q, k, v (B, S, inner) -> (B, S, inner)."""
+    """Input and forget gates (`igate`, `fgate`: Linear(3 * inner -> NH) on cat(q, k, v), computed
+    without building the concatenation: `mlstm_mix.cell_inputs`), the mLSTM recurrence, and the
+    per-head norm `outnorm`. q, k, v (B, S, inner) -> (B, S, inner)."""
 
     def __init__(self, embedding_dim: int, num_heads: int):
         super().__init__()
@@ -112,22 +111,6 @@ class mLSTMCell(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
 
-    def gates(self, q, k, v):
-        """igate(cat(q, k, v)), fgate(cat(q, k, v)) without building the concatenation: the
-        stacked gate weights times each of q, k, v, summed. Returns i, f (B, S, NH)."""
-        E, NH = self.embedding_dim, self.num_heads
-        out = torch.cat([self.igate.bias, self.fgate.bias])
-        for t, w in zip((q, k, v), self.gate_weight_blocks()):          # (N, 2 NH) outputs: small
-            out = torch.addmm(out, t.reshape(-1, E), w.t())
-        return out.view(*q.shape[:-1], 2 * NH).split(NH, dim=-1)
-
-    def gate_weight_blocks(self):
-        """The stacked gate weight [igate; fgate] (2 NH, 3 E), a small copy, as its q, k and v
-        column blocks (2 NH, E) each: one unbind, whose backward is one stack (three slices
-        would each backpropagate as a zero fill and a copy)."""
-        weight = torch.cat([self.igate.weight, self.fgate.weight])
-        return weight.unflatten(1, (3, self.embedding_dim)).unbind(1)
-
     def zero_state(self, batch_size: int, device=None) -> mLSTMState:
         device = device if device is not None else self.igate.weight.device
         return zero_mlstm_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
@@ -139,7 +122,8 @@ class mLSTMCell(nn.Module):
         recurrence's output as a (B, S, NH, DH) view (for a fused norm downstream).
         `cu_seqlens`: packed sequences, `cp_group`: a piece of sequences split over ranks
         (`mlstm_recurrence`)."""
-        out = mlstm_recurrence(*_cell_inputs(self, q, k, v), state, return_state=return_state,
+        out = mlstm_recurrence(*cell_inputs(q, k, v, self.igate.weight, self.igate.bias, self.fgate.weight,
+                                            self.fgate.bias, self.num_heads), state, return_state=return_state,
                                cu_seqlens=cu_seqlens, cp_group=cp_group)
         h, new = out if return_state else (out, None)
         h = h.transpose(1, 2)                                             # (B, S, NH, DH) view
@@ -156,8 +140,8 @@ class mLSTMLayer(nn.Module):
     config_class = mLSTMLayerConfig
     # Training where the kernels run (no state in or out): everything between proj_up and
     # proj_down except the mLSTM itself (conv, q/k/v, gates, output norm: memory-bound passes)
-    # is recomputed in the backward instead of kept (eager: `_RecomputedMix`; compiled:
-    # `modules.recompute_cheap`): on an H200 the paper LM's peak went 20.6 -> 11.0 GB.
+    # is recomputed in the backward instead of kept (`mlstm_mix.mlstm_layer_mix`, eager and
+    # compiled): on an H200 the paper LM's peak went 20.6 -> 11.0 GB.
     # False keeps everything.
     recompute = True
 
@@ -249,28 +233,11 @@ class mLSTMLayer(nn.Module):
         x_m, z = xz.split(self.inner, dim=-1)
         if (state is None and not return_state and self.recompute and use_kernels(x) and torch.is_grad_enabled()
                 and self._fused()):
-            if torch.compiler.is_compiling():      # the compiler plans the recomputation itself
-                h = recompute_cheap(functools.partial(self._mix, cu_seqlens=cu_seqlens), x_m, z)
-            else:
-                h = _RecomputedMix.apply(self, xz, cu_seqlens, *self._mix_parameters())
-            return self.dropout(self.proj_down(h))
+            return self.dropout(self.proj_down(mlstm_layer_mix(self, xz, cu_seqlens)))
         if not return_state:
             return self.dropout(self.proj_down(self._mix(x_m, z, state, cu_seqlens=cu_seqlens)))
         h, cnm, conv_state = self._mix(x_m, z, state, return_state=True)
         return self.dropout(self.proj_down(h)), mLSTMLayerState(*cnm, conv_state)
-
-    def _mix_parameters(self) -> list:
-        """The trainable parameters `_mix` uses (all but the up- and down-projection's). Their
-        places (module, name) are listed once: `named_parameters` walks the module tree, a
-        millisecond per training step for a 24-block model on a slow host."""
-        slots = self.__dict__.get("_mix_parameter_slots")
-        if slots is None:
-            slots = [(self.get_submodule(path), name) for path, _, name in
-                     (n.rpartition(".") for n, _ in self.named_parameters())
-                     if not path.startswith(("proj_up", "proj_down"))]
-            self.__dict__["_mix_parameter_slots"] = slots
-        return [p for p in (module._parameters[name] for module, name in slots)
-                if p is not None and p.requires_grad]
 
     def _inputs(self, x_m, conv_state=None, return_state=False, cu_seqlens=None, cp_group=None):
         """The cell's inputs from x_m: x_c = SiLU(conv(x_m)) (and the new conv state with
@@ -283,31 +250,10 @@ class mLSTMLayer(nn.Module):
         return x_c, q, k, v, conv_state
 
     def _fused(self) -> bool:
-        """Whether `_RecomputedMix` covers this configuration: a conv and q, k, v of tiny
+        """Whether `mlstm_layer_mix` covers this configuration: a conv and q, k, v of tiny
         square blocks (the fused kernels'); other configurations keep their intermediates."""
         bs = self.config.qkv_proj_blocksize
         return self.conv1d.kernel_size >= 1 and bs <= MAX_BLOCK and bs & (bs - 1) == 0
-
-    def _fused_inputs(self, x_m, with_weights=False, cu_seqlens=None):
-        """`_inputs` through the kernels alone, no autograd: x_c, q, k, v (B, S, inner) (q, k
-        views of one (2, B, S, inner) buffer) and, `with_weights`, the kernels' weights (conv
-        weight, its bias, q and k stacked, v), for `_RecomputedMix`."""
-        B, S, F = x_m.shape
-        conv, dtype = self.conv1d.conv, x_m.dtype
-        w_conv = as_dtype(conv.weight[:, 0, :], dtype).contiguous()
-        b_conv = as_dtype(conv.bias, dtype)
-        w_qk = as_dtype(torch.stack([self.q_proj.weight, self.k_proj.weight]), dtype)
-        w_v = as_dtype(self.v_proj.weight[None], dtype)
-        b_qk = None if self.q_proj.bias is None else as_dtype(torch.stack([self.q_proj.bias, self.k_proj.bias]), dtype)
-        b_v = None if self.v_proj.bias is None else as_dtype(self.v_proj.bias[None], dtype)
-        x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
-        q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
-        v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
-        return (x_c, q, k, v, (w_conv, b_conv, w_qk, w_v)) if with_weights else (x_c, q, k, v, None)
-
-    def _norm_args(self):
-        norm = self.mlstm_cell.outnorm
-        return norm.weight_proxy, norm.bias, norm.eps
 
     def _output(self, h, z, x_c):
         """The fused output: outnorm(h) + skip * x_c, times SiLU(z); h (B, S, NH, DH)."""
@@ -333,95 +279,3 @@ class mLSTMLayer(nn.Module):
 
     def step(self, x: torch.Tensor, state: Optional[mLSTMLayerState] = None):
         return self.forward(x, state, return_state=True)
-
-
-class _RecomputedMix(torch.autograd.Function):
-    """`mLSTMLayer._mix` in training (eager, kernels) from the up-projection's output xz = [x_m | z],
-    keeping only xz, the mLSTM's output and row statistics. The backward is written out as kernel
-    calls, no autograd inside: it recomputes x_c, q, k, v and the gates (memory-bound kernels),
-    runs the fused output's backward kernel, the mLSTM's backward kernels on the kept h (writing
-    d q and d k into one buffer, what the headwise backward reads), the gate projections'
-    backward, and the headwise and conv backward kernels, each adding its d x into the gradient
-    already there; d x_m and d z land in one (B, S, 2 inner) buffer, the gradient of xz. The
-    same result as `recompute_cheap(layer._mix, ...)` (what compiled mode runs), without per-op
-    dispatch hooks or nested autograd, which in eager cost more host time than the GPU work."""
-
-    @staticmethod
-    def forward(ctx, layer, xz, cu_seqlens, *params):
-        x_m, z = xz.split(layer.inner, dim=-1)
-        with torch.no_grad():
-            x_c, q, k, v, _ = layer._fused_inputs(x_m, cu_seqlens=cu_seqlens)
-            h, saved = mlstm_chunkwise_forward(*_cell_inputs(layer.mlstm_cell, q, k, v), cu_seqlens=cu_seqlens)
-            out, mean, rstd = head_norm_gate_forward(h.transpose(1, 2), z, *layer._norm_args(), act="silu",
-                                                     skip=layer.learnable_skip, x_skip=x_c)
-        ctx.save_for_backward(xz, h, mean, rstd, *saved[:4])      # row statistics, gate arrays
-        ctx.layer, ctx.saved_rest, ctx.cu_seqlens = layer, saved[4:], cu_seqlens
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        xz, h, mean, rstd, *kept = ctx.saved_tensors
-        layer = ctx.layer
-        cell, conv = layer.mlstm_cell, layer.conv1d
-        x_m, z = xz.split(layer.inner, dim=-1)
-        B, S, F = x_m.shape
-        N = B * S
-        cu_seqlens = ctx.cu_seqlens
-        x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = layer._fused_inputs(x_m, with_weights=True, cu_seqlens=cu_seqlens)
-        cell_in = _cell_inputs(cell, q, k, v)
-        d_xz = xz.new_empty(xz.shape)
-        d_x_m, d_z = d_xz.split(F, dim=-1)
-        d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
-            h.transpose(1, 2), z, *layer._norm_args()[:2], mean, rstd, d_out, act="silu",
-            skip=layer.learnable_skip, x_skip=x_c, d_gate=d_z)
-        d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
-        d_v = x_m.new_empty((B, S, F))
-        heads = (lambda t: t.unflatten(-1, (cell.num_heads, -1)).transpose(1, 2))
-        *d_cell, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h, (*kept, *ctx.saved_rest), d_h.transpose(1, 2),
-                                                     out=(heads(d_qk[0]), heads(d_qk[1]), heads(d_v)))
-        _, grads = _gate_projection_backward(cell, (q, k, v), d_cell, d_i, d_f)     # adds into d_qk, d_v
-        d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F),
-                                                 accumulate=True)
-        _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F))
-        _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
-                                                          cu_seqlens, dx=d_x_m, accumulate=True)
-        norm = cell.outnorm
-        grads.update({layer.q_proj.weight: d_w_qk[0], layer.k_proj.weight: d_w_qk[1],
-                      layer.v_proj.weight: d_w_v[0], conv.conv.weight: d_w_conv[:, None, :],
-                      norm.weight: d_norm_w, norm.bias: d_norm_b, layer.learnable_skip: d_skip})
-        if conv.conv.bias is not None:
-            grads[conv.conv.bias] = d_b_conv
-        for proj, d in ((layer.q_proj, d_qk[0]), (layer.k_proj, d_qk[1]), (layer.v_proj, d_v)):
-            if proj.bias is not None:
-                grads[proj.bias] = d.view(N, F).sum(0, dtype=torch.float32)
-        d_params = [as_dtype(grads[p], p.dtype) for p in layer._mix_parameters()]
-        return (None, d_xz, None, *d_params)
-
-
-def _gate_projection_backward(cell: "mLSTMCell", qkv, d_qkv, d_i, d_f):
-    """The backward of `mLSTMCell.gates` by hand, for `_RecomputedMix`: with g = [i | f]
-    (N, 2 NH) = q W_q^T + k W_k^T + v W_v^T + b, each d x += d g W_x is added in place into the
-    mLSTM's fresh gradient of x (one addmm, where autograd adds a separate product), and
-    d W = d g^T [q | k | v], d b = sum d g. qkv: (B, S, inner); d_qkv: the mLSTM's (B, NH, S, DH)
-    gradients; d_i, d_f (B, NH, S). Returns the (B, S, inner) gradients of q, k, v and a dict
-    parameter -> gradient for the gate weights and biases."""
-    E, NH = cell.embedding_dim, cell.num_heads
-    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, 2 * NH)      # (N, 2 NH), small
-    out, d_weight = [], []
-    d_g = as_dtype(d_gates, qkv[0].dtype)
-    for x, dx, w in zip(qkv, d_qkv, cell.gate_weight_blocks()):
-        dx = dx.transpose(1, 2).reshape(-1, E)      # a view for the kernels' seq-major gradients
-        out.append(dx.addmm_(d_g, as_dtype(w, dx.dtype)).view(x.shape))
-        d_weight.append(d_g.t() @ x.reshape(-1, E))
-    d_weight = torch.cat(d_weight, dim=1)
-    d_bias = d_gates.sum(0)
-    grads = {cell.igate.weight: d_weight[:NH], cell.fgate.weight: d_weight[NH:],
-             cell.igate.bias: d_bias[:NH], cell.fgate.bias: d_bias[NH:]}
-    return out, {p: as_dtype(g, p.dtype) for p, g in grads.items()}
-
-
-def _cell_inputs(cell: "mLSTMCell", q, k, v):
-    """q, k, v (B, S, inner) -> the recurrence's q, k, v (B, NH, S, DH) views and i, f (B, NH, S)."""
-    i, f = cell.gates(q, k, v)
-    q, k, v = (t.unflatten(-1, (cell.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
-    return q, k, v, i.transpose(1, 2), f.transpose(1, 2)

@@ -11,7 +11,6 @@
     linear.py           LinearHeadwise (block-diagonal, one block per head)
     headwise_linear.py  the fused kernel of tiny square blocks (q, k, v of the paper mLSTM layer)
     init.py             small_init_, wang_init_, bias_linspace_init_
-    recompute.py        recompute_cheap: checkpointing that keeps the mLSTM's and matmuls' outputs
 
 Each imports only from `xlstm_triton.utils`, `checks` and `ops`; the layers build on them.
 """
@@ -29,7 +28,6 @@ from .headwise_linear import (MAX_BLOCK, headwise_linear, headwise_linear_backwa
 from .linear import LinearHeadwise, linear_headwise_many
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
-from .recompute import recompute_cheap
 
 __all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "silu_mul_linear", "soft_cap", "causal_conv1d",
            "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch", "CausalConv1d",
@@ -40,4 +38,4 @@ __all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "silu_mul_li
            "LinearHeadwise", "linear_headwise_many", "MAX_BLOCK", "headwise_linear", "headwise_linear_backward",
            "headwise_linear_forward", "headwise_linear_torch",
            "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",
-           "MultiHeadLayerNorm", "RMSNorm", "recompute_cheap"]
+           "MultiHeadLayerNorm", "RMSNorm"]

@@ -1,0 +1,219 @@
+"""The paper mLSTM layer's middle in training, recomputing instead of keeping: one custom op pair.
+
+    out = mlstm_layer_mix(layer, xz, cu_seqlens)      # xz = proj_up(x) = [x_m | z], (B, S, 2 F)
+
+is `mLSTMLayer._mix` (conv + SiLU, headwise q, k, v, the gates, the mLSTM, the per-head norm,
+`+ skip * x_c`, `* SiLU(z)`) for training where the kernels run, keeping only xz, the mLSTM's
+output h and the row statistics of the mLSTM and the norm. The backward (`mlstm_layer_mix_bwd`)
+is written out as kernel calls, no autograd inside: it recomputes x_c, q, k, v and the gates
+(memory-bound kernels), runs the fused output's backward, the mLSTM's backward kernels on the
+kept h (writing d q and d k into one buffer, what the headwise backward reads), the gate
+projections' backward, and the headwise and conv backward kernels, each adding its d x into the
+gradient already there; d x_m and d z land in one (B, S, 2 F) buffer, the gradient of xz.
+
+Both halves are custom ops (`xlstm_triton::mlstm_layer_mix`, `::mlstm_layer_mix_bwd`), so eager
+mode and `torch.compile` run the same kernels: the compiler sees two opaque calls per layer (no
+selective checkpointing to plan, no graph of its own to recompute), and in eager mode the calls
+skip the dispatcher (`utils.KernelOp`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..modules import (causal_conv1d_backward, causal_conv1d_forward, head_norm_gate_backward,
+                       head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward)
+from ..ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
+from ..ops.mlstm.op import default_chunk_size
+from ..utils import as_dtype, is_seq_major, kernel_op
+
+__all__ = ["cell_inputs", "mlstm_layer_mix"]
+
+Tensor = torch.Tensor
+
+
+def mlstm_layer_mix(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> Tensor:
+    """`layer._mix` of an `mLSTMLayer` in training through the op pair (module docstring):
+    xz (B, S, 2 F) -> the input of proj_down (B, S, F). `cu_seqlens`: checked packed offsets."""
+    cell, conv = layer.mlstm_cell, layer.conv1d.conv
+    norm = cell.outnorm
+    offset = 1.0 if norm.weight is not None and norm.residual_weight else 0.0
+    return _mix(xz, conv.weight, conv.bias, layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight,
+                layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias, cell.igate.weight, cell.igate.bias,
+                cell.fgate.weight, cell.fgate.bias, norm.weight, norm.bias, layer.learnable_skip,
+                cell.num_heads, float(norm.eps), offset, cu_seqlens)[0]
+
+
+def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlens):
+    """x_c = SiLU(conv(x_m)), q, k (headwise of x_c, one read of it: views of one (2, B, S, F)
+    buffer), v (headwise of x_m), each (B, S, F), and the kernels' weights (conv (F, K), q and
+    k stacked, v) in x_m's dtype."""
+    B, S, F = x_m.shape
+    dtype = x_m.dtype
+    w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
+    b_conv = as_dtype(conv_b, dtype)
+    w_qk = as_dtype(torch.stack([q_w, k_w]), dtype)
+    w_v = as_dtype(v_w[None], dtype)
+    b_qk = None if q_b is None else as_dtype(torch.stack([q_b, k_b]), dtype)
+    b_v = None if v_b is None else as_dtype(v_b[None], dtype)
+    x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
+    q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
+    v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
+    return x_c, q, k, v, (w_conv, b_conv, w_qk, w_v)
+
+
+def _gate_weight(ig_w: Tensor, fg_w: Tensor, F: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The stacked gate weight [igate; fgate] (2 NH, 3 F) as its q, k and v column blocks."""
+    return torch.cat([ig_w, fg_w]).unflatten(1, (3, F)).unbind(1)
+
+
+def cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, NH: int):
+    """q, k, v (B, S, F) -> the recurrence's q, k, v (B, NH, S, DH) views and the gates i, f
+    (B, NH, S) = igate / fgate of cat(q, k, v), without building the concatenation."""
+    F = q.shape[-1]
+    g = torch.cat([ig_b, fg_b]).to(q.dtype)
+    for x, w in zip((q, k, v), _gate_weight(ig_w, fg_w, F)):            # (N, 2 NH) outputs: small
+        g = torch.addmm(g, x.reshape(-1, F), as_dtype(w, x.dtype).t())
+    i, f = g.view(*q.shape[:-1], 2 * NH).split(NH, dim=-1)
+    q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))
+    return q, k, v, i.transpose(1, 2), f.transpose(1, 2)
+
+
+def _norm_weight(norm_w: Optional[Tensor], offset: float) -> Optional[Tensor]:
+    return None if norm_w is None else (norm_w + offset if offset else norm_w)
+
+
+@kernel_op("xlstm_triton::mlstm_layer_mix")
+def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w: Tensor, v_w: Tensor,
+         q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor,
+         fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor], norm_b: Optional[Tensor], skip: Tensor,
+         num_heads: int, norm_eps: float, norm_offset: float, cu_seqlens: Optional[Tensor]
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(out (B, S, F), and what the backward reads: h (B, S, NH, DH), the norm's float32 mean and
+    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay)."""
+    F = xz.shape[-1] // 2
+    x_m, z = xz.split(F, dim=-1)
+    x_c, q, k, v, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlens)
+    h, saved = mlstm_chunkwise_forward(*cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, num_heads),
+                                       cu_seqlens=cu_seqlens)
+    h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
+    out, mean, rstd = head_norm_gate_forward(h, z, _norm_weight(norm_w, norm_offset), norm_b, norm_eps,
+                                             act="silu", skip=skip, x_skip=x_c)
+    return (out, h, mean, rstd, *saved[:4])
+
+
+@_mix.register_fake
+def _(xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
+      num_heads, norm_eps, norm_offset, cu_seqlens):
+    B, S, F2 = xz.shape
+    F, NH = F2 // 2, num_heads
+    L = default_chunk_size(S)
+    NC = -(-S // L)
+    f32 = dict(dtype=torch.float32)
+    return (xz.new_empty(B, S, F), xz.new_empty(B, S, NH, F // NH), xz.new_empty(B, S, NH, **f32),
+            xz.new_empty(B, S, NH, **f32), xz.new_empty(B * NH, NC * L, **f32), xz.new_empty(B * NH, NC * L, **f32),
+            xz.new_empty(5, B * NH, NC * L, **f32), xz.new_empty(B * NH, NC, **f32))
+
+
+@kernel_op("xlstm_triton::mlstm_layer_mix_bwd")
+def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, inv_den: Tensor, zsign: Tensor,
+             gate_steps: Tensor, gate_decay: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor,
+             k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor],
+             ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
+             norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
+             cu_seqlens: Optional[Tensor]) -> list[Tensor]:
+    """The gradients of xz and of every parameter of `_mix` (its argument order; `_absent` for a
+    bias that is None), in the parameters' dtypes."""
+    F = xz.shape[-1] // 2
+    x_m, z = xz.split(F, dim=-1)
+    B, S, _ = x_m.shape
+    N, NH = B * S, num_heads
+    x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b,
+                                                        cu_seqlens)
+    cell_in = cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, NH)
+    d_xz = xz.new_empty(xz.shape)
+    d_x_m, d_z = d_xz.split(F, dim=-1)
+    d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
+        h, z, _norm_weight(norm_w, norm_offset), norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c,
+        d_gate=d_z)
+    d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
+    d_v = x_m.new_empty((B, S, F))
+    heads = (lambda t: t.unflatten(-1, (NH, -1)).transpose(1, 2))
+    saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
+    *d_cell, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
+                                                 out=(heads(d_qk[0]), heads(d_qk[1]), heads(d_v)))
+    d_gate_w, d_gate_b = _gate_projection_backward((q, k, v), d_cell, d_i, d_f, ig_w, fg_w)   # adds into d q, k, v
+    d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F),
+                                             accumulate=True)
+    _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F))
+    _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
+                                                      cu_seqlens, dx=d_x_m, accumulate=True)
+
+    def bias_grad(b, d):
+        return None if b is None else d.view(N, F).sum(0, dtype=torch.float32)
+    grads = [(conv_w, d_w_conv[:, None, :]), (conv_b, d_b_conv if conv_b is not None else None),
+             (q_w, d_w_qk[0]), (k_w, d_w_qk[1]), (v_w, d_w_v[0]),
+             (q_b, bias_grad(q_b, d_qk[0])), (k_b, bias_grad(k_b, d_qk[1])), (v_b, bias_grad(v_b, d_v)),
+             (ig_w, d_gate_w[:NH]), (ig_b, d_gate_b[:NH]), (fg_w, d_gate_w[NH:]), (fg_b, d_gate_b[NH:]),
+             (norm_w, d_norm_w), (norm_b, d_norm_b), (skip, d_skip)]
+    return [d_xz] + [_absent(xz) if p is None else _fresh(as_dtype(g, p.dtype)) for p, g in grads]
+
+
+@_mix_bwd.register_fake
+def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
+      v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
+    params = (conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip)
+    return [torch.empty_like(xz, memory_format=torch.contiguous_format)] + [
+        _absent(xz) if p is None else torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+
+
+def _absent(like: Tensor) -> Tensor:
+    """The gradient slot of a bias that is None: a tensor of one element (zero-element tensors
+    share the null pointer, which the custom-op rules count as outputs aliasing each other)."""
+    return like.new_empty(1)
+
+
+def _fresh(t: Tensor) -> Tensor:
+    """t, or a copy where it is part of a larger buffer (a custom op's outputs may not share
+    storage; inside the op's implementation views carry no `_base` to tell them by)."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def _gate_projection_backward(qkv, d_qkv, d_i, d_f, ig_w, fg_w):
+    """The backward of the gate projections by hand: with g = [i | f] (N, 2 NH) = q W_q^T +
+    k W_k^T + v W_v^T + b, each d x += d g W_x is added in place into the mLSTM's fresh gradient
+    of x (one addmm, where autograd adds a separate product), and d W = d g^T [q | k | v],
+    d b = sum d g. qkv: (B, S, F); d_qkv: the mLSTM's (B, NH, S, DH) gradients (seq-major
+    views); d_i, d_f (B, NH, S). Returns d W (2 NH, 3 F) and d b (2 NH,) in float32 / the
+    products' dtype."""
+    F = qkv[0].shape[-1]
+    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, d_i.shape[1] * 2)   # (N, 2 NH), small
+    d_g = as_dtype(d_gates, qkv[0].dtype)
+    d_weight = []
+    for x, dx, w in zip(qkv, d_qkv, _gate_weight(ig_w, fg_w, F)):
+        dx = dx.transpose(1, 2).reshape(-1, F)       # a view for the kernels' seq-major gradients
+        dx.addmm_(d_g, as_dtype(w, dx.dtype))
+        d_weight.append(d_g.t() @ x.reshape(-1, F))
+    return torch.cat(d_weight, dim=1), d_gates.sum(0)
+
+
+def _setup_context(ctx, inputs, output):
+    (xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
+     num_heads, norm_eps, norm_offset, cu_seqlens) = inputs
+    ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
+                          norm_w, norm_b, skip, cu_seqlens)
+    ctx.config = (num_heads, norm_eps, norm_offset)
+    ctx.present = [t is not None for t in inputs[1:16]]
+
+
+def _backward(ctx, d_out, *unused):
+    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params, cu_seqlens = ctx.saved_tensors
+    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params,
+                     *ctx.config, cu_seqlens)
+    return (grads[0], *(g if present else None for g, present in zip(grads[1:], ctx.present)),
+            None, None, None, None)
+
+
+_mix.register_autograd(_backward, setup_context=_setup_context)
