@@ -10,6 +10,7 @@ import torch
 
 import xlstm_triton.layers.mlstm as mlstm_mod
 import xlstm_triton.layers.mlstm_large as mlstm_large_mod
+import xlstm_triton.layers.mlstm_mix as mlstm_mix_mod
 import xlstm_triton.nn as xnn
 import xlstm_triton.utils as xt_utils
 from tests.helpers import TOL, E, assert_close, weighted_sum_loss
@@ -147,13 +148,14 @@ def test_errors():
 
 # ---------------------------------------------------------------------- the layers
 
-def _counting(monkeypatch, module):
-    """Count the layer module's calls of the fused forward (head_norm_gate, and where the
+def _counting(monkeypatch, modules):
+    """Count the layer modules' calls of the fused forward (head_norm_gate, and where the
     layer owns its backward, head_norm_gate_forward)."""
     calls = []
-    for name in ("head_norm_gate", "head_norm_gate_forward"):
-        if hasattr(module, name):
-            monkeypatch.setattr(module, name, _counted(getattr(module, name), calls))
+    for module in modules:
+        for name in ("head_norm_gate", "head_norm_gate_forward"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, _counted(getattr(module, name), calls))
     return calls
 
 
@@ -173,11 +175,12 @@ def _run(layer, x, seed=2):
     return y.detach(), x.grad, grads
 
 
-def _parity(monkeypatch, module, layer, x, training_calls=1):
+def _parity(monkeypatch, module, layer, x, training_calls=1, also_counted=()):
     """Fused op vs the layer's PyTorch composition (only the output part switched): the
     training forward and backward, a forward with return_state and a decoding step.
-    `training_calls`: the fused forward's calls in the training step."""
-    calls = _counting(monkeypatch, module)
+    `training_calls`: the fused forward's calls in the training step; `also_counted`: more
+    modules whose calls of it count (the paper layer's training path, `layers.mlstm_mix`)."""
+    calls = _counting(monkeypatch, (module, *also_counted))
     y, dx, grads = _run(layer, x)
     with torch.no_grad():
         y_state, state = layer(x, return_state=True)
@@ -207,7 +210,7 @@ def test_paper_layer_parity(monkeypatch, device, kernels):
             p.add_(torch.randn_like(p) * 0.2)          # outnorm weight, learnable_skip != their init
     x = torch.randn(2, 7, E, device=device)
     assert layer.recompute          # the backward reads the forward's row statistics: 1 call in training
-    _parity(monkeypatch, mlstm_mod, layer, x, training_calls=1)
+    _parity(monkeypatch, mlstm_mod, layer, x, training_calls=1, also_counted=(mlstm_mix_mod,))
 
 
 def test_large_layer_parity(monkeypatch, device, kernels):
