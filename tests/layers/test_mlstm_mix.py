@@ -64,11 +64,7 @@ def test_ops_pass_opcheck(bias, device):
     _needs_kernels(device)
     layer = _layer(bias, device)
     xz = torch.randn(2, 19, 2 * layer.inner, device=device, requires_grad=True)
-    cell, conv, norm = layer.mlstm_cell, layer.conv1d.conv, layer.mlstm_cell.outnorm
-    args = (xz, conv.weight, conv.bias, layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight,
-            layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias, cell.igate.weight, cell.igate.bias,
-            cell.fgate.weight, cell.fgate.bias, norm.weight, norm.bias, layer.learnable_skip, cell.num_heads,
-            float(norm.eps), 1.0, None)
+    args = mix_mod.mix_arguments(layer, xz, None)
     torch.library.opcheck(mix_mod._mix.op, args, test_utils=("test_schema", "test_faketensor",
                                                              "test_autograd_registration"))
     with torch.no_grad():

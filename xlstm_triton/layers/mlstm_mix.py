@@ -37,13 +37,18 @@ Tensor = torch.Tensor
 def mlstm_layer_mix(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> Tensor:
     """`layer._mix` of an `mLSTMLayer` in training through the op pair (module docstring):
     xz (B, S, 2 F) -> the input of proj_down (B, S, F). `cu_seqlens`: checked packed offsets."""
+    return _mix(*mix_arguments(layer, xz, cu_seqlens))[0]
+
+
+def mix_arguments(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> tuple:
+    """The forward op's arguments for `layer` (an `mLSTMLayer`): xz, its parameters, its config."""
     cell, conv = layer.mlstm_cell, layer.conv1d.conv
     norm = cell.outnorm
     offset = 1.0 if norm.weight is not None and norm.residual_weight else 0.0
-    return _mix(xz, conv.weight, conv.bias, layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight,
-                layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias, cell.igate.weight, cell.igate.bias,
-                cell.fgate.weight, cell.fgate.bias, norm.weight, norm.bias, layer.learnable_skip,
-                cell.num_heads, float(norm.eps), offset, cu_seqlens)[0]
+    return (xz, conv.weight, conv.bias, layer.q_proj.weight, layer.k_proj.weight, layer.v_proj.weight,
+            layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias, cell.igate.weight, cell.igate.bias,
+            cell.fgate.weight, cell.fgate.bias, norm.weight, norm.bias, layer.learnable_skip,
+            cell.num_heads, float(norm.eps), offset, cu_seqlens)
 
 
 def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlens):

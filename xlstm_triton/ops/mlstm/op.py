@@ -84,7 +84,7 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
     # often as 64 x 64 ones; the two state kernels took 0.61 -> 0.40 and 0.33 -> 0.22 ms on an
     # H200 (B=8, NH=4, S=2048, bench/NOTES.md). Smaller heads keep 64 x 64 (tuned before).
     state_block = 128 if pk >= 512 and pv >= 512 else 64
-    block_k, block_v, block_k_grad = min(pk, 128), min(pv, 128), min(pk, 128)
+    block_k, block_v = min(pk, 128), min(pv, 128)       # the grad kernels' blocks are the same size
     # Where a kernel's grid splits DV (output, dv) or DQK (dq, dk) into several blocks, each block
     # formed the chunk's intra-chunk matrix again: form it once instead (`scores`, `dscores`).
     # H200, one layer's forward / forward+backward at 16,384 tokens, S=2048 (bench/NOTES.md):
@@ -92,11 +92,11 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
     # Over two DV blocks only (DV = 256) the forward's extra kernel cost more than it saved
     # ((128, 256) x 16 at S=8192: 1.81 -> 1.92 ms), the backward's still paid (6.61 -> 6.18).
     scores = pv > 2 * block_v
-    dscores = pk > block_k_grad or pv > block_v
+    dscores = pk > block_k or pv > block_v
     cfg = dict(chunk_size=chunk_size, tile=tile, tile_states=min(128, chunk_size),
                block_k=block_k, block_v=block_v,
                block_k_states=min(pk, state_block), block_v_states=min(pv, state_block),
-               block_k_grad=block_k_grad, block_v_grad=min(pv, 128), scores=scores, dscores=dscores,
+               block_k_grad=block_k, block_v_grad=block_v, scores=scores, dscores=dscores,
                num_warps=4, num_stages=2, num_stages_output=1, num_warps_states=4, num_stages_states=2,
                state_dtype=state_dtype, dot_dtype=dot_dtype,
                precision=precision)
