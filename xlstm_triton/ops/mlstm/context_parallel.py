@@ -10,8 +10,8 @@ exp(m)), the state after rank r's piece is
 (and n likewise), so each rank
 1. computes its piece's summary (D_r as a stabilized (c, n, m), and F_r) from a zero state:
    from a zero state the recurrence unrolls to one weighted sum of k_t v_t^T (`_PieceSummary`,
-   one product per head, no run of the piece); rank 0 runs its piece from the sequence's
-   initial state instead, and that run's final state is its summary (C_1 = D_0);
+   one product per head, no run of the piece); rank 0 folds the sequence's initial state into
+   its summary (C_1 = exp(F_0) C_0 + D_0);
 2. exchanges the summaries with one all-gather (float32, one flat buffer per rank);
 3. folds the summaries of the ranks before it into its own initial state, stabilized as the
    kernels are (m = max of the candidates' exponents);
@@ -23,7 +23,7 @@ its q, k, v, i, f through step 1's op. The stabilizers are constants of the comp
 `m_initial` is for the op: they cancel), so the gradients are exact.
 
 Cost: one (DQK, S) by (S, DV) product per head for the summary and two for its backward, on
-every rank but the first, besides the piece's own run.
+every rank, besides the piece's own run.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ class _PieceSummary(torch.autograd.Function):
     def _weights(i, f, cap, sdt):
         ic, fc = soft_cap(i.to(sdt), cap), soft_cap(f.to(sdt), cap)
         logf = floored_logsigmoid(fc)
-        a = ic + (logf.sum(-1, keepdim=True) - logf.cumsum(-1))        # + log f of the later steps
+        # + log f of the later steps: the suffix sums, summed from the end (the whole sum minus
+        # the prefix sums cancels: at 2,000 steps in float32 100x the op's error, growing with S)
+        later = logf.flip(-1).cumsum(-1).flip(-1)                      # log f from step t on
+        a = ic + torch.cat([later[..., 1:], torch.zeros_like(later[..., :1])], -1)
         m = a.amax(-1, keepdim=True).detach()                          # a stabilizer: no gradient
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))      # all gates closed: zeros
         return torch.exp(a - m), m, fc
@@ -195,24 +198,35 @@ def mlstm_context_parallel(mlstm_chunkwise, q, k, v, i, f, c_initial, n_initial,
     B, NH, _, DQK = q.shape
     DV = v.shape[-1]
     sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # 1. This piece's summary: its final state from a zero state. Rank 0's starts from the
-    # sequence's initial state (which so reaches every later rank through the fold), so its
-    # summary run is its piece's run (step 4) too.
-    first = rank == 0
-    if first:
-        h, (cs, ns, ms) = mlstm_chunkwise(q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states=True,
-                                          eps=eps, chunk_size=chunk_size, gate_soft_cap=gate_soft_cap)
-    else:   # from a zero state the piece's state is one weighted sum: no run of the piece
-        cs, ns, ms = _PieceSummary.apply(k, v, i, f, gate_soft_cap)
+    # 1. This piece's summary: its final state from a zero state, one weighted sum (no run of
+    # the piece). Rank 0 folds the sequence's initial state into its own, so the later ranks
+    # receive it through the gather. Every rank summarizes before it runs its piece: the gather
+    # waits only for the summaries, and in the backward (autograd runs the later-made node
+    # first) each rank's piece backward is queued before the gather's all-reduce, so no rank's
+    # GPU waits in a collective for another rank's piece (rank 0 running its piece first made
+    # the others' forward, and its own backward, wait for a whole piece per layer).
+    cs, ns, ms = _PieceSummary.apply(k, v, i, f, gate_soft_cap)
     logF = floored_logsigmoid(soft_cap(f.to(sdt), gate_soft_cap)).sum(-1)      # (B, NH), as the op
+    first = rank == 0
+    if first and not (c_initial is None and n_initial is None and m_initial is None):
+        zeros = dict(dtype=sdt, device=q.device)       # a part not given is zero, as for the op
+        start = (torch.zeros(B, NH, DQK, DV, **zeros) if c_initial is None else c_initial.to(sdt),
+                 torch.zeros(B, NH, DQK, **zeros) if n_initial is None else n_initial.to(sdt),
+                 torch.zeros(B, NH, 1, **zeros) if m_initial is None else m_initial.to(sdt))
+        cs, ns, ms = _fold([(cs, ns, ms)], [logF], *start)
     # 2. One all-gather of every rank's summary (a flat float buffer per rank).
     flat = torch.cat([cs.reshape(-1), ns.reshape(-1), ms.reshape(-1), logF.reshape(-1)]).to(sdt)
     every = _AllGather.apply(flat, group)
     if first:
-        # Rank 0 uses no gathered summary, but must run the gather's backward (its collective)
-        # like the others: an empty slice of it joins the graph, adding an exact 0.
+        # Rank 0 runs its piece from the sequence's initial state; it uses no gathered summary,
+        # but must run the gather's backward (its collective) like the others: an empty slice
+        # of it joins the graph, adding an exact 0.
+        out = mlstm_chunkwise(q, k, v, i, f, c_initial, n_initial, m_initial,
+                              return_last_states=return_last_states, eps=eps, chunk_size=chunk_size,
+                              gate_soft_cap=gate_soft_cap)
+        h = out[0] if return_last_states else out
         h = h + every[:0].sum().to(h.dtype)
-        return (h, (cs, ns, ms)) if return_last_states else h
+        return (h, out[1]) if return_last_states else h
     # 3. The pieces before this one folded from a zero state (the first carries the initial one).
     sizes = [B * NH * DQK * DV, B * NH * DQK, B * NH, B * NH]
     parts = [torch.split(row, sizes) for row in every[:rank]]
