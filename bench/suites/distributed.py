@@ -142,8 +142,7 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
 def _measure_rank(case, wrap, dtype, device, world):
     import torch.distributed as dist
 
-    from xlstm_triton.models import (cp_reduce_gradients, data_parallel, shard_blocks, xLSTMLarge,
-                                     xLSTMLargeConfig)
+    from xlstm_triton.models import context_parallel, data_parallel, shard_blocks, xLSTMLarge, xLSTMLargeConfig
 
     cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
                            num_heads=case["heads"], **({} if case.get("quick") else dict(weight_mode="fused")))
@@ -153,9 +152,10 @@ def _measure_rank(case, wrap, dtype, device, world):
     model = model.to(dtype=dtype).train()
     model.check_token_range = False
     cp = case["parallel"] == "cp"
-    run = data_parallel(model) if wrap == "ddp" else shard_blocks(model) if wrap == "fsdp" else model
-    optimizer = torch.optim.AdamW(run.parameters(), lr=1e-6, fused=device.type == "cuda" and wrap != "fsdp")
     rank, group = dist.get_rank(), dist.group.WORLD
+    run = (data_parallel(model) if wrap == "ddp" else shard_blocks(model) if wrap == "fsdp"
+           else context_parallel(model, group) if world > 1 else model)
+    optimizer = torch.optim.AdamW(run.parameters(), lr=1e-6, fused=device.type == "cuda" and wrap != "fsdp")
     length = case["ctx"]
     if cp:   # equal pieces, the remainder on the last rank
         length = case["ctx"] // world + (case["ctx"] % world if rank == world - 1 else 0)
@@ -166,9 +166,7 @@ def _measure_rank(case, wrap, dtype, device, world):
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss = run(tokens, labels=tokens, **extra)
-        loss.backward()
-        if extra:
-            cp_reduce_gradients(model, group)
+        loss.backward()     # context parallel: the wrapper sums the gradients over the group
         optimizer.step()
 
     def sync():

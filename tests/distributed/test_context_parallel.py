@@ -135,19 +135,23 @@ def test_cp_group_errors_without_a_process_group():
 
 
 def _model_rank(rank, world, pieces, path, family="large"):
+    """One rank's piece through the model; `family` "large-ddp": xLSTMLarge wrapped by
+    `models.context_parallel` (DDP summing over a twin group) instead of cp_reduce_gradients."""
     os.environ["TRITON_INTERPRET"] = "0"                # the ops' PyTorch path on these CPU ranks
     dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
-    from xlstm_triton.models import cp_reduce_gradients
-    model = _large_model() if family == "large" else _paper_model()
+    from xlstm_triton.models import context_parallel, cp_reduce_gradients
+    model = _paper_model() if family == "paper" else _large_model()
+    run = context_parallel(model, dist.group.WORLD) if family == "large-ddp" else model
     ids = _ids(sum(pieces)) % model.config.vocab_size
     lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
     piece = ids[:, lo:hi]
     group = dist.group.WORLD
     with torch.no_grad():
         logits = model(piece, cp_group=group)
-    loss = model(piece, labels=piece, cp_group=group)
+    loss = run(piece, labels=piece, cp_group=group)
     loss.backward()
-    cp_reduce_gradients(model, group)
+    if run is model:
+        cp_reduce_gradients(model, group)
     torch.save({"logits": logits, "loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}},
                f"{path}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -166,7 +170,8 @@ def _ids(S):
     return torch.randint(0, 64, (2, S), generator=torch.Generator().manual_seed(8))
 
 
-@pytest.mark.parametrize("family, pieces", [("large", [20, 13]), ("large", [7, 30, 16]), ("paper", [2, 17, 11])])
+@pytest.mark.parametrize("family, pieces", [("large", [20, 13]), ("large", [7, 30, 16]), ("paper", [2, 17, 11]),
+                                           ("large-ddp", [20, 13])])
 def test_model_over_ranks_equals_one_run(family, pieces, tmp_path, monkeypatch):
     """xLSTMLarge / xLSTMLMModel (mLSTM blocks, their conv windows crossing the pieces, a piece
     of 2 steps included) with cp_group=: the pieces' logits, the loss (the whole sequences'
@@ -177,7 +182,7 @@ def test_model_over_ranks_equals_one_run(family, pieces, tmp_path, monkeypatch):
                        start_method="spawn")
     import xlstm_triton.utils as xt_utils
     monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _large_model() if family == "large" else _paper_model()
+    model = _paper_model() if family == "paper" else _large_model()
     ids = _ids(sum(pieces)) % model.config.vocab_size
     with torch.no_grad():
         logits = model(ids)

@@ -17,7 +17,7 @@ per block) and `data_parallel` (DDP) train either family on several GPUs (models
 
 from ..layers import mLSTMLargeLayer, mLSTMState
 from ..modules import RMSNorm, SwiGLUFeedForward, soft_cap
-from .parallel import cp_reduce_gradients, data_parallel, shard_blocks
+from .parallel import context_parallel, cp_reduce_gradients, data_parallel, shard_blocks
 from .training import capture_step, compile_blocks
 from .xlstm_large import (convert_weight_mode, detect_weight_mode, from_transformers, from_transformers_state_dict,
                           load_checkpoint, load_safetensors_dir, mLSTMLargeBlock, to_transformers_state_dict,
@@ -28,5 +28,5 @@ __all__ = [
     "SwiGLUFeedForward", "RMSNorm", "mLSTMState", "soft_cap",
     "load_checkpoint", "load_safetensors_dir", "from_transformers", "to_transformers_state_dict",
     "from_transformers_state_dict", "convert_weight_mode", "detect_weight_mode", "compile_blocks",
-    "capture_step", "shard_blocks", "data_parallel", "cp_reduce_gradients",
+    "capture_step", "shard_blocks", "data_parallel", "context_parallel", "cp_reduce_gradients",
 ]

@@ -60,6 +60,38 @@ def data_parallel(model: nn.Module, process_group=None, **ddp_kwargs) -> nn.Modu
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=process_group, **ddp_kwargs)
 
 
+def context_parallel(model: nn.Module, group, **ddp_kwargs) -> nn.Module:
+    """Wraps `model` for training on pieces of sequences split over `group` (called as
+    `wrapper(input_ids, labels=labels, cp_group=group)`): `DistributedDataParallel` over a
+    second group of the same ranks, its gradient buckets summed instead of averaged. The sum
+    is what `cp_reduce_gradients` computes, but DDP starts each bucket's all-reduce as soon as
+    the backward has produced it, so the reduction overlaps the rest of the backward (after
+    the backward, the step would wait for all of it: ~70 ms for 1.4B bfloat16 gradients on two
+    H200s, 15-20% of a 32k-token step). Its own group keeps DDP's collectives apart from the
+    context-parallel ones of the layers, which run in the same backward. Returns the wrapper;
+    the model is `wrapper.module`."""
+    import torch.distributed as dist
+
+    ddp_group = _twin_groups.get(group)
+    if ddp_group is None:
+        ddp_group = dist.new_group(ranks=dist.get_process_group_ranks(group), backend=dist.get_backend(group),
+                                   use_local_synchronization=True)
+        _twin_groups[group] = ddp_group
+    wrapper = data_parallel(model, process_group=ddp_group, **ddp_kwargs)
+    wrapper.register_comm_hook(ddp_group, _sum_buckets)
+    return wrapper
+
+
+_twin_groups: dict = {}     # context-parallel group -> the group its gradient reduction runs on
+
+
+def _sum_buckets(group, bucket):
+    """DDP communication hook: the bucket summed over `group` (DDP's default averages)."""
+    import torch.distributed as dist
+    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
 def cp_reduce_gradients(model: nn.Module, group, bucket_mib: int = 256) -> None:
     """Context parallelism: after the backward of a model run on pieces of sequences split over
     `group` (`xLSTMLarge(..., cp_group=group)`), each rank holds its piece's part of the
@@ -93,5 +125,5 @@ def cp_reduce_gradients(model: nn.Module, group, bucket_mib: int = 256) -> None:
             torch._foreach_copy_(bucket, _unflatten_dense_tensors(flat, bucket))
 
 
-__all__ = ["shard_blocks", "data_parallel", "cp_reduce_gradients"]
+__all__ = ["shard_blocks", "data_parallel", "context_parallel", "cp_reduce_gradients"]
 
