@@ -124,6 +124,29 @@ def test_mismatched_pieces_are_named_on_every_rank(tmp_path):
         assert "rank 0 has (B, NH, DQK, DV) = (1, 2, 16, 32), rank 1 (1, 1, 16, 32)" in message, message
 
 
+def _mismatched_model_rank(rank, world, path):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    model = _large_model()
+    ids = _ids(8)[:2 - rank]                      # rank 1: one sequence where rank 0 has two
+    try:
+        model(ids, labels=ids, cp_group=dist.group.WORLD)
+        message = "no error"
+    except ValueError as e:
+        message = str(e)
+    torch.save(message, f"{path}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_mismatched_model_pieces_are_named_on_every_rank(tmp_path):
+    """A model checks its pieces once per forward (batch size, dtype, config), not per layer."""
+    mp.start_processes(_mismatched_model_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        message = torch.load(tmp_path / f"rank{r}.pt")
+        assert "cp_group: every rank's piece must have the same (B, config checksum)" in message, message
+        assert "rank 0 has (B, config checksum) = (2, " in message and "rank 1 (1, " in message, message
+
+
 def test_cp_group_errors_without_a_process_group():
     x = _inputs(9, False)
     if dist.is_initialized():
@@ -294,32 +317,46 @@ def test_piece_checks_of_an_nccl_group_run_on_a_host_group(tmp_path):
         assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in got["message"], got
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cap", [None, 4.0])
-def test_piece_summary_equals_the_ops_final_state_from_zero(cap):
-    """What a rank after the first shares, without running its piece: the state its piece
-    leaves from a zero state, in true scale (c e^m, n e^m; each side's own stabilizer m), and
-    its gradients for k, v, i, f, equal the op's (float64, extreme gates included)."""
-    from xlstm_triton.ops.mlstm.context_parallel import _PieceSummary
+def test_piece_summary_equals_the_ops_final_state_from_zero(cap, dtype, monkeypatch):
+    """What each rank shares, without running its piece: the state its piece leaves from a zero
+    state, in true scale (c e^m, n e^m; each side's own stabilizer m), its log decay F, and the
+    gradients of all three for k, v, i, f, equal the op's (extreme gates included). float64:
+    the PyTorch path to 1e-10; float32: the gate-chain kernels where the kernels run (the GPU,
+    the interpreter), against the float64 op, to float32 accuracy, walking blocks of 16 steps."""
+    from xlstm_triton.ops.mlstm import piece_summary
+    from xlstm_triton.ops.mlstm.gates import floored_logsigmoid
+    from xlstm_triton.ops.mlstm.piece_summary import PieceSummary
+    monkeypatch.setattr(piece_summary, "BLOCK", 16)
+    from xlstm_triton.utils import soft_cap
     g = torch.Generator().manual_seed(3)
     B, S = 2, 37
     x = dict(q=torch.randn(B, NH, S, DQK, generator=g), k=torch.randn(B, NH, S, DQK, generator=g),
              v=torch.randn(B, NH, S, DV, generator=g), i=torch.randn(B, NH, S, generator=g) * 6,
              f=torch.randn(B, NH, S, generator=g) * 4 + 1)
     x["f"][0, 0, 5] = -60.0                       # a nearly closed forget gate
+    x["f"][1, 1, 7] = -2000.0                     # below the floor: forgets, no gradient
     x = {n: t.double().requires_grad_() for n, t in x.items()}
     wc = torch.randn(B, NH, DQK, DV, generator=g, dtype=torch.float64)
     wn = torch.randn(B, NH, DQK, generator=g, dtype=torch.float64)
+    wF = torch.randn(B, NH, generator=g, dtype=torch.float64)
 
-    def true_scale_loss(c, n, m):
-        scale = torch.exp(m.reshape(B, NH, 1)).detach()
-        return (wc * c * scale[..., None]).sum() + (wn * n * scale).sum(), (c * scale[..., None], n * scale)
+    def true_scale_loss(c, n, m, F):
+        scale = torch.exp(m.double().reshape(B, NH, 1)).detach()
+        c, n = c.double() * scale[..., None], n.double() * scale
+        return (wc * c).sum() + (wn * n).sum() + (wF * F.double()).sum(), (c, n, F.double())
 
     _, (c, n, m) = mlstm_chunkwise(**x, return_last_states=True, gate_soft_cap=cap)
-    loss, (c_ref, n_ref) = true_scale_loss(c, n, m)
+    F = floored_logsigmoid(soft_cap(x["f"], cap)).sum(-1)
+    loss, ref_out = true_scale_loss(c, n, m, F)
     ref = torch.autograd.grad(loss, [x[k] for k in "kvif"])
-    loss, (c_got, n_got) = true_scale_loss(*_PieceSummary.apply(x["k"], x["v"], x["i"], x["f"], cap))
-    got = torch.autograd.grad(loss, [x[k] for k in "kvif"])
-    assert_close(c_got, c_ref, 1e-10, "C")
-    assert_close(n_got, n_ref, 1e-10, "n")
+    dev = "cuda" if dtype == torch.float32 and torch.cuda.is_available() else "cpu"
+    y = {n: t.detach().to(dev, dtype).requires_grad_() for n, t in x.items()}
+    loss, got_out = true_scale_loss(*PieceSummary.apply(y["k"], y["v"], y["i"], y["f"], cap))
+    got = torch.autograd.grad(loss, [y[k] for k in "kvif"])
+    fwd, bwd = (1e-10, 1e-9) if dtype == torch.float64 else (1e-5, 1e-4)
+    for name, a, b in zip(("C", "n", "F"), got_out, ref_out):
+        assert_close(a.cpu(), b, fwd, name)
     for name, a, b in zip("kvif", got, ref):
-        assert_close(a, b, 1e-9, f"d {name}")
+        assert_close(a.double().cpu(), b, bwd, f"d {name}")

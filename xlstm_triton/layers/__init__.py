@@ -10,9 +10,9 @@
 from .config import FeedForwardConfig, UpProjConfigMixin, mLSTMLayerConfig, sLSTMCellConfig, sLSTMLayerConfig
 from .mlstm import mLSTMCell, mLSTMLayer, mlstm_recurrence
 from .mlstm_large import mLSTMLargeLayer
-from .slstm import sLSTMCell, sLSTMLayer
+from .slstm import refuse_context_parallel, sLSTMCell, sLSTMLayer
 from .state import mLSTMLayerState, mLSTMState, sLSTMLayerState
 
 __all__ = ["FeedForwardConfig", "UpProjConfigMixin", "mLSTMLayerConfig", "sLSTMCellConfig", "sLSTMLayerConfig",
            "mLSTMCell", "mLSTMLayer", "mlstm_recurrence", "mLSTMLargeLayer", "sLSTMCell", "sLSTMLayer",
-           "mLSTMLayerState", "mLSTMState", "sLSTMLayerState"]
+           "mLSTMLayerState", "mLSTMState", "sLSTMLayerState", "refuse_context_parallel"]

@@ -30,7 +30,7 @@ from ..ops.slstm import bias_from_xlstm, recurrent_from_xlstm, slstm, slstm_step
 from .config import sLSTMLayerConfig
 from .state import check_state_tuple, sLSTMLayerState
 
-__all__ = ["sLSTMCell", "sLSTMLayer", "sLSTMLayerState"]
+__all__ = ["sLSTMCell", "sLSTMLayer", "sLSTMLayerState", "refuse_context_parallel"]
 
 
 _UNSUPPORTED = (  # (field, value this implementation computes, what it means)
@@ -216,10 +216,7 @@ class sLSTMLayer(nn.Module):
         """x (B, S, E). Returns y (B, S, E) and, with `return_state`, the new sLSTMLayerState.
         `cu_seqlens` (N + 1,): packed documents along S (B = 1), each from a zero state (no
         state in or out). `cp_group` is refused: see the error."""
-        if cp_group is not None:
-            raise ValueError("cp_group: the sLSTM cannot be split over ranks along the sequence (its recurrence "
-                             "mixes h_t nonlinearly into every later step, so a piece cannot start before the "
-                             "pieces before it have run); context parallelism needs mLSTM blocks only")
+        refuse_context_parallel(cp_group)
         E = self.config.embedding_dim
         check_layer_input("sLSTMLayer", x, E)
         B, S, _ = x.shape
@@ -252,3 +249,10 @@ class sLSTMLayer(nn.Module):
     def step(self, x: torch.Tensor, state: Optional[sLSTMLayerState] = None):
         return self.forward(x, state, return_state=True)
 
+
+def refuse_context_parallel(cp_group) -> None:
+    """ValueError where `cp_group` is given: the sLSTM's sequence cannot be split over ranks."""
+    if cp_group is not None:
+        raise ValueError("cp_group: the sLSTM cannot be split over ranks along the sequence (its recurrence "
+                         "mixes h_t nonlinearly into every later step, so a piece cannot start before the "
+                         "pieces before it have run); context parallelism needs mLSTM blocks only")

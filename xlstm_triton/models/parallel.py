@@ -15,10 +15,13 @@ Our ops launch on their tensors' device, so a rank's kernels run on its own GPU.
 
 from __future__ import annotations
 
+import contextlib
+import zlib
 from typing import Optional
 
 from torch import nn
 
+from ..ops.mlstm.context_parallel import pieces_checked
 from .training import model_blocks
 
 
@@ -90,6 +93,18 @@ def _sum_buckets(group, bucket):
     import torch.distributed as dist
     work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
     return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def cp_checked(model: nn.Module, x, cp_group):
+    """The scope of a model's forward over pieces split over `cp_group` (None: no scope): one
+    check that every rank has the same batch size, dtype and model configuration (a checksum
+    of the config's repr), instead of the mLSTM layers' check per call (`pieces_checked`)."""
+    if cp_group is None:
+        return contextlib.nullcontext()
+    signature = model.__dict__.get("_cp_signature")
+    if signature is None:
+        signature = model.__dict__["_cp_signature"] = zlib.crc32(repr(model.config).encode())
+    return pieces_checked(cp_group, "(B, config checksum)", (x.shape[0], signature), x.dtype)
 
 
 def cp_reduce_gradients(model: nn.Module, group, bucket_mib: int = 256) -> None:

@@ -16,8 +16,10 @@ from torch import nn
 
 from ...checks import check_context_parallel_call
 from ...generation import check_token_ids, copy_state_, generate_tokens, sample_tokens
+from ...layers import refuse_context_parallel
 from ...modules import small_init_
 from ..lm_loss import check_labels, cp_next_token_loss, next_token_loss
+from ..parallel import cp_checked
 from ..packed import packed_offsets
 from .blocks import StackState, WeightDecayGroupsMixin, xLSTMBlockStack
 from .config import xLSTMLMModelConfig
@@ -98,7 +100,10 @@ class xLSTMLMModel(WeightDecayGroupsMixin, nn.Module):
             check_labels(labels, idx, self.config.vocab_size, check_range)
         x = self.emb_dropout(self.token_embedding(idx))
         cp = {} if cp_group is None else dict(cp_group=cp_group)
-        out = self.xlstm_block_stack(x, state, return_state=return_state, cu_seqlens=cu_seqlens, **cp)
+        if cp_group is not None and 1 in self.config.block_map:
+            refuse_context_parallel(cp_group)       # before the pieces' check: no collective
+        with cp_checked(self, x, cp_group):
+            out = self.xlstm_block_stack(x, state, return_state=return_state, cu_seqlens=cu_seqlens, **cp)
         x, new_state = out if return_state else (out, None)
         if labels is None:
             out = self.lm_head(x)

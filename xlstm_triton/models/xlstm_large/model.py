@@ -29,6 +29,7 @@ from ...generation import check_token_ids, generate_tokens, sample_tokens
 from ...layers import mLSTMLargeLayer, mLSTMState
 from ...modules import MultiHeadLayerNorm, RMSNorm, SwiGLUFeedForward, small_init_, soft_cap, wang_init_
 from ..lm_loss import check_labels, cp_next_token_loss, next_token_loss
+from ..parallel import cp_checked
 from ..packed import packed_offsets
 from ..residual import run_residual_stream
 from .checkpoint import read_checkpoint, transformers_weights
@@ -246,8 +247,9 @@ class xLSTMLarge(nn.Module):
             check_labels(labels, input_ids, self.config.vocab_size, check_range)
         x = self.embedding(input_ids)
         cp = {} if cp_group is None else dict(cp_group=cp_group)
-        out = self.backbone(x, state, return_state=return_state, update_state=update_state, cu_seqlens=cu_seqlens,
-                            **cp)
+        with cp_checked(self, x, cp_group):
+            out = self.backbone(x, state, return_state=return_state, update_state=update_state,
+                                cu_seqlens=cu_seqlens, **cp)
         x, new = out if return_state else (out, None)
         if labels is None:
             out = self._logits(x)
