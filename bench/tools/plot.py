@@ -24,7 +24,7 @@ def plot_csv(path: Path, out_dir: Path) -> list[Path]:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     suite = rows[-1].get("suite", "")
-    if suite in ("kernels", "decode", "model"):
+    if suite in ("kernels", "decode", "model", "distributed"):
         plot = getattr(plot_scaling, f"plot_{suite}")
         return plot([r for r in rows if r.get("suite") == suite], path.stem, out_dir)
     if "geometry" in rows[0]:

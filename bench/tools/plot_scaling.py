@@ -1,4 +1,4 @@
-"""Figures of the scaling suites (`kernels`, `decode`, `model`): time, throughput and memory
+"""Figures of the scaling suites (`kernels`, `decode`, `model`, `distributed`): time, throughput and memory
 against sequence or context length, log-log, with the crossover marked where our line crosses
 the best attention line. Called by `bench.tools.plot.plot_csv`; each figure's title names the GPU,
 dtype, software versions and shapes, taken from the CSV's columns. Failed and unavailable
@@ -244,3 +244,45 @@ def plot_model(rows, stem, out_dir: Path) -> list[Path]:
     title = (f"LM training step (forward + backward + AdamW), {int(r0['tokens']):,} tokens per step, "
              f"vocabulary {r0['vocab']}\n{arch_line}\n{subtitle(rows)}")
     return [_finish(fig, axes, title, _failures_note(rows, "ctx"), out_dir / f"{stem}.png")]
+
+
+def plot_distributed(rows, stem, out_dir: Path) -> list[Path]:
+    """Data parallel: tokens/s against GPUs (DDP, FSDP2, and the ideal from one GPU); context
+    parallel: tokens/s against the sequence length, one line per GPU count (a sequence that ran
+    out of memory is listed under the axes: the longest trainable sequence per GPU count)."""
+    import matplotlib.pyplot as plt
+
+    gpu = rows[-1]["gpu"]
+    rows = latest([r for r in rows if r["gpu"] == gpu], ["provider", "parallel", "world", "ctx", "B"])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    dp = [r for r in rows if r["parallel"] == "dp"]
+    worlds = sorted({int(r["world"]) for r in dp if is_ok(r)})
+    for j, p in enumerate(sorted({r["provider"] for r in dp})):
+        s = _series([r for r in dp if r["provider"] == p], "world", "tokens_per_s", 1e-3)
+        if s:
+            axes[0].plot(list(s), list(s.values()), marker=MARKERS[j % len(MARKERS)], label=p, color=f"C{j}")
+            one = s.get(1)
+            if one:
+                axes[0].plot(worlds, [one * w for w in worlds], ls=":", color=f"C{j}", label=f"{p}: ideal")
+    axes[0].set_xlabel("GPUs")
+    axes[0].set_xticks(worlds or [1])
+    axes[0].set_title("data parallel: training throughput, 1000 tokens/s (weak scaling)", fontsize=10)
+    cp = [r for r in rows if r["parallel"] == "cp"]
+    for j, w in enumerate(sorted({int(r["world"]) for r in cp})):
+        s = _series([r for r in cp if int(r["world"]) == w], "ctx", "tokens_per_s", 1e-3)
+        if s:
+            axes[1].plot(list(s), list(s.values()), marker=MARKERS[j % len(MARKERS)], label=f"{w} GPU(s)",
+                         color=f"C{j}")
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("tokens in the one sequence")
+    axes[1].set_title("context parallel: training throughput, 1000 tokens/s", fontsize=10)
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0)
+    r0 = rows[0]
+    title = (f"xLSTMLarge E={r0['E']}, {r0['blocks']} blocks, training step (AdamW) over several GPUs\n"
+             f"{subtitle(rows)}")
+    bad = [dict(r, provider=f"{r['provider']} on {r['world']} GPU(s)") for r in rows
+           if not is_ok(r) and r["status"] not in ("skipped", "unavailable")]
+    note = _failures_note(bad, "ctx")
+    return [_finish(fig, axes, title, note, out_dir / f"{stem}.png")]

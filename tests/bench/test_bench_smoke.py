@@ -250,11 +250,21 @@ def test_plots_of_new_suites(tmp_path):
                               slstm_at="7,15,23", mlstm_heads=4, slstm_heads=4, vocab=50304, params=2.56e8,
                               params_non_embedding=1.5e8, tokens_per_s=tps, arch=arch, mode="train",
                               ms=16384 / tps * 1e3, peak_mib=30000, **_env("model")))
+    distributed = []
+    for provider, parallel, ctx in (("xlstm_large.ddp", "dp", 4096), ("xlstm_large.cp", "cp", 32768),
+                                    ("xlstm_large.cp", "cp", 65536)):
+        for world in (1, 2, 4):
+            oom = parallel == "cp" and ctx == 65536 and world == 1
+            distributed.append(dict(provider=provider, E=2048, blocks=24, heads=8, vocab=50304, parallel=parallel,
+                                    world=world, ctx=ctx, B=4 if parallel == "dp" else 1,
+                                    tokens_per_s=None if oom else 60000.0 * world, gpus=world, ranks=world,
+                                    mode="train", ms=None if oom else 300.0, peak_mib=None if oom else 30000,
+                                    **dict(_env("distributed"), status="oom" if oom else "ok")))
     figs = []
-    for name, rows in (("kernels", kernels), ("decode", decode), ("model", model)):
+    for name, rows in (("kernels", kernels), ("decode", decode), ("model", model), ("distributed", distributed)):
         figs += plot_csv(_write_csv(tmp_path / f"{name}.csv", rows), tmp_path / "figures")
     names = sorted(f.name for f in figs)
-    assert names == ["decode.png", "kernels_mlstm_7B.png", "model.png"]
+    assert names == ["decode.png", "distributed.png", "kernels_mlstm_7B.png", "model.png"]
     for f in figs:
         assert f.read_bytes()[:4] == PNG_MAGIC and f.stat().st_size > 10_000
 
