@@ -205,6 +205,7 @@ def _gate_projection_backward(qkv, d_qkv, d_i, d_f, ig_w, fg_w):
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)     # the 7 outputs kept for the backward send None, not zeros
     (xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
      num_heads, norm_eps, norm_offset, cu_seqlens) = inputs
     ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
@@ -215,6 +216,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, d_out, *unused):
     xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params, cu_seqlens = ctx.saved_tensors
+    if d_out is None:
+        d_out = xz.new_zeros(h.shape[:2] + (xz.shape[-1] // 2,))
     grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params,
                      *ctx.config, cu_seqlens)
     return (grads[0], *(g if present else None for g, present in zip(grads[1:], ctx.present)),
