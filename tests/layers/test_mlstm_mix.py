@@ -50,11 +50,14 @@ def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch
         runs.append((y.detach(), xi.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
     assert len(forwards) == 1                          # the recomputing path ran, once
     (y, dx, grads), (y_ref, dx_ref, grads_ref) = runs
-    assert_close(y, y_ref, 1e-6, "y")
-    assert_close(dx, dx_ref, 1e-5, "d x")
+    # float32 both ways; the recomputing path sums the gate projections inside the headwise
+    # kernels (column blocks, then their sum) where the keeping path uses one product: ~1e-6
+    # apart in the gates, a few 1e-5 in the gate biases' gradients (sums of many terms)
+    assert_close(y, y_ref, 1e-5, "y")
+    assert_close(dx, dx_ref, 1e-4, "d x")
     assert grads.keys() == grads_ref.keys()
     for n in grads:
-        assert_close(grads[n], grads_ref[n], 1e-5, f"d {n}")
+        assert_close(grads[n], grads_ref[n], 1e-4, f"d {n}")
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -121,3 +121,35 @@ def test_backward_into_a_strided_gradient_adding(device):
     assert_close(dw, dw_ref, bwd, "d weight")
     dx, _ = headwise_linear_backward(x, weight, upstream, dx=wide[:, F:])        # written, not added
     assert_close(wide[:, F:], dx_ref, bwd, "d x written")
+
+
+@pytest.mark.parametrize("dtype, M, BS, F, N, G", [(torch.float32, 2, 4, 200, 37, 8), (torch.float32, 1, 4, 48, 70, 3),
+                                                   (torch.bfloat16, 2, 4, 72, 300, 8)])
+def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G, device, poison):
+    """The fused gate projection (the paper layer's i, f gates of cat(q, k, v)): the forward's
+    column-block partial sums add up to sum_m out[m] @ gw[m]^T (of the stored outputs), and the
+    backward with d_gates gives d x and d weight of out * upstream + gates * d_gates, against
+    the float64 einsum (F no tile divides, G under the padded 16)."""
+    from xlstm_triton.modules.headwise_linear import headwise_linear_backward, headwise_linear_forward
+    from xlstm_triton.utils import use_kernels
+    x = torch.randn(N, F, device=device).to(dtype)
+    if not use_kernels(x):
+        pytest.skip("the fused gate projection is a kernel feature (CPU: TRITON_INTERPRET=1)")
+    weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype)
+    gw = (torch.randn(M, G, F, device=device) / 8).to(dtype)
+    out, partial = headwise_linear_forward(x, weight, None, gate_weight=gw)
+    gates = partial.sum(0)
+    want = torch.einsum("mnf,mgf->ng", out.double(), gw.double())
+    fwd, bwd = TOL[dtype]
+    assert partial.dtype == torch.float32 and partial.shape[1:] == (N, G)
+    assert_close(gates, want, 1e-5 if dtype == torch.float32 else 1e-2, "gates")
+    upstream = torch.randn(M, N, F, device=device).to(dtype)
+    d_gates = torch.randn(N, G, device=device)
+    dx, dw = headwise_linear_backward(x, weight, upstream, d_gates=d_gates, gate_weight=gw)
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight)]
+    ref_out = headwise_linear_torch(leaves[0], leaves[1], None)
+    loss = (ref_out * upstream.double()).sum() + (torch.einsum("mnf,mgf->ng", ref_out, gw.double())
+                                                  * d_gates.double()).sum()
+    loss.backward()
+    assert_close(dx, leaves[0].grad, bwd, "d x")
+    assert_close(dw, leaves[1].grad, bwd, "d weight")

@@ -51,10 +51,14 @@ def mix_arguments(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> tuple:
             cell.num_heads, float(norm.eps), offset, cu_seqlens)
 
 
-def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlens):
+def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, num_heads: int,
+            cu_seqlens):
     """x_c = SiLU(conv(x_m)), q, k (headwise of x_c, one read of it: views of one (2, B, S, F)
-    buffer), v (headwise of x_m), each (B, S, F), and the kernels' weights (conv (F, K), q and
-    k stacked, v) in x_m's dtype."""
+    buffer), v (headwise of x_m), each (B, S, F); the gates i, f (B, S, NH) float32 = igate /
+    fgate of cat(q, k, v), formed inside the headwise kernels while q, k, v are in registers
+    (column-block partial sums, added here: q, k, v are not read again); and the kernels'
+    weights (conv (F, K), q and k stacked, v, the gate weight's q/k and v parts (M, 2 NH, F))
+    in x_m's dtype."""
     B, S, F = x_m.shape
     dtype = x_m.dtype
     w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
@@ -63,10 +67,20 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlen
     w_v = as_dtype(v_w[None], dtype)
     b_qk = None if q_b is None else as_dtype(torch.stack([q_b, k_b]), dtype)
     b_v = None if v_b is None else as_dtype(v_b[None], dtype)
+    gate_w = as_dtype(torch.cat([ig_w, fg_w]), dtype).view(2 * num_heads, 3, F)     # (2 NH, 3 F) by blocks
+    gw_qk, gw_v = gate_w[:, :2].transpose(0, 1).contiguous(), gate_w[:, 2:].transpose(0, 1).contiguous()
     x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
-    q, k = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk).view(2, B, S, F)
-    v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v).view(B, S, F)
-    return x_c, q, k, v, (w_conv, b_conv, w_qk, w_v)
+    qk, part_qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk, gate_weight=gw_qk)
+    v, part_v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v, gate_weight=gw_v)
+    gates = part_qk.sum(0).add_(part_v.sum(0)).add_(torch.cat([ig_b, fg_b]).float()).view(B, S, 2 * num_heads)
+    i, f = gates.split(num_heads, dim=-1)
+    q, k = qk.view(2, B, S, F)
+    return x_c, q, k, v.view(B, S, F), i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v)
+
+
+def _heads(t: Tensor, num_heads: int) -> Tensor:
+    """(B, S, F) -> the recurrence's (B, NH, S, DH) view."""
+    return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
 def _gate_weight(ig_w: Tensor, fg_w: Tensor, F: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -100,9 +114,10 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
     rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
-    x_c, q, k, v, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, cu_seqlens)
-    h, saved = mlstm_chunkwise_forward(*cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, num_heads),
-                                       cu_seqlens=cu_seqlens)
+    x_c, q, k, v, i, f, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
+                                    num_heads, cu_seqlens)
+    h, saved = mlstm_chunkwise_forward(*(_heads(t, num_heads) for t in (q, k, v)), i.transpose(1, 2),
+                                       f.transpose(1, 2), cu_seqlens=cu_seqlens)
     h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
     out, mean, rstd = head_norm_gate_forward(h, z, _norm_weight(norm_w, norm_offset), norm_b, norm_eps,
                                              act="silu", skip=skip, x_skip=x_c)
@@ -135,9 +150,9 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     x_m, z = xz.split(F, dim=-1)
     B, S, _ = x_m.shape
     N, NH = B * S, num_heads
-    x_c, q, k, v, (w_conv, b_conv, w_qk, w_v) = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b,
-                                                        cu_seqlens)
-    cell_in = cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, NH)
+    x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v) = _inputs(
+        x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens)
+    cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
     d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
@@ -145,22 +160,28 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
         d_gate=d_z)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
     d_v = x_m.new_empty((B, S, F))
-    heads = (lambda t: t.unflatten(-1, (NH, -1)).transpose(1, 2))
     saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
-    *d_cell, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
-                                                 out=(heads(d_qk[0]), heads(d_qk[1]), heads(d_v)))
-    d_gate_w, d_gate_b = _gate_projection_backward((q, k, v), d_cell, d_i, d_f, ig_w, fg_w)   # adds into d q, k, v
+    _, _, _, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
+                                                 out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)))
+    # The gate projections' backward: d q, k, v get d_gates @ W inside the headwise kernels below;
+    # d W = d_gates^T [q | k | v], d b = the column sums.
+    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(N, 2 * NH).float()      # (N, 2 NH), small
+    d_g = as_dtype(d_gates, q.dtype)
+    d_gate_w = torch.cat([d_g.t() @ t.reshape(N, F) for t in (q, k, v)], dim=1)
+    d_gate_b = d_gates.sum(0)
     d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F),
-                                             accumulate=True)
-    _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F))
+                                             accumulate=True, d_gates=d_gates, gate_weight=gw_qk)
+    _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F),
+                                        d_gates=d_gates, gate_weight=gw_v)
     _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
                                                       cu_seqlens, dx=d_x_m, accumulate=True)
 
-    def bias_grad(b, d):
-        return None if b is None else d.view(N, F).sum(0, dtype=torch.float32)
+    def bias_grad(b, d, gw):     # the column sums of d + d_gates @ gw
+        return None if b is None else d.view(N, F).sum(0, dtype=torch.float32) + d_gate_b @ gw.float()
     grads = [(conv_w, d_w_conv[:, None, :]), (conv_b, d_b_conv if conv_b is not None else None),
              (q_w, d_w_qk[0]), (k_w, d_w_qk[1]), (v_w, d_w_v[0]),
-             (q_b, bias_grad(q_b, d_qk[0])), (k_b, bias_grad(k_b, d_qk[1])), (v_b, bias_grad(v_b, d_v)),
+             (q_b, bias_grad(q_b, d_qk[0], gw_qk[0])), (k_b, bias_grad(k_b, d_qk[1], gw_qk[1])),
+             (v_b, bias_grad(v_b, d_v, gw_v[0])),
              (ig_w, d_gate_w[:NH]), (ig_b, d_gate_b[:NH]), (fg_w, d_gate_w[NH:]), (fg_b, d_gate_b[NH:]),
              (norm_w, d_norm_w), (norm_b, d_norm_b), (skip, d_skip)]
     return [d_xz] + [_absent(xz) if p is None else _fresh(as_dtype(g, p.dtype)) for p, g in grads]
@@ -184,24 +205,6 @@ def _fresh(t: Tensor) -> Tensor:
     """t, or a copy where it is part of a larger buffer (a custom op's outputs may not share
     storage; inside the op's implementation views carry no `_base` to tell them by)."""
     return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
-
-
-def _gate_projection_backward(qkv, d_qkv, d_i, d_f, ig_w, fg_w):
-    """The backward of the gate projections by hand: with g = [i | f] (N, 2 NH) = q W_q^T +
-    k W_k^T + v W_v^T + b, each d x += d g W_x is added in place into the mLSTM's fresh gradient
-    of x (one addmm, where autograd adds a separate product), and d W = d g^T [q | k | v],
-    d b = sum d g. qkv: (B, S, F); d_qkv: the mLSTM's (B, NH, S, DH) gradients (seq-major
-    views); d_i, d_f (B, NH, S). Returns d W (2 NH, 3 F) and d b (2 NH,) in float32 / the
-    products' dtype."""
-    F = qkv[0].shape[-1]
-    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(-1, d_i.shape[1] * 2)   # (N, 2 NH), small
-    d_g = as_dtype(d_gates, qkv[0].dtype)
-    d_weight = []
-    for x, dx, w in zip(qkv, d_qkv, _gate_weight(ig_w, fg_w, F)):
-        dx = dx.transpose(1, 2).reshape(-1, F)       # a view for the kernels' seq-major gradients
-        dx.addmm_(d_g, as_dtype(w, dx.dtype))
-        d_weight.append(d_g.t() @ x.reshape(-1, F))
-    return torch.cat(d_weight, dim=1), d_gates.sum(0)
 
 
 def _setup_context(ctx, inputs, output):

@@ -36,9 +36,12 @@ MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs t
 
 @cached_launch
 @triton.jit
-def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
+def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw_ptr, gp_ptr, N, F, s_x,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                        HAS_BIAS: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
+    gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[m, g, f] (the
+    stored, rounded outputs; float32 sums; the caller adds the column blocks up)."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -50,21 +53,44 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, F, s_x,
     o = tl.arange(0, BS)
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
+    g = tl.arange(0, GP)
+    gates = tl.zeros((BR, GP), dtype=tl.float32)
     for m in tl.static_range(M):
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         y = tl.reshape(tl.sum(x4 * w[None, :, :, :], axis=3), (BR, BF))
         if HAS_BIAS:
             y += tl.load(b_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
-                 y.to(out_ptr.dtype.element_ty), mask=mask)
+        y = y.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
+        if G > 0:
+            gw = tl.load(gw_ptr + (m * G + g)[None, :] * F + cols[:, None],
+                         mask=(g < G)[None, :] & (cols < F)[:, None], other=0.0)      # (BF, GP)
+            gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
+    if G > 0:
+        tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
+                 mask=(rows < N)[:, None] & (g < G)[None, :])
+
+
+@triton.jit
+def _with_gate_term(d, dg_ptr, gw_ptr, rows, cols, N, F, m, G: tl.constexpr, GP: tl.constexpr,
+                    DOT_PREC: tl.constexpr):
+    """d (BR, BF) float32 + dg[rows, :G] gw[m, :G, cols]: the gate projection's share of the
+    gradient of output m, added where the kernel reads it."""
+    g = tl.arange(0, GP)
+    dg = tl.load(dg_ptr + rows.to(tl.int64)[:, None] * G + g[None, :], mask=(rows < N)[:, None] & (g < G)[None, :],
+                 other=0.0)
+    gw = tl.load(gw_ptr + (m * G + g)[:, None] * F + cols[None, :], mask=(g < G)[:, None] & (cols < F)[None, :],
+                 other=0.0)
+    return mma(dg, gw.to(dg.dtype), d, DOT_PREC)
 
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F, s_dx,
+def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw_ptr, N, F, s_dx,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           ACCUMULATE: tl.constexpr):
-    """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i]."""
+                           ACCUMULATE: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
+    dout[m] + dg gw[m]: `_with_gate_term`)."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -78,6 +104,8 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F, s_dx,
     for m in tl.static_range(M):
         d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
                     mask=mask, other=0.0).to(tl.float32)
+        if G > 0:
+            d = _with_gate_term(d, dg_ptr, gw_ptr, rows, cols, N, F, m, G, GP, DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
@@ -89,10 +117,11 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, N, F, s_dx,
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_program,
+def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, dg_ptr, gw_ptr, N, F, s_x, rows_per_program,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           DOT_PREC: tl.constexpr):
-    """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i].
+                           DOT_PREC: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, GATE_PREC: tl.constexpr):
+    """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
+    (with G > 0, dout[m] + dg gw[m]: `_with_gate_term`, rounded to dout's dtype for the product).
 
     Per tile of BR rows and BF columns, G_m = dout_m^T x (BF, BF) on the tensor cores, of which
     the BS x BS blocks on the diagonal are the gradient (the other products are wasted, but a
@@ -113,9 +142,15 @@ def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, N, F, s_x, rows_per_pro
             mask = (rows < N)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=mask, other=0.0)
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
+            if G > 0:
+                d = _with_gate_term(d.to(tl.float32), dg_ptr, gw_ptr, rows, cols, N, F, m0, G, GP,
+                                    GATE_PREC).to(x.dtype)
             acc_a = mma(tl.trans(d), x, acc_a, DOT_PREC)
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
+                if G > 0:
+                    d = _with_gate_term(d.to(tl.float32), dg_ptr, gw_ptr, rows, cols, N, F, m0 + 1, G, GP,
+                                        GATE_PREC).to(x.dtype)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
         base = partial_ptr + (pid_p * M + m0).to(tl.int64) * F * BS
         tl.store(base + offs, acc_a, mask=diag)
@@ -129,17 +164,38 @@ def _tiles(F: int, BS: int) -> tuple[int, int]:
     return 32, BF
 
 
-def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def _gate_args(gate_weight: Optional[torch.Tensor], M: int, F: int) -> tuple[int, int]:
+    """G (gates) and GP (G padded for the tensor cores) of a (M, G, F) gate weight, or 0, 16."""
+    if gate_weight is None:
+        return 0, 16
+    if gate_weight.shape[0] != M or gate_weight.shape[2] != F or not gate_weight.is_contiguous():
+        raise ValueError(f"gate_weight: expected a contiguous (M, G, F) = ({M}, G, {F}), got "
+                         f"{tuple(gate_weight.shape)}")
+    G = gate_weight.shape[1]
+    return G, max(16, next_power_of_2(G))
+
+
+def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                            gate_weight: Optional[torch.Tensor] = None):
     """The forward kernel, no autograd and no checks: x (N, F) with unit last stride, weight
-    (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F)."""
+    (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F).
+
+    With `gate_weight` (M, G, F) contiguous, also a small projection of the outputs, computed
+    while they are in registers: returns (out, partial) with partial (F / BF, N, G) float32,
+    whose sum over dim 0 is sum_m out[m] @ gate_weight[m]^T (the paper layer's input and forget
+    gates of cat(q, k, v), without reading q, k, v again)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
     grid = (cdiv(N, BR), cdiv(F, BF))
-    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, N, F, x.stride(0),
-                              M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, num_warps=4)
-    return out
+    G, GP = _gate_args(gate_weight, M, F)
+    partial = new_empty((grid[1], N, G), torch.float32, x.device) if G else out
+    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out,
+                              gate_weight if G else weight, partial, N, F, x.stride(0),
+                              M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G=G, GP=GP,
+                              DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
+    return (out, partial) if G else out
 
 
 @kernel_op("xlstm_triton::headwise_linear")
@@ -153,29 +209,39 @@ def _(x, weight, bias):
 
 
 def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor,
-                             dx: Optional[torch.Tensor] = None, accumulate: bool = False
+                             dx: Optional[torch.Tensor] = None, accumulate: bool = False,
+                             d_gates: Optional[torch.Tensor] = None, gate_weight: Optional[torch.Tensor] = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
     (M, N, F) -> (dx (N, F), d weight). `dx`, if given ((N, F) with unit last stride, x's
     dtype), is where dx goes; with `accumulate` it is added to what dx holds (the caller's other
-    gradient of x)."""
+    gradient of x). With `d_gates` (N, G) float32 and `gate_weight` (M, G, F) (the forward's
+    gate projection), the gradient of output m is dout[m] + d_gates @ gate_weight[m], formed
+    where the kernels read dout (dout itself is not changed)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
     BR, BF = _tiles(F, BS)
+    G, GP = _gate_args(gate_weight, M, F)
+    if G and (d_gates is None or d_gates.shape != (N, G) or d_gates.dtype != torch.float32
+              or not d_gates.is_contiguous()):
+        raise ValueError(f"d_gates: expected a contiguous float32 ({N}, {G}) with gate_weight, got "
+                         f"{None if d_gates is None else (tuple(d_gates.shape), d_gates.dtype)}")
+    gate_args = (d_gates, gate_weight) if G else (dout, dout)
+    gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, N, F, dx.stride(0), M=M,
-                                                                     BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate,
-                                                                     num_warps=4)
+    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, *gate_args, N, F, dx.stride(0), M=M,
+                                                       BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G=G, GP=GP,
+                                                       DOT_PREC=gate_prec, num_warps=4)
     BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
     programs = max(1, min(cdiv(N, BR_dw), 32))
     rows_per_program = cdiv(cdiv(N, programs), BR_dw) * BR_dw
     programs = cdiv(N, rows_per_program) if N else 1
     partial = new_empty((programs, M, F // BS, BS, BS), torch.float32, x.device)   # written whole
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
-        x, dout, partial, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
-        DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
+        x, dout, partial, *gate_args, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
+        DOT_PREC=dot_precision(x.dtype, x.device), G=G, GP=GP, GATE_PREC=gate_prec, num_warps=4)
     return dx, partial.sum(0).to(weight.dtype)
 
 
