@@ -7,9 +7,12 @@ is `mLSTMLayer._mix` (conv + SiLU, headwise q, k, v, the gates, the mLSTM, the p
 output h and the row statistics of the mLSTM and the norm. The backward (`mlstm_layer_mix_bwd`)
 is written out as kernel calls, no autograd inside: it recomputes x_c, q, k, v and the gates
 (memory-bound kernels), runs the fused output's backward, the mLSTM's backward kernels on the
-kept h (writing d q and d k into one buffer, what the headwise backward reads), the gate
-projections' backward, and the headwise and conv backward kernels, each adding its d x into the
-gradient already there; d x_m and d z land in one (B, S, 2 F) buffer, the gradient of xz.
+kept h (writing d q and d k into one buffer, what the headwise backward reads), and the
+headwise and conv backward kernels, each adding its d x into the gradient already there; d x_m
+and d z land in one (B, S, 2 F) buffer, the gradient of xz. The gates (igate / fgate of
+cat(q, k, v)) are formed inside the headwise forward kernel while q, k, v are in registers, and
+their gradient's share of d q, d k, d v is added inside the headwise backward kernels
+(`headwise_linear_forward(..., gate_weight=)`): q, k, v are not read again for them.
 
 Both halves are custom ops (`xlstm_triton::mlstm_layer_mix`, `::mlstm_layer_mix_bwd`), so eager
 mode and `torch.compile` run the same kernels: the compiler sees two opaque calls per layer (no
@@ -96,7 +99,7 @@ def cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, NH: int):
     for x, w in zip((q, k, v), _gate_weight(ig_w, fg_w, F)):            # (N, 2 NH) outputs: small
         g = torch.addmm(g, x.reshape(-1, F), as_dtype(w, x.dtype).t())
     i, f = g.view(*q.shape[:-1], 2 * NH).split(NH, dim=-1)
-    q, k, v = (t.unflatten(-1, (NH, -1)).transpose(1, 2) for t in (q, k, v))
+    q, k, v = (_heads(t, NH) for t in (q, k, v))
     return q, k, v, i.transpose(1, 2), f.transpose(1, 2)
 
 
@@ -165,7 +168,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
                                                  out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)))
     # The gate projections' backward: d q, k, v get d_gates @ W inside the headwise kernels below;
     # d W = d_gates^T [q | k | v], d b = the column sums.
-    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(N, 2 * NH).float()      # (N, 2 NH), small
+    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(N, 2 * NH).float().contiguous()  # (N, 2 NH)
     d_g = as_dtype(d_gates, q.dtype)
     d_gate_w = torch.cat([d_g.t() @ t.reshape(N, F) for t in (q, k, v)], dim=1)
     d_gate_b = d_gates.sum(0)
