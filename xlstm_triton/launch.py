@@ -78,12 +78,13 @@ class CachedLaunch:
         first = args[0] if args and type(args[0]) in _TENSORS else next(
             (a for a in args if isinstance(a, torch.Tensor)), None)
         index = -1 if first is None else first.get_device()      # -1: a CPU tensor (interpreter)
-        if index >= 0 and index != torch.cuda.current_device():
+        if index >= 0 and index != torch._C._cuda_getDevice():   # a CUDA tensor: CUDA is initialized
             with torch.cuda.device(index):
-                return self.launch(grid, args, meta)
-        return self.launch(grid, args, meta)
+                return self.launch(grid, args, meta, index)
+        return self.launch(grid, args, meta, index)
 
-    def launch(self, grid, args, meta):
+    def launch(self, grid, args, meta, device: int = -1):
+        """`device`: the current CUDA device's index where the caller knows it (else looked up)."""
         kernel = self.kernel
         knobs = _runtime_knobs()
         if (not ENABLED or not self.compiles or type(grid) is not tuple or knobs is None
@@ -97,7 +98,8 @@ class CachedLaunch:
             return kernel[grid](*args, **meta)
         if any(k not in _LAUNCH_OPTIONS for k, _ in options):
             return kernel[grid](*args, **meta)
-        device = torch.cuda.current_device()
+        if device < 0:
+            device = torch.cuda.current_device()
         key = (device, options, tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15)
                                         if isinstance(a, torch.Tensor) else (type(a), a) for a in values]))
         try:
