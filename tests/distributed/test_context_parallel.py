@@ -102,35 +102,20 @@ def test_pieces_over_ranks_equal_one_run(pieces, states, backend, dtype, tmp_pat
             assert_close(got[0]["grads"][k], ref[k].grad.cpu(), bwd, f"d {k} (rank 0)")
 
 
-def _mismatched_rank(rank, world, path):
-    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
-    x = _inputs(9, False)
-    if rank == 1:
-        x = {k: t[:, :1] for k, t in x.items()}          # one head instead of two
-    try:
-        mlstm_chunkwise(**x, cp_group=dist.group.WORLD)
-        message = "no error"
-    except ValueError as e:
-        message = str(e)
-    torch.save(message, f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_mismatched_pieces_are_named_on_every_rank(tmp_path):
-    mp.start_processes(_mismatched_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
-    for r in range(2):
-        message = torch.load(tmp_path / f"rank{r}.pt")
-        assert "cp_group: every rank's piece must have the same (B, NH, DQK, DV)" in message, message
-        assert "rank 0 has (B, NH, DQK, DV) = (1, 2, 16, 32), rank 1 (1, 1, 16, 32)" in message, message
-
-
-def _mismatched_model_rank(rank, world, path):
+def _mismatched_rank(rank, world, path, level):
+    """The op (rank 1: one head instead of two) or a model (rank 1: one sequence where rank 0
+    has two) over mismatched pieces; each rank saves the error it raised."""
     os.environ["TRITON_INTERPRET"] = "0"
     dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
-    model = _large_model()
-    ids = _ids(8)[:2 - rank]                      # rank 1: one sequence where rank 0 has two
+    if level == "op":
+        x = _inputs(9, False)
+        x = {k: t[:, :1] for k, t in x.items()} if rank == 1 else x
+        run = lambda: mlstm_chunkwise(**x, cp_group=dist.group.WORLD)       # noqa: E731
+    else:
+        model, ids = _large_model(), _ids(8)[:2 - rank]
+        run = lambda: model(ids, labels=ids, cp_group=dist.group.WORLD)      # noqa: E731
     try:
-        model(ids, labels=ids, cp_group=dist.group.WORLD)
+        run()
         message = "no error"
     except ValueError as e:
         message = str(e)
@@ -138,13 +123,17 @@ def _mismatched_model_rank(rank, world, path):
     dist.destroy_process_group()
 
 
-def test_mismatched_model_pieces_are_named_on_every_rank(tmp_path):
-    """A model checks its pieces once per forward (batch size, dtype, config), not per layer."""
-    mp.start_processes(_mismatched_model_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
+@pytest.mark.parametrize("level, expected", [
+    ("op", ["cp_group: every rank's piece must have the same (B, NH, DQK, DV)",
+            "rank 0 has (B, NH, DQK, DV) = (1, 2, 16, 32), rank 1 (1, 1, 16, 32)"]),
+    ("model", ["cp_group: every rank's piece must have the same (B, config checksum)",   # once per forward
+               "rank 0 has (B, config checksum) = (2, ", "rank 1 (1, "])])
+def test_mismatched_pieces_are_named_on_every_rank(level, expected, tmp_path):
+    mp.start_processes(_mismatched_rank, args=(2, str(tmp_path), level), nprocs=2, start_method="spawn")
     for r in range(2):
         message = torch.load(tmp_path / f"rank{r}.pt")
-        assert "cp_group: every rank's piece must have the same (B, config checksum)" in message, message
-        assert "rank 0 has (B, config checksum) = (2, " in message and "rank 1 (1, " in message, message
+        for part in expected:
+            assert part in message, message
 
 
 def test_cp_group_errors_without_a_process_group():
