@@ -141,15 +141,22 @@ class TransformerLM(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.embedding_dim, bias=False)
         self.lm_head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
 
-    def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, S) -> logits (B, S, vocab); with labels (B, S) the mean next-token loss, by the
-        same fused linear + cross-entropy as the xLSTM models (labels shifted inside, -100 skipped)."""
+        same fused linear + cross-entropy as the xLSTM models (labels shifted inside, -100 skipped).
+        For PyTorch's context parallelism, which hands each rank a load-balanced shard of the
+        sequence: `positions` (1, S) the shard's positions (RoPE), `targets` (B, S) the labels
+        already shifted (each position's next token, -100 at the end), scored as they are."""
         x = self.embedding(idx)
-        cos, sin = rope_tables(torch.arange(idx.shape[1], device=idx.device), self.cfg.head_dim,
-                               self.cfg.rope_base, x.dtype)
+        pos = torch.arange(idx.shape[1], device=idx.device) if positions is None else positions[0]
+        cos, sin = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_base, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin)
         x = self.final_norm(x)
+        if targets is not None:
+            from xlstm_triton.modules import linear_cross_entropy
+            return linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-100)
         if labels is None:
             return self.lm_head(x)
         from xlstm_triton.models.lm_loss import next_token_loss

@@ -6,6 +6,11 @@ Column `scaling`: tokens/s of the group / (GPUs x tokens/s of one GPU in the sam
 Context parallel (xlstm_large.cp): one sequence of 32k to 256k tokens, split in equal pieces over
 the GPUs (`cp_group`), the same model; column `speedup`: tokens/s / one GPU's in the same run
 ("oom" where it does not fit: the longest trainable sequence per GPU count).
+Beside it (transformer.cp): the Transformer of the same parameter count (`bench/baselines`,
+d=2048) with PyTorch's own context-parallel attention
+(`torch.distributed.tensor.experimental.context_parallel`: ring attention over load-balanced
+shards of the sequence, SDPA's flash / efficient kernels; GPUs only), gradients averaged by DDP
+over the group.
 
 Each case starts its ranks (one process per GPU, NCCL; gloo on the CPU for --quick), runs
 warm-up steps, then times `steps` steps (wall clock of the whole step after a device sync,
@@ -51,6 +56,8 @@ def _setup(wrap: str):
             raise Unavailable(f"{world} GPUs needed, this machine has {torch.cuda.device_count()}")
         if not cuda and not case.get("quick"):
             raise Unavailable("the full-size cases need GPUs")
+        if wrap == "transformer" and not cuda:
+            raise Unavailable("PyTorch's context-parallel attention runs on GPUs only (SDPA's CUDA kernels)")
         dtype_name = str(dtype).split(".")[-1] if cuda else "float32"
 
         def run():
@@ -139,10 +146,65 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
     dist.destroy_process_group()
 
 
+def _transformer_step(case, dtype, device, world):
+    """The Transformer of xLSTMLarge's parameter count, one sequence of case["ctx"] tokens split
+    over the ranks by PyTorch's context parallelism (world 1: the plain model)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bench.baselines.transformer import TransformerLM, matching_config
+    from xlstm_triton.models import data_parallel, xLSTMLarge, xLSTMLargeConfig
+
+    cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
+                           num_heads=case["heads"], weight_mode="fused")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in xLSTMLarge(cfg).parameters())
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = TransformerLM(matching_config(params, case["vocab"], case["E"], head_dim=128))
+    model = model.to(dtype=dtype).train()
+    run = data_parallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(run.parameters(), lr=1e-6, fused=True)
+    gen = torch.Generator().manual_seed(0)                      # the same whole sequence on every rank
+    tokens = torch.randint(0, case["vocab"], (1, case["ctx"]), generator=gen).to(device)
+    targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -100)], dim=1)
+    positions = torch.arange(case["ctx"], device=device)[None]
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    if world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.experimental import context_parallel as torch_context_parallel
+        mesh = init_device_mesh("cuda", (world,))
+        buffers = [tokens, targets, positions]
+        # shards the buffers in place, once (load-balanced for causal attention), then keeps
+        # SDPA's ring-attention dispatch on for the steps inside
+        scope = torch_context_parallel(mesh, buffers=buffers, buffer_seq_dims=[1, 1, 1],
+                                       no_restore_buffers=set(buffers))
+    else:
+        scope = contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(scope)
+    stack.enter_context(sdpa_kernel(backends))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        run(tokens, positions=positions, targets=targets).backward()
+        optimizer.step()
+    step.close = stack.close
+    return step
+
+
 def _measure_rank(case, wrap, dtype, device, world):
     import torch.distributed as dist
 
     from xlstm_triton.models import context_parallel, data_parallel, shard_blocks, xLSTMLarge, xLSTMLargeConfig
+
+    if wrap == "transformer":
+        step = _transformer_step(case, dtype, device, world)
+        try:
+            return _time_steps(step, case, device)
+        finally:
+            step.close()
 
     cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
                            num_heads=case["heads"], **({} if case.get("quick") else dict(weight_mode="fused")))
@@ -168,6 +230,13 @@ def _measure_rank(case, wrap, dtype, device, world):
         loss = run(tokens, labels=tokens, **extra)
         loss.backward()     # context parallel: the wrapper sums the gradients over the group
         optimizer.step()
+    return _time_steps(step, case, device)
+
+
+def _time_steps(step, case, device):
+    """Warm-up steps, then the median over timed steps of the slowest rank's step (ms), and the
+    largest peak memory over the ranks (allocator blocks, requested bytes; MiB)."""
+    import torch.distributed as dist
 
     def sync():
         if device.type == "cuda":
@@ -201,11 +270,12 @@ def _measure_rank(case, wrap, dtype, device, world):
 
 def providers() -> list[Provider]:
     dp = dict(modes=("train",), timeout_s=7200.0, applies=lambda c: c["parallel"] == "dp")
+    cp = dict(modes=("train",), timeout_s=7200.0, applies=lambda c: c["parallel"] == "cp")
     return [
         Provider("xlstm_large.ddp", _setup("ddp"), **dp),
         Provider("xlstm_large.fsdp", _setup("fsdp"), **dp),
-        Provider("xlstm_large.cp", _setup("cp"), modes=("train",), timeout_s=7200.0,
-                 applies=lambda c: c["parallel"] == "cp"),
+        Provider("xlstm_large.cp", _setup("cp"), **cp),
+        Provider("transformer.cp", _setup("transformer"), **cp),
     ]
 
 

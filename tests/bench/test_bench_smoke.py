@@ -307,3 +307,35 @@ def test_distributed_quick_rows():
         assert row["status"] == "ok", (key, row["error"])
         assert row["ms"] > 0 and row["columns"]["tokens_per_s"] > 0 and row["columns"]["ranks"] == key[1]
     assert got[("xlstm_large.fsdp", 2)]["columns"]["scaling"] > 0
+
+
+def test_transformer_shard_arguments_give_the_same_loss():
+    """What PyTorch's context parallelism hands the Transformer baseline (`bench distributed`,
+    transformer.cp): its positions and the labels already shifted give the loss of the plain call."""
+    from bench.baselines.transformer import TransformerConfig, TransformerLM
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerConfig(vocab_size=64, embedding_dim=32, num_layers=2, head_dim=16, mlp_hidden=64))
+    ids = torch.randint(0, 64, (2, 12))
+    targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+    plain = model(ids, labels=ids)
+    sharded = model(ids, positions=torch.arange(12)[None], targets=targets)
+    assert torch.allclose(plain, sharded, rtol=1e-6, atol=0)
+    moved = model(ids, positions=torch.arange(12)[None] * 2, targets=targets)     # positions reach RoPE
+    assert not torch.allclose(plain, moved, rtol=1e-4, atol=0)
+
+
+def test_distributed_transformer_matches_the_xlstm_size():
+    """transformer.cp is the Transformer of the parameter count of the xLSTMLarge it is set beside."""
+    from bench.baselines.transformer import matching_config, parameter_count
+    from bench.suites import distributed as suite_distributed
+    from xlstm_triton.models import xLSTMLarge, xLSTMLargeConfig
+    L = suite_distributed.LARGE
+    with torch.device("meta"):
+        params = sum(p.numel() for p in xLSTMLarge(xLSTMLargeConfig(
+            vocab_size=L["vocab"], embedding_dim=L["E"], num_blocks=L["blocks"], num_heads=L["heads"],
+            weight_mode="fused")).parameters())
+    assert 1.0e9 < params < 2.0e9
+    cfg = matching_config(params, L["vocab"], L["E"], head_dim=128)
+    assert abs(parameter_count(cfg) - params) / params < 0.02
+    names = [p.name for p in suite_distributed.providers()]
+    assert "transformer.cp" in names
