@@ -182,13 +182,13 @@ def _ids(S):
     return torch.randint(0, 64, (2, S), generator=torch.Generator().manual_seed(8))
 
 
-@pytest.mark.parametrize("family, pieces", [("large", [20, 13]), ("large", [7, 30, 16]), ("paper", [2, 17, 11]),
-                                           ("large-ddp", [20, 13])])
+@pytest.mark.parametrize("family, pieces", [("large-ddp", [20, 13]), ("large", [7, 30, 16]), ("paper", [2, 17, 11])])
 def test_model_over_ranks_equals_one_run(family, pieces, tmp_path, monkeypatch):
     """xLSTMLarge / xLSTMLMModel (mLSTM blocks, their conv windows crossing the pieces, a piece
     of 2 steps included) with cp_group=: the pieces' logits, the loss (the whole sequences'
     mean, every piece's last position scored against the next piece's first token) and, after
-    cp_reduce_gradients, every parameter gradient equal one run of the whole sequences."""
+    cp_reduce_gradients (or through `models.context_parallel`'s DDP: "large-ddp"), every
+    parameter gradient equal one run of the whole sequences."""
     world = len(pieces)
     mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path), family), nprocs=world,
                        start_method="spawn")
