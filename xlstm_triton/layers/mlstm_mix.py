@@ -70,8 +70,8 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     w_v = as_dtype(v_w[None], dtype)
     b_qk = None if q_b is None else as_dtype(torch.stack([q_b, k_b]), dtype)
     b_v = None if v_b is None else as_dtype(v_b[None], dtype)
-    gate_w = as_dtype(torch.cat([ig_w, fg_w]), dtype).view(2 * num_heads, 3, F)     # (2 NH, 3 F) by blocks
-    gw_qk, gw_v = gate_w[:, :2].transpose(0, 1).contiguous(), gate_w[:, 2:].transpose(0, 1).contiguous()
+    gw_q, gw_k, gw_v = (as_dtype(w, dtype) for w in _gate_weight(ig_w, fg_w, F))
+    gw_qk, gw_v = torch.stack([gw_q, gw_k]), gw_v[None].contiguous()                 # (M, 2 NH, F)
     x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
     qk, part_qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk, gate_weight=gw_qk)
     v, part_v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v, gate_weight=gw_v)

@@ -65,22 +65,27 @@ def gather_pieces(x: torch.Tensor, group) -> torch.Tensor:
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]     # the op's dtypes, numbered
 
 
-_HOST_GROUPS: dict = {}     # NCCL group -> a gloo group over the same ranks (host-side checks)
+_TWIN_GROUPS: dict = {}     # (group, backend) -> a group over the same ranks with that backend
+
+
+def twin_group(group, backend: str):
+    """A group over `group`'s ranks with `backend`, made once per (group, backend) (its ranks
+    only: `use_local_synchronization`): a separate communicator, whose collectives neither
+    wait for nor interleave with `group`'s."""
+    twin = _TWIN_GROUPS.get((group, backend))
+    if twin is None:
+        twin = dist.new_group(ranks=dist.get_process_group_ranks(group), backend=backend,
+                              use_local_synchronization=True)
+        _TWIN_GROUPS[(group, backend)] = twin
+    return twin
 
 
 def host_group(group):
     """A group over `group`'s ranks whose collectives run on the host: `group` itself unless it
-    is NCCL's, else a gloo group made once (its ranks only: `use_local_synchronization`). A
-    check through it is a CPU message exchange; through NCCL it would wait for the GPU to
-    finish everything queued before (a stall of the host's run-ahead, every call)."""
-    if dist.get_backend(group) != "nccl":
-        return group
-    gloo = _HOST_GROUPS.get(group)
-    if gloo is None:
-        gloo = dist.new_group(ranks=dist.get_process_group_ranks(group), backend="gloo",
-                              use_local_synchronization=True)
-        _HOST_GROUPS[group] = gloo
-    return gloo
+    is NCCL's, else its gloo twin. A check through it is a CPU message exchange; through NCCL
+    it would wait for the GPU to finish everything queued before (a stall of the host's
+    run-ahead, every call)."""
+    return group if dist.get_backend(group) != "nccl" else twin_group(group, "gloo")
 
 
 def _check_pieces(q, v, group):
