@@ -135,10 +135,10 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
     try:
         ms, peak, requested = _measure_rank(case, wrap, getattr(torch, dtype_name), device, world)
         result = dict(status="ok", ms=ms, peak_mib=peak, peak_requested_mib=requested)
-    except torch.cuda.OutOfMemoryError as e:
-        result = dict(status="oom", error=str(e).splitlines()[0][:200])
     except Exception as e:   # noqa: BLE001 - recorded for the parent
-        result = dict(status="error", error=f"{type(e).__name__}: {e}"[:300])
+        # cuBLAS reports a full device as its own allocation failure, not as torch's OOM error
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(e)
+        result = dict(status="oom" if oom else "error", error=f"{type(e).__name__}: {e}"[:300])
     with open(out, "w") as fh:
         json.dump(result, fh)
     if result["status"] != "ok":

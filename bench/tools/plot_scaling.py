@@ -268,11 +268,13 @@ def plot_distributed(rows, stem, out_dir: Path) -> list[Path]:
     axes[0].set_xticks(worlds or [1])
     axes[0].set_title("data parallel: training throughput, 1000 tokens/s (weak scaling)", fontsize=10)
     cp = [r for r in rows if r["parallel"] == "cp"]
-    for j, w in enumerate(sorted({int(r["world"]) for r in cp})):
-        s = _series([r for r in cp if int(r["world"]) == w], "ctx", "tokens_per_s", 1e-3)
-        if s:
-            axes[1].plot(list(s), list(s.values()), marker=MARKERS[j % len(MARKERS)], label=f"{w} GPU(s)",
-                         color=f"C{j}")
+    # one line per provider (colour) and GPU count (marker); solid for ours, dashed for the baseline
+    for i, p in enumerate(sorted({r["provider"] for r in cp})):
+        for j, w in enumerate(sorted({int(r["world"]) for r in cp})):
+            s = _series([r for r in cp if r["provider"] == p and int(r["world"]) == w], "ctx", "tokens_per_s", 1e-3)
+            if s:
+                axes[1].plot(list(s), list(s.values()), marker=MARKERS[j % len(MARKERS)], color=f"C{i}",
+                             ls="--" if p.startswith("transformer") else "-", label=f"{p}, {w} GPU(s)")
     axes[1].set_xscale("log", base=2)
     axes[1].set_xlabel("tokens in the one sequence")
     axes[1].set_title("context parallel: training throughput, 1000 tokens/s", fontsize=10)
@@ -280,7 +282,8 @@ def plot_distributed(rows, stem, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         ax.set_ylim(bottom=0)
     r0 = rows[0]
-    title = (f"xLSTMLarge E={r0['E']}, {r0['blocks']} blocks, training step (AdamW) over several GPUs\n"
+    title = (f"xLSTMLarge E={r0['E']}, {r0['blocks']} blocks (and a Transformer of its size), training step (AdamW) "
+             f"over several GPUs\n"
              f"{subtitle(rows)}")
     bad = [dict(r, provider=f"{r['provider']} on {r['world']} GPU(s)") for r in rows
            if not is_ok(r) and r["status"] not in ("skipped", "unavailable")]
