@@ -4,9 +4,9 @@
 
 is `mLSTMLayer._mix` (conv + SiLU, headwise q, k, v, the gates, the mLSTM, the per-head norm,
 `+ skip * x_c`, `* SiLU(z)`) for training where the kernels run, keeping only xz, the mLSTM's
-output h, the gate pre-activations and the row statistics of the mLSTM and the norm. The
-backward (`mlstm_layer_mix_bwd`) is written out as kernel calls, no autograd inside: it
-recomputes x_c, q, k, v (memory-bound kernels), runs the fused output's backward, the mLSTM's backward kernels on the
+output h and the row statistics of the mLSTM and the norm. The backward (`mlstm_layer_mix_bwd`)
+is written out as kernel calls, no autograd inside: it recomputes x_c, q, k, v and the gates
+(memory-bound kernels), runs the fused output's backward, the mLSTM's backward kernels on the
 kept h (writing d q and d k into one buffer, what the headwise backward reads), and the
 headwise and conv backward kernels, each adding its d x into the gradient already there; d x_m
 and d z land in one (B, S, 2 F) buffer, the gradient of xz. The gates (igate / fgate of
@@ -55,14 +55,13 @@ def mix_arguments(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> tuple:
 
 
 def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, num_heads: int,
-            cu_seqlens, gates: Optional[Tensor] = None):
+            cu_seqlens):
     """x_c = SiLU(conv(x_m)), q, k (headwise of x_c, one read of it: views of one (2, B, S, F)
-    buffer), v (headwise of x_m), each (B, S, F); the gates (B, S, 2 NH) float32 = igate /
+    buffer), v (headwise of x_m), each (B, S, F); the gates i, f (B, S, NH) float32 = igate /
     fgate of cat(q, k, v), formed inside the headwise kernels while q, k, v are in registers
-    (column-block partial sums, added here: q, k, v are not read again), or the given `gates`
-    (the backward's recomputation takes the forward's: 32 bytes a token, and its headwise
-    kernels then skip the gate columns); and the kernels' weights (conv (F, K), q and k stacked,
-    v, the gate weight's q/k and v parts (M, 2 NH, F)) in x_m's dtype."""
+    (column-block partial sums, added here: q, k, v are not read again); and the kernels'
+    weights (conv (F, K), q and k stacked, v, the gate weight's q/k and v parts (M, 2 NH, F))
+    in x_m's dtype."""
     B, S, F = x_m.shape
     dtype = x_m.dtype
     w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
@@ -74,15 +73,12 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     gw_q, gw_k, gw_v = (as_dtype(w, dtype) for w in _gate_weight(ig_w, fg_w, F))
     gw_qk, gw_v = torch.stack([gw_q, gw_k]), gw_v[None].contiguous()                 # (M, 2 NH, F)
     x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
-    if gates is None:
-        qk, part_qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk, gate_weight=gw_qk)
-        v, part_v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v, gate_weight=gw_v)
-        gates = part_qk.sum(0).add_(part_v.sum(0)).add_(torch.cat([ig_b, fg_b]).float()).view(B, S, 2 * num_heads)
-    else:
-        qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk)
-        v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v)
+    qk, part_qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk, gate_weight=gw_qk)
+    v, part_v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v, gate_weight=gw_v)
+    gates = part_qk.sum(0).add_(part_v.sum(0)).add_(torch.cat([ig_b, fg_b]).float()).view(B, S, 2 * num_heads)
+    i, f = gates.split(num_heads, dim=-1)
     q, k = qk.view(2, B, S, F)
-    return x_c, q, k, v.view(B, S, F), gates, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v)
+    return x_c, q, k, v.view(B, S, F), i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v)
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -116,26 +112,19 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
          q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor,
          fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor], norm_b: Optional[Tensor], skip: Tensor,
          num_heads: int, norm_eps: float, norm_offset: float, cu_seqlens: Optional[Tensor]
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out (B, S, F), and what the backward reads: h (B, S, NH, DH), the norm's float32 mean and
-    rstd (B, S, NH), the gate pre-activations (B, S, 2 NH) float32, the mLSTM's inv_den, zsign,
-    gate_steps, gate_decay)."""
+    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
-    x_c, q, k, v, gates, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
-                                     num_heads, cu_seqlens)
-    h, saved = mlstm_chunkwise_forward(*(_heads(t, num_heads) for t in (q, k, v)), *_cell_gates(gates, num_heads),
-                                       cu_seqlens=cu_seqlens)
+    x_c, q, k, v, i, f, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
+                                    num_heads, cu_seqlens)
+    h, saved = mlstm_chunkwise_forward(*(_heads(t, num_heads) for t in (q, k, v)), i.transpose(1, 2),
+                                       f.transpose(1, 2), cu_seqlens=cu_seqlens)
     h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
     out, mean, rstd = head_norm_gate_forward(h, z, _norm_weight(norm_w, norm_offset), norm_b, norm_eps,
                                              act="silu", skip=skip, x_skip=x_c)
-    return (out, h, mean, rstd, gates, *saved[:4])
-
-
-def _cell_gates(gates: Tensor, num_heads: int) -> tuple[Tensor, Tensor]:
-    """(B, S, 2 NH) gate pre-activations -> the recurrence's i, f (B, NH, S) views."""
-    i, f = gates.split(num_heads, dim=-1)
-    return i.transpose(1, 2), f.transpose(1, 2)
+    return (out, h, mean, rstd, *saved[:4])
 
 
 @_mix.register_fake
@@ -147,14 +136,13 @@ def _(xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, 
     NC = -(-S // L)
     f32 = dict(dtype=torch.float32)
     return (xz.new_empty(B, S, F), xz.new_empty(B, S, NH, F // NH), xz.new_empty(B, S, NH, **f32),
-            xz.new_empty(B, S, NH, **f32), xz.new_empty(B, S, 2 * NH, **f32),
-            xz.new_empty(B * NH, NC * L, **f32), xz.new_empty(B * NH, NC * L, **f32),
+            xz.new_empty(B, S, NH, **f32), xz.new_empty(B * NH, NC * L, **f32), xz.new_empty(B * NH, NC * L, **f32),
             xz.new_empty(5, B * NH, NC * L, **f32), xz.new_empty(B * NH, NC, **f32))
 
 
 @kernel_op("xlstm_triton::mlstm_layer_mix_bwd")
-def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, gates: Tensor, inv_den: Tensor,
-             zsign: Tensor, gate_steps: Tensor, gate_decay: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor,
+def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, inv_den: Tensor, zsign: Tensor,
+             gate_steps: Tensor, gate_decay: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor,
              k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor],
              ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
              norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
@@ -165,9 +153,13 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, g
     x_m, z = xz.split(F, dim=-1)
     B, S, _ = x_m.shape
     N, NH = B * S, num_heads
-    x_c, q, k, v, gates, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v) = _inputs(
-        x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens, gates)
-    cell_in = (*(_heads(t, NH) for t in (q, k, v)), *_cell_gates(gates, NH))
+    # The same kernels as the forward, gate columns included: the mLSTM's gate gradients take
+    # differences of large sums, so q, k, v must be the forward's to the bit. Saving the gates and
+    # recomputing q, k, v with the kernel built without gate columns rounded them differently on
+    # an H200 (float32: the gate biases' gradients moved by 1.7e-4; bench/NOTES.md).
+    x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v) = _inputs(
+        x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens)
+    cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
     d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
@@ -203,7 +195,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, g
 
 
 @_mix_bwd.register_fake
-def _(d_out, xz, h, mean, rstd, gates, inv_den, zsign, gate_steps, gate_decay, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
+def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
       v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
     params = (conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip)
     return [torch.empty_like(xz, memory_format=torch.contiguous_format)] + [
@@ -223,7 +215,7 @@ def _fresh(t: Tensor) -> Tensor:
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.set_materialize_grads(False)     # the 8 outputs kept for the backward send None, not zeros
+    ctx.set_materialize_grads(False)     # the 7 outputs kept for the backward send None, not zeros
     (xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
      num_heads, norm_eps, norm_offset, cu_seqlens) = inputs
     ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
@@ -233,10 +225,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, d_out, *unused):
-    xz, h, mean, rstd, gates, inv_den, zsign, gate_steps, gate_decay, *params, cu_seqlens = ctx.saved_tensors
+    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params, cu_seqlens = ctx.saved_tensors
     if d_out is None:
         d_out = xz.new_zeros(h.shape[:2] + (xz.shape[-1] // 2,))
-    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, gates, inv_den, zsign, gate_steps, gate_decay, *params,
+    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params,
                      *ctx.config, cu_seqlens)
     return (grads[0], *(g if present else None for g, present in zip(grads[1:], ctx.present)),
             None, None, None, None)

@@ -9,10 +9,9 @@ first step, from its own state row (N, K - 1, F).
 
 The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is a padded copy,
 cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
-Here the forward is one kernel (x read once per tap from cache, y written once), and so is
-the backward: it recomputes pre (nothing but x is saved) at the K row shifts d x gathers from,
-so d pre never goes through memory, and writes d x, per-tile partial sums of d weight and d
-bias, and (with a state) d pre at each sequence's first K - 1 steps, from which d state is a few
+Here the forward is one kernel (x read once per tap from cache, y written once), and the
+backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and per-tile
+partial sums of d weight and d bias; one gathers d x from d pre. d state (K - 1 rows) is a few
 PyTorch ops.
 
 `causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
@@ -101,77 +100,63 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
 
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
-def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dx_ptr, s_dxb,
-                             s_dxs, partial_ptr, head_ptr, S, F, K: tl.constexpr, BT: tl.constexpr,
-                             BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             SILU: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
-    """The whole backward of a tile, d pre never stored. The program forms d pre[r] =
-    dy[r] silu'(pre[r]) (pre recomputed from x) for BT rows r and owns the first BT - K + 1 of
-    them (the last K - 1 rows are the next program's too, the halo d x reads):
-        dx[t] (+)= sum_s w[f, K - 1 - s] d pre[t + s]      (s = 0 .. K - 1, steps of t's sequence)
-    with the rows shifted inside the tile (`tl.gather`); partial[tile, j, f] = sum_t d pre[t]
-    x[t - K + 1 + j], partial[tile, K, f] = sum_t d pre[t] over the owned rows; with HAS_STATE,
-    head[seq, i, f] = d pre at step i of each sequence (i < K - 1), what d state is made of."""
-    STEP: tl.constexpr = BT - (K - 1)
+def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
+                                 partial_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
+                                 HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                                 VARLEN: tl.constexpr):
+    """d pre = dy * silu'(pre); partial[tile, j, f] = sum_t d pre[t] x[t - K + 1 + j], partial[tile, K] = sum d pre."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    rows = tl.arange(0, BT)
-    r = pt * STEP + rows
+    t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
-    mask = (r < S)[:, None] & fm[None, :]
-    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, r, S, VARLEN)
-    dy = tl.load(dy_ptr + (b * S + r.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
+    mask = (t < S)[:, None] & fm[None, :]
+    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
+    dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
     if SILU:
-        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, r, first, seq, f, S, F, K, BT, BF,
+        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
                               HAS_STATE, HAS_BIAS)
         sig = 1.0 / (1.0 + tl.exp(-pre))
         dpre = dy * sig * (1.0 + pre * (1.0 - sig))
     else:
         dpre = dy
     dpre = tl.where(mask, dpre, 0.0)
-
-    own = (rows < STEP) & (r < S)
-    d_own = tl.where(own[:, None], dpre, 0.0)
+    tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], dpre.to(dpre_ptr.dtype.element_ty),
+             mask=mask)
     tile = b * tl.num_programs(1) + pt
     for j in tl.static_range(K):
-        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, r, first, seq, f, S, F, j, K, HAS_STATE)
-        tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(d_own * v, axis=0), mask=fm)
-    tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(d_own, axis=0), mask=fm)
-    if HAS_STATE:
-        i = r - first
-        tl.store(head_ptr + (seq * (K - 1) + i).to(tl.int64)[:, None] * F + f[None, :],
-                 dpre.to(head_ptr.dtype.element_ty), mask=(own & (i < K - 1))[:, None] & fm[None, :])
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+        tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
+    tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
 
-    end = r * 0 + S
-    if VARLEN:          # r's sequence ends where the next one starts
-        end = tl.load(cu_ptr + seq + 1).to(r.dtype)
+
+@cached_launch
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
+def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
+                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
+    those before the end of t's sequence)."""
+    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    t = pt * BT + tl.arange(0, BT)
+    f = pf * BF + tl.arange(0, BF)
+    fm = f < F
     acc = tl.zeros((BT, BF), dtype=tl.float32)
-    for s in tl.static_range(K):
-        d = dpre
-        if s > 0:           # d pre s rows further down the tile
-            d = tl.gather(dpre, tl.broadcast_to(tl.minimum(rows + s, BT - 1)[:, None], (BT, BF)), 0)
-        d = tl.where((r + s < end)[:, None], d, 0.0)
-        acc += d * tl.load(w_ptr + f * K + (K - 1 - s), mask=fm, other=0.0).to(tl.float32)[None, :]
-    dx_ptrs = dx_ptr + b * s_dxb + r.to(tl.int64)[:, None] * s_dxs + f[None, :]
-    out = own[:, None] & fm[None, :]
+    end = t * 0 + S
+    if VARLEN:           # the largest j with cu[j] <= t: its sequence ends at cu[j + 1] > t
+        end = tl.load(cu_ptr + packed_sequence(cu_ptr, NSEQ, STEPS, t, S)[0] + 1)
+    for j in tl.static_range(K):
+        dst = t + (K - 1) - j
+        same = dst < end
+        d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
+                    mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
+    dx_ptrs = dx_ptr + b * s_dxb + t.to(tl.int64)[:, None] * s_dxs + f[None, :]
     if ACCUMULATE:
-        acc += tl.load(dx_ptrs, mask=out, other=0.0).to(tl.float32)
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=out)
+        acc += tl.load(dx_ptrs, mask=(t < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
-
-
-# The backward's tiles: 32 x 128 on 8 warps compile for sm_90 (Triton 3.6) to 136 registers a
-# thread and no spills; the forward's 64 x 128 on 4 warps spilled there (bench/NOTES.md).
-BWD_TILE_ROWS, BWD_TILE_FEATURES, BWD_WARPS = 32, 128, 8
-
-
-def _bwd_tiles(S: int, F: int, K: int) -> tuple[int, int]:
-    """(rows, features) of the backward's tile; the rows hold the K - 1 halo rows and more."""
-    rows = max(min(BWD_TILE_ROWS, next_power_of_2(S + K - 1)), 2 * next_power_of_2(K))
-    return rows, min(BWD_TILE_FEATURES, max(16, next_power_of_2(F)))
 
 
 def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> tuple:
@@ -211,22 +196,23 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
-    BT, BF = _bwd_tiles(S, F, K)
-    grid = (B, cdiv(S, BT - (K - 1)), cdiv(F, BF))          # programs overlap by K - 1 rows
+    BT, BF = _tiles(S, F)
+    grid = (B, cdiv(S, BT), cdiv(F, BF))
+    packed = _varlen_args(x, cu_seqlens)
+    dpre = new_empty((B, S, F), x.dtype, x.device)
     partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
-    # d pre at each sequence's first K - 1 steps (zeros past a shorter sequence's end)
-    head = x.new_zeros((state.shape[0], K - 1, F)) if state is not None else x
+    causal_conv1d_bwd_pre_kernel[grid](
+        x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
+        *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_kernel[grid](
-        x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        *_varlen_args(x, cu_seqlens), dy, dx, dx.stride(0), dx.stride(1), partial, head, S, F, K=K, BT=BT, BF=BF,
-        HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None,
-        ACCUMULATE=accumulate, num_warps=BWD_WARPS)
+    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
+                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
-    dstate = _state_grad(head, weight, K) if state is not None else x.new_empty(0)
+    dstate = _state_grad(dpre, weight, K, cu_seqlens) if state is not None else x.new_empty(0)
     return dx, dw, db, dstate
 
 
@@ -246,13 +232,21 @@ def _causal_conv1d_bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     return causal_conv1d_backward(x, weight, bias, state, dy, silu, cu_seqlens)
 
 
-def _state_grad(head: torch.Tensor, weight: torch.Tensor, K: int) -> torch.Tensor:
+def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """d state[s, i] = sum_{j <= i} weight[:, j] d pre[step i - j of sequence s] (state row i is
-    K - 1 - i steps before the sequence's start), from head (B or N, K - 1, F): d pre at each
-    sequence's first K - 1 steps. Returns (B or N, K - 1, F)."""
-    h, w = head.float(), weight.float()
-    rows = [sum(h[:, i - j] * w[:, j] for j in range(i + 1)) for i in range(K - 1)]
-    return torch.stack(rows, dim=1).to(head.dtype)
+    K - 1 - i steps before the sequence's start). The sequences: the batch rows, or the packed
+    ones of `cu_seqlens`. Returns (B or N, K - 1, F)."""
+    S = dpre.shape[1]
+    if cu_seqlens is None:
+        head = F.pad(dpre[:, :K - 1], (0, 0, 0, max(0, K - 1 - S)))             # (B, K - 1, F)
+    else:
+        cu = cu_seqlens.to(device=dpre.device, dtype=torch.long)
+        idx = cu[:-1, None] + torch.arange(K - 1, device=dpre.device)            # (N, K - 1)
+        head = dpre[0, idx.clamp(max=S - 1)] * (idx < cu[1:, None])[..., None]
+    head, w = head.float(), weight.float()
+    rows = [sum(head[:, i - j] * w[:, j] for j in range(i + 1)) for i in range(K - 1)]
+    return torch.stack(rows, dim=1).to(dpre.dtype)
 
 
 @_causal_conv1d_bwd.register_fake
