@@ -14,12 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.distributed import EIGHT_RANKS
 from tests.helpers import assert_close
 
 STEPS, BATCH, S = 3, 4, 24
 
 
-def _model(family):
+def _model(family, **config):
     from tests.helpers import small_lm
     from tests.models.large_helpers import randomize_, tiny_config
     from xlstm_triton.models import xLSTMLarge
@@ -27,7 +28,7 @@ def _model(family):
         model = small_lm(slstm_at=(1,), num_blocks=2, seed=3)
     else:
         torch.manual_seed(3)
-        model = randomize_(xLSTMLarge(tiny_config()), seed=3, gate_scale=1.0)
+        model = randomize_(xLSTMLarge(tiny_config(**config)), seed=3, gate_scale=1.0)
     model.check_token_range = False
     return model.train()
 
@@ -121,18 +122,19 @@ def test_shard_blocks_needs_blocks():
         shard_blocks(torch.nn.Linear(2, 2))
 
 
-def _mesh_rank(rank, world, path):
+def _mesh_rank(rank, world, path, pieces, eps):
     os.environ["TRITON_INTERPRET"] = "0"
     dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
 
     from xlstm_triton.models import cp_reduce_gradients, shard_blocks
-    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))
+    mesh = init_device_mesh("cpu", (2, len(pieces)), mesh_dim_names=("dp", "cp"))
     dp, cp = mesh["dp"].get_local_rank(), mesh["cp"].get_local_rank()
     cp_group = mesh["cp"].get_group()
-    model = _model("large").double()
+    model = _model("large", eps=eps).double()
     rows = _batch(model).chunk(2)[dp]                    # this data rank's sequences
-    piece = rows[:, :13] if cp == 0 else rows[:, 13:]    # this context rank's piece of them
+    lo = sum(pieces[:cp])
+    piece = rows[:, lo:lo + pieces[cp]]                  # this context rank's piece of them
     shard_blocks(model, mesh=mesh["dp"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []
@@ -151,16 +153,25 @@ def _mesh_rank(rank, world, path):
     dist.destroy_process_group()
 
 
-def test_fsdp_with_context_parallel_on_a_2x2_mesh(tmp_path, monkeypatch):
-    """FSDP over the data dimension and context parallelism over the other of a 2 x 2 mesh
-    (4 gloo ranks: each holds half the batch's sequences, and of those half the length): three
-    SGD steps give the losses and parameters of one process training on the whole batch. In
-    float64, so to 1e-9: the context-parallel pieces compute the state another way than one
-    run, and in float32 three steps at this learning rate grow those roundings to ~1e-4."""
-    mp.start_processes(_mesh_rank, args=(4, str(tmp_path)), nprocs=4, start_method="spawn")
+@pytest.mark.parametrize("pieces, eps", [([13, 11], 1e-6), pytest.param([5, 1, 11, 7], 0.0, marks=EIGHT_RANKS)],
+                         ids=["2x2", "2x4"])
+def test_fsdp_with_context_parallel_on_a_mesh(pieces, eps, tmp_path, monkeypatch):
+    """FSDP over the data dimension and context parallelism over the other of a 2 x P mesh
+    (2 P gloo ranks: each holds half the batch's sequences, and of those one piece, the pieces
+    uneven; P = 4: eight ranks, a piece of one step): three SGD steps give the losses and
+    parameters of one process training on the whole batch. In float64, so to 1e-9: the
+    context-parallel pieces compute the state another way than one run, and in float32 three
+    steps at this learning rate grow those roundings to ~1e-4. Four pieces with the mLSTM's
+    normalizer eps = 0: the eps is added in the stabilized scale, so a run whose stabilizers
+    differ (a rank after two or more pieces starts from their folded summaries, not from the
+    running maximum of one run) differs by eps-sized terms: with eps = 1e-6 the parameters
+    after three steps are 1.2e-7 apart (after one step 5e-16), with eps = 0 1.2e-14."""
+    assert sum(pieces) == S
+    world = 2 * len(pieces)
+    mp.start_processes(_mesh_rank, args=(world, str(tmp_path), pieces, eps), nprocs=world, start_method="spawn")
     import xlstm_triton.utils as xt_utils
     monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _model("large").double()
+    model = _model("large", eps=eps).double()
     losses = _train(model, _batch(model), model.parameters())
     got = torch.load(tmp_path / "result.pt")
     assert_close(got["losses"], losses, 1e-9, "losses")
