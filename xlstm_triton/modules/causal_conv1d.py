@@ -155,6 +155,12 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
+# Warps of the backward's two kernels. At 64 x 128 tiles on 4 warps the first compiles for
+# sm_90 (Triton 3.6) to 255 registers and 152 bytes of spills, 8 warps to 163 registers and none
+# (the second: 251 -> 82): to be measured (bench/NOTES.md).
+BWD_NUM_WARPS = 4
+
+
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
@@ -204,11 +210,11 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     causal_conv1d_bwd_pre_kernel[grid](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
-        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
     causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
-                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=4)
+                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=BWD_NUM_WARPS)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
