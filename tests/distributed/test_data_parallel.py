@@ -98,9 +98,9 @@ def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeyp
     # compiled: the one process's blocks compiled too, and float64 (inductor's CPU code rounds
     # some float64 gate math like float32: compiled against eager differs by ~1e-5 in the gate
     # biases' gradients, which three steps at this learning rate grow past 1e-4). CPU ranks to
-    # 1e-9; on the GPU ranks the compiled float64 step of half the batch differs from the whole
-    # batch's by 2.6e-7 in the third loss (H200, NCCL; inductor's CUDA kernels for the two batch
-    # sizes), so 1e-4 there as for float32: a gradient not averaged over the ranks is off by O(1).
+    # 1e-9; on the GPU ranks the compiled float64 steps of the two half batches ended 2.6e-7 from
+    # the whole batch's in the third loss (H200, NCCL; the source of that rounding not traced),
+    # so 1e-4 there as for float32: a gradient not averaged over the ranks is off by O(1).
     tol = 1e-9 if mode.endswith("+compiled") and backend == "gloo" else 1e-4
     if mode.endswith("+compiled"):
         from xlstm_triton.models import compile_blocks
