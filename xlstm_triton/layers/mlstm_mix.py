@@ -154,9 +154,9 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     B, S, _ = x_m.shape
     N, NH = B * S, num_heads
     # The same kernels as the forward, gate columns included: the mLSTM's gate gradients take
-    # differences of large sums, so q, k, v must be the forward's to the bit. Saving the gates and
-    # recomputing q, k, v with the kernel built without gate columns rounded them differently on
-    # an H200 (float32: the gate biases' gradients moved by 1.7e-4; bench/NOTES.md).
+    # differences of large sums, so q, k, v should be the forward's to the bit. Saving the gates
+    # and recomputing q, k, v with the kernel built without gate columns moved the gate biases'
+    # gradients by 1.7e-4 in float32 on an H200 (not in the interpreter; bench/NOTES.md).
     x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v) = _inputs(
         x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens)
     cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
