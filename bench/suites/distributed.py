@@ -146,6 +146,13 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
     dist.destroy_process_group()
 
 
+def large_config(case):
+    """The case's xLSTMLarge config (fused weights, but for the --quick CPU cases)."""
+    from xlstm_triton.models import xLSTMLargeConfig
+    return xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
+                            num_heads=case["heads"], **({} if case.get("quick") else dict(weight_mode="fused")))
+
+
 def _transformer_step(case, dtype, device, world):
     """The Transformer of xLSTMLarge's parameter count, one sequence of case["ctx"] tokens split
     over the ranks by PyTorch's context parallelism (world 1: the plain model)."""
@@ -154,12 +161,10 @@ def _transformer_step(case, dtype, device, world):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from bench.baselines.transformer import TransformerLM, matching_config
-    from xlstm_triton.models import data_parallel, xLSTMLarge, xLSTMLargeConfig
+    from xlstm_triton.models import data_parallel, xLSTMLarge
 
-    cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
-                           num_heads=case["heads"], weight_mode="fused")
     with torch.device("meta"):
-        params = sum(p.numel() for p in xLSTMLarge(cfg).parameters())
+        params = sum(p.numel() for p in xLSTMLarge(large_config(case)).parameters())
     torch.manual_seed(0)
     with torch.device(device):
         model = TransformerLM(matching_config(params, case["vocab"], case["E"], head_dim=128))
@@ -197,7 +202,7 @@ def _transformer_step(case, dtype, device, world):
 def _measure_rank(case, wrap, dtype, device, world):
     import torch.distributed as dist
 
-    from xlstm_triton.models import context_parallel, data_parallel, shard_blocks, xLSTMLarge, xLSTMLargeConfig
+    from xlstm_triton.models import context_parallel, data_parallel, shard_blocks, xLSTMLarge
 
     if wrap == "transformer":
         step = _transformer_step(case, dtype, device, world)
@@ -206,11 +211,9 @@ def _measure_rank(case, wrap, dtype, device, world):
         finally:
             step.close()
 
-    cfg = xLSTMLargeConfig(vocab_size=case["vocab"], embedding_dim=case["E"], num_blocks=case["blocks"],
-                           num_heads=case["heads"], **({} if case.get("quick") else dict(weight_mode="fused")))
     torch.manual_seed(0)
     with torch.device(device):
-        model = xLSTMLarge(cfg)
+        model = xLSTMLarge(large_config(case))
     model = model.to(dtype=dtype).train()
     model.check_token_range = False
     cp = case["parallel"] == "cp"

@@ -328,12 +328,10 @@ def test_distributed_transformer_matches_the_xlstm_size():
     """transformer.cp is the Transformer of the parameter count of the xLSTMLarge it is set beside."""
     from bench.baselines.transformer import matching_config, parameter_count
     from bench.suites import distributed as suite_distributed
-    from xlstm_triton.models import xLSTMLarge, xLSTMLargeConfig
+    from xlstm_triton.models import xLSTMLarge
     L = suite_distributed.LARGE
     with torch.device("meta"):
-        params = sum(p.numel() for p in xLSTMLarge(xLSTMLargeConfig(
-            vocab_size=L["vocab"], embedding_dim=L["E"], num_blocks=L["blocks"], num_heads=L["heads"],
-            weight_mode="fused")).parameters())
+        params = sum(p.numel() for p in xLSTMLarge(suite_distributed.large_config(L)).parameters())
     assert 1.0e9 < params < 2.0e9
     cfg = matching_config(params, L["vocab"], L["E"], head_dim=128)
     assert abs(parameter_count(cfg) - params) / params < 0.02

@@ -101,8 +101,9 @@ def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeyp
     # 1e-9; on the GPU ranks the compiled float64 steps of the two half batches ended 2.6e-7 from
     # the whole batch's in the third loss (H200, NCCL; the source of that rounding not traced),
     # so 1e-4 there as for float32: a gradient not averaged over the ranks is off by O(1).
-    tol = 1e-9 if mode.endswith("+compiled") and backend == "gloo" else 1e-4
-    if mode.endswith("+compiled"):
+    compiled = mode.endswith("+compiled")
+    tol = 1e-9 if compiled and backend == "gloo" else 1e-4
+    if compiled:
         from xlstm_triton.models import compile_blocks
         compile_blocks(model.double())
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
