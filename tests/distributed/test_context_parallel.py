@@ -151,15 +151,20 @@ def test_cp_group_errors_without_a_process_group():
         mlstm_chunkwise(**x, cp_group=object(), cu_seqlens=torch.tensor([0, 4, 9]))
 
 
-def _model_rank(rank, world, pieces, path, family="large"):
+def _model_rank(rank, world, pieces, path, family="large", backend="gloo"):
     """One rank's piece through the model; `family` "large-ddp": xLSTMLarge wrapped by
     `models.context_parallel` (DDP summing over a twin group) instead of cp_reduce_gradients."""
-    os.environ["TRITON_INTERPRET"] = "0"                # the ops' PyTorch path on these CPU ranks
-    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    device = "cpu"
+    if backend == "nccl":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(device)
+    else:
+        os.environ["TRITON_INTERPRET"] = "0"            # the ops' PyTorch path on these CPU ranks
+    dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     from xlstm_triton.models import context_parallel, cp_reduce_gradients
-    model = _paper_model() if family == "paper" else _large_model()
+    model = (_paper_model() if family == "paper" else _large_model()).to(device)
     run = context_parallel(model, dist.group.WORLD) if family == "large-ddp" else model
-    ids = _ids(sum(pieces)) % model.config.vocab_size
+    ids = (_ids(sum(pieces)) % model.config.vocab_size).to(device)
     lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
     piece = ids[:, lo:hi]
     group = dist.group.WORLD
@@ -169,8 +174,8 @@ def _model_rank(rank, world, pieces, path, family="large"):
     loss.backward()
     if run is model:
         cp_reduce_gradients(model, group)
-    torch.save({"logits": logits, "loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}},
-               f"{path}/rank{rank}.pt")
+    torch.save({"logits": logits.cpu(), "loss": loss.detach().cpu(),
+                "grads": {n: p.grad.cpu() for n, p in model.named_parameters()}}, f"{path}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -187,30 +192,40 @@ def _ids(S):
     return torch.randint(0, 64, (2, S), generator=torch.Generator().manual_seed(8))
 
 
-@pytest.mark.parametrize("family, pieces", [("large-ddp", [20, 13]), ("large", [7, 30, 16]), ("paper", [2, 17, 11])])
-def test_model_over_ranks_equals_one_run(family, pieces, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family, pieces, backend", [
+    ("large-ddp", [20, 13], "gloo"), ("large", [7, 30, 16], "gloo"), ("paper", [2, 17, 11], "gloo"),
+    ("large-ddp", [20, 13], "nccl"), ("large", [7, 30, 2, 16], "nccl"), ("paper", [9, 17, 11, 5], "nccl")])
+def test_model_over_ranks_equals_one_run(family, pieces, backend, tmp_path, monkeypatch):
     """xLSTMLarge / xLSTMLMModel (mLSTM blocks, their conv windows crossing the pieces, a piece
     of 2 steps included) with cp_group=: the pieces' logits, the loss (the whole sequences'
     mean, every piece's last position scored against the next piece's first token) and, after
     cp_reduce_gradients (or through `models.context_parallel`'s DDP: "large-ddp"), every
-    parameter gradient equal one run of the whole sequences."""
+    parameter gradient equal one run of the whole sequences. gloo: CPU ranks on the ops'
+    PyTorch path; nccl: a GPU per rank, the kernels, float32."""
     world = len(pieces)
-    mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path), family), nprocs=world,
+    device = "cpu"
+    if backend == "nccl":
+        if torch.cuda.device_count() < world:
+            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
+        device = "cuda:0"
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path), family, backend), nprocs=world,
                        start_method="spawn")
-    import xlstm_triton.utils as xt_utils
-    monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
-    model = _paper_model() if family == "paper" else _large_model()
-    ids = _ids(sum(pieces)) % model.config.vocab_size
+    if backend == "gloo":
+        import xlstm_triton.utils as xt_utils
+        monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
+    model = (_paper_model() if family == "paper" else _large_model()).to(device)
+    ids = (_ids(sum(pieces)) % model.config.vocab_size).to(device)
     with torch.no_grad():
         logits = model(ids)
     loss = model(ids, labels=ids)
     loss.backward()
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    assert_close(torch.cat([g["logits"] for g in got], dim=1), logits, 1e-4, "logits")
+    assert_close(torch.cat([g["logits"] for g in got], dim=1), logits.cpu(), 1e-4, "logits")
     for g in got:
-        assert_close(g["loss"], loss.detach(), 1e-5, "loss")
+        assert_close(g["loss"], loss.detach().cpu(), 1e-5, "loss")
     for name, p in model.named_parameters():      # 1e-3: the gate biases' gradients are sums of ~1e-4 terms
-        assert_close(got[0]["grads"][name], p.grad, 1e-3, f"d {name}")
+        assert_close(got[0]["grads"][name], p.grad.cpu(), 1e-3, f"d {name}")
 
 
 # ------------------------------------------------------------------ the paper architecture

@@ -1,8 +1,8 @@
 """Data parallel training of both model families (`models.shard_blocks`: FSDP2 with a unit per
-block; `models.data_parallel`: DDP) on 2 ranks spawned here (gloo on the CPU; NCCL on 2 GPUs
-where there are): three SGD steps with each rank on half of a global batch give the losses and
-the parameters of one process training on the whole batch (the mean loss of two equal halves is the whole batch's
-mean). The CPU ranks run the ops' PyTorch path (what is tested there is the wrapping and the
+block; `models.data_parallel`: DDP) on ranks spawned here (2 gloo ranks on the CPU; NCCL on 2
+and on 4 GPUs where there are): three SGD steps with each rank on an equal part of a global
+batch give the losses and the parameters of one process training on the whole batch (the mean
+loss of equal parts is the whole batch's mean). The CPU ranks run the ops' PyTorch path (what is tested there is the wrapping and the
 gradient averaging), the GPU ranks the kernels; float32, so to 1e-4 (reduction order)."""
 
 from __future__ import annotations
@@ -75,10 +75,11 @@ def _rank(rank, world, family, mode, path, backend):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+@pytest.mark.parametrize("backend, world", [("gloo", 2), ("nccl", 2), ("nccl", 4)],
+                         ids=["gloo-2", "nccl-2", "nccl-4"])
 @pytest.mark.parametrize("family, mode", [("large", "fsdp"), ("paper", "fsdp"), ("large", "ddp"),
                                           ("large", "fsdp+compiled"), ("paper", "ddp+compiled")])
-def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeypatch):
+def test_ranks_train_as_one_process(family, mode, backend, world, tmp_path, monkeypatch):
     """`mode`: fsdp or ddp, "+compiled": with the blocks under torch.compile (`compile_blocks`,
     before the wrapping)."""
     if backend == "gloo" and mode == "ddp+compiled":
@@ -86,11 +87,13 @@ def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeyp
                     "DDP with compiled blocks runs with the NCCL ranks")
     device = "cpu"
     if backend == "nccl":
-        if torch.cuda.device_count() < 2:
-            pytest.skip(f"NCCL ranks need 2 GPUs, this machine has {torch.cuda.device_count()}")
+        if torch.cuda.device_count() < world:
+            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
         device = "cuda:0"
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
-    mp.start_processes(_rank, args=(2, family, mode, str(tmp_path), backend), nprocs=2, start_method="spawn")
+    assert BATCH % world == 0
+    mp.start_processes(_rank, args=(world, family, mode, str(tmp_path), backend), nprocs=world,
+                       start_method="spawn")
     if backend == "gloo":
         import xlstm_triton.utils as xt_utils
         monkeypatch.setattr(xt_utils, "triton_interpret", lambda: False)
@@ -98,7 +101,7 @@ def test_two_ranks_train_as_one_process(family, mode, backend, tmp_path, monkeyp
     # compiled: the one process's blocks compiled too, and float64 (inductor's CPU code rounds
     # some float64 gate math like float32: compiled against eager differs by ~1e-5 in the gate
     # biases' gradients, which three steps at this learning rate grow past 1e-4). CPU ranks to
-    # 1e-9; on the GPU ranks the compiled float64 steps of the two half batches ended 2.6e-7 from
+    # 1e-9; on 2 GPU ranks the compiled float64 steps of the two half batches ended 2.6e-7 from
     # the whole batch's in the third loss (H200, NCCL; the source of that rounding not traced),
     # so 1e-4 there as for float32: a gradient not averaged over the ranks is off by O(1).
     compiled = mode.endswith("+compiled")
