@@ -7,6 +7,10 @@ import torch
 if not torch.cuda.is_available():
     # Without a GPU the Triton kernels run in Triton's interpreter (set before triton loads).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] == "1" and os.environ.get("XLSTM_TRITON_PLAIN_INTERPRETER") != "1":
+        from tests.interpreter_patch import install
+
+        install()       # triton.language patched once per launch, not per nested @jit call
 
 
 def pytest_configure(config):
