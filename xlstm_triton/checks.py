@@ -121,9 +121,11 @@ def checked_cu_seqlens(cu_seqlens, total: int, device: torch.device, name: str =
     """`check_cu_seqlens` once (batch of 1), then the offsets on `device` as int32, marked as
     checked for `total` steps: the layers a model passes them to skip the values' host read (one
     GPU sync per layer otherwise). Offsets given on the CPU also keep their values on the tensor
-    for host-side code (`host_offsets`: the sLSTM's padding over the sequences)."""
+    for host-side code (`host_offsets`: the sLSTM's padding over the sequences). Offsets this
+    returned can be passed again, step after step: no check, copy or read then."""
     check_cu_seqlens(cu_seqlens, total, 1, device, name)
-    values = cu_seqlens.tolist() if cu_seqlens.device.type == "cpu" else None
+    values = (cu_seqlens.tolist() if cu_seqlens.device.type == "cpu"
+              else getattr(cu_seqlens, "_xlstm_triton_values", None))
     if cu_seqlens.device.type == "cpu" and torch.device(device).type == "cuda":
         cu_seqlens = cu_seqlens.to(torch.int32).pin_memory()     # copied without waiting for the GPU
     cu = cu_seqlens.to(device=device, dtype=torch.int32, non_blocking=True)

@@ -16,7 +16,9 @@ EXIT_CONTEXT_LOST = 3      # a worker's exit code after a sticky CUDA error, its
 
 def _measure(fn, grad_to_none) -> tuple[float, float | None, float | None]:
     """Median ms; peak MiB of one call as the allocator counts it (its blocks, rounded) and as
-    the tensors asked for it (requested bytes: no rounding, no unsplit remainders of blocks)."""
+    the tensors asked for it (requested bytes: no rounding, no unsplit remainders of blocks).
+    Sets `fn.peak_above_start_mib`: the allocator peak less what was allocated when the call
+    began."""
     import torch
 
     if not torch.cuda.is_available():
@@ -28,9 +30,11 @@ def _measure(fn, grad_to_none) -> tuple[float, float | None, float | None]:
         t.grad = None                       # peak of one call as a training step sees it
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    start_mib = torch.cuda.memory_allocated() / 2**20
     fn()
     torch.cuda.synchronize()
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    fn.peak_above_start_mib = peak_mib - start_mib
     requested_mib = torch.cuda.memory_stats().get("requested_bytes.all.peak", 0) / 2**20
     ms = triton.testing.do_bench(fn, warmup=25, rep=getattr(fn, "rep_ms", 200), grad_to_none=grad_to_none,
                                  return_mode="median")
@@ -82,6 +86,11 @@ def measure_cases(provider: Provider, cases: list[dict], dtype_name: str):
                     columns = getattr(fn, "columns", None)
                     if columns:
                         row["columns"] = columns(row["ms"]) if callable(columns) else dict(columns)
+                    if getattr(fn, "report_peak_above_start", False):
+                        # what the call allocates beyond what exists before it (weights,
+                        # optimizer state, inputs): None off the GPU
+                        row.setdefault("columns", {})["peak_above_start_mib"] = getattr(
+                            fn, "peak_above_start_mib", None)
                 except Unavailable as e:
                     row.update(status="unavailable", error=str(e).splitlines()[0][:300])
                 except torch.cuda.OutOfMemoryError as e:

@@ -16,7 +16,11 @@ Providers:
                 passes them to its layers
   xlstm_large   one AdamW step of `xLSTMLarge` (E=1024, 12 blocks, 4 heads, vocabulary 50,304,
                 loss from `labels`), as `python -m bench model` runs it; padded rows get -100
-                labels on the padding
+                labels on the padding; packed offsets on the GPU, checked once before the
+                steps (`checked_cu_seqlens`), an input of the step like the tokens
+Both report `peak_above_start_mib` beside the peak: what a call allocates beyond the weights,
+the optimizer state and its inputs (the packed inputs hold the offsets too: N + 1 int32, one
+512-byte allocator block).
 """
 
 from __future__ import annotations
@@ -98,10 +102,12 @@ def _mlstm_op(case, mode, dtype):
                 mlstm_chunkwise(q, k, v, i, f, cu_seqlens=cu)
     run.grad_to_none = [q, k, v, i, f] if grad else []
     run.columns = _columns(case, lengths, (B, S))
+    run.report_peak_above_start = True
     return run
 
 
 def _xlstm_large_step(case, mode, dtype):
+    from xlstm_triton.checks import checked_cu_seqlens
     from xlstm_triton.models import xLSTMLarge, xLSTMLargeConfig
     dev = device()
     (B, S), cu, real, lengths = _layout(case, dev)
@@ -116,14 +122,16 @@ def _xlstm_large_step(case, mode, dtype):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=dev == "cuda")
     tokens = torch.randint(0, cfg.vocab_size, (B, S), device=dev)
     labels = tokens if real is None else torch.where(real, tokens, -100)
-    cu_cpu = None if cu is None else cu.cpu()       # offsets on the host too: no sync to check them
+    if cu is not None:      # checked from the host values once; the steps neither read nor copy them
+        cu = checked_cu_seqlens(cu.cpu(), S, dev)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = model(tokens, labels=labels, cu_seqlens=cu_cpu)
+        loss = model(tokens, labels=labels, cu_seqlens=cu)
         loss.backward()
         optimizer.step()
     step.columns = _columns(case, lengths, (B, S))
+    step.report_peak_above_start = True
     step.rep_ms = 3000
     return step
 

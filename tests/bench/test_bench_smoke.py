@@ -292,6 +292,7 @@ def test_packed_quick_cases_and_providers():
         assert sorted(r["case"]["layout"] for r in got) == sorted(suite_packed.LAYOUTS)
         for r in got:
             assert r["columns"]["tokens_per_s"] > 0
+            assert "peak_above_start_mib" in r["columns"]       # a number on GPUs, None here
 
 
 def test_distributed_quick_rows():

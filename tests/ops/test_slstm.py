@@ -158,6 +158,21 @@ def test_packed_sequences_read_checked_offsets_once(device, monkeypatch):
     assert torch.equal(h, slstm(**inputs, cu_seqlens=cu))
 
 
+@pytest.mark.gpu
+def test_checked_offsets_passed_again_are_not_read(monkeypatch):
+    """Device offsets checked once (`checked_cu_seqlens`) and passed to a model step after step
+    (which checks them again each step): kept values, no read of the tensor (a wait for the GPU)."""
+    from xlstm_triton.checks import checked_cu_seqlens
+    inputs, bounds, cu = packed_inputs(False, "cuda")
+    checked = checked_cu_seqlens(torch.tensor(bounds), bounds[-1], "cuda")
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: pytest.fail("the offsets were read again"))
+    again = checked_cu_seqlens(checked, bounds[-1], "cuda")
+    h = slstm(**inputs, cu_seqlens=again)
+    monkeypatch.undo()
+    assert again.data_ptr() == checked.data_ptr()          # no copy either
+    assert torch.equal(h, slstm(**inputs, cu_seqlens=cu))
+
+
 # (B, T, NH, DH, dtype, config override, initial states)
 CASES = [
     (3, 7, 2, 16, torch.float32, None, False),
