@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.distributed import EIGHT_CPU_RANKS, EIGHT_RANKS_REASON
+from tests.distributed import EIGHT_CPU_RANKS, EIGHT_RANKS_REASON, rank_device, reference_device
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
 
@@ -48,10 +48,7 @@ def _state_loss(last, wc, wn):
 
 
 def _rank(rank, world, pieces, states, path, backend, dtype):
-    device = "cpu"
-    if backend == "nccl":
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(device)
+    device = rank_device(rank, backend, torch_path=False)     # gloo ranks: the kernels in the interpreter
     dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     S = sum(pieces)
     lo, hi = sum(pieces[:rank]), sum(pieces[:rank + 1])
@@ -80,12 +77,7 @@ def test_pieces_over_ranks_equal_one_run(pieces, states, backend, dtype, tmp_pat
     S, world = sum(pieces), len(pieces)
     if backend == "gloo" and world > 4 and not EIGHT_CPU_RANKS:
         pytest.skip(EIGHT_RANKS_REASON)
-    device = "cpu"
-    if backend == "nccl":
-        if torch.cuda.device_count() < world:
-            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
-        device = "cuda:0"
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    device = reference_device(backend, world)
     mp.start_processes(_rank, args=(world, pieces, states, str(tmp_path), backend, dtype), nprocs=world,
                        start_method="spawn")
     ref = {k: t.to(device, dtype if k in "qkv" else torch.float32).clone().requires_grad_()
@@ -154,12 +146,7 @@ def test_cp_group_errors_without_a_process_group():
 def _model_rank(rank, world, pieces, path, family="large", backend="gloo"):
     """One rank's piece through the model; `family` "large-ddp": xLSTMLarge wrapped by
     `models.context_parallel` (DDP summing over a twin group) instead of cp_reduce_gradients."""
-    device = "cpu"
-    if backend == "nccl":
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(device)
-    else:
-        os.environ["TRITON_INTERPRET"] = "0"            # the ops' PyTorch path on these CPU ranks
+    device = rank_device(rank, backend)
     dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     from xlstm_triton.models import context_parallel, cp_reduce_gradients
     model = (_paper_model() if family == "paper" else _large_model()).to(device)
@@ -203,12 +190,7 @@ def test_model_over_ranks_equals_one_run(family, pieces, backend, tmp_path, monk
     parameter gradient equal one run of the whole sequences. gloo: CPU ranks on the ops'
     PyTorch path; nccl: a GPU per rank, the kernels, float32."""
     world = len(pieces)
-    device = "cpu"
-    if backend == "nccl":
-        if torch.cuda.device_count() < world:
-            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
-        device = "cuda:0"
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    device = reference_device(backend, world)
     mp.start_processes(_model_rank, args=(world, pieces, str(tmp_path), family, backend), nprocs=world,
                        start_method="spawn")
     if backend == "gloo":

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.distributed import EIGHT_RANKS
+from tests.distributed import EIGHT_RANKS, rank_device, reference_device
 from tests.helpers import assert_close
 
 STEPS, BATCH, S = 3, 4, 24
@@ -52,12 +52,7 @@ def _train(model, idx, step_params):
 
 
 def _rank(rank, world, family, mode, path, backend):
-    device = "cpu"
-    if backend == "nccl":
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(device)
-    else:
-        os.environ["TRITON_INTERPRET"] = "0"            # the ops' PyTorch path on these CPU ranks
+    device = rank_device(rank, backend)
     dist.init_process_group(backend, init_method=f"file://{path}/store", rank=rank, world_size=world)
     from xlstm_triton.models import compile_blocks, data_parallel, shard_blocks
     model = _model(family).to(device)
@@ -85,12 +80,7 @@ def test_ranks_train_as_one_process(family, mode, backend, world, tmp_path, monk
     if backend == "gloo" and mode == "ddp+compiled":
         pytest.skip("CPU ranks compile for minutes: on CPUs the FSDP case covers compiled blocks; "
                     "DDP with compiled blocks runs with the NCCL ranks")
-    device = "cpu"
-    if backend == "nccl":
-        if torch.cuda.device_count() < world:
-            pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
-        device = "cuda:0"
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
+    device = reference_device(backend, world)
     assert BATCH % world == 0
     mp.start_processes(_rank, args=(world, family, mode, str(tmp_path), backend), nprocs=world,
                        start_method="spawn")
