@@ -14,8 +14,9 @@ over the group.
 
 Each case starts its ranks (one process per GPU, NCCL; gloo on the CPU for --quick), runs
 warm-up steps, then times `steps` steps (wall clock of the whole step after a device sync,
-every rank); the row's ms is the median over steps of the slowest rank's step, its memory the
-largest peak over ranks.
+every rank); the row's ms is the median over steps of the slowest rank's step, `host_ms` the
+same of the time until the step's call returned (before the wait for the GPU: near ms where the
+host bounds the step), its memory the largest peak over ranks.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _setup(wrap: str):
             if world == 1:
                 _ONE_RANK[key] = tps
             one = _ONE_RANK.get(key)
-            cols = dict(tokens_per_s=round(tps, 1), gpus=world if cuda else 0, ranks=world)
+            cols = dict(tokens_per_s=round(tps, 1), gpus=world if cuda else 0, ranks=world,
+                        host_ms=round(result["host_ms"], 1))
             if one and world > 1:
                 if case["parallel"] == "dp":
                     cols["scaling"] = round(tps / (world * one), 3)
@@ -133,8 +135,8 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
         torch.cuda.set_device(device)
     out = f"{tmp}/rank{rank}.json"
     try:
-        ms, peak, requested = _measure_rank(case, wrap, getattr(torch, dtype_name), device, world)
-        result = dict(status="ok", ms=ms, peak_mib=peak, peak_requested_mib=requested)
+        ms, host_ms, peak, requested = _measure_rank(case, wrap, getattr(torch, dtype_name), device, world)
+        result = dict(status="ok", ms=ms, host_ms=host_ms, peak_mib=peak, peak_requested_mib=requested)
     except Exception as e:   # noqa: BLE001 - recorded for the parent
         # cuBLAS reports a full device as its own allocation failure, not as torch's OOM error
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(e)
@@ -237,7 +239,9 @@ def _measure_rank(case, wrap, dtype, device, world):
 
 
 def _time_steps(step, case, device):
-    """Warm-up steps, then the median over timed steps of the slowest rank's step (ms), and the
+    """Warm-up steps, then the median over timed steps of the slowest rank's step (ms), the
+    median over steps of the slowest rank's host time (the call's return, before the wait for
+    the GPU: a step whose host time is near its step time is bound by the host), and the
     largest peak memory over the ranks (allocator blocks, requested bytes; MiB)."""
     import torch.distributed as dist
 
@@ -251,14 +255,15 @@ def _time_steps(step, case, device):
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, host = [], []
     for _ in range(steps):
         dist.barrier()
         start = time.perf_counter()
         step()
+        host.append((time.perf_counter() - start) * 1e3)
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    slowest = torch.tensor(times, dtype=torch.float64, device=device)
+    slowest = torch.tensor([times, host], dtype=torch.float64, device=device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if device.type == "cuda":
         stats = torch.cuda.memory_stats(device)
@@ -268,7 +273,7 @@ def _time_steps(step, case, device):
         peak, requested = (float(x) / 2**20 for x in mem.tolist())
     else:
         peak = requested = None
-    return float(slowest.median()), peak, requested
+    return float(slowest[0].median()), float(slowest[1].median()), peak, requested
 
 
 def providers() -> list[Provider]:

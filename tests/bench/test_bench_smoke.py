@@ -307,6 +307,7 @@ def test_distributed_quick_rows():
         row = got[key]
         assert row["status"] == "ok", (key, row["error"])
         assert row["ms"] > 0 and row["columns"]["tokens_per_s"] > 0 and row["columns"]["ranks"] == key[1]
+        assert 0 < row["columns"]["host_ms"] <= round(row["ms"], 1)     # the host's part (rounded as the column)
     assert got[("xlstm_large.fsdp", 2)]["columns"]["scaling"] > 0
 
 
