@@ -58,10 +58,10 @@ def cases(quick: bool = False) -> list[dict]:
 
 
 def _layout(case, dev):
-    """(B, S), cu_seqlens or None, and the (B, S) mask of real tokens for the case's layout."""
+    """(B, S), cu_seqlens (on the host) or None, and the (B, S) mask of real tokens for the case's layout."""
     lengths = document_lengths(case["tokens"])
     if case["layout"] == "packed":
-        cu = torch.tensor([0] + lengths, device=dev).cumsum(0).to(torch.int32)
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
         return (1, case["tokens"]), cu, None, lengths
     if case["layout"] == "fixed":
         return (case["tokens"] // case["fixed_ctx"], case["fixed_ctx"]), None, None, lengths
@@ -92,7 +92,7 @@ def _mlstm_op(case, mode, dtype):
     if cu is not None:
         # Checked once, as a model does per step for its layers: no host read of the offsets
         # (a wait for the GPU) in each call.
-        cu = checked_cu_seqlens(cu.cpu(), S, dev)
+        cu = checked_cu_seqlens(cu, S, dev)
 
     def run():
         if grad:
@@ -123,7 +123,7 @@ def _xlstm_large_step(case, mode, dtype):
     tokens = torch.randint(0, cfg.vocab_size, (B, S), device=dev)
     labels = tokens if real is None else torch.where(real, tokens, -100)
     if cu is not None:      # checked from the host values once; the steps neither read nor copy them
-        cu = checked_cu_seqlens(cu.cpu(), S, dev)
+        cu = checked_cu_seqlens(cu, S, dev)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
