@@ -32,3 +32,11 @@ def reference_device(backend: str, world: int) -> str:
         pytest.skip(f"NCCL ranks need {world} GPUs, this machine has {torch.cuda.device_count()}")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")          # no NVLink multicast (shared hosts)
     return "cuda:0"
+
+
+def end_process_group() -> None:
+    """A rank's last step: wait for every rank, then tear the group down (a rank that destroys
+    its group while another still runs a collective can abort the other's process)."""
+    import torch.distributed as dist
+    dist.barrier()
+    dist.destroy_process_group()

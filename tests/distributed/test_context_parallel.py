@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.distributed import EIGHT_CPU_RANKS, EIGHT_RANKS_REASON, rank_device, reference_device
+from tests.distributed import EIGHT_CPU_RANKS, EIGHT_RANKS_REASON, end_process_group, rank_device, reference_device
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
 
@@ -63,7 +63,7 @@ def _rank(rank, world, pieces, states, path, backend, dtype):
     loss.backward()
     torch.save({"h": h.detach().cpu(), "last": [t.detach().cpu() for t in last],
                 "grads": {k: None if t.grad is None else t.grad.cpu() for k, t in mine.items()}}, f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 BACKENDS = [("gloo", torch.float32), ("nccl", torch.float32), ("nccl", torch.bfloat16)]
@@ -117,7 +117,7 @@ def _mismatched_rank(rank, world, path, level):
     except ValueError as e:
         message = str(e)
     torch.save(message, f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 @pytest.mark.parametrize("level, expected", [
@@ -163,7 +163,7 @@ def _model_rank(rank, world, pieces, path, family="large", backend="gloo"):
         cp_reduce_gradients(model, group)
     torch.save({"logits": logits.cpu(), "loss": loss.detach().cpu(),
                 "grads": {n: p.grad.cpu() for n, p in model.named_parameters()}}, f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 def _large_model():
@@ -224,7 +224,7 @@ def _conv_rank(rank, world, pieces, path):
     assert isinstance(conv, CausalConv1d)
     torch.save({"y": y.detach(), "dx": piece.grad, "dw": conv.conv.weight.grad, "db": conv.conv.bias.grad},
                f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 def _conv_setup(S):
@@ -294,7 +294,7 @@ def _host_group_rank(rank, world, path):
         device_error = str(e)
     torch.save({"device_error": device_error, "distinct": made is not world_group, "cached": made is again,
                 "backend": real_backend(made), "message": message}, f"{path}/rank{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 def test_piece_checks_of_an_nccl_group_run_on_a_host_group(tmp_path):

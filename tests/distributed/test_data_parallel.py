@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.distributed import EIGHT_RANKS, rank_device, reference_device
+from tests.distributed import EIGHT_RANKS, end_process_group, rank_device, reference_device
 from tests.helpers import assert_close
 
 STEPS, BATCH, S = 3, 4, 24
@@ -68,7 +68,7 @@ def _rank(rank, world, family, mode, path, backend):
               for n, p in model.named_parameters()}
     if rank == 0:
         torch.save({"losses": (losses / world).cpu(), "params": params}, f"{path}/result.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 @pytest.mark.parametrize("backend, world", [("gloo", 2), ("nccl", 2), ("nccl", 4)],
@@ -147,7 +147,7 @@ def _mesh_rank(rank, world, path, pieces, eps):
     params = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
     if rank == 0:
         torch.save({"losses": losses / world, "params": params}, f"{path}/result.pt")
-    dist.destroy_process_group()
+    end_process_group()
 
 
 @pytest.mark.parametrize("pieces, eps", [([13, 11], 1e-6), pytest.param([5, 1, 11, 7], 0.0, marks=EIGHT_RANKS)],
