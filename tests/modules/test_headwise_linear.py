@@ -123,33 +123,54 @@ def test_backward_into_a_strided_gradient_adding(device):
     assert_close(wide[:, F:], dx_ref, bwd, "d x written")
 
 
-@pytest.mark.parametrize("dtype, M, BS, F, N, G", [(torch.float32, 2, 4, 200, 37, 8), (torch.float32, 1, 4, 48, 70, 3),
-                                                   (torch.bfloat16, 2, 4, 72, 300, 8)])
-def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G, device, poison):
-    """The fused gate projection (the paper layer's i, f gates of cat(q, k, v)): the forward's
-    column-block partial sums add up to sum_m out[m] @ gw[m]^T (of the stored outputs), and the
-    backward with d_gates gives d x and d weight of out * upstream + gates * d_gates, against
-    the float64 einsum (F no tile divides, G under the padded 16)."""
-    from xlstm_triton.modules.headwise_linear import headwise_linear_backward, headwise_linear_forward
+@pytest.mark.parametrize("dtype, M, BS, F, N, G0, G, col, bias",
+                         [(torch.float32, 2, 4, 200, 37, 4, 8, 0, False),
+                          (torch.float32, 1, 4, 48, 70, 2, 3, 96, True),
+                          (torch.bfloat16, 2, 4, 72, 300, 4, 8, 72, True)])
+def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G0, G, col, bias, device, poison):
+    """The fused gate projection (the paper layer's i, f gates of cat(q, k, v)): the gate weight
+    W (G, C) in two row blocks, this call's outputs at columns col.. of it. The forward's
+    column-block partial sums (with the gate bias where the call carries it) add up to
+    out @ W's columns^T + b, of the stored outputs; the backward with d_gates gives d x and d
+    weight of out * upstream + gates * d_gates, and in gate_partial d W's columns of this call
+    and (with the bias) d b, against the float64 einsum (F no tile divides, G under the padded
+    16, rows split unevenly between the blocks)."""
+    from xlstm_triton.modules.headwise_linear import (GateProjection, headwise_linear_backward,
+                                                      headwise_linear_forward, weight_grad_programs)
     from xlstm_triton.utils import use_kernels
     x = torch.randn(N, F, device=device).to(dtype)
     if not use_kernels(x):
         pytest.skip("the fused gate projection is a kernel feature (CPU: TRITON_INTERPRET=1)")
+    C = col + M * F + 8                                   # columns on both sides of this call's
     weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype)
-    gw = (torch.randn(M, G, F, device=device) / 8).to(dtype)
-    out, partial = headwise_linear_forward(x, weight, None, gate_weight=gw)
-    gates = partial.sum(0)
-    want = torch.einsum("mnf,mgf->ng", out.double(), gw.double())
+    h_bias = (torch.randn(M, F, device=device) / 4).to(dtype)
+    W = (torch.randn(G, C, device=device) / 8).to(dtype)
+    b = torch.randn(G, device=device).to(dtype)
+    gates = GateProjection((W[:G0], W[G0:]), col, (b[:G0], b[G0:]) if bias else None)
+    out, partial = headwise_linear_forward(x, weight, h_bias, gates)
+    W_call = W[:, col:col + M * F].double().view(G, M, F)
+    want = torch.einsum("mnf,gmf->ng", out.double(), W_call) + (b.double() if bias else 0)
     fwd, bwd = TOL[dtype]
     assert partial.dtype == torch.float32 and partial.shape[1:] == (N, G)
-    assert_close(gates, want, 1e-5 if dtype == torch.float32 else 1e-2, "gates")
+    assert_close(partial.sum(0), want, 1e-5 if dtype == torch.float32 else 1e-2, "gates")
     upstream = torch.randn(M, N, F, device=device).to(dtype)
     d_gates = torch.randn(N, G, device=device)
-    dx, dw = headwise_linear_backward(x, weight, upstream, d_gates=d_gates, gate_weight=gw)
-    leaves = [t.detach().double().requires_grad_() for t in (x, weight)]
-    ref_out = headwise_linear_torch(leaves[0], leaves[1], None)
-    loss = (ref_out * upstream.double()).sum() + (torch.einsum("mnf,mgf->ng", ref_out, gw.double())
-                                                  * d_gates.double()).sum()
+    gate_partial = torch.full((weight_grad_programs(N), G, C + 1), float("nan"), device=device)
+    dx, dw = headwise_linear_backward(x, weight, upstream, bias=h_bias, gates=gates, d_gates=d_gates,
+                                      gate_partial=gate_partial)
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, W)]
+    ref_out = headwise_linear_torch(leaves[0], leaves[1], h_bias.double())
+    # the gates of the reference use its own outputs rounded as the kernel stores them
+    stored = ref_out + (ref_out.to(dtype).double() - ref_out).detach()
+    ref_gates = torch.einsum("mnf,gmf->ng", stored, leaves[2][:, col:col + M * F].view(G, M, F))
+    loss = (ref_out * upstream.double()).sum() + (ref_gates * d_gates.double()).sum()
     loss.backward()
     assert_close(dx, leaves[0].grad, bwd, "d x")
     assert_close(dw, leaves[1].grad, bwd, "d weight")
+    d_W = gate_partial.sum(0)
+    assert_close(d_W[:, col:col + M * F], leaves[2].grad[:, col:col + M * F], bwd, "d gate weight")
+    assert torch.isnan(d_W[:, :col]).all() and torch.isnan(d_W[:, col + M * F:C]).all()   # others' columns
+    if bias:
+        assert_close(d_W[:, C], d_gates.double().sum(0), bwd, "d gate bias")
+    else:
+        assert torch.isnan(d_W[:, C]).all()

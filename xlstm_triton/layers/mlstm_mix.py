@@ -11,8 +11,10 @@ kept h (writing d q and d k into one buffer, what the headwise backward reads), 
 headwise and conv backward kernels, each adding its d x into the gradient already there; d x_m
 and d z land in one (B, S, 2 F) buffer, the gradient of xz. The gates (igate / fgate of
 cat(q, k, v)) are formed inside the headwise forward kernel while q, k, v are in registers, and
-their gradient's share of d q, d k, d v is added inside the headwise backward kernels
-(`headwise_linear_forward(..., gate_weight=)`): q, k, v are not read again for them.
+in the backward the headwise kernels add the gates' share of d q, d k, d v and form the gate
+weights' and biases' gradients (`modules.GateProjection`): q, k, v are not read again for them.
+The parameters' gradients leave the backward op in a few float32 buffers (one per kind, each
+cast once) that the autograd function cuts into views: no small copies per parameter.
 
 Both halves are custom ops (`xlstm_triton::mlstm_layer_mix`, `::mlstm_layer_mix_bwd`), so eager
 mode and `torch.compile` run the same kernels: the compiler sees two opaque calls per layer (no
@@ -26,11 +28,12 @@ from typing import Optional
 
 import torch
 
-from ..modules import (causal_conv1d_backward, causal_conv1d_forward, head_norm_gate_backward,
-                       head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward)
+from ..modules import (GateProjection, causal_conv1d_backward, causal_conv1d_forward, gate_column_blocks,
+                       head_norm_gate_backward, head_norm_gate_forward, headwise_linear_backward,
+                       headwise_linear_forward, weight_grad_programs)
 from ..ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
 from ..ops.mlstm.op import default_chunk_size
-from ..utils import as_dtype, is_seq_major, kernel_op
+from ..utils import as_dtype, is_seq_major, kernel_op, new_empty
 
 __all__ = ["cell_inputs", "mlstm_layer_mix"]
 
@@ -59,26 +62,28 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     """x_c = SiLU(conv(x_m)), q, k (headwise of x_c, one read of it: views of one (2, B, S, F)
     buffer), v (headwise of x_m), each (B, S, F); the gates i, f (B, S, NH) float32 = igate /
     fgate of cat(q, k, v), formed inside the headwise kernels while q, k, v are in registers
-    (column-block partial sums, added here: q, k, v are not read again); and the kernels'
-    weights (conv (F, K), q and k stacked, v, the gate weight's q/k and v parts (M, 2 NH, F))
-    in x_m's dtype."""
+    (column-block partial sums of both calls in one buffer, the gate biases among them, added up
+    by one sum: q, k, v are not read again); and the kernels' arguments that the backward
+    reuses: the weights (conv (F, K), q and k stacked, v) in x_m's dtype, the biases, and each
+    call's `GateProjection` (igate.weight and fgate.weight as they are, no concatenation)."""
     B, S, F = x_m.shape
-    dtype = x_m.dtype
+    N, dtype = B * S, x_m.dtype
     w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
     b_conv = as_dtype(conv_b, dtype)
     w_qk = as_dtype(torch.stack([q_w, k_w]), dtype)
     w_v = as_dtype(v_w[None], dtype)
     b_qk = None if q_b is None else as_dtype(torch.stack([q_b, k_b]), dtype)
     b_v = None if v_b is None else as_dtype(v_b[None], dtype)
-    gw_q, gw_k, gw_v = (as_dtype(w, dtype) for w in _gate_weight(ig_w, fg_w, F))
-    gw_qk, gw_v = torch.stack([gw_q, gw_k]), gw_v[None].contiguous()                 # (M, 2 NH, F)
+    gate_w = (as_dtype(ig_w, dtype), as_dtype(fg_w, dtype))            # (NH, 3 F) each: [q | k | v] columns
+    gates_qk, gates_v = GateProjection(gate_w, 0), GateProjection(gate_w, 2 * F, (ig_b, fg_b))
     x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
-    qk, part_qk = headwise_linear_forward(x_c.view(B * S, F), w_qk, b_qk, gate_weight=gw_qk)
-    v, part_v = headwise_linear_forward(x_m.reshape(B * S, F), w_v, b_v, gate_weight=gw_v)
-    gates = part_qk.sum(0).add_(part_v.sum(0)).add_(torch.cat([ig_b, fg_b]).float()).view(B, S, 2 * num_heads)
-    i, f = gates.split(num_heads, dim=-1)
+    blocks = gate_column_blocks(F, w_qk.shape[-1])
+    partial = new_empty((2 * blocks, N, 2 * num_heads), torch.float32, x_m.device)
+    qk, _ = headwise_linear_forward(x_c.view(N, F), w_qk, b_qk, gates_qk, gate_partial=partial[:blocks])
+    v, _ = headwise_linear_forward(x_m.reshape(N, F), w_v, b_v, gates_v, gate_partial=partial[blocks:])
+    i, f = partial.sum(0).view(B, S, 2 * num_heads).split(num_heads, dim=-1)
     q, k = qk.view(2, B, S, F)
-    return x_c, q, k, v.view(B, S, F), i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v)
+    return x_c, q, k, v.view(B, S, F), i, f, (w_conv, b_conv, w_qk, w_v, b_qk, b_v, gates_qk, gates_v)
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -147,8 +152,12 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
              ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
              norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
              cu_seqlens: Optional[Tensor]) -> list[Tensor]:
-    """The gradients of xz and of every parameter of `_mix` (its argument order; `_absent` for a
-    bias that is None), in the parameters' dtypes."""
+    """The gradient of xz and the parameters' gradients in a few buffers, which `_backward`
+    cuts into the parameters' (views, not copies): d conv weight (F, K) and d conv bias (F,)
+    (`_absent` without one) in the conv weight's dtype; float32 sums: d q, k, v weights (3,
+    F / BS, BS, BS), d q, k, v biases (3, F) (`_absent` without them), the gate projection's
+    [d igate; d fgate] weights and biases (2 NH, 3 F + 1: the biases in the last column), and
+    d norm weight, d norm bias, d skip (3, F)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
     B, S, _ = x_m.shape
@@ -157,12 +166,12 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     # differences of large sums, so q, k, v should be the forward's to the bit. Saving the gates
     # and recomputing q, k, v with the kernel built without gate columns moved the gate biases'
     # gradients by 1.7e-4 in float32 on an H200 (not in the interpreter; bench/NOTES.md).
-    x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, gw_qk, gw_v) = _inputs(
+    x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, b_qk, b_v, gates_qk, gates_v) = _inputs(
         x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens)
     cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
-    d_h, _, d_x_c, d_norm_w, d_norm_b, d_skip = head_norm_gate_backward(
+    d_h, _, d_x_c, d_norm = head_norm_gate_backward(
         h, z, _norm_weight(norm_w, norm_offset), norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c,
         d_gate=d_z)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
@@ -170,36 +179,38 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
     _, _, _, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
                                                  out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)))
-    # The gate projections' backward: d q, k, v get d_gates @ W inside the headwise kernels below;
-    # d W = d_gates^T [q | k | v], d b = the column sums.
+    # The gate projections' backward inside the headwise kernels: d q, k, v get d_gates @ W, and
+    # d W = d_gates^T [q | k | v] (q, k, v recomputed from their inputs there), d b = the column
+    # sums, per program into one buffer that both calls fill.
     d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(N, 2 * NH).float().contiguous()  # (N, 2 NH)
-    d_g = as_dtype(d_gates, q.dtype)
-    d_gate_w = torch.cat([d_g.t() @ t.reshape(N, F) for t in (q, k, v)], dim=1)
-    d_gate_b = d_gates.sum(0)
-    d_x_c, d_w_qk = headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F),
-                                             accumulate=True, d_gates=d_gates, gate_weight=gw_qk)
-    _, d_w_v = headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F),
-                                        d_gates=d_gates, gate_weight=gw_v)
+    programs = weight_grad_programs(N)
+    d_w = new_empty((programs, 3) + tuple(q_w.shape), torch.float32, xz.device)       # written whole
+    d_gate = new_empty((programs, 2 * NH, 3 * F + 1), torch.float32, xz.device)      # written whole
+    headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F), accumulate=True,
+                             bias=b_qk, gates=gates_qk, d_gates=d_gates, partial=d_w[:, :2], gate_partial=d_gate)
+    headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F), bias=b_v,
+                             gates=gates_v, d_gates=d_gates, partial=d_w[:, 2:], gate_partial=d_gate)
+    d_gate = d_gate.sum(0)
     _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
                                                       cu_seqlens, dx=d_x_m, accumulate=True)
-
-    def bias_grad(b, d, gw):     # the column sums of d + d_gates @ gw
-        return None if b is None else d.view(N, F).sum(0, dtype=torch.float32) + d_gate_b @ gw.float()
-    grads = [(conv_w, d_w_conv[:, None, :]), (conv_b, d_b_conv if conv_b is not None else None),
-             (q_w, d_w_qk[0]), (k_w, d_w_qk[1]), (v_w, d_w_v[0]),
-             (q_b, bias_grad(q_b, d_qk[0], gw_qk[0])), (k_b, bias_grad(k_b, d_qk[1], gw_qk[1])),
-             (v_b, bias_grad(v_b, d_v, gw_v[0])),
-             (ig_w, d_gate_w[:NH]), (ig_b, d_gate_b[:NH]), (fg_w, d_gate_w[NH:]), (fg_b, d_gate_b[NH:]),
-             (norm_w, d_norm_w), (norm_b, d_norm_b), (skip, d_skip)]
-    return [d_xz] + [_absent(xz) if p is None else _fresh(as_dtype(g, p.dtype)) for p, g in grads]
+    if q_b is None:
+        d_b = _absent(xz)
+    else:        # the column sums of d q, d k, d v, plus d gate bias @ their gate weight columns
+        d_b = (torch.stack([d_qk[0].reshape(N, F).sum(0, dtype=torch.float32),
+                            d_qk[1].reshape(N, F).sum(0, dtype=torch.float32), d_v.view(N, F).sum(0, dtype=torch.float32)])
+               + (d_gate[:, -1] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
+    return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_w.sum(0), d_b, d_gate, d_norm]
 
 
 @_mix_bwd.register_fake
 def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
       v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
-    params = (conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip)
-    return [torch.empty_like(xz, memory_format=torch.contiguous_format)] + [
-        _absent(xz) if p is None else torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+    F = xz.shape[-1] // 2
+    f32 = dict(dtype=torch.float32)
+    return [torch.empty_like(xz, memory_format=torch.contiguous_format),
+            xz.new_empty(F, conv_w.shape[-1]), xz.new_empty(F) if conv_b is not None else _absent(xz),
+            xz.new_empty((3,) + tuple(q_w.shape), **f32), xz.new_empty(3, F, **f32) if q_b is not None else _absent(xz),
+            xz.new_empty(2 * num_heads, 3 * F + 1, **f32), xz.new_empty(3, F, **f32)]
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -208,10 +219,26 @@ def _absent(like: Tensor) -> Tensor:
     return like.new_empty(1)
 
 
-def _fresh(t: Tensor) -> Tensor:
-    """t, or a copy where it is part of a larger buffer (a custom op's outputs may not share
-    storage; inside the op's implementation views carry no `_base` to tell them by)."""
-    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+def _cast_shared(t: Tensor, params: tuple) -> Tensor:
+    dtypes = {p.dtype for p in params if p is not None}
+    return t.to(dtypes.pop()) if len(dtypes) == 1 else t
+
+
+def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Optional[Tensor]]:
+    """`_mix_bwd`'s buffers cut into the gradients of `params` (`_mix`'s parameter arguments, in
+    order), each in its parameter's dtype (None for a parameter that is None)."""
+    d_w_conv, d_b_conv, d_w, d_b, d_gate, d_norm = grads
+    NH, F = num_heads, d_norm.shape[-1]
+    # each float32 buffer cast once where all the parameters it holds share a dtype (the casts
+    # of the cuts below are then no-ops)
+    d_w, d_gate, d_norm = (_cast_shared(t, params[a:b]) for t, (a, b) in ((d_w, (2, 5)), (d_gate, (8, 12)),
+                                                                        (d_norm, (12, 15))))
+    if d_b.dim() == 2:
+        d_b = _cast_shared(d_b, params[5:8])
+    d_gate_w, d_gate_b = d_gate[:, :3 * F], d_gate[:, 3 * F]
+    cuts = (d_w_conv[:, None, :], d_b_conv, d_w[0], d_w[1], d_w[2], *(d_b if d_b.dim() == 2 else (None,) * 3),
+            d_gate_w[:NH], d_gate_b[:NH], d_gate_w[NH:], d_gate_b[NH:], *d_norm)
+    return [None if p is None else d.to(p.dtype) for p, d in zip(params, cuts)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -221,7 +248,6 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
                           norm_w, norm_b, skip, cu_seqlens)
     ctx.config = (num_heads, norm_eps, norm_offset)
-    ctx.present = [t is not None for t in inputs[1:16]]
 
 
 def _backward(ctx, d_out, *unused):
@@ -230,8 +256,7 @@ def _backward(ctx, d_out, *unused):
         d_out = xz.new_zeros(h.shape[:2] + (xz.shape[-1] // 2,))
     grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params,
                      *ctx.config, cu_seqlens)
-    return (grads[0], *(g if present else None for g, present in zip(grads[1:], ctx.present)),
-            None, None, None, None)
+    return (grads[0], *_param_grads(grads[1:], params, ctx.config[0]), None, None, None, None)
 
 
 _mix.register_autograd(_backward, setup_context=_setup_context)

@@ -128,7 +128,8 @@ def _(x, residual, weight, bias, eps, offset, rms):
 @kernel_op("xlstm_triton::add_norm_bwd")
 def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                   dy: torch.Tensor, ds: Optional[torch.Tensor], offset: float, rms: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, the float32 sums (2, D): d weight, d bias)."""
     N, D = s.shape
     dx = new_empty((N, D), s.dtype, s.device)
     programs = max(1, min(N, 4 * 132))
@@ -141,14 +142,13 @@ def _add_norm_bwd(s: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.T
                                          rows_per_program, BLOCK=next_power_of_2(D),
                                          HAS_W=weight is not None, HAS_DS=ds is not None, RMS=rms,
                                          num_warps=min(16, max(1, next_power_of_2(D) // 256)))
-    sums = partial.sum(0)
-    return dx, sums[0].clone(), sums[1].clone()
+    return dx, partial.sum(0)
 
 
 @_add_norm_bwd.register_fake
 def _(s, weight, mean, rstd, dy, ds, offset, rms):
     D = s.shape[1]
-    return torch.empty_like(s), s.new_empty(D, dtype=torch.float32), s.new_empty(D, dtype=torch.float32)
+    return torch.empty_like(s), s.new_empty(2, D, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -163,9 +163,9 @@ def _backward(ctx, dy, ds, d_mean, d_rstd):
     s, weight, mean, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(s)
-    dx, dw, db = _add_norm_bwd(s, weight, mean, rstd, dy, ds if ctx.has_residual else None, ctx.offset, ctx.rms)
-    return (dx, dx if ctx.has_residual else None, None if weight is None else dw.to(weight.dtype),
-            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype), None, None, None)
+    dx, sums = _add_norm_bwd(s, weight, mean, rstd, dy, ds if ctx.has_residual else None, ctx.offset, ctx.rms)
+    return (dx, dx if ctx.has_residual else None, None if weight is None else sums[0].to(weight.dtype),
+            None if ctx.bias_dtype is None else sums[1].to(ctx.bias_dtype), None, None, None)
 
 
 _add_norm.register_autograd(_backward, setup_context=_setup_context)

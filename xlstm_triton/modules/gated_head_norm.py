@@ -204,16 +204,14 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
             dg.stride(1), N, S, NH, rows_per_program,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
             **_launch_meta(DH, backward=True))
-    sums = partial.sum(0)
-    return dh, dg, dxs, sums[0].clone(), sums[1].clone(), sums[2].clone()
+    return dh, dg, dxs, partial.sum(0)
 
 
 @kernel_op("xlstm_triton::head_norm_gate_bwd")
 def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                         bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
                         mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                   torch.Tensor, torch.Tensor, torch.Tensor]:
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu)
 
 
@@ -222,9 +220,7 @@ def _(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu):
     B, S, NH, DH = h.shape
     V = NH * DH
     dxs = x_skip.new_empty((B, S, V)) if x_skip is not None else gate.new_empty(0)
-    f32 = dict(dtype=torch.float32)
-    return (h.new_empty((B, S, NH, DH)), gate.new_empty((B, S, V)), dxs, h.new_empty(V, **f32),
-            h.new_empty(V, **f32), h.new_empty(V, **f32))
+    return (h.new_empty((B, S, NH, DH)), gate.new_empty((B, S, V)), dxs, h.new_empty(3, V, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
@@ -238,9 +234,9 @@ def _backward(ctx, dy, d_mean, d_rstd):
     h, gate, weight, bias, skip, x_skip, mean, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(gate.shape, dtype=gate.dtype, device=gate.device)
-    dh, dg, dxs, dw, db, dk = _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, ctx.silu)
-    return (dh, dg, None if weight is None else dw.to(weight.dtype), None if bias is None else db.to(bias.dtype),
-            None if skip is None else dk.to(skip.dtype), None if x_skip is None else dxs, None, None)
+    dh, dg, dxs, sums = _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, ctx.silu)
+    dw, db, dk = (None if p is None else d.to(p.dtype) for p, d in zip((weight, bias, skip), sums))
+    return dh, dg, dw, db, dk, None if x_skip is None else dxs, None, None
 
 
 _head_norm_gate.register_autograd(_backward, setup_context=_setup_context)
@@ -313,7 +309,7 @@ def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optiona
                             dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
                             x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None):
     """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
-    without a skip), and float32 (NH * DH,) sums d weight, d bias, d skip) of y given dy.
+    without a skip), and the float32 sums (3, NH * DH): d weight, d bias, d skip) of y given dy.
     `d_gate`, if given ((B, S, NH * DH), gate's dtype, unit last stride, rows evenly strided), is
     where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer)."""
     return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate)

@@ -11,6 +11,11 @@ for d x (reading every d out once) and one for d weight (per-program partial sum
 ranges, added up by PyTorch: tile products on the tensor cores, keeping their diagonal blocks),
 and d bias is a column sum.
 
+A `GateProjection` (the paper layer's input and forget gates of cat(q, k, v)) rides along: the
+forward kernel also writes the column blocks' partial sums of out @ W^T, and the backward
+kernels add d_gates @ W to d out where they read it and form d W (and the gate bias's d b) from
+outputs recomputed in registers, so q, k, v are not read again for the gates.
+
 `headwise_linear` is a custom op (`xlstm_triton::headwise_linear`); on CPU without
 TRITON_INTERPRET=1, for float64 or for blocks larger than MAX_BLOCK it runs
 `headwise_linear_torch`, the einsum, which is also the tests' reference.
@@ -18,7 +23,7 @@ TRITON_INTERPRET=1, for float64 or for blocks larger than MAX_BLOCK it runs
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -28,84 +33,120 @@ from ..checks import check_features, check_tensor
 from ..launch import cached_launch
 from ..utils import cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, use_kernels
 
-__all__ = ["headwise_linear", "headwise_linear_backward", "headwise_linear_forward", "headwise_linear_torch",
-           "MAX_BLOCK"]
+__all__ = ["GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
+           "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs", "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
 
 
+@triton.jit
+def _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
+                      GP: tl.constexpr):
+    """(GP, BF) tile of the gate weight [gw0; gw1] (two row blocks, G0 and G - G0 rows, unit
+    column stride) at columns `gcols`; rows from G on are zeros."""
+    g = tl.arange(0, GP)
+    first = tl.load(gw0_ptr + g[:, None] * s_gw0 + gcols[None, :], mask=(g < G0)[:, None] & col_ok[None, :],
+                    other=0.0)
+    second = tl.load(gw1_ptr + (g - G0)[:, None] * s_gw1 + gcols[None, :],
+                     mask=((g >= G0) & (g < G))[:, None] & col_ok[None, :], other=0.0)
+    return first + second
+
+
+@triton.jit
+def _block_product(x, w_ptr, m, F, blocks, o, bias_ptr, cols, BR: tl.constexpr, BF: tl.constexpr,
+                   BS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Output m of the tile x (BR, BF) float32: x blockdiag(w[m])^T (+ bias[m]), float32."""
+    NBT: tl.constexpr = BF // BS
+    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
+    w = tl.load(w_ptr + m * F * BS + w_offs, mask=(blocks < F // BS)[:, None, None], other=0.0).to(tl.float32)
+    y = tl.reshape(tl.sum(tl.reshape(x, (BR, NBT, 1, BS)) * w[None, :, :, :], axis=3), (BR, BF))
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
 @cached_launch
 @triton.jit
-def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw_ptr, gp_ptr, N, F, s_x,
+def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr, gb1_ptr, gp_ptr, N, F, s_x,
+                        s_gw0, s_gw1, gcol0,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, DOT_PREC: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
+                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
     """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
-    gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[m, g, f] (the
-    stored, rounded outputs; float32 sums; the caller adds the column blocks up)."""
+    gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[g, gcol0 + m F + f]
+    (the stored, rounded outputs; float32 sums; the caller adds the column blocks up), plus the
+    gate bias [gb0; gb1] in column block 0 with GATE_BIAS."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
     cols = pid_f * BF + tl.arange(0, BF)
-    mask = (rows < N)[:, None] & (cols < F)[None, :]
+    col_ok = cols < F
+    mask = (rows < N)[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x4 = tl.reshape(x, (BR, NBT, 1, BS))
     blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
-    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
-    w_mask = (blocks < F // BS)[:, None, None]
     g = tl.arange(0, GP)
     gates = tl.zeros((BR, GP), dtype=tl.float32)
     for m in tl.static_range(M):
-        w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
-        y = tl.reshape(tl.sum(x4 * w[None, :, :, :], axis=3), (BR, BF))
-        if HAS_BIAS:
-            y += tl.load(b_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
+        y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
         y = y.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
         if G > 0:
-            gw = tl.load(gw_ptr + (m * G + g)[None, :] * F + cols[:, None],
-                         mask=(g < G)[None, :] & (cols < F)[:, None], other=0.0)      # (BF, GP)
-            gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
+            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            gates = mma(y, tl.trans(gw).to(y.dtype), gates, DOT_PREC)
     if G > 0:
+        if GATE_BIAS:
+            gb = (tl.load(gb0_ptr + g, mask=g < G0, other=0.0).to(tl.float32)
+                  + tl.load(gb1_ptr + (g - G0), mask=(g >= G0) & (g < G), other=0.0).to(tl.float32))
+            gates += tl.where(pid_f == 0, gb, 0.0)[None, :]
         tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
                  mask=(rows < N)[:, None] & (g < G)[None, :])
 
 
 @triton.jit
-def _with_gate_term(d, dg_ptr, gw_ptr, rows, cols, N, F, m, G: tl.constexpr, GP: tl.constexpr,
-                    DOT_PREC: tl.constexpr):
-    """d (BR, BF) float32 + dg[rows, :G] gw[m, :G, cols]: the gate projection's share of the
-    gradient of output m, added where the kernel reads it."""
-    g = tl.arange(0, GP)
-    dg = tl.load(dg_ptr + rows.to(tl.int64)[:, None] * G + g[None, :], mask=(rows < N)[:, None] & (g < G)[None, :],
-                 other=0.0)
-    gw = tl.load(gw_ptr + (m * G + g)[:, None] * F + cols[None, :], mask=(g < G)[:, None] & (cols < F)[None, :],
-                 other=0.0)
+def _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
+                    GP: tl.constexpr, DOT_PREC: tl.constexpr):
+    """d (BR, BF) float32 + dg (BR, GP) gw[:, gcols]: the gate projection's share of the gradient
+    of an output, added where the kernel reads it."""
+    gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0, G, GP)
     return mma(dg, gw.to(dg.dtype), d, DOT_PREC)
+
+
+@triton.jit
+def _load_d_gates(dg_ptr, rows, N, G: tl.constexpr, GP: tl.constexpr):
+    """The (BR, GP) float32 tile of d_gates (N, G) at `rows` (zeros past G and N)."""
+    g = tl.arange(0, GP)
+    return tl.load(dg_ptr + rows.to(tl.int64)[:, None] * G + g[None, :], mask=(rows < N)[:, None] & (g < G)[None, :],
+                   other=0.0)
 
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw_ptr, N, F, s_dx,
+def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, s_gw0, s_gw1, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           ACCUMULATE: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, DOT_PREC: tl.constexpr):
+                           ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
+                           DOT_PREC: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
-    dout[m] + dg gw[m]: `_with_gate_term`)."""
+    dout[m] + dg gw[:, gcol0 + m F + cols]: `_with_gate_term`)."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
     cols = pid_f * BF + tl.arange(0, BF)
-    mask = (rows < N)[:, None] & (cols < F)[None, :]
+    col_ok = cols < F
+    mask = (rows < N)[:, None] & col_ok[None, :]
     blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
+    if G > 0:
+        dg = _load_d_gates(dg_ptr, rows, N, G, GP)
     dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
     for m in tl.static_range(M):
         d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
                     mask=mask, other=0.0).to(tl.float32)
         if G > 0:
-            d = _with_gate_term(d, dg_ptr, gw_ptr, rows, cols, N, F, m, G, GP, DOT_PREC)
+            d = _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m * F + cols, col_ok, G0, G, GP,
+                                DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
@@ -115,13 +156,40 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw_ptr, N, F, s_dx,
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _block_diagonal(w_ptr, m, F, cols, col_ok, BS: tl.constexpr):
+    """blockdiag(w[m])^T restricted to the column block `cols`, (BF, BF): element (j, c) is
+    w[m, c // BS, c % BS, j % BS] where j and c share a block, else 0 (so x @ it = x blockdiag(w[m])^T)."""
+    same = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None] & col_ok[None, :]
+    return tl.load(w_ptr + m * F * BS + cols[None, :] * BS + (cols[:, None] % BS), mask=same, other=0.0)
+
+
+@triton.jit
+def _recomputed_output(x, wd, b_ptr, m, F, cols, mask, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Output m of the tile x (BR, BF) again, as the forward stored it (in x's dtype), zero
+    outside `mask`: x @ wd (`_block_diagonal`) on the tensor cores."""
+    y = mma(x, wd.to(x.dtype), tl.zeros((x.shape[0], x.shape[1]), dtype=tl.float32), DOT_PREC)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
+    return tl.where(mask, y, 0.0).to(x.dtype)
+
+
 @cached_launch
 @triton.jit
-def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, dg_ptr, gw_ptr, N, F, s_x, rows_per_program,
+def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg_ptr, gw0_ptr, gw1_ptr, gpart_ptr,
+                           N, F, s_x, rows_per_program, s_pp, s_gw0, s_gw1, gcol0, s_gpp, s_gpg, gbias_col,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           DOT_PREC: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, GATE_PREC: tl.constexpr):
+                           HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
+                           GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
-    (with G > 0, dout[m] + dg gw[m]: `_with_gate_term`, rounded to dout's dtype for the product).
+    (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols]: `_with_gate_term`, rounded to dout's
+    dtype for the product); program p's block starts at p * s_pp.
+
+    With G > 0 also the gate projection's weight gradient, gpart[p, g, gcol0 + m F + c] = sum
+    over the rows of dg[n, g] out[m, n, c], out recomputed from the x tile as the forward
+    computed and rounded it, and dg rounded to x's dtype for the product (as out is); with
+    GATE_BIAS, the column block 0 programs also write the rows' sum of dg (float32), the gate
+    bias's gradient, at gpart[p, g, gbias_col].
 
     Per tile of BR rows and BF columns, G_m = dout_m^T x (BF, BF) on the tensor cores, of which
     the BS x BS blocks on the diagonal are the gradient (the other products are wasted, but a
@@ -134,28 +202,51 @@ def headwise_bwd_dw_kernel(x_ptr, dout_ptr, partial_ptr, dg_ptr, gw_ptr, N, F, s
     first = pid_p * rows_per_program
     diag = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None]
     offs = cols[:, None] * BS + (cols[None, :] % BS)
+    g = tl.arange(0, GP)
+    g_mask = (g < G)[:, None] & col_ok[None, :]
+    gbias = tl.zeros((GP,), dtype=tl.float32)
     for m0 in tl.static_range(0, M, 2):
         acc_a = tl.zeros((BF, BF), dtype=tl.float32)
         acc_b = tl.zeros((BF, BF), dtype=tl.float32)
+        gacc_a = tl.zeros((GP, BF), dtype=tl.float32)
+        gacc_b = tl.zeros((GP, BF), dtype=tl.float32)
+        if G > 0:       # the block-diagonal weights as (BF, BF) operands, to recompute the outputs
+            wd_a = _block_diagonal(w_ptr, m0, F, cols, col_ok, BS)
+            wd_b = _block_diagonal(w_ptr, (m0 + 1) % M, F, cols, col_ok, BS)
         for start in range(first, first + rows_per_program, BR):
             rows = (start + tl.arange(0, BR)).to(tl.int64)
             mask = (rows < N)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=mask, other=0.0)
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
-                d = _with_gate_term(d.to(tl.float32), dg_ptr, gw_ptr, rows, cols, N, F, m0, G, GP,
-                                    GATE_PREC).to(x.dtype)
+                dg = _load_d_gates(dg_ptr, rows, N, G, GP)
+                d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m0 * F + cols,
+                                    col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
+                y = _recomputed_output(x, wd_a, b_ptr, m0, F, cols, mask, HAS_BIAS, DOT_PREC)
+                gacc_a = mma(tl.trans(dg).to(x.dtype), y, gacc_a, DOT_PREC)
+                if GATE_BIAS and m0 == 0:
+                    gbias += tl.sum(dg, axis=0)
             acc_a = mma(tl.trans(d), x, acc_a, DOT_PREC)
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
                 if G > 0:
-                    d = _with_gate_term(d.to(tl.float32), dg_ptr, gw_ptr, rows, cols, N, F, m0 + 1, G, GP,
-                                        GATE_PREC).to(x.dtype)
+                    d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1,
+                                        gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
+                    y = _recomputed_output(x, wd_b, b_ptr, m0 + 1, F, cols, mask, HAS_BIAS, DOT_PREC)
+                    gacc_b = mma(tl.trans(dg).to(x.dtype), y, gacc_b, DOT_PREC)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
-        base = partial_ptr + (pid_p * M + m0).to(tl.int64) * F * BS
+        base = partial_ptr + pid_p.to(tl.int64) * s_pp + m0 * F * BS
         tl.store(base + offs, acc_a, mask=diag)
         if m0 + 1 < M:
             tl.store(base + F * BS + offs, acc_b, mask=diag)
+        if G > 0:
+            gbase = gpart_ptr + pid_p.to(tl.int64) * s_gpp + g[:, None] * s_gpg
+            tl.store(gbase + (gcol0 + m0 * F + cols)[None, :], gacc_a, mask=g_mask)
+            if m0 + 1 < M:
+                tl.store(gbase + (gcol0 + (m0 + 1) * F + cols)[None, :], gacc_b, mask=g_mask)
+    if GATE_BIAS:
+        if pid_f == 0:
+            tl.store(gpart_ptr + pid_p.to(tl.int64) * s_gpp + g * s_gpg + gbias_col, gbias, mask=g < G)
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -164,38 +255,83 @@ def _tiles(F: int, BS: int) -> tuple[int, int]:
     return 32, BF
 
 
-def _gate_args(gate_weight: Optional[torch.Tensor], M: int, F: int) -> tuple[int, int]:
-    """G (gates) and GP (G padded for the tensor cores) of a (M, G, F) gate weight, or 0, 16."""
-    if gate_weight is None:
-        return 0, 16
-    if gate_weight.shape[0] != M or gate_weight.shape[2] != F or not gate_weight.is_contiguous():
-        raise ValueError(f"gate_weight: expected a contiguous (M, G, F) = ({M}, G, {F}), got "
-                         f"{tuple(gate_weight.shape)}")
-    G = gate_weight.shape[1]
-    return G, max(16, next_power_of_2(G))
+class GateProjection(NamedTuple):
+    """A small projection of the outputs formed inside the kernels (the paper layer's input and
+    forget gates of cat(q, k, v), without reading q, k, v again): gates (N, G) = the sum over the
+    calls sharing it of out[m] @ W[:, col + m F : col + (m + 1) F]^T, plus the bias in the call
+    that carries it. `weights`: W (G, C) as two row blocks, (G0, C) and (G - G0, C), each with
+    unit column stride (igate.weight and fgate.weight); `col`: W's column of this call's output 0;
+    `bias`: the two row blocks of W's bias (G0,), (G - G0,), or None where another call adds it."""
+    weights: tuple
+    col: int
+    bias: Optional[tuple] = None
+
+
+def _gate_args(gates: Optional[GateProjection], M: int, F: int) -> tuple:
+    """The kernels' gate arguments: (w0, w1, stride0, stride1, col), G0, G and GP (G padded for
+    the tensor cores); without gates, placeholders and G = 0."""
+    if gates is None:
+        return None, 0, 0, 16
+    w0, w1 = gates.weights
+    C = w0.shape[1]
+    for name, w in (("gate weight 0", w0), ("gate weight 1", w1)):
+        if w.dim() != 2 or w.shape[1] != C or w.stride(1) != 1:
+            raise ValueError(f"{name}: expected ({'G0' if w is w0 else 'G - G0'}, {C}) with unit column stride, "
+                             f"got {tuple(w.shape)} strides {w.stride()}")
+    if gates.col < 0 or gates.col + M * F > C:
+        raise ValueError(f"gate col: columns {gates.col}..{gates.col + M * F} of the outputs fall outside the gate "
+                         f"weight's {C}")
+    G0, G = w0.shape[0], w0.shape[0] + w1.shape[0]
+    return (w0, w1, w0.stride(0), w1.stride(0), gates.col), G0, G, max(16, next_power_of_2(G))
 
 
 def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                            gate_weight: Optional[torch.Tensor] = None):
+                            gates: Optional[GateProjection] = None, gate_partial: Optional[torch.Tensor] = None):
     """The forward kernel, no autograd and no checks: x (N, F) with unit last stride, weight
     (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F).
 
-    With `gate_weight` (M, G, F) contiguous, also a small projection of the outputs, computed
-    while they are in registers: returns (out, partial) with partial (F / BF, N, G) float32,
-    whose sum over dim 0 is sum_m out[m] @ gate_weight[m]^T (the paper layer's input and forget
-    gates of cat(q, k, v), without reading q, k, v again)."""
+    With `gates` (a `GateProjection`), also returns its column-block partial sums: (out, partial)
+    with partial (F / BF, N, G) float32 (written into `gate_partial` if given, a contiguous
+    buffer of that shape: two calls can share one buffer and one sum over dim 0)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
     grid = (cdiv(N, BR), cdiv(F, BF))
-    G, GP = _gate_args(gate_weight, M, F)
-    partial = new_empty((grid[1], N, G), torch.float32, x.device) if G else out
-    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out,
-                              gate_weight if G else weight, partial, N, F, x.stride(0),
-                              M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G=G, GP=GP,
-                              DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
+    gate_args, G0, G, GP = _gate_args(gates, M, F)
+    if not G:
+        gate_args = (weight, weight, 0, 0, 0)
+        partial = out
+    elif gate_partial is not None:
+        if gate_partial.shape != (grid[1], N, G) or gate_partial.dtype != torch.float32 or not gate_partial.is_contiguous():
+            raise ValueError(f"gate_partial: expected a contiguous float32 {(grid[1], N, G)}, got "
+                             f"{tuple(gate_partial.shape)} {gate_partial.dtype}")
+        partial = gate_partial
+    else:
+        partial = new_empty((grid[1], N, G), torch.float32, x.device)
+    gate_bias = gates.bias if G and gates.bias is not None else None
+    w0, w1, s0, s1, col = gate_args
+    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
+                              *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
+                              s0, s1, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
+                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return (out, partial) if G else out
+
+
+def gate_column_blocks(F: int, BS: int) -> int:
+    """The column blocks of the forward kernel (dim 0 of its gate partial sums)."""
+    return cdiv(F, _tiles(F, BS)[1])
+
+
+_BR_DW = 64          # rows of the weight-gradient kernel's tiles
+
+
+def weight_grad_programs(N: int) -> int:
+    """The programs along the rows of the backward's weight-gradient kernel (dim 0 of its
+    partial sums): up to 32, each over a range of whole tiles."""
+    programs = max(1, min(cdiv(N, _BR_DW), 32))
+    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW
+    return cdiv(N, rows_per_program) if N else 1
 
 
 @kernel_op("xlstm_triton::headwise_linear")
@@ -210,39 +346,66 @@ def _(x, weight, bias):
 
 def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.Tensor,
                              dx: Optional[torch.Tensor] = None, accumulate: bool = False,
-                             d_gates: Optional[torch.Tensor] = None, gate_weight: Optional[torch.Tensor] = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+                             bias: Optional[torch.Tensor] = None, gates: Optional[GateProjection] = None,
+                             d_gates: Optional[torch.Tensor] = None, partial: Optional[torch.Tensor] = None,
+                             gate_partial: Optional[torch.Tensor] = None
+                             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
     (M, N, F) -> (dx (N, F), d weight). `dx`, if given ((N, F) with unit last stride, x's
     dtype), is where dx goes; with `accumulate` it is added to what dx holds (the caller's other
-    gradient of x). With `d_gates` (N, G) float32 and `gate_weight` (M, G, F) (the forward's
-    gate projection), the gradient of output m is dout[m] + d_gates @ gate_weight[m], formed
-    where the kernels read dout (dout itself is not changed)."""
+    gradient of x). `partial`, if given (float32 (P, M, F / BS, BS, BS) with P =
+    `weight_grad_programs(N)`, contiguous from dim 1 on), receives d weight's per-program sums,
+    and d weight is returned as None (the caller adds them up, with other calls' if they share
+    a buffer).
+
+    With `gates` (the forward's `GateProjection`) and `d_gates` (N, G) float32, the gradient of
+    output m is dout[m] + d_gates @ W[:, col + m F ...], formed where the kernels read dout
+    (dout itself is not changed), and the projection's own gradient goes to `gate_partial`
+    (float32 (P, G, C + 1), contiguous from dim 1 on; C = W's columns): per program, this
+    call's columns of d W = d_gates^T out (out recomputed from x, `weight` and `bias` as the
+    forward computed it) and, where `gates.bias` is given, d bias = the column sums of d_gates
+    in column C. The calls sharing a projection write all of gate_partial between them."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
     BR, BF = _tiles(F, BS)
-    G, GP = _gate_args(gate_weight, M, F)
-    if G and (d_gates is None or d_gates.shape != (N, G) or d_gates.dtype != torch.float32
-              or not d_gates.is_contiguous()):
-        raise ValueError(f"d_gates: expected a contiguous float32 ({N}, {G}) with gate_weight, got "
-                         f"{None if d_gates is None else (tuple(d_gates.shape), d_gates.dtype)}")
-    gate_args = (d_gates, gate_weight) if G else (dout, dout)
+    gate_args, G0, G, GP = _gate_args(gates, M, F)
+    programs = weight_grad_programs(N)
+    if G:
+        C = gates.weights[0].shape[1]
+        if d_gates is None or d_gates.shape != (N, G) or d_gates.dtype != torch.float32 or not d_gates.is_contiguous():
+            raise ValueError(f"d_gates: expected a contiguous float32 ({N}, {G}) with gates, got "
+                             f"{None if d_gates is None else (tuple(d_gates.shape), d_gates.dtype)}")
+        if (gate_partial is None or gate_partial.shape != (programs, G, C + 1) or gate_partial.dtype != torch.float32
+                or gate_partial[0].stride() != (C + 1, 1)):
+            raise ValueError(f"gate_partial: expected float32 {(programs, G, C + 1)} with gates, got "
+                             f"{None if gate_partial is None else (tuple(gate_partial.shape), gate_partial.dtype)}")
+        gate_bias = gates.bias is not None
+    else:
+        d_gates, gate_partial, gate_args, gate_bias = dout, dout, (dout, dout, 0, 0, 0), False
+    w0, w1, s0, s1, col = gate_args
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, *gate_args, N, F, dx.stride(0), M=M,
-                                                       BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G=G, GP=GP,
-                                                       DOT_PREC=gate_prec, num_warps=4)
-    BR_dw, BF_dw = 64, max(16, BF)     # tl.dot tiles: at least 16 each way
-    programs = max(1, min(cdiv(N, BR_dw), 32))
-    rows_per_program = cdiv(cdiv(N, programs), BR_dw) * BR_dw
-    programs = cdiv(N, rows_per_program) if N else 1
-    partial = new_empty((programs, M, F // BS, BS, BS), torch.float32, x.device)   # written whole
+    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, d_gates, w0, w1, N, F, dx.stride(0), s0, s1,
+                                                       col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
+                                                       G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
+    BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
+    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
+    shape = (programs, M, F // BS, BS, BS)
+    own = partial is None
+    if own:
+        partial = new_empty(shape, torch.float32, x.device)   # written whole
+    elif partial.shape != shape or partial.dtype != torch.float32 or partial[0].stride() != (F * BS, BS * BS, BS, 1):
+        raise ValueError(f"partial: expected float32 {shape}, contiguous from dim 1 on, got {tuple(partial.shape)} "
+                         f"{partial.dtype} strides {partial.stride()}")
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
-        x, dout, partial, *gate_args, N, F, x.stride(0), rows_per_program, M=M, BS=BS, BR=BR_dw, BF=BF_dw,
-        DOT_PREC=dot_precision(x.dtype, x.device), G=G, GP=GP, GATE_PREC=gate_prec, num_warps=4)
-    return dx, partial.sum(0).to(weight.dtype)
+        x, weight, bias if bias is not None else weight, dout, partial, d_gates, w0, w1, gate_partial, N, F,
+        x.stride(0), rows_per_program, partial.stride(0), s0, s1, col, gate_partial.stride(0) if G else 0,
+        gate_partial.stride(1) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
+        HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
+        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
+    return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
 @kernel_op("xlstm_triton::headwise_linear_bwd")
