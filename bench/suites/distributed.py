@@ -152,6 +152,9 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
         os._exit(1)     # the other ranks may wait in a collective: the parent ends them
     dist.barrier()      # no rank tears its process group down while another still uses it
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)         # no interpreter teardown (gloo's threads have aborted finished ranks there)
 
 
 def large_config(case):
