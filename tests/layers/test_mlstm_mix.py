@@ -27,10 +27,10 @@ def _needs_kernels(device):
 
 @pytest.mark.parametrize("through_op", [False, True], ids=["direct", "custom_op"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch):
+def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch, poison):
     """mLSTMLayer in training with the recomputation against the same layer keeping everything:
     outputs and the gradients of its input and every parameter, through a plain weighted-sum
-    loss. `through_op`: the registered ops (dispatcher, autograd registration), as under
+    loss (kernel buffers start as NaN: the partial-sum buffers must be written whole). `through_op`: the registered ops (dispatcher, autograd registration), as under
     torch.compile, instead of the eager direct call."""
     _needs_kernels(device)
     layer = _layer(bias, device)

@@ -114,6 +114,25 @@ def test_opcheck(skip, device, kernels):
                                                  mean, rstd, dy, True))
 
 
+def test_weight_offset_in_the_kernels(device, kernels, poison):
+    """`head_norm_gate_forward` / `_backward` with weight_offset (the paper layer's 1 + weight,
+    added in the kernels) equal the op with weight + offset passed in, float32: the output, d h,
+    d gate, d x_skip, and d weight (the sums do not change with the offset)."""
+    from xlstm_triton.modules import head_norm_gate_backward, head_norm_gate_forward
+    B, S, NH, DH = 2, 5, 2, 24
+    V = NH * DH
+    h = torch.randn(B, NH, S, DH, device=device).transpose(1, 2)
+    gate, xs, dy = (torch.randn(B, S, V, device=device) for _ in range(3))
+    w, b, k = (torch.randn(V, device=device) * 0.3 for _ in range(3))
+    y, mean, rstd = head_norm_gate_forward(h, gate, w, b, 1e-5, act="silu", skip=k, x_skip=xs, weight_offset=1.0)
+    y_ref, mean_ref, rstd_ref = head_norm_gate_forward(h, gate, w + 1.0, b, 1e-5, act="silu", skip=k, x_skip=xs)
+    assert_close(y, y_ref, 1e-6, "y")
+    grads = head_norm_gate_backward(h, gate, w, b, mean, rstd, dy, act="silu", skip=k, x_skip=xs, weight_offset=1.0)
+    grads_ref = head_norm_gate_backward(h, gate, w + 1.0, b, mean_ref, rstd_ref, dy, act="silu", skip=k, x_skip=xs)
+    for name, got, want in zip(("d h", "d gate", "d x_skip", "sums"), grads, grads_ref):
+        assert_close(got, want, 1e-6, name)
+
+
 def test_torch_path_and_wrapper(device):
     """Without the kernels (float64 here) the op is the composition; `gated_head_norm` is the
     sigmoid form without a skip."""

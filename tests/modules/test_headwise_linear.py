@@ -156,8 +156,12 @@ def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G0, G, col, bias
     upstream = torch.randn(M, N, F, device=device).to(dtype)
     d_gates = torch.randn(N, G, device=device)
     gate_partial = torch.full((weight_grad_programs(N), G, C + 1), float("nan"), device=device)
-    dx, dw = headwise_linear_backward(x, weight, upstream, bias=h_bias, gates=gates, d_gates=d_gates,
-                                      gate_partial=gate_partial)
+    # d_gates as the mLSTM backward gives them: (B, G_i, S) buffers read through transposed views
+    B = 5 if N % 5 == 0 else 1
+    d_all = d_gates.reshape(B, N // B, G).transpose(1, 2).contiguous()                  # (B, G, S)
+    d_i, d_f = d_all[:, :G0], d_all[:, G0:]
+    dx, dw = headwise_linear_backward(x, weight, upstream, bias=h_bias, gates=gates,
+                                      d_gates=(d_i.transpose(1, 2), d_f.transpose(1, 2)), gate_partial=gate_partial)
     leaves = [t.detach().double().requires_grad_() for t in (x, weight, W)]
     ref_out = headwise_linear_torch(leaves[0], leaves[1], h_bias.double())
     # the gates of the reference use its own outputs rounded as the kernel stores them

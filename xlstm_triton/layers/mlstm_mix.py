@@ -108,10 +108,6 @@ def cell_inputs(q, k, v, ig_w, ig_b, fg_w, fg_b, NH: int):
     return q, k, v, i.transpose(1, 2), f.transpose(1, 2)
 
 
-def _norm_weight(norm_w: Optional[Tensor], offset: float) -> Optional[Tensor]:
-    return None if norm_w is None else (norm_w + offset if offset else norm_w)
-
-
 @kernel_op("xlstm_triton::mlstm_layer_mix")
 def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w: Tensor, v_w: Tensor,
          q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor,
@@ -127,8 +123,8 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
     h, saved = mlstm_chunkwise_forward(*(_heads(t, num_heads) for t in (q, k, v)), i.transpose(1, 2),
                                        f.transpose(1, 2), cu_seqlens=cu_seqlens)
     h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
-    out, mean, rstd = head_norm_gate_forward(h, z, _norm_weight(norm_w, norm_offset), norm_b, norm_eps,
-                                             act="silu", skip=skip, x_skip=x_c)
+    out, mean, rstd = head_norm_gate_forward(h, z, norm_w, norm_b, norm_eps, act="silu", skip=skip, x_skip=x_c,
+                                             weight_offset=norm_offset)
     return (out, h, mean, rstd, *saved[:4])
 
 
@@ -172,8 +168,8 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
     d_h, _, d_x_c, d_norm = head_norm_gate_backward(
-        h, z, _norm_weight(norm_w, norm_offset), norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c,
-        d_gate=d_z)
+        h, z, norm_w, norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c, d_gate=d_z,
+        weight_offset=norm_offset)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
     d_v = x_m.new_empty((B, S, F))
     saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
@@ -182,7 +178,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     # The gate projections' backward inside the headwise kernels: d q, k, v get d_gates @ W, and
     # d W = d_gates^T [q | k | v] (q, k, v recomputed from their inputs there), d b = the column
     # sums, per program into one buffer that both calls fill.
-    d_gates = torch.cat([d_i, d_f], dim=1).transpose(1, 2).reshape(N, 2 * NH).float().contiguous()  # (N, 2 NH)
+    d_gates = (d_i.transpose(1, 2), d_f.transpose(1, 2))                 # (B, S, NH) views, float32
     programs = weight_grad_programs(N)
     d_w = new_empty((programs, 3) + tuple(q_w.shape), torch.float32, xz.device)       # written whole
     d_gate = new_empty((programs, 2 * NH, 3 * F + 1), torch.float32, xz.device)      # written whole

@@ -44,10 +44,11 @@ ACTS = ("sigmoid", "silu")
 @cached_launch
 @triton.jit
 def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, mean_ptr, rstd_ptr,
-                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, S, NH, eps,
+                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, S, NH, eps, w_offset,
                               DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                               HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
-    """One program per (row, head): normalize DH features of h, scale, shift, add the skip, gate."""
+    """One program per (row, head): normalize DH features of h, scale (by weight + w_offset),
+    shift, add the skip, gate."""
     pid = tl.program_id(0)
     hd = pid % NH
     row = pid // NH
@@ -61,7 +62,7 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / DH + eps)
     y = xc * rstd
     if HAS_W:
-        y = y * tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32)
+        y = y * (tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32) + w_offset)
     if HAS_B:
         y = y + tl.load(b_ptr + col, mask=mask, other=0.0).to(tl.float32)
     if HAS_SKIP:
@@ -80,10 +81,10 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
 @triton.jit
 def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
                               dh_ptr, dg_ptr, dxs_ptr, partial_ptr,
-                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, s_dg, N, S, NH, rows_per_program,
+                              s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, s_dg, N, S, NH, rows_per_program, w_offset,
                               DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                               HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
-    """Programs (row block, head). With n = h^ w + bias + skip x_skip and dn = dy act(gate):
+    """Programs (row block, head). With n = h^ w + bias + skip x_skip (w = weight + w_offset) and dn = dy act(gate):
     d gate = dy n act'(gate); d x_skip = dn skip; d h = 1/std (w dn - mean(w dn) - h^ mean(w dn h^));
     partial sums over the block's rows of dn h^, dn, dn x_skip (d weight, d bias, d skip)."""
     pid, hd = tl.program_id(0), tl.program_id(1)
@@ -93,7 +94,7 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
     V = NH * DH
     w = tl.full((BLOCK,), 1.0, tl.float32)
     if HAS_W:
-        w = tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + col, mask=mask, other=0.0).to(tl.float32) + w_offset
     if HAS_B:
         bias = tl.load(b_ptr + col, mask=mask, other=0.0).to(tl.float32)
     if HAS_SKIP:
@@ -154,7 +155,7 @@ def _unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 @kernel_op("xlstm_triton::head_norm_gate")
 def _head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                     bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
-                    eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    eps: float, silu: bool, weight_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, S, NH, DH = h.shape
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
     y = new_empty((B, S, NH * DH), gate.dtype, gate.device)
@@ -166,19 +167,19 @@ def _head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.
             h, gate, weight if weight is not None else h, bias if bias is not None else h,
             skip if skip is not None else h, xs, y, mean, rstd,
             h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
-            S, NH, eps, HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None,
+            S, NH, eps, weight_offset, HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None,
             SILU=silu, **_launch_meta(DH, backward=False))
     return y, mean, rstd
 
 
 @_head_norm_gate.register_fake
-def _(h, gate, weight, bias, skip, x_skip, eps, silu):
+def _(h, gate, weight, bias, skip, x_skip, eps, silu, weight_offset=0.0):
     B, S, NH, DH = h.shape
     f32 = dict(dtype=torch.float32)
     return gate.new_empty((B, S, NH * DH)), h.new_empty((B, S, NH), **f32), h.new_empty((B, S, NH), **f32)
 
 
-def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None):
+def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None, weight_offset=0.0):
     B, S, NH, DH = h.shape
     N, V = B * S, NH * DH
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
@@ -201,7 +202,7 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
             skip if skip is not None else h, xs, mean, rstd, dy.contiguous(), dh, dg,
             dxs if x_skip is not None else dg, partial,
             h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
-            dg.stride(1), N, S, NH, rows_per_program,
+            dg.stride(1), N, S, NH, rows_per_program, weight_offset,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
             **_launch_meta(DH, backward=True))
     return dh, dg, dxs, partial.sum(0)
@@ -210,13 +211,13 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
 @kernel_op("xlstm_triton::head_norm_gate_bwd")
 def _head_norm_gate_bwd(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                         bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
-                        mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu)
+                        mean: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor, silu: bool,
+                        weight_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, None, weight_offset)
 
 
 @_head_norm_gate_bwd.register_fake
-def _(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu):
+def _(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, weight_offset=0.0):
     B, S, NH, DH = h.shape
     V = NH * DH
     dxs = x_skip.new_empty((B, S, V)) if x_skip is not None else gate.new_empty(0)
@@ -224,19 +225,20 @@ def _(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu):
 
 
 def _setup_context(ctx, inputs, output):
-    h, gate, weight, bias, skip, x_skip, eps, silu = inputs
+    h, gate, weight, bias, skip, x_skip, eps, silu, *offset = inputs       # weight_offset may be left out
     _, mean, rstd = output
     ctx.save_for_backward(h, gate, weight, bias, skip, x_skip, mean, rstd)
-    ctx.silu = silu
+    ctx.silu, ctx.weight_offset, ctx.extra = silu, (offset[0] if offset else 0.0), len(offset)
 
 
 def _backward(ctx, dy, d_mean, d_rstd):
     h, gate, weight, bias, skip, x_skip, mean, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros(gate.shape, dtype=gate.dtype, device=gate.device)
-    dh, dg, dxs, sums = _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, ctx.silu)
+    dh, dg, dxs, sums = _head_norm_gate_bwd(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, ctx.silu,
+                                            ctx.weight_offset)
     dw, db, dk = (None if p is None else d.to(p.dtype) for p, d in zip((weight, bias, skip), sums))
-    return dh, dg, dw, db, dk, None if x_skip is None else dxs, None, None
+    return (dh, dg, dw, db, dk, None if x_skip is None else dxs, None, None) + (None,) * ctx.extra
 
 
 _head_norm_gate.register_autograd(_backward, setup_context=_setup_context)
@@ -297,22 +299,26 @@ def head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.T
 
 def head_norm_gate_forward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                            bias: Optional[torch.Tensor], eps: float, *, act: str,
-                           skip: Optional[torch.Tensor] = None, x_skip: Optional[torch.Tensor] = None):
+                           skip: Optional[torch.Tensor] = None, x_skip: Optional[torch.Tensor] = None,
+                           weight_offset: float = 0.0):
     """The forward kernel, no autograd and no checks (for a layer that owns its backward):
     `head_norm_gate`'s arguments, the kernels' devices. Returns y and the float32 row statistics
-    mean, rstd (B, S, NH) that `head_norm_gate_backward` reads."""
-    return _head_norm_gate(h, gate, weight, bias, skip, x_skip, float(eps), act == "silu")
+    mean, rstd (B, S, NH) that `head_norm_gate_backward` reads. `weight_offset`: the norm scales
+    by weight + weight_offset (the paper layer's `1 + weight`), added in float32 in the kernel."""
+    return _head_norm_gate(h, gate, weight, bias, skip, x_skip, float(eps), act == "silu", float(weight_offset))
 
 
 def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                             bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                             dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
-                            x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None):
+                            x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None,
+                            weight_offset: float = 0.0):
     """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
     without a skip), and the float32 sums (3, NH * DH): d weight, d bias, d skip) of y given dy.
     `d_gate`, if given ((B, S, NH * DH), gate's dtype, unit last stride, rows evenly strided), is
     where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer)."""
-    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate)
+    return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate,
+                             float(weight_offset))
 
 
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):

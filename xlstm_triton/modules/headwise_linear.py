@@ -113,16 +113,26 @@ def _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0: tl
 
 
 @triton.jit
-def _load_d_gates(dg_ptr, rows, N, G: tl.constexpr, GP: tl.constexpr):
-    """The (BR, GP) float32 tile of d_gates (N, G) at `rows` (zeros past G and N)."""
+def _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S, s_dgb, s_dgs, s_dgg, G0: tl.constexpr, G: tl.constexpr,
+                  GP: tl.constexpr):
+    """The (BR, GP) float32 tile of d_gates at `rows` (zeros past G and N): columns below G0
+    from dg0, the rest from dg1, each (B, S, G_i) with strides (s_dgb, s_dgs, s_dgg), row n at
+    (n // S, n % S)."""
     g = tl.arange(0, GP)
-    return tl.load(dg_ptr + rows.to(tl.int64)[:, None] * G + g[None, :], mask=(rows < N)[:, None] & (g < G)[None, :],
-                   other=0.0)
+    rows = rows.to(tl.int32)
+    b = rows // S
+    off = b.to(tl.int64) * s_dgb + (rows - b * S).to(tl.int64) * s_dgs
+    ok = rows < N
+    first = tl.load(dg0_ptr + off[:, None] + g[None, :] * s_dgg, mask=ok[:, None] & (g < G0)[None, :], other=0.0)
+    second = tl.load(dg1_ptr + off[:, None] + (g - G0)[None, :] * s_dgg,
+                     mask=ok[:, None] & ((g >= G0) & (g < G))[None, :], other=0.0)
+    return first + second
 
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, s_gw0, s_gw1, gcol0,
+def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, S_dg, s_dgb,
+                           s_dgs, s_dgg, s_gw0, s_gw1, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                            DOT_PREC: tl.constexpr):
@@ -139,7 +149,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg_ptr, gw0_ptr, gw1_ptr, N,
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
     if G > 0:
-        dg = _load_d_gates(dg_ptr, rows, N, G, GP)
+        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
     dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
     for m in tl.static_range(M):
         d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
@@ -176,8 +186,9 @@ def _recomputed_output(x, wd, b_ptr, m, F, cols, mask, HAS_BIAS: tl.constexpr, D
 
 @cached_launch
 @triton.jit
-def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg_ptr, gw0_ptr, gw1_ptr, gpart_ptr,
-                           N, F, s_x, rows_per_program, s_pp, s_gw0, s_gw1, gcol0, s_gpp, s_gpg, gbias_col,
+def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr,
+                           gpart_ptr, N, F, s_x, rows_per_program, s_pp, S_dg, s_dgb, s_dgs, s_dgg, s_gw0, s_gw1,
+                           gcol0, s_gpp, s_gpg, gbias_col,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
                            GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
@@ -219,7 +230,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg_ptr, g
             x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=mask, other=0.0)
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
-                dg = _load_d_gates(dg_ptr, rows, N, G, GP)
+                dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
                 d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m0 * F + cols,
                                     col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
                 y = _recomputed_output(x, wd_a, b_ptr, m0, F, cols, mask, HAS_BIAS, DOT_PREC)
@@ -283,6 +294,20 @@ def _gate_args(gates: Optional[GateProjection], M: int, F: int) -> tuple:
                          f"weight's {C}")
     G0, G = w0.shape[0], w0.shape[0] + w1.shape[0]
     return (w0, w1, w0.stride(0), w1.stride(0), gates.col), G0, G, max(16, next_power_of_2(G))
+
+
+def _d_gates_args(d_gates, N: int, G0: int, G: int) -> tuple:
+    """The kernels' d_gates arguments (two pointers, S and the strides) of two (B, S, G_i) views."""
+    ok = isinstance(d_gates, (tuple, list)) and len(d_gates) == 2
+    if ok:
+        d0, d1 = d_gates
+        ok = (d0.dim() == 3 and d0.shape[0] * d0.shape[1] == N and d0.shape[2] == G0 and d1.shape[:2] == d0.shape[:2]
+              and d1.shape[2] == G - G0 and d0.dtype == d1.dtype == torch.float32 and d0.stride() == d1.stride())
+    if not ok:
+        got = [(tuple(t.shape), t.stride(), t.dtype) for t in d_gates] if isinstance(d_gates, (tuple, list)) else d_gates
+        raise ValueError(f"d_gates: expected two float32 (B, S, G_i) views with B * S = {N}, G_i = {G0} and {G - G0}, "
+                         f"the same strides, got {got}")
+    return (d0, d1, d0.shape[1], *d0.stride())
 
 
 def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -358,8 +383,10 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     and d weight is returned as None (the caller adds them up, with other calls' if they share
     a buffer).
 
-    With `gates` (the forward's `GateProjection`) and `d_gates` (N, G) float32, the gradient of
-    output m is dout[m] + d_gates @ W[:, col + m F ...], formed where the kernels read dout
+    With `gates` (the forward's `GateProjection`) and `d_gates`, the gradient of the gates
+    (N, G) as two float32 column blocks of G0 and G - G0 columns, each a (B, S, G_i) view with
+    B S = N (any strides, the same for both; e.g. the mLSTM backward's d i and d f transposed),
+    the gradient of output m is dout[m] + d_gates @ W[:, col + m F ...], formed where the kernels read dout
     (dout itself is not changed), and the projection's own gradient goes to `gate_partial`
     (float32 (P, G, C + 1), contiguous from dim 1 on; C = W's columns): per program, this
     call's columns of d W = d_gates^T out (out recomputed from x, `weight` and `bias` as the
@@ -373,22 +400,21 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     programs = weight_grad_programs(N)
     if G:
         C = gates.weights[0].shape[1]
-        if d_gates is None or d_gates.shape != (N, G) or d_gates.dtype != torch.float32 or not d_gates.is_contiguous():
-            raise ValueError(f"d_gates: expected a contiguous float32 ({N}, {G}) with gates, got "
-                             f"{None if d_gates is None else (tuple(d_gates.shape), d_gates.dtype)}")
+        d_gate_args = _d_gates_args(d_gates, N, G0, G)
         if (gate_partial is None or gate_partial.shape != (programs, G, C + 1) or gate_partial.dtype != torch.float32
                 or gate_partial[0].stride() != (C + 1, 1)):
             raise ValueError(f"gate_partial: expected float32 {(programs, G, C + 1)} with gates, got "
                              f"{None if gate_partial is None else (tuple(gate_partial.shape), gate_partial.dtype)}")
         gate_bias = gates.bias is not None
     else:
-        d_gates, gate_partial, gate_args, gate_bias = dout, dout, (dout, dout, 0, 0, 0), False
+        gate_partial, gate_args, gate_bias = dout, (dout, dout, 0, 0, 0), False
+        d_gate_args = (dout, dout, 1, 0, 0, 0)
     w0, w1, s0, s1, col = gate_args
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, d_gates, w0, w1, N, F, dx.stride(0), s0, s1,
-                                                       col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
+    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0),
+                                                       *d_gate_args[2:], s0, s1, col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
                                                        G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
     BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
     rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
@@ -400,8 +426,8 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         raise ValueError(f"partial: expected float32 {shape}, contiguous from dim 1 on, got {tuple(partial.shape)} "
                          f"{partial.dtype} strides {partial.stride()}")
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
-        x, weight, bias if bias is not None else weight, dout, partial, d_gates, w0, w1, gate_partial, N, F,
-        x.stride(0), rows_per_program, partial.stride(0), s0, s1, col, gate_partial.stride(0) if G else 0,
+        x, weight, bias if bias is not None else weight, dout, partial, *d_gate_args[:2], w0, w1, gate_partial, N, F,
+        x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s0, s1, col, gate_partial.stride(0) if G else 0,
         gate_partial.stride(1) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
         GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
