@@ -152,7 +152,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     cuts into the parameters' (views, not copies): d conv weight (F, K) and d conv bias (F,)
     (`_absent` without one) in the conv weight's dtype; float32 sums: d q, k, v weights (3,
     F / BS, BS, BS), d q, k, v biases (3, F) (`_absent` without them), the gate projection's
-    [d igate; d fgate] weights and biases (2 NH, 3 F + 1: the biases in the last column), and
+    [d igate; d fgate] weight (2 NH, 3 F) row-major followed by its bias (2 NH,), and
     d norm weight, d norm bias, d skip (3, F)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
@@ -181,7 +181,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     d_gates = (d_i.transpose(1, 2), d_f.transpose(1, 2))                 # (B, S, NH) views, float32
     programs = weight_grad_programs(N)
     d_w = new_empty((programs, 3) + tuple(q_w.shape), torch.float32, xz.device)       # written whole
-    d_gate = new_empty((programs, 2 * NH, 3 * F + 1), torch.float32, xz.device)      # written whole
+    d_gate = new_empty((programs, 2 * NH * (3 * F + 1)), torch.float32, xz.device)   # written whole
     headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F), accumulate=True,
                              bias=b_qk, gates=gates_qk, d_gates=d_gates, partial=d_w[:, :2], gate_partial=d_gate)
     headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F), bias=b_v,
@@ -194,7 +194,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     else:        # the column sums of d q, d k, d v, plus d gate bias @ their gate weight columns
         d_b = (torch.stack([d_qk[0].reshape(N, F).sum(0, dtype=torch.float32),
                             d_qk[1].reshape(N, F).sum(0, dtype=torch.float32), d_v.view(N, F).sum(0, dtype=torch.float32)])
-               + (d_gate[:, -1] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
+               + (d_gate[2 * NH * 3 * F:] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
     return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_w.sum(0), d_b, d_gate, d_norm]
 
 
@@ -206,7 +206,7 @@ def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, 
     return [torch.empty_like(xz, memory_format=torch.contiguous_format),
             xz.new_empty(F, conv_w.shape[-1]), xz.new_empty(F) if conv_b is not None else _absent(xz),
             xz.new_empty((3,) + tuple(q_w.shape), **f32), xz.new_empty(3, F, **f32) if q_b is not None else _absent(xz),
-            xz.new_empty(2 * num_heads, 3 * F + 1, **f32), xz.new_empty(3, F, **f32)]
+            xz.new_empty(2 * num_heads * (3 * F + 1), **f32), xz.new_empty(3, F, **f32)]
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -225,13 +225,14 @@ def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Opt
     order), each in its parameter's dtype (None for a parameter that is None)."""
     d_w_conv, d_b_conv, d_w, d_b, d_gate, d_norm = grads
     NH, F = num_heads, d_norm.shape[-1]
+    G = 2 * NH
     # each float32 buffer cast once where all the parameters it holds share a dtype (the casts
     # of the cuts below are then no-ops)
     d_w, d_gate, d_norm = (_cast_shared(t, params[a:b]) for t, (a, b) in ((d_w, (2, 5)), (d_gate, (8, 12)),
                                                                         (d_norm, (12, 15))))
     if d_b.dim() == 2:
         d_b = _cast_shared(d_b, params[5:8])
-    d_gate_w, d_gate_b = d_gate[:, :3 * F], d_gate[:, 3 * F]
+    d_gate_w, d_gate_b = d_gate[:G * 3 * F].view(G, 3 * F), d_gate[G * 3 * F:]        # contiguous cuts
     cuts = (d_w_conv[:, None, :], d_b_conv, d_w[0], d_w[1], d_w[2], *(d_b if d_b.dim() == 2 else (None,) * 3),
             d_gate_w[:NH], d_gate_b[:NH], d_gate_w[NH:], d_gate_b[NH:], *d_norm)
     return [None if p is None else d.to(p.dtype) for p, d in zip(params, cuts)]

@@ -188,7 +188,7 @@ def _recomputed_output(x, wd, b_ptr, m, F, cols, mask, HAS_BIAS: tl.constexpr, D
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr,
                            gpart_ptr, N, F, s_x, rows_per_program, s_pp, S_dg, s_dgb, s_dgs, s_dgg, s_gw0, s_gw1,
-                           gcol0, s_gpp, s_gpg, gbias_col,
+                           gcol0, s_gpp, C_g,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
                            GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
@@ -196,11 +196,11 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
     (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols]: `_with_gate_term`, rounded to dout's
     dtype for the product); program p's block starts at p * s_pp.
 
-    With G > 0 also the gate projection's weight gradient, gpart[p, g, gcol0 + m F + c] = sum
+    With G > 0 also the gate projection's weight gradient: program p's block of gpart (at p *
+    s_gpp) holds d W (G, C_g) row-major and then d b (G,); element (g, gcol0 + m F + c) = the sum
     over the rows of dg[n, g] out[m, n, c], out recomputed from the x tile as the forward
     computed and rounded it, and dg rounded to x's dtype for the product (as out is); with
-    GATE_BIAS, the column block 0 programs also write the rows' sum of dg (float32), the gate
-    bias's gradient, at gpart[p, g, gbias_col].
+    GATE_BIAS, the column block 0 programs also write d b[g], the rows' sum of dg (float32).
 
     Per tile of BR rows and BF columns, G_m = dout_m^T x (BF, BF) on the tensor cores, of which
     the BS x BS blocks on the diagonal are the gradient (the other products are wasted, but a
@@ -251,13 +251,13 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
         if m0 + 1 < M:
             tl.store(base + F * BS + offs, acc_b, mask=diag)
         if G > 0:
-            gbase = gpart_ptr + pid_p.to(tl.int64) * s_gpp + g[:, None] * s_gpg
+            gbase = gpart_ptr + pid_p.to(tl.int64) * s_gpp + g[:, None] * C_g
             tl.store(gbase + (gcol0 + m0 * F + cols)[None, :], gacc_a, mask=g_mask)
             if m0 + 1 < M:
                 tl.store(gbase + (gcol0 + (m0 + 1) * F + cols)[None, :], gacc_b, mask=g_mask)
     if GATE_BIAS:
         if pid_f == 0:
-            tl.store(gpart_ptr + pid_p.to(tl.int64) * s_gpp + g * s_gpg + gbias_col, gbias, mask=g < G)
+            tl.store(gpart_ptr + pid_p.to(tl.int64) * s_gpp + G * C_g + g, gbias, mask=g < G)
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -388,10 +388,11 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     B S = N (any strides, the same for both; e.g. the mLSTM backward's d i and d f transposed),
     the gradient of output m is dout[m] + d_gates @ W[:, col + m F ...], formed where the kernels read dout
     (dout itself is not changed), and the projection's own gradient goes to `gate_partial`
-    (float32 (P, G, C + 1), contiguous from dim 1 on; C = W's columns): per program, this
-    call's columns of d W = d_gates^T out (out recomputed from x, `weight` and `bias` as the
-    forward computed it) and, where `gates.bias` is given, d bias = the column sums of d_gates
-    in column C. The calls sharing a projection write all of gate_partial between them."""
+    (float32 (P, G * (C + 1)), unit last stride; C = W's columns): per program, d W (G, C)
+    row-major, then d b (G,); this call writes its columns of d W = d_gates^T out (out
+    recomputed from x, `weight` and `bias` as the forward computed it) and, where `gates.bias`
+    is given, d b = the column sums of d_gates. The calls sharing a projection write all of
+    gate_partial between them; its sum over dim 0 cut at G * C gives d W and d b contiguous."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
@@ -401,9 +402,9 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     if G:
         C = gates.weights[0].shape[1]
         d_gate_args = _d_gates_args(d_gates, N, G0, G)
-        if (gate_partial is None or gate_partial.shape != (programs, G, C + 1) or gate_partial.dtype != torch.float32
-                or gate_partial[0].stride() != (C + 1, 1)):
-            raise ValueError(f"gate_partial: expected float32 {(programs, G, C + 1)} with gates, got "
+        if (gate_partial is None or gate_partial.shape != (programs, G * (C + 1)) or gate_partial.dtype != torch.float32
+                or gate_partial.stride(1) != 1):
+            raise ValueError(f"gate_partial: expected float32 {(programs, G * (C + 1))} with gates, got "
                              f"{None if gate_partial is None else (tuple(gate_partial.shape), gate_partial.dtype)}")
         gate_bias = gates.bias is not None
     else:
@@ -428,7 +429,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
         x, weight, bias if bias is not None else weight, dout, partial, *d_gate_args[:2], w0, w1, gate_partial, N, F,
         x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s0, s1, col, gate_partial.stride(0) if G else 0,
-        gate_partial.stride(1) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
+        C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
         GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
