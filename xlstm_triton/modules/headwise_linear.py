@@ -40,16 +40,23 @@ MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs t
 
 
 @triton.jit
-def _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
+def _stacked_load(p0, p1, g, G0: tl.constexpr, G: tl.constexpr, stride, rest, mask):
+    """Elements of a tensor stacked from two blocks along g (float32): g < G0 at p0 + g stride +
+    rest, G0 <= g < G at p1 + (g - G0) stride + rest (g and rest broadcast); zeros elsewhere
+    and outside mask. The paper layer's gate weights, biases and their gradients come as
+    igate's and fgate's."""
+    first = tl.load(p0 + g * stride + rest, mask=mask & (g < G0), other=0.0)
+    second = tl.load(p1 + (g - G0) * stride + rest, mask=mask & (g >= G0) & (g < G), other=0.0)
+    return first.to(tl.float32) + second.to(tl.float32)
+
+
+@triton.jit
+def _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
                       GP: tl.constexpr):
-    """(GP, BF) tile of the gate weight [gw0; gw1] (two row blocks, G0 and G - G0 rows, unit
-    column stride) at columns `gcols`; rows from G on are zeros."""
+    """(GP, BF) float32 tile of the gate weight [gw0; gw1] (two row blocks of G0 and G - G0 rows,
+    row stride s_gw, unit column stride) at columns `gcols`; rows from G on are zeros."""
     g = tl.arange(0, GP)
-    first = tl.load(gw0_ptr + g[:, None] * s_gw0 + gcols[None, :], mask=(g < G0)[:, None] & col_ok[None, :],
-                    other=0.0)
-    second = tl.load(gw1_ptr + (g - G0)[:, None] * s_gw1 + gcols[None, :],
-                     mask=((g >= G0) & (g < G))[:, None] & col_ok[None, :], other=0.0)
-    return first + second
+    return _stacked_load(gw0_ptr, gw1_ptr, g[:, None], G0, G, s_gw, gcols[None, :], col_ok[None, :])
 
 
 @triton.jit
@@ -68,7 +75,7 @@ def _block_product(x, w_ptr, m, F, blocks, o, bias_ptr, cols, BR: tl.constexpr, 
 @cached_launch
 @triton.jit
 def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr, gb1_ptr, gp_ptr, N, F, s_x,
-                        s_gw0, s_gw1, gcol0,
+                        s_gw, gcol0,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                         HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                         GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -92,23 +99,22 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
         y = y.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
         if G > 0:
-            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
             gates = mma(y, tl.trans(gw).to(y.dtype), gates, DOT_PREC)
     if G > 0:
         if GATE_BIAS:
-            gb = (tl.load(gb0_ptr + g, mask=g < G0, other=0.0).to(tl.float32)
-                  + tl.load(gb1_ptr + (g - G0), mask=(g >= G0) & (g < G), other=0.0).to(tl.float32))
+            gb = _stacked_load(gb0_ptr, gb1_ptr, g, G0, G, 1, 0, True)
             gates += tl.where(pid_f == 0, gb, 0.0)[None, :]
         tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
                  mask=(rows < N)[:, None] & (g < G)[None, :])
 
 
 @triton.jit
-def _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
+def _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
                     GP: tl.constexpr, DOT_PREC: tl.constexpr):
     """d (BR, BF) float32 + dg (BR, GP) gw[:, gcols]: the gate projection's share of the gradient
     of an output, added where the kernel reads it."""
-    gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcols, col_ok, G0, G, GP)
+    gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0, G, GP)
     return mma(dg, gw.to(dg.dtype), d, DOT_PREC)
 
 
@@ -122,17 +128,13 @@ def _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S, s_dgb, s_dgs, s_dgg, G0: tl.cons
     rows = rows.to(tl.int32)
     b = rows // S
     off = b.to(tl.int64) * s_dgb + (rows - b * S).to(tl.int64) * s_dgs
-    ok = rows < N
-    first = tl.load(dg0_ptr + off[:, None] + g[None, :] * s_dgg, mask=ok[:, None] & (g < G0)[None, :], other=0.0)
-    second = tl.load(dg1_ptr + off[:, None] + (g - G0)[None, :] * s_dgg,
-                     mask=ok[:, None] & ((g >= G0) & (g < G))[None, :], other=0.0)
-    return first + second
+    return _stacked_load(dg0_ptr, dg1_ptr, g[None, :], G0, G, s_dgg, off[:, None], (rows < N)[:, None])
 
 
 @cached_launch
 @triton.jit
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, S_dg, s_dgb,
-                           s_dgs, s_dgg, s_gw0, s_gw1, gcol0,
+                           s_dgs, s_dgg, s_gw, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                            DOT_PREC: tl.constexpr):
@@ -155,7 +157,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
         d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
                     mask=mask, other=0.0).to(tl.float32)
         if G > 0:
-            d = _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m * F + cols, col_ok, G0, G, GP,
+            d = _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP,
                                 DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
@@ -187,7 +189,7 @@ def _recomputed_output(x, wd, b_ptr, m, F, cols, mask, HAS_BIAS: tl.constexpr, D
 @cached_launch
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr,
-                           gpart_ptr, N, F, s_x, rows_per_program, s_pp, S_dg, s_dgb, s_dgs, s_dgg, s_gw0, s_gw1,
+                           gpart_ptr, N, F, s_x, rows_per_program, s_pp, S_dg, s_dgb, s_dgs, s_dgg, s_gw,
                            gcol0, s_gpp, C_g,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
@@ -231,7 +233,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
                 dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-                d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1, gcol0 + m0 * F + cols,
+                d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols,
                                     col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
                 y = _recomputed_output(x, wd_a, b_ptr, m0, F, cols, mask, HAS_BIAS, DOT_PREC)
                 gacc_a = mma(tl.trans(dg).to(x.dtype), y, gacc_a, DOT_PREC)
@@ -241,7 +243,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
                 if G > 0:
-                    d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw0, s_gw1,
+                    d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw,
                                         gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
                     y = _recomputed_output(x, wd_b, b_ptr, m0 + 1, F, cols, mask, HAS_BIAS, DOT_PREC)
                     gacc_b = mma(tl.trans(dg).to(x.dtype), y, gacc_b, DOT_PREC)
@@ -270,30 +272,31 @@ class GateProjection(NamedTuple):
     """A small projection of the outputs formed inside the kernels (the paper layer's input and
     forget gates of cat(q, k, v), without reading q, k, v again): gates (N, G) = the sum over the
     calls sharing it of out[m] @ W[:, col + m F : col + (m + 1) F]^T, plus the bias in the call
-    that carries it. `weights`: W (G, C) as two row blocks, (G0, C) and (G - G0, C), each with
-    unit column stride (igate.weight and fgate.weight); `col`: W's column of this call's output 0;
-    `bias`: the two row blocks of W's bias (G0,), (G - G0,), or None where another call adds it."""
+    that carries it. `weights`: W (G, C) as two row blocks, (G0, C) and (G - G0, C), with unit
+    column stride and one row stride (igate.weight and fgate.weight); `col`: W's column of this
+    call's output 0; `bias`: the two blocks of W's bias (G0,), (G - G0,) with unit stride, or
+    None where another call adds it."""
     weights: tuple
     col: int
     bias: Optional[tuple] = None
 
 
 def _gate_args(gates: Optional[GateProjection], M: int, F: int) -> tuple:
-    """The kernels' gate arguments: (w0, w1, stride0, stride1, col), G0, G and GP (G padded for
-    the tensor cores); without gates, placeholders and G = 0."""
+    """The kernels' gate arguments: (w0, w1, row stride, col), G0, G and GP (G padded for the
+    tensor cores); without gates, placeholders and G = 0."""
     if gates is None:
         return None, 0, 0, 16
     w0, w1 = gates.weights
     C = w0.shape[1]
     for name, w in (("gate weight 0", w0), ("gate weight 1", w1)):
-        if w.dim() != 2 or w.shape[1] != C or w.stride(1) != 1:
-            raise ValueError(f"{name}: expected ({'G0' if w is w0 else 'G - G0'}, {C}) with unit column stride, "
-                             f"got {tuple(w.shape)} strides {w.stride()}")
+        if w.dim() != 2 or w.shape[1] != C or w.stride() != w0.stride() or w.stride(1) != 1:
+            raise ValueError(f"{name}: expected ({'G0' if w is w0 else 'G - G0'}, {C}) with unit column stride and "
+                             f"the other block's row stride, got {tuple(w.shape)} strides {w.stride()}")
     if gates.col < 0 or gates.col + M * F > C:
         raise ValueError(f"gate col: columns {gates.col}..{gates.col + M * F} of the outputs fall outside the gate "
                          f"weight's {C}")
     G0, G = w0.shape[0], w0.shape[0] + w1.shape[0]
-    return (w0, w1, w0.stride(0), w1.stride(0), gates.col), G0, G, max(16, next_power_of_2(G))
+    return (w0, w1, w0.stride(0), gates.col), G0, G, max(16, next_power_of_2(G))
 
 
 def _d_gates_args(d_gates, N: int, G0: int, G: int) -> tuple:
@@ -325,7 +328,7 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     grid = (cdiv(N, BR), cdiv(F, BF))
     gate_args, G0, G, GP = _gate_args(gates, M, F)
     if not G:
-        gate_args = (weight, weight, 0, 0, 0)
+        gate_args = (weight, weight, 0, 0)
         partial = out
     elif gate_partial is not None:
         if gate_partial.shape != (grid[1], N, G) or gate_partial.dtype != torch.float32 or not gate_partial.is_contiguous():
@@ -335,10 +338,13 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     else:
         partial = new_empty((grid[1], N, G), torch.float32, x.device)
     gate_bias = gates.bias if G and gates.bias is not None else None
-    w0, w1, s0, s1, col = gate_args
+    if gate_bias is not None and (len(gate_bias) != 2 or any(b.dim() != 1 or b.stride(0) != 1 for b in gate_bias)):
+        raise ValueError(f"gate bias: expected two 1-D blocks with unit stride, got "
+                         f"{[(tuple(b.shape), b.stride()) for b in gate_bias]}")
+    w0, w1, s_gw, col = gate_args
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
-                              s0, s1, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
+                              s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
                               GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return (out, partial) if G else out
 
@@ -408,14 +414,14 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                              f"{None if gate_partial is None else (tuple(gate_partial.shape), gate_partial.dtype)}")
         gate_bias = gates.bias is not None
     else:
-        gate_partial, gate_args, gate_bias = dout, (dout, dout, 0, 0, 0), False
+        gate_partial, gate_args, gate_bias = dout, (dout, dout, 0, 0), False
         d_gate_args = (dout, dout, 1, 0, 0, 0)
-    w0, w1, s0, s1, col = gate_args
+    w0, w1, s_gw, col = gate_args
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0),
-                                                       *d_gate_args[2:], s0, s1, col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
+                                                       *d_gate_args[2:], s_gw, col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
                                                        G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
     BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
     rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
@@ -428,7 +434,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                          f"{partial.dtype} strides {partial.stride()}")
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
         x, weight, bias if bias is not None else weight, dout, partial, *d_gate_args[:2], w0, w1, gate_partial, N, F,
-        x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s0, s1, col, gate_partial.stride(0) if G else 0,
+        x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col, gate_partial.stride(0) if G else 0,
         C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
         GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
