@@ -192,8 +192,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     if q_b is None:
         d_b = _absent(xz)
     else:        # the column sums of d q, d k, d v, plus d gate bias @ their gate weight columns
-        d_b = (torch.stack([d_qk[0].reshape(N, F).sum(0, dtype=torch.float32),
-                            d_qk[1].reshape(N, F).sum(0, dtype=torch.float32), d_v.view(N, F).sum(0, dtype=torch.float32)])
+        d_b = (torch.stack([t.reshape(N, F).sum(0, dtype=torch.float32) for t in (d_qk[0], d_qk[1], d_v)])
                + (d_gate[2 * NH * 3 * F:] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
     return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_w.sum(0), d_b, d_gate, d_norm]
 

@@ -155,7 +155,8 @@ def _unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 @kernel_op("xlstm_triton::head_norm_gate")
 def _head_norm_gate(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torch.Tensor],
                     bias: Optional[torch.Tensor], skip: Optional[torch.Tensor], x_skip: Optional[torch.Tensor],
-                    eps: float, silu: bool, weight_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    eps: float, silu: bool, weight_offset: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, S, NH, DH = h.shape
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
     y = new_empty((B, S, NH * DH), gate.dtype, gate.device)

@@ -281,11 +281,11 @@ class GateProjection(NamedTuple):
     bias: Optional[tuple] = None
 
 
-def _gate_args(gates: Optional[GateProjection], M: int, F: int) -> tuple:
+def _gate_args(gates: Optional[GateProjection], M: int, F: int, placeholder: torch.Tensor) -> tuple:
     """The kernels' gate arguments: (w0, w1, row stride, col), G0, G and GP (G padded for the
-    tensor cores); without gates, placeholders and G = 0."""
+    tensor cores); without gates, `placeholder` for the pointers and G = 0."""
     if gates is None:
-        return None, 0, 0, 16
+        return (placeholder, placeholder, 0, 0), 0, 0, 16
     w0, w1 = gates.weights
     C = w0.shape[1]
     for name, w in (("gate weight 0", w0), ("gate weight 1", w1)):
@@ -307,7 +307,8 @@ def _d_gates_args(d_gates, N: int, G0: int, G: int) -> tuple:
         ok = (d0.dim() == 3 and d0.shape[0] * d0.shape[1] == N and d0.shape[2] == G0 and d1.shape[:2] == d0.shape[:2]
               and d1.shape[2] == G - G0 and d0.dtype == d1.dtype == torch.float32 and d0.stride() == d1.stride())
     if not ok:
-        got = [(tuple(t.shape), t.stride(), t.dtype) for t in d_gates] if isinstance(d_gates, (tuple, list)) else d_gates
+        got = ([(tuple(t.shape), t.stride(), t.dtype) for t in d_gates] if isinstance(d_gates, (tuple, list))
+               else d_gates)
         raise ValueError(f"d_gates: expected two float32 (B, S, G_i) views with B * S = {N}, G_i = {G0} and {G - G0}, "
                          f"the same strides, got {got}")
     return (d0, d1, d0.shape[1], *d0.stride())
@@ -326,12 +327,12 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
     grid = (cdiv(N, BR), cdiv(F, BF))
-    gate_args, G0, G, GP = _gate_args(gates, M, F)
+    gate_args, G0, G, GP = _gate_args(gates, M, F, weight)
     if not G:
-        gate_args = (weight, weight, 0, 0)
         partial = out
     elif gate_partial is not None:
-        if gate_partial.shape != (grid[1], N, G) or gate_partial.dtype != torch.float32 or not gate_partial.is_contiguous():
+        if (gate_partial.shape != (grid[1], N, G) or gate_partial.dtype != torch.float32
+                or not gate_partial.is_contiguous()):
             raise ValueError(f"gate_partial: expected a contiguous float32 {(grid[1], N, G)}, got "
                              f"{tuple(gate_partial.shape)} {gate_partial.dtype}")
         partial = gate_partial
@@ -357,12 +358,18 @@ def gate_column_blocks(F: int, BS: int) -> int:
 _BR_DW = 64          # rows of the weight-gradient kernel's tiles
 
 
+def _weight_grad_split(N: int) -> tuple[int, int]:
+    """(programs, rows per program) of the backward's weight-gradient kernel along the rows: up
+    to 32 programs, each over a range of whole tiles."""
+    programs = max(1, min(cdiv(N, _BR_DW), 32))
+    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
+    return (cdiv(N, rows_per_program) if N else 1), rows_per_program
+
+
 def weight_grad_programs(N: int) -> int:
     """The programs along the rows of the backward's weight-gradient kernel (dim 0 of its
-    partial sums): up to 32, each over a range of whole tiles."""
-    programs = max(1, min(cdiv(N, _BR_DW), 32))
-    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW
-    return cdiv(N, rows_per_program) if N else 1
+    partial sums)."""
+    return _weight_grad_split(N)[0]
 
 
 @kernel_op("xlstm_triton::headwise_linear")
@@ -403,8 +410,8 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
     BR, BF = _tiles(F, BS)
-    gate_args, G0, G, GP = _gate_args(gates, M, F)
-    programs = weight_grad_programs(N)
+    gate_args, G0, G, GP = _gate_args(gates, M, F, dout)
+    programs, rows_per_program = _weight_grad_split(N)
     if G:
         C = gates.weights[0].shape[1]
         d_gate_args = _d_gates_args(d_gates, N, G0, G)
@@ -414,17 +421,16 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                              f"{None if gate_partial is None else (tuple(gate_partial.shape), gate_partial.dtype)}")
         gate_bias = gates.bias is not None
     else:
-        gate_partial, gate_args, gate_bias = dout, (dout, dout, 0, 0), False
+        gate_partial, gate_bias = dout, False
         d_gate_args = (dout, dout, 1, 0, 0, 0)
     w0, w1, s_gw, col = gate_args
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0),
-                                                       *d_gate_args[2:], s_gw, col, M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0,
-                                                       G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
+    headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](
+        dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
+        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
     BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
-    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
     if own:
@@ -434,8 +440,8 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                          f"{partial.dtype} strides {partial.stride()}")
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
         x, weight, bias if bias is not None else weight, dout, partial, *d_gate_args[:2], w0, w1, gate_partial, N, F,
-        x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col, gate_partial.stride(0) if G else 0,
-        C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
+        x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col,
+        gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
         GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
