@@ -14,6 +14,15 @@ def _dtype_names(dtypes) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
+def on_device(t: torch.Tensor, device) -> bool:
+    """Whether tensor `t` is on `device` (a torch.device or its name); a device named without an
+    index ("cuda") means the current one of its type, as torch allocates there."""
+    device = torch.device(device)
+    if device.index is None and device.type not in ("cpu", "meta"):
+        return t.device.type == device.type and t.device.index in (None, torch.get_device_module(device.type).current_device())
+    return t.device == device
+
+
 def check_tensor(name: str, t, shape: Optional[Sequence[int]] = None, *, ndim: Optional[int] = None,
                  doc: Optional[str] = None, dtypes: Optional[Sequence[torch.dtype]] = FLOAT_DTYPES,
                  device: Optional[torch.device] = None, device_of: str = "the other inputs",
@@ -40,7 +49,7 @@ def check_tensor(name: str, t, shape: Optional[Sequence[int]] = None, *, ndim: O
         raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dims {doc or ''}, got shape {tuple(t.shape)}")
-    if device is not None and t.device != torch.device(device):
+    if device is not None and not on_device(t, device):
         raise ValueError(f"{name}: expected device {device} (the same device as {device_of}), "
                          f"got {t.device}")
 
@@ -87,7 +96,7 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, device: torch.device, n
     if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name}: expected dtype int32 or int64, got {cu_seqlens.dtype}")
     check_tensor(name, cu_seqlens, ndim=1, doc="(N + 1,)", dtypes=(torch.int32, torch.int64))
-    if cu_seqlens.device != torch.device(device) and cu_seqlens.device.type != "cpu":
+    if cu_seqlens.device.type != "cpu" and not on_device(cu_seqlens, device):
         raise ValueError(f"{name}: expected device {device} (the same device as x) or the CPU, "
                          f"got {cu_seqlens.device}")
     if batch != 1:

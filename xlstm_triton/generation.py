@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from .checks import on_device
+
 __all__ = ["check_token_ids", "sample_tokens", "copy_state_", "generate_tokens", "CUDAGraphDecoder"]
 
 
@@ -84,7 +86,7 @@ def check_token_ids(idx, name: str, vocab_size: Optional[int] = None, device=Non
                         f"got {idx.dtype}")
     if idx.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one token per row, got shape {tuple(idx.shape)}")
-    if device is not None and idx.device != torch.device(device):
+    if device is not None and not on_device(idx, device):
         raise ValueError(f"{name}: expected token ids on the model's device {torch.device(device)}, got "
                          f"{idx.device} (move them with .to({str(torch.device(device))!r}))")
     if vocab_size is None or not range_check_runs(idx, check_range):

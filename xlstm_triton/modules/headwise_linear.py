@@ -43,11 +43,10 @@ MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs t
 def _stacked_load(p0, p1, g, G0: tl.constexpr, G: tl.constexpr, stride, rest, mask):
     """Elements of a tensor stacked from two blocks along g (float32): g < G0 at p0 + g stride +
     rest, G0 <= g < G at p1 + (g - G0) stride + rest (g and rest broadcast); zeros elsewhere
-    and outside mask. The paper layer's gate weights, biases and their gradients come as
-    igate's and fgate's."""
-    first = tl.load(p0 + g * stride + rest, mask=mask & (g < G0), other=0.0)
-    second = tl.load(p1 + (g - G0) * stride + rest, mask=mask & (g >= G0) & (g < G), other=0.0)
-    return first.to(tl.float32) + second.to(tl.float32)
+    and outside mask. One load through pointers picked per element. The paper layer's gate
+    weights, biases and their gradients come as igate's and fgate's."""
+    ptrs = tl.where(g < G0, p0 + g * stride, p1 + (g - G0) * stride) + rest
+    return tl.load(ptrs, mask=mask & (g < G), other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -57,6 +56,14 @@ def _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr, G
     row stride s_gw, unit column stride) at columns `gcols`; rows from G on are zeros."""
     g = tl.arange(0, GP)
     return _stacked_load(gw0_ptr, gw1_ptr, g[:, None], G0, G, s_gw, gcols[None, :], col_ok[None, :])
+
+
+@triton.jit
+def _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
+                        GP: tl.constexpr):
+    """The same tile transposed, (BF, GP), loaded in that layout (the forward's mma operand)."""
+    g = tl.arange(0, GP)
+    return _stacked_load(gw0_ptr, gw1_ptr, g[None, :], G0, G, s_gw, gcols[:, None], col_ok[:, None])
 
 
 @triton.jit
@@ -99,23 +106,14 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
         y = y.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
         if G > 0:
-            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-            gates = mma(y, tl.trans(gw).to(y.dtype), gates, DOT_PREC)
+            gw = _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
     if G > 0:
         if GATE_BIAS:
             gb = _stacked_load(gb0_ptr, gb1_ptr, g, G0, G, 1, 0, True)
             gates += tl.where(pid_f == 0, gb, 0.0)[None, :]
         tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
                  mask=(rows < N)[:, None] & (g < G)[None, :])
-
-
-@triton.jit
-def _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr, G: tl.constexpr,
-                    GP: tl.constexpr, DOT_PREC: tl.constexpr):
-    """d (BR, BF) float32 + dg (BR, GP) gw[:, gcols]: the gate projection's share of the gradient
-    of an output, added where the kernel reads it."""
-    gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0, G, GP)
-    return mma(dg, gw.to(dg.dtype), d, DOT_PREC)
 
 
 @triton.jit
@@ -139,7 +137,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                            DOT_PREC: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
-    dout[m] + dg gw[:, gcol0 + m F + cols]: `_with_gate_term`)."""
+    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read)."""
     pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -156,9 +154,9 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
     for m in tl.static_range(M):
         d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
                     mask=mask, other=0.0).to(tl.float32)
-        if G > 0:
-            d = _with_gate_term(d, dg, gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP,
-                                DOT_PREC)
+        if G > 0:       # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
+            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            d = mma(dg, gw, d, DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
@@ -176,16 +174,6 @@ def _block_diagonal(w_ptr, m, F, cols, col_ok, BS: tl.constexpr):
     return tl.load(w_ptr + m * F * BS + cols[None, :] * BS + (cols[:, None] % BS), mask=same, other=0.0)
 
 
-@triton.jit
-def _recomputed_output(x, wd, b_ptr, m, F, cols, mask, HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Output m of the tile x (BR, BF) again, as the forward stored it (in x's dtype), zero
-    outside `mask`: x @ wd (`_block_diagonal`) on the tensor cores."""
-    y = mma(x, wd.to(x.dtype), tl.zeros((x.shape[0], x.shape[1]), dtype=tl.float32), DOT_PREC)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
-    return tl.where(mask, y, 0.0).to(x.dtype)
-
-
 @cached_launch
 @triton.jit
 def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr,
@@ -195,14 +183,16 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
                            GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
-    (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols]: `_with_gate_term`, rounded to dout's
-    dtype for the product); program p's block starts at p * s_pp.
+    (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read and rounded to
+    dout's dtype for the product); program p's block starts at p * s_pp.
 
     With G > 0 also the gate projection's weight gradient: program p's block of gpart (at p *
     s_gpp) holds d W (G, C_g) row-major and then d b (G,); element (g, gcol0 + m F + c) = the sum
-    over the rows of dg[n, g] out[m, n, c], out recomputed from the x tile as the forward
-    computed and rounded it, and dg rounded to x's dtype for the product (as out is); with
-    GATE_BIAS, the column block 0 programs also write d b[g], the rows' sum of dg (float32).
+    over the rows of dg[n, g] out[m, n, c]. As out[m] = x blockdiag(w[m])^T + bias[m], that is
+    (dg^T x) blockdiag(w[m])^T + (sum_n dg[n, g]) bias[m]: the loop gathers the (GP, BF) product
+    dg^T x (dg rounded to x's dtype) and the sums of dg, and the block-diagonal product is applied
+    once per program (out in float32 as the forward formed it before rounding it to store).
+    With GATE_BIAS, the column block 0 programs also write d b[g], the rows' sum of dg.
 
     Per tile of BR rows and BF columns, G_m = dout_m^T x (BF, BF) on the tensor cores, of which
     the BS x BS blocks on the diagonal are the gradient (the other products are wasted, but a
@@ -216,16 +206,14 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
     diag = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None]
     offs = cols[:, None] * BS + (cols[None, :] % BS)
     g = tl.arange(0, GP)
-    g_mask = (g < G)[:, None] & col_ok[None, :]
-    gbias = tl.zeros((GP,), dtype=tl.float32)
+    dg_sum = tl.zeros((GP,), dtype=tl.float32)
+    dg_x = tl.zeros((GP, BF), dtype=tl.float32)         # dg^T x over this program's rows
     for m0 in tl.static_range(0, M, 2):
         acc_a = tl.zeros((BF, BF), dtype=tl.float32)
         acc_b = tl.zeros((BF, BF), dtype=tl.float32)
-        gacc_a = tl.zeros((GP, BF), dtype=tl.float32)
-        gacc_b = tl.zeros((GP, BF), dtype=tl.float32)
-        if G > 0:       # the block-diagonal weights as (BF, BF) operands, to recompute the outputs
-            wd_a = _block_diagonal(w_ptr, m0, F, cols, col_ok, BS)
-            wd_b = _block_diagonal(w_ptr, (m0 + 1) % M, F, cols, col_ok, BS)
+        if G > 0:       # the gate weight's tiles of outputs m0 and m0 + 1
+            gw_a = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols, col_ok, G0, G, GP)
+            gw_b = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + ((m0 + 1) % M) * F + cols, col_ok, G0, G, GP)
         for start in range(first, first + rows_per_program, BR):
             rows = (start + tl.arange(0, BR)).to(tl.int64)
             mask = (rows < N)[:, None] & col_ok[None, :]
@@ -233,33 +221,32 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
                 dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-                d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols,
-                                    col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
-                y = _recomputed_output(x, wd_a, b_ptr, m0, F, cols, mask, HAS_BIAS, DOT_PREC)
-                gacc_a = mma(tl.trans(dg).to(x.dtype), y, gacc_a, DOT_PREC)
-                if GATE_BIAS and m0 == 0:
-                    gbias += tl.sum(dg, axis=0)
+                d = mma(dg, gw_a, d.to(tl.float32), GATE_PREC).to(x.dtype)
+                if m0 == 0:
+                    dg_x = mma(tl.trans(dg).to(x.dtype), x, dg_x, DOT_PREC)
+                    dg_sum += tl.sum(dg, axis=0)
             acc_a = mma(tl.trans(d), x, acc_a, DOT_PREC)
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
                 if G > 0:
-                    d = _with_gate_term(d.to(tl.float32), dg, gw0_ptr, gw1_ptr, s_gw,
-                                        gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP, GATE_PREC).to(x.dtype)
-                    y = _recomputed_output(x, wd_b, b_ptr, m0 + 1, F, cols, mask, HAS_BIAS, DOT_PREC)
-                    gacc_b = mma(tl.trans(dg).to(x.dtype), y, gacc_b, DOT_PREC)
+                    d = mma(dg, gw_b, d.to(tl.float32), GATE_PREC).to(x.dtype)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
         base = partial_ptr + pid_p.to(tl.int64) * s_pp + m0 * F * BS
         tl.store(base + offs, acc_a, mask=diag)
         if m0 + 1 < M:
             tl.store(base + F * BS + offs, acc_b, mask=diag)
-        if G > 0:
-            gbase = gpart_ptr + pid_p.to(tl.int64) * s_gpp + g[:, None] * C_g
-            tl.store(gbase + (gcol0 + m0 * F + cols)[None, :], gacc_a, mask=g_mask)
-            if m0 + 1 < M:
-                tl.store(gbase + (gcol0 + (m0 + 1) * F + cols)[None, :], gacc_b, mask=g_mask)
-    if GATE_BIAS:
-        if pid_f == 0:
-            tl.store(gpart_ptr + pid_p.to(tl.int64) * s_gpp + G * C_g + g, gbias, mask=g < G)
+    if G > 0:
+        gbase = gpart_ptr + pid_p.to(tl.int64) * s_gpp
+        g_mask = (g < G)[:, None] & col_ok[None, :]
+        for m in tl.static_range(M):
+            wd = _block_diagonal(w_ptr, m, F, cols, col_ok, BS).to(tl.float32)
+            d_w = mma(dg_x, wd, tl.zeros((GP, BF), dtype=tl.float32), GATE_PREC)
+            if HAS_BIAS:
+                d_w += dg_sum[:, None] * tl.load(b_ptr + m * F + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            tl.store(gbase + g[:, None] * C_g + (gcol0 + m * F + cols)[None, :], d_w, mask=g_mask)
+        if GATE_BIAS:
+            if pid_f == 0:
+                tl.store(gbase + G * C_g + g, dg_sum, mask=g < G)
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -366,6 +353,13 @@ def _weight_grad_split(N: int) -> tuple[int, int]:
     return (cdiv(N, rows_per_program) if N else 1), rows_per_program
 
 
+def _dw_stages(dtype: torch.dtype) -> int:
+    """Software-pipeline stages of the weight-gradient kernel: float32 tiles with the gate
+    projection need 240 KiB of shared memory at Triton's default 3 stages (over an H100's 227
+    KiB); 1 stage needs 144 KiB. 16-bit tiles keep the default."""
+    return 1 if dtype == torch.float32 else 3
+
+
 def weight_grad_programs(N: int) -> int:
     """The programs along the rows of the backward's weight-gradient kernel (dim 0 of its
     partial sums)."""
@@ -443,7 +437,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col,
         gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
-        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4)
+        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4, num_stages=_dw_stages(x.dtype))
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
