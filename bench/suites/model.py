@@ -281,7 +281,7 @@ def _train_step(build, sdpa_backend: str | None = None):
             tps = case["B"] * case["ctx"] / ms * 1e3
             tflops = flops * tps / 1e12
             return dict(params=n_params, params_non_embedding=n_non_embedding, tokens_per_s=round(tps, 1),
-                        tflops=float(f"{tflops:.4g}"), mfu=round(tflops / HOPPER_BF16_TFLOPS, 3) if hopper else None, **info)
+                        tflops=float(f"{tflops:.4g}"), mfu=float(f"{tflops / HOPPER_BF16_TFLOPS:.3g}") if hopper else None, **info)
         step.columns = columns
         step.rep_ms = 2000          # steps of 50-400 ms: at least five samples
         return step
