@@ -143,3 +143,19 @@ def test_gpu_bf16_at_the_lm_shape():
     linear_cross_entropy_torch(hidden, weight, labels, soft_cap=30.0).backward()
     plain_peak = torch.cuda.max_memory_allocated() - base
     assert fused_peak < 0.5 * plain_peak, (fused_peak, plain_peak)
+
+
+@pytest.mark.gpu
+def test_gpu_weight_gradient_accumulates_in_place():
+    """The chunks' d weight is added into one float32 buffer: the bf16 product lands in the
+    accumulator itself (no new (V, E) buffer and no copy of it per chunk), with the value of
+    the float32 product of the same bf16 operands."""
+    from xlstm_triton.modules import linear_cross_entropy as lce
+    acc = torch.randn(300, 64, device="cuda")
+    a = torch.randn(300, 40, device="cuda").bfloat16()
+    b = torch.randn(40, 64, device="cuda").bfloat16()
+    want = acc.double() + a.double() @ b.double()
+    ptr = acc.data_ptr()
+    out = lce._accumulate(acc, a, b)
+    assert out.data_ptr() == ptr and lce._IN_PLACE_OUT_DTYPE[0]
+    assert_close(out, want, 1e-5, "acc + a @ b")
