@@ -150,10 +150,11 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
              cu_seqlens: Optional[Tensor]) -> list[Tensor]:
     """The gradient of xz and the parameters' gradients in a few buffers, which `_backward`
     cuts into the parameters' (views, not copies): d conv weight (F, K) and d conv bias (F,)
-    (`_absent` without one) in the conv weight's dtype; float32 sums: d q, k, v weights (3,
-    F / BS, BS, BS), d q, k, v biases (3, F) (`_absent` without them), the gate projection's
-    [d igate; d fgate] weight (2 NH, 3 F) row-major followed by its bias (2 NH,), and
-    d norm weight, d norm bias, d skip (3, F)."""
+    (`_absent` without one) in the conv weight's dtype; float32 sums: one buffer of the d q, k, v
+    weights (3, F / BS, BS, BS) followed by the gate projection's [d igate; d fgate] weight
+    (2 NH, 3 F) row-major and its bias (2 NH,) (one sum of the headwise kernels' per-program
+    blocks), d q, k, v biases (3, F) (`_absent` without them), and d norm weight, d norm bias,
+    d skip (3, F)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
     B, S, _ = x_m.shape
@@ -179,14 +180,18 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     # d W = d_gates^T [q | k | v] (q, k, v recomputed from their inputs there), d b = the column
     # sums, per program into one buffer that both calls fill.
     d_gates = (d_i.transpose(1, 2), d_f.transpose(1, 2))                 # (B, S, NH) views, float32
-    programs = weight_grad_programs(N)
-    d_w = new_empty((programs, 3) + tuple(q_w.shape), torch.float32, xz.device)       # written whole
-    d_gate = new_empty((programs, 2 * NH * (3 * F + 1)), torch.float32, xz.device)   # written whole
+    # per program: d W of q, k, v (3 F BS) and then d W, d b of the gates (2 NH (3 F + 1)), all
+    # written by the four kernels, added up by one sum
+    programs, n_w = weight_grad_programs(N), 3 * q_w.numel()
+    partial = new_empty((programs, n_w + 2 * NH * (3 * F + 1)), torch.float32, xz.device)   # written whole
+    d_w = partial[:, :n_w].view((programs, 3) + tuple(q_w.shape))
+    d_gate = partial[:, n_w:]
     headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F), accumulate=True,
                              bias=b_qk, gates=gates_qk, d_gates=d_gates, partial=d_w[:, :2], gate_partial=d_gate)
     headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F), bias=b_v,
                              gates=gates_v, d_gates=d_gates, partial=d_w[:, 2:], gate_partial=d_gate)
-    d_gate = d_gate.sum(0)
+    d_weights = partial.sum(0)
+    d_gate = d_weights[n_w:]
     _, d_w_conv, d_b_conv, _ = causal_conv1d_backward(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
                                                       cu_seqlens, dx=d_x_m, accumulate=True)
     if q_b is None:
@@ -194,7 +199,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     else:        # the column sums of d q, d k, d v, plus d gate bias @ their gate weight columns
         d_b = (torch.stack([t.reshape(N, F).sum(0, dtype=torch.float32) for t in (d_qk[0], d_qk[1], d_v)])
                + (d_gate[2 * NH * 3 * F:] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
-    return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_w.sum(0), d_b, d_gate, d_norm]
+    return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_weights, d_b, d_norm]
 
 
 @_mix_bwd.register_fake
@@ -204,8 +209,8 @@ def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, 
     f32 = dict(dtype=torch.float32)
     return [torch.empty_like(xz, memory_format=torch.contiguous_format),
             xz.new_empty(F, conv_w.shape[-1]), xz.new_empty(F) if conv_b is not None else _absent(xz),
-            xz.new_empty((3,) + tuple(q_w.shape), **f32), xz.new_empty(3, F, **f32) if q_b is not None else _absent(xz),
-            xz.new_empty(2 * num_heads * (3 * F + 1), **f32), xz.new_empty(3, F, **f32)]
+            xz.new_empty(3 * q_w.numel() + 2 * num_heads * (3 * F + 1), **f32),
+            xz.new_empty(3, F, **f32) if q_b is not None else _absent(xz), xz.new_empty(3, F, **f32)]
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -222,16 +227,18 @@ def _cast_shared(t: Tensor, params: tuple) -> Tensor:
 def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Optional[Tensor]]:
     """`_mix_bwd`'s buffers cut into the gradients of `params` (`_mix`'s parameter arguments, in
     order), each in its parameter's dtype (None for a parameter that is None)."""
-    d_w_conv, d_b_conv, d_w, d_b, d_gate, d_norm = grads
+    d_w_conv, d_b_conv, d_weights, d_b, d_norm = grads
     NH, F = num_heads, d_norm.shape[-1]
-    G = 2 * NH
+    G, q_w = 2 * NH, params[2]
     # each float32 buffer cast once where all the parameters it holds share a dtype (the casts
     # of the cuts below are then no-ops)
-    d_w, d_gate, d_norm = (_cast_shared(t, params[a:b]) for t, (a, b) in ((d_w, (2, 5)), (d_gate, (8, 12)),
-                                                                        (d_norm, (12, 15))))
+    d_weights = _cast_shared(d_weights, params[2:5] + params[8:12])
+    d_norm = _cast_shared(d_norm, params[12:15])
     if d_b.dim() == 2:
         d_b = _cast_shared(d_b, params[5:8])
-    d_gate_w, d_gate_b = d_gate[:G * 3 * F].view(G, 3 * F), d_gate[G * 3 * F:]        # contiguous cuts
+    n_w = 3 * q_w.numel()         # contiguous cuts: d W of q, k, v, then the gates' d W and d b
+    d_w = d_weights[:n_w].view((3,) + tuple(q_w.shape))
+    d_gate_w, d_gate_b = d_weights[n_w:n_w + G * 3 * F].view(G, 3 * F), d_weights[n_w + G * 3 * F:]
     cuts = (d_w_conv[:, None, :], d_b_conv, d_w[0], d_w[1], d_w[2], *(d_b if d_b.dim() == 2 else (None,) * 3),
             d_gate_w[:NH], d_gate_b[:NH], d_gate_w[NH:], d_gate_b[NH:], *d_norm)
     return [None if p is None else d.to(p.dtype) for p, d in zip(params, cuts)]
