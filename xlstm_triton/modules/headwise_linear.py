@@ -85,39 +85,35 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
                         s_gw, gcol0,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                         HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                        GATE_BIAS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr):
-    """out[m] = x blockdiag(w[m])^T (+ bias[m]) over CB column tiles of BF per program (one tile
-    without gates); with G > 0 also these columns' part of the gate projection, gp[pid_c, n, g] =
-    sum_m sum_(f in the program's columns) out[m, n, f] gw[g, gcol0 + m F + f] (the stored,
-    rounded outputs; float32 sums; the caller adds the programs' column groups up), plus the
-    gate bias [gb0; gb1] in column group 0 with GATE_BIAS."""
-    pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
+    gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[g, gcol0 + m F + f]
+    (the stored, rounded outputs; float32 sums; the caller adds the column blocks up), plus the
+    gate bias [gb0; gb1] in column block 0 with GATE_BIAS."""
+    pid_r, pid_f = tl.program_id(0), tl.program_id(1)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
-    row_ok = rows < N
+    cols = pid_f * BF + tl.arange(0, BF)
+    col_ok = cols < F
+    mask = (rows < N)[:, None] & col_ok[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
     g = tl.arange(0, GP)
     gates = tl.zeros((BR, GP), dtype=tl.float32)
-    for j in tl.static_range(CB):
-        pid_f = pid_c * CB + j
-        cols = pid_f * BF + tl.arange(0, BF)
-        col_ok = cols < F
-        mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        blocks = pid_f * NBT + tl.arange(0, NBT)
-        for m in tl.static_range(M):
-            y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
-            y = y.to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
-            if G > 0:
-                gw = _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-                gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
+    for m in tl.static_range(M):
+        y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
+        y = y.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
+        if G > 0:
+            gw = _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
     if G > 0:
         if GATE_BIAS:
             gb = _stacked_load(gb0_ptr, gb1_ptr, g, G0, G, 1, 0, True)
-            gates += tl.where(pid_c == 0, gb, 0.0)[None, :]
-        tl.store(gp_ptr + (pid_c * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
-                 mask=row_ok[:, None] & (g < G)[None, :])
+            gates += tl.where(pid_f == 0, gb, 0.0)[None, :]
+        tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
+                 mask=(rows < N)[:, None] & (g < G)[None, :])
 
 
 @triton.jit
@@ -311,15 +307,14 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F).
 
     With `gates` (a `GateProjection`), also returns its column-block partial sums: (out, partial)
-    with partial (`gate_column_blocks(F, BS)`, N, G) float32 (written into `gate_partial` if given,
-    a contiguous buffer of that shape: two calls can share one buffer and one sum over dim 0)."""
+    with partial (F / BF, N, G) float32 (written into `gate_partial` if given, a contiguous
+    buffer of that shape: two calls can share one buffer and one sum over dim 0)."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
+    grid = (cdiv(N, BR), cdiv(F, BF))
     gate_args, G0, G, GP = _gate_args(gates, M, F, weight)
-    CB = _gate_tiles(F, BS) if G else 1
-    grid = (cdiv(N, BR), cdiv(F, BF * CB))
     if not G:
         partial = out
     elif gate_partial is not None:
@@ -338,24 +333,13 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
                               s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
-                              GATE_BIAS=gate_bias is not None, CB=CB, DOT_PREC=dot_precision(x.dtype, x.device),
-                              num_warps=4)
+                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
     return (out, partial) if G else out
 
 
-_GATE_TILES = 4      # column tiles per forward program with a gate projection
-
-
-def _gate_tiles(F: int, BS: int) -> int:
-    """Column tiles per program of the forward kernel with gates: each program sums the gate
-    projection over several tiles, so the partial sums (written and then read by their sum) are
-    a quarter of one per tile (8 instead of 32 (N, G) float32 blocks at F = 2048)."""
-    return min(_GATE_TILES, cdiv(F, _tiles(F, BS)[1]))
-
-
 def gate_column_blocks(F: int, BS: int) -> int:
-    """The column groups of the forward kernel with gates (dim 0 of its gate partial sums)."""
-    return cdiv(F, _tiles(F, BS)[1] * _gate_tiles(F, BS))
+    """The column blocks of the forward kernel (dim 0 of its gate partial sums)."""
+    return cdiv(F, _tiles(F, BS)[1])
 
 
 _BR_DW = 64          # rows of the weight-gradient kernel's tiles
