@@ -177,8 +177,8 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     _, _, _, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
                                                  out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)))
     # The gate projections' backward inside the headwise kernels: d q, k, v get d_gates @ W, and
-    # d W = d_gates^T [q | k | v] (q, k, v recomputed from their inputs there), d b = the column
-    # sums, per program into one buffer that both calls fill.
+    # d W = d_gates^T [q | k | v] (from d_gates^T times the kernels' inputs, then the block-
+    # diagonal weights), d b = the column sums, per program into one buffer that both calls fill.
     d_gates = (d_i.transpose(1, 2), d_f.transpose(1, 2))                 # (B, S, NH) views, float32
     # per program: d W of q, k, v (3 F BS) and then d W, d b of the gates (2 NH (3 F + 1)), all
     # written by the four kernels, added up by one sum

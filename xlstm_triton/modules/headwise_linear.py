@@ -13,8 +13,9 @@ and d bias is a column sum.
 
 A `GateProjection` (the paper layer's input and forget gates of cat(q, k, v)) rides along: the
 forward kernel also writes the column blocks' partial sums of out @ W^T, and the backward
-kernels add d_gates @ W to d out where they read it and form d W (and the gate bias's d b) from
-outputs recomputed in registers, so q, k, v are not read again for the gates.
+kernels add d_gates @ W to d out where they read it and form d W (and the gate bias's d b) as
+(d_gates^T x) blockdiag(weight)^T (+ the bias term) from the x tiles they read anyway, so q, k,
+v are not read again for the gates.
 
 `headwise_linear` is a custom op (`xlstm_triton::headwise_linear`); on CPU without
 TRITON_INTERPRET=1, for float64 or for blocks larger than MAX_BLOCK it runs
@@ -396,9 +397,10 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     the gradient of output m is dout[m] + d_gates @ W[:, col + m F ...], formed where the kernels read dout
     (dout itself is not changed), and the projection's own gradient goes to `gate_partial`
     (float32 (P, G * (C + 1)), unit last stride; C = W's columns): per program, d W (G, C)
-    row-major, then d b (G,); this call writes its columns of d W = d_gates^T out (out
-    recomputed from x, `weight` and `bias` as the forward computed it) and, where `gates.bias`
-    is given, d b = the column sums of d_gates. The calls sharing a projection write all of
+    row-major, then d b (G,); this call writes its columns of d W = d_gates^T out (formed as
+    (d_gates^T x) blockdiag(weight)^T + column sums of d_gates x `bias`: out in float32 before the
+    forward rounds it to store) and, where `gates.bias` is given, d b = the column sums of
+    d_gates. The calls sharing a projection write all of
     gate_partial between them; its sum over dim 0 cut at G * C gives d W and d b contiguous."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
