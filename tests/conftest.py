@@ -19,9 +19,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The slow tests first (a stable sort): with pytest-xdist the workers start on the longest
-    # tests instead of one of them finishing on a 3-minute test while the others wait.
-    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; run the suite on the device")

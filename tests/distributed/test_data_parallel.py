@@ -74,8 +74,7 @@ def _rank(rank, world, family, mode, path, backend):
 @pytest.mark.parametrize("backend, world", [("gloo", 2), ("nccl", 2), ("nccl", 4)],
                          ids=["gloo-2", "nccl-2", "nccl-4"])
 @pytest.mark.parametrize("family, mode", [("large", "fsdp"), ("paper", "fsdp"), ("large", "ddp"),
-                                          pytest.param("large", "fsdp+compiled", marks=pytest.mark.slow),
-                                          ("paper", "ddp+compiled")])
+                                          ("large", "fsdp+compiled"), ("paper", "ddp+compiled")])
 def test_ranks_train_as_one_process(family, mode, backend, world, tmp_path, monkeypatch):
     """`mode`: fsdp or ddp, "+compiled": with the blocks under torch.compile (`compile_blocks`,
     before the wrapping)."""

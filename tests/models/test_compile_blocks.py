@@ -25,7 +25,6 @@ def _paper():
     return model, V
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("build", [_large, _paper], ids=["large", "paper"])
 def test_compiled_blocks_equal_eager_and_compile_once(build, device):
     model, vocab = build()
