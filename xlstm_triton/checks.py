@@ -19,7 +19,8 @@ def on_device(t: torch.Tensor, device) -> bool:
     index ("cuda") means the current one of its type, as torch allocates there."""
     device = torch.device(device)
     if device.index is None and device.type not in ("cpu", "meta"):
-        return t.device.type == device.type and t.device.index in (None, torch.get_device_module(device.type).current_device())
+        current = torch.get_device_module(device.type).current_device() if t.device.type == device.type else None
+        return t.device.type == device.type and t.device.index in (None, current)
     return t.device == device
 
 

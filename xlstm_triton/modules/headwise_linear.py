@@ -212,9 +212,10 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
     for m0 in tl.static_range(0, M, 2):
         acc_a = tl.zeros((BF, BF), dtype=tl.float32)
         acc_b = tl.zeros((BF, BF), dtype=tl.float32)
-        if G > 0:       # the gate weight's tiles of outputs m0 and m0 + 1
+        if G > 0:       # the gate weight's tiles of outputs m0 and m0 + 1 (where there is one)
             gw_a = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols, col_ok, G0, G, GP)
-            gw_b = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + ((m0 + 1) % M) * F + cols, col_ok, G0, G, GP)
+            if m0 + 1 < M:
+                gw_b = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP)
         for start in range(first, first + rows_per_program, BR):
             rows = (start + tl.arange(0, BR)).to(tl.int64)
             mask = (rows < N)[:, None] & col_ok[None, :]
