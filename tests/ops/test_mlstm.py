@@ -295,11 +295,10 @@ def test_several_tiles_and_feature_blocks_per_program(once, device, poison, monk
 @pytest.mark.parametrize("segments", [2, 3, 7])
 @pytest.mark.parametrize("states", [False, True])
 def test_state_walk_in_segments(segments, states, device, poison, monkeypatch):
-    """The state walks (the forward's and the backward's) split into segments of a head's
-    chunks, each started from the ones before it (`state_segments`), against the float64
-    reference, with gates that keep a long memory (a wrong segment start shows in every later
-    step) and 7 chunks split unevenly (3: 3 + 3 + 1; 7: one chunk each); and against the
-    one-walk run to rounding."""
+    """The forward walk split into segments of a head's chunks (each started from the ones
+    before it, `state_segments`) against the float64 reference, with gates that keep a long
+    memory (a wrong segment start shows in every later step) and 7 chunks split unevenly
+    (3: 3 + 3 + 1; 7: one chunk each); and against the one-walk run to rounding."""
     x = make_inputs(2, 2, 100, 32, 32, device, states=states, **GATES["memory"])
     tiles = dict(block_k_states=16, block_v_states=16)
     monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(tiles, state_segments=segments))

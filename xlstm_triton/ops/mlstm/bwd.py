@@ -21,8 +21,7 @@ last step, <dC_last, C_last> + <dn_last, n_last>); dlogsigmoid(f)_j = sum_{t >= 
 kernels return the row dots q . dq and k . dk (one partial per DQK block) for that.
 
 Kernels (grids): `chunkwise_bwd_dz_kernel` (S/BT, B*NH); `chunkwise_bwd_dstates_kernel`
-(DQK/BK, DV/BV, B*NH*P), reverse over chunks, in P segments (with
-`chunkwise_bwd_segment_ends_kernel` first) as the forward's walk; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
+(DQK/BK, DV/BV, B*NH), reverse over chunks; `chunkwise_bwd_dv_kernel` (DV/BV, S/BT, B*NH);
 `chunkwise_bwd_dq_kernel` and `chunkwise_bwd_dk_kernel` (DQK/BK, S/BT, B*NH); each forms the
 chunk's W dS (dq, dk) or weighted scores (dv) for every one of its feature blocks or, with
 `dscores` in the config, reads them from `chunkwise_bwd_dscores_kernel` (S/BT, B*NH), which
@@ -39,7 +38,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, minimum_nan, new_empty, new_empty_bhsd, next_power_of_2, packed_kernel_args, soft_cap_jit
-from .fwd import chunkwise_fwd_states, head_base, intra_dtype, row_products, state_segments, varlen_maxnreg
+from .fwd import chunkwise_fwd_states, head_base, intra_dtype, row_products, varlen_maxnreg
 from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_first
 
 
@@ -71,7 +70,7 @@ def chunkwise_bwd_dz_kernel(
 @triton.jit(do_not_specialize=["NH", "S", "NC", "P", "NSEQ", "STEPS"])
 def chunkwise_bwd_dstates_kernel(
     q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dc_last_ptr, dn_last_ptr, cu_ptr, NSEQ, STEPS, chains_ptr, count_ptr,
-    ends_ptr, nends_ptr, seg_decay_ptr, dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
+    dstates_ptr, dnstates_ptr, dc0_ptr, dn0_ptr,
     s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
     NH, S, S_pad, NC, P, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
@@ -81,13 +80,11 @@ def chunkwise_bwd_dstates_kernel(
     """dC_c = decay_c dC_{c+1} + sum_{t in c} g_t q^_t dO_t^T, from the last chunk down; VARLEN
     (packed sequences): the chains of chunks between restarts of the forward recurrence
     (`carries`), shared out as in the forward (programs (k block, v block, head * P + slot)); no
-    initial state's gradient is written then (packed rows start from zeros). Otherwise P
-    segments of a head's chunks as in the forward's walk, run from the top: segment j starts
-    from dC_in(j) = D_{j+1} dC_in(j+1) + E_{j+1} (dC_in(P-1) = dc_last), E and D formed by
-    `chunkwise_bwd_segment_ends_kernel`."""
+    initial state's gradient is written then (packed rows start from zeros)."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    slot = bh % P
-    bh = bh // P
+    if VARLEN:
+        slot = bh % P
+        bh = bh // P
     b, hd = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -134,61 +131,11 @@ def chunkwise_bwd_dstates_kernel(
                      mask=tl.where(bottom > 0, mask_kv, False))
             tl.store(dnstates_ptr + below * DQK + offs_k, dn, mask=tl.where(bottom > 0, mask_k & first_v, False))
     else:
-        G = tl.cdiv(NC, P)
-        for jj in range(0, P - 1 - slot):      # the segments above this one, from the top
-            e = bh.to(tl.int64) * (P - 1) + (P - 2 - jj)      # segment P - 1 - jj's entry
-            d = tl.load(seg_decay_ptr + e)
-            dC = dC * d + tl.load(ends_ptr + e * DQK * DV + kv_offs, mask=mask_kv, other=0.0)
-            dn = dn * d + tl.load(nends_ptr + e * DQK + offs_k, mask=mask_k, other=0.0)
         dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
-                               bh, row_base, tl.minimum(NC, slot * G + G) - 1, slot * G, dC, dn, kv_offs, offs_k,
-                               offs_v, mask_k, mask_v, mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT,
-                               DOT_DTYPE, PRECISION)
-        bottom = slot == 0
-        tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=tl.where(bottom, mask_kv, False))
-        tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=tl.where(bottom, mask_k & first_v, False))
-
-
-@cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
-def chunkwise_bwd_segment_ends_kernel(
-    q_ptr, dh_ptr, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, ends_ptr, nends_ptr, seg_decay_ptr,
-    s_qb, s_qh, s_qt, s_db, s_dh, s_dt,
-    NH, S, S_pad, NC, P, scale,
-    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """For segments j >= 1 of each head's chunks (G = ceil(NC / P) chunks each, the last one
-    possibly shorter), walked down from a zero gradient: E_j (dC and dn after the segment's
-    bottom chunk) float32 (B*NH, P-1, DQK, DV) / (B*NH, P-1, DQK) and D_j, the product of its
-    chunks' decays (B*NH, P-1), at entry j - 1."""
-    pid_k, pid_v, e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bh = e // (P - 1)
-    j = e % (P - 1) + 1
-    b, hd = bh // NH, bh % NH
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_k, mask_v = offs_k < DQK, offs_v < DV
-    q_base = q_ptr + b.to(tl.int64) * s_qb + hd.to(tl.int64) * s_qh
-    dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
-    row_base = bh.to(tl.int64) * S_pad
-    G = tl.cdiv(NC, P)
-    c_top = tl.minimum(NC, j * G + G) - 1
-    dC = tl.zeros((BK, BV), dtype=tl.float32)
-    dn = tl.zeros((BK,), dtype=tl.float32)
-    d = tl.full((), 1.0, tl.float32)
-    for cc in range(c_top + 1 - j * G):
-        c = c_top - cc
-        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC * decay, dn * decay,
-                                offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
-        d = d * decay
-    e64 = e.to(tl.int64)
-    first_v = (offs_k * 0 + pid_v) == 0       # one column block owns dn, one program the decay
-    tl.store(ends_ptr + e64 * DQK * DV + offs_k[:, None] * DV + offs_v[None, :], dC,
-             mask=mask_k[:, None] & mask_v[None, :])
-    tl.store(nends_ptr + e64 * DQK + offs_k, dn, mask=mask_k & first_v)
-    tl.store(seg_decay_ptr + e64 + offs_k * 0, d + tl.zeros((BK,), dtype=tl.float32), mask=(offs_k == 0) & first_v)
+                               bh, row_base, NC - 1, 0, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
+                               mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+        tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
+        tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
 
 
 @triton.jit
@@ -628,25 +575,11 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dnstates = new_empty((B * NH, NC, DQK), torch.float32, dev)
     dc0 = new_empty((B, NH, DQK, DV), torch.float32, dev)
     dn0 = new_empty((B, NH, DQK), torch.float32, dev)
-    tiles = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states))
-    chains, count = gates.u2, gates.u2            # unread without cu_seqlens
-    ends = nends = seg_decay = gates.u2           # unread with one segment
+    chains, count, P = gates.u2, gates.u2, 1      # unread without cu_seqlens
     if cu_seqlens is not None:
         chains, count, P = chain_starts(cu_seqlens, S, NC, L, tops=True)
-    else:
-        P = state_segments(tiles[0] * tiles[1] * B * NH, NC, cfg, dev)
-    if cu_seqlens is None and P > 1:
-        ends = new_empty((B * NH, P - 1, DQK, DV), torch.float32, dev)
-        nends = new_empty((B * NH, P - 1, DQK), torch.float32, dev)
-        seg_decay = new_empty((B * NH, P - 1), torch.float32, dev)
-        chunkwise_bwd_segment_ends_kernel[(*tiles, B * NH * (P - 1))](
-            q, dh, gates.g, inv_den, dz, gates.decay, ends, nends, seg_decay, *q_st, *dh_st, NH, S, S_pad, NC, P,
-            scale, DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
-            DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps_states,
-            num_stages=cfg.num_stages_states)
-    chunkwise_bwd_dstates_kernel[(*tiles, B * NH * P)](
-        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, *packed, chains, count, ends, nends, seg_decay,
-        dstates, dnstates, dc0, dn0,
+    chunkwise_bwd_dstates_kernel[(cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)](
+        q, dh, gates.g, inv_den, dz, gates.decay, dc_last, dn_last, *packed, chains, count, dstates, dnstates, dc0, dn0,
         *q_st, *dh_st, NH, S, S_pad, NC, P, scale,
         DQK=DQK, DV=DV, L=L, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
         HAS_DC_LAST=dc_last is not None, HAS_DN_LAST=dn_last is not None, DOT_DTYPE=cfg.dot_dtype,
