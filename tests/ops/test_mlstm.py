@@ -5,8 +5,6 @@ larger shapes on a GPU. Every check compares outputs, final states and all gradi
 plain weighted-sum loss on h and on the final states, by relative Frobenius norm.
 """
 
-import dataclasses
-
 import pytest
 import torch
 import triton
@@ -290,43 +288,6 @@ def test_several_tiles_and_feature_blocks_per_program(once, device, poison, monk
         block_k_grad=16, block_v_grad=16, scores=once, dscores=once))
     x = make_inputs(2, 1, 70, 48, 40, device, states=True)     # DQK, DV not powers of two
     check_against_reference(x, torch.float32, chunk_size=64)
-
-
-@pytest.mark.parametrize("segments", [2, 3, 7])
-@pytest.mark.parametrize("states", [False, True])
-def test_state_walk_in_segments(segments, states, device, poison, monkeypatch):
-    """The forward walk split into segments of a head's chunks (each started from the ones
-    before it, `state_segments`) against the float64 reference, with gates that keep a long
-    memory (a wrong segment start shows in every later step) and 7 chunks split unevenly
-    (3: 3 + 3 + 1; 7: one chunk each); and against the one-walk run to rounding."""
-    x = make_inputs(2, 2, 100, 32, 32, device, states=states, **GATES["memory"])
-    tiles = dict(block_k_states=16, block_v_states=16)
-    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(tiles, state_segments=segments))
-    check_against_reference(x, torch.float32, chunk_size=16)
-    split = run_and_grad(mlstm_chunkwise, x, chunk_size=16)
-    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(tiles, state_segments=1))
-    whole = run_and_grad(mlstm_chunkwise, x, split[2], chunk_size=16)
-    for a, b, name in zip(split[0], whole[0], ["h", "c_last", "n_last", "m_last"]):
-        assert_close(a, b, 1e-5, name)
-    for name in whole[1]:
-        assert_close(split[1][name], whole[1][name], 1e-5, f"d{name}")
-
-
-def test_state_segments_fill_the_sms(monkeypatch):
-    """Segments are added only where the heads' state tiles fill too few SMs, never more than
-    the chunks, never an empty one; a configured count wins; off CUDA the walk stays whole."""
-    import xlstm_triton.ops.mlstm.fwd as mlstm_fwd
-    monkeypatch.setattr(mlstm_fwd, "num_sms", lambda device: 132)
-    cfg = mlstm_op.make_config(8192, 512, 512, torch.bfloat16, 128)
-    cuda = torch.device("cuda")
-    per_sm = mlstm_fwd.STATE_PROGRAMS_PER_SM
-    assert mlstm_fwd.state_segments(128, 64, cfg, cuda) == per_sm * 132 // 128       # paper LM, 8k
-    assert mlstm_fwd.state_segments(512, 16, cfg, cuda) == max(1, per_sm * 132 // 512)
-    assert mlstm_fwd.state_segments(132 * per_sm, 64, cfg, cuda) == 1
-    assert mlstm_fwd.state_segments(1, 5, cfg, cuda) == 5
-    assert mlstm_fwd.state_segments(1, 7, dataclasses.replace(cfg, state_segments=4), cuda) == 4   # 2+2+2+1
-    assert mlstm_fwd.state_segments(1, 7, dataclasses.replace(cfg, state_segments=5), cuda) == 4   # 2+2+2+1, not 2+2+2+1+0
-    assert mlstm_fwd.state_segments(1, 64, cfg, torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

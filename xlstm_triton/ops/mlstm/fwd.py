@@ -2,17 +2,11 @@
 
 Two kernels (weights from `gates.py`; C_c is the state at the start of chunk c, stabilized by mc_c):
 
-`chunkwise_fwd_states_kernel`: grid (DQK/BK, DV/BV, B*NH*P), sequential over chunks:
+`chunkwise_fwd_states_kernel`: grid (DQK/BK, DV/BV, B*NH), sequential over chunks (packed
+sequences: (DQK/BK, DV/BV, NH*P), P programs of a head sharing the chains of chunks):
     C_{c+1} = decay_c C_c + sum_{s in c} w_s k_s v_s^T        n_{c+1} likewise with k_s
     stores C_c for every chunk (the backward recomputes them with this same kernel) and the
-    final state in float32. Packed sequences: the P programs of a head share its chains of
-    chunks. Otherwise the P programs of a head walk P contiguous segments of its chunks
-    (`state_segments`: P > 1 where B*NH tiles fill too few of the SMs to hide one walk's
-    latency); segment j starts from
-        C_start(j) = D_{j-1} C_start(j-1) + E_{j-1}        (C_start(0) = the initial state)
-    with E_j the state segment j's chunks make from zero and D_j the product of their decays,
-    both formed beforehand by `chunkwise_fwd_segment_ends_kernel` (grid (DQK/BK, DV/BV,
-    B*NH*(P-1))). Exact: the recurrence is linear and its weights are fixed by the gate kernels.
+    final state in float32.
 
 `chunkwise_fwd_output_kernel`: grid (DV/BV, S/BT, B*NH), one tile of BT rows each:
     num_t = g_t C_c^T q^_t + sum_{s <= t, s in c} W[t, s] (q^_t . k_s) v_s      (q^ = q / sqrt(DQK))
@@ -30,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd, num_sms, packed_kernel_args
+from ...utils import cdiv, maximum_nan, new_empty, new_empty_bhsd, packed_kernel_args
 from .gates import chain_end, chain_starts, same_sequence, segment_first
 
 
@@ -38,7 +32,7 @@ from .gates import chain_end, chain_starts, same_sequence, segment_first
 @triton.jit(do_not_specialize=["NH", "S", "NC", "P", "NSEQ", "STEPS"])
 def chunkwise_fwd_states_kernel(
     k_ptr, v_ptr, w_ptr, decay_ptr, c0_ptr, n0_ptr, cu_ptr, NSEQ, STEPS, chains_ptr, count_ptr,
-    ends_ptr, nends_ptr, seg_decay_ptr, states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
+    states_ptr, nstates_ptr, c_last_ptr, n_last_ptr,
     s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
     NH, S, S_pad, NC, P,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
@@ -51,10 +45,9 @@ def chunkwise_fwd_states_kernel(
     there); empty where the next chunk starts a sequence. No final state is written then (a
     packed row has none: c_last, n_last are left as allocated)."""
     pid_k, pid_v, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    # Programs (k block, v block, head * P + slot): packed sequences, chains slot, slot + P, ...;
-    # otherwise the slot-th segment of the head's chunks.
-    slot = bh % P
-    bh = bh // P
+    if VARLEN:          # programs (k block, v block, head * P + slot): chains slot, slot + P, ... (below)
+        slot = bh % P
+        bh = bh // P
     b, h = bh // NH, bh % NH
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
@@ -105,57 +98,11 @@ def chunkwise_fwd_states_kernel(
                      mask=tl.where(more, mask_kv, False))
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
     else:
-        G = tl.cdiv(NC, P)
-        for j in range(0, slot):        # the segments before this one, folded into its start state
-            e = bh.to(tl.int64) * (P - 1) + j
-            d = tl.load(seg_decay_ptr + e)
-            C = C * d + tl.load(ends_ptr + e * DQK * DV + kv_offs, mask=mask_kv, other=0.0)
-            n = n * d + tl.load(nends_ptr + e * DQK + offs_k, mask=mask_k, other=0.0)
-        C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, slot * G,
-                            tl.minimum(NC, slot * G + G), C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv,
-                            first_v, s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
-        last = slot == P - 1
-        tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=tl.where(last, mask_kv, False))
-        tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=tl.where(last, mask_k & first_v, False))
-
-
-@cached_launch
-@triton.jit(do_not_specialize=["NH", "S", "NC", "P"])
-def chunkwise_fwd_segment_ends_kernel(
-    k_ptr, v_ptr, w_ptr, decay_ptr, ends_ptr, nends_ptr, seg_decay_ptr,
-    s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
-    NH, S, S_pad, NC, P,
-    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """For segments j < P - 1 of each head's chunks (G = ceil(NC / P) chunks each): E_j, the
-    state (and n) the segment's chunks make from a zero state, float32 (B*NH, P-1, DQK, DV) /
-    (B*NH, P-1, DQK), and D_j, the product of their decays (B*NH, P-1)."""
-    pid_k, pid_v, e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bh = e // (P - 1)
-    slot = e % (P - 1)
-    b, h = bh // NH, bh % NH
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_k, mask_v = offs_k < DQK, offs_v < DV
-    k_base = k_ptr + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh
-    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
-    row_base = bh.to(tl.int64) * S_pad
-    G = tl.cdiv(NC, P)
-    C = tl.zeros((BK, BV), dtype=tl.float32)
-    n = tl.zeros((BK,), dtype=tl.float32)
-    d = tl.full((), 1.0, tl.float32)
-    for c in range(slot * G, slot * G + G):         # segments before the last are whole
-        decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c, 0, C * decay, n * decay, offs_k, offs_v,
-                             mask_k, mask_v, s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
-        d = d * decay
-    e64 = e.to(tl.int64)
-    tl.store(ends_ptr + e64 * DQK * DV + offs_k[:, None] * DV + offs_v[None, :], C,
-             mask=mask_k[:, None] & mask_v[None, :])
-    first_v = (offs_k * 0 + pid_v) == 0       # one column block owns n, one program the decay
-    tl.store(nends_ptr + e64 * DQK + offs_k, n, mask=mask_k & first_v)
-    tl.store(seg_decay_ptr + e64 + offs_k * 0, d + tl.zeros((BK,), dtype=tl.float32), mask=(offs_k == 0) & first_v)
+        C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, 0, NC,
+                            C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
+                            s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+        tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
+        tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
 
 
 @triton.jit
@@ -361,22 +308,6 @@ def varlen_maxnreg(cfg):
     return 168 if small else None
 
 
-# Programs per SM the state walk aims at: one walk per SM waits on each chunk's loads and
-# stores in turn; several hide that latency (bench/NOTES.md).
-STATE_PROGRAMS_PER_SM = 4
-
-
-def state_segments(programs: int, NC: int, cfg, device: torch.device) -> int:
-    """Segments P each head's chunks are walked in (`chunkwise_fwd_states_kernel`): cfg's
-    `state_segments` if set, else enough for STATE_PROGRAMS_PER_SM walks per SM where the
-    `programs` (B*NH state tiles) fill fewer (1 off CUDA); at most NC, and never an empty one."""
-    P = cfg.state_segments
-    if not P:
-        P = max(1, STATE_PROGRAMS_PER_SM * num_sms(device) // programs) if device.type == "cuda" else 1
-    P = max(1, min(P, NC))
-    return cdiv(NC, cdiv(NC, P))
-
-
 def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens=None):
     """States at the start of every chunk and the final state.
 
@@ -391,28 +322,13 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens=None
     nstates = new_empty((B * NH, NC, DQK), torch.float32, k.device)
     c_last = new_empty((B, NH, DQK, DV), torch.float32, k.device)
     n_last = new_empty((B, NH, DQK), torch.float32, k.device)
-    tiles = cdiv(DQK, cfg.block_k_states) * cdiv(DV, cfg.block_v_states)
-    chains, count = gates.w, gates.w                  # unread without cu_seqlens
-    ends = nends = seg_decay = gates.w                # unread with one segment
+    chains, count, P = gates.w, gates.w, 1            # unread without cu_seqlens
     if cu_seqlens is not None:
         chains, count, P = chain_starts(cu_seqlens, S, NC, cfg.chunk_size)
-    else:
-        P = state_segments(tiles * B * NH, NC, cfg, k.device)
-    if cu_seqlens is None and P > 1:
-        ends = new_empty((B * NH, P - 1, DQK, DV), torch.float32, k.device)
-        nends = new_empty((B * NH, P - 1, DQK), torch.float32, k.device)
-        seg_decay = new_empty((B * NH, P - 1), torch.float32, k.device)
-        grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * (P - 1))
-        chunkwise_fwd_segment_ends_kernel[grid](
-            k, v, gates.w, gates.decay, ends, nends, seg_decay, *k.stride()[:3], *v.stride()[:3],
-            NH, S, gates.padded_len, NC, P,
-            DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,
-            DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, num_warps=cfg.num_warps_states,
-            num_stages=cfg.num_stages_states)
     grid = (cdiv(DQK, cfg.block_k_states), cdiv(DV, cfg.block_v_states), B * NH * P)
     chunkwise_fwd_states_kernel[grid](
         k, v, gates.w, gates.decay, c_initial, n_initial, *packed_kernel_args(cu_seqlens, gates.w),
-        chains, count, ends, nends, seg_decay, states, nstates, c_last, n_last,
+        chains, count, states, nstates, c_last, n_last,
         *k.stride()[:3], *v.stride()[:3],
         NH, S, gates.padded_len, NC, P,
         DQK=DQK, DV=DV, L=cfg.chunk_size, BT=cfg.tile_states, BK=cfg.block_k_states, BV=cfg.block_v_states,

@@ -37,9 +37,7 @@ class ChunkwiseConfig:
     once (a (B*NH, S_pad, L) buffer) for the output kernel's DV blocks; dscores: the backward
     forms each chunk's intra-chunk matrices once (two such buffers: the score gradients for
     the dq and dk kernels, the weighted scores for dv); otherwise each of those kernels forms
-    them again for every one of its feature blocks. state_segments: how many contiguous
-    segments of a head's chunks the forward state walk runs in parallel (0: chosen from the grid
-    and the GPU's SM count, `fwd.state_segments`). num_stages_output is 1: with 2 stages,
+    them again for every one of its feature blocks. num_stages_output is 1: with 2 stages,
     Triton 3.6 on H100 compiles the output kernel's non-finite marking into code whose h
     changed in the last bits between identical calls (tests/ops/test_mlstm.py, stale-memory
     test); 1 stage costs nothing measurable there (bench/NOTES.md)."""
@@ -62,7 +60,6 @@ class ChunkwiseConfig:
     precision: str
     scores: bool = False
     dscores: bool = False
-    state_segments: int = 0
 
 
 def default_chunk_size(S: int) -> int:
