@@ -149,13 +149,15 @@ def test_gpu_bf16_at_the_lm_shape():
 def test_gpu_weight_gradient_accumulates_in_place():
     """The chunks' d weight is added into one float32 buffer: the bf16 product lands in the
     accumulator itself (no new (V, E) buffer and no copy of it per chunk), with the value of
-    the float32 product of the same bf16 operands."""
+    the float32 product of the same bf16 operands; for contiguous operands and for the loss's
+    own layout (the transposed logit gradients of a chunk, a row slice of the hidden states)."""
     from xlstm_triton.modules import linear_cross_entropy as lce
-    acc = torch.randn(300, 64, device="cuda")
-    a = torch.randn(300, 40, device="cuda").bfloat16()
-    b = torch.randn(40, 64, device="cuda").bfloat16()
-    want = acc.double() + a.double() @ b.double()
-    ptr = acc.data_ptr()
-    out = lce._accumulate(acc, a, b)
-    assert out.data_ptr() == ptr and lce._IN_PLACE_OUT_DTYPE[0]
-    assert_close(out, want, 1e-5, "acc + a @ b")
+    z = torch.randn(40, 300, device="cuda").bfloat16()
+    hidden = torch.randn(100, 64, device="cuda").bfloat16()
+    for a, b in ((z.t().contiguous(), hidden[:40].contiguous()), (z.t(), hidden[20:60])):
+        acc = torch.randn(300, 64, device="cuda")
+        want = acc.double() + a.double() @ b.double()
+        ptr = acc.data_ptr()
+        out = lce._accumulate(acc, a, b)
+        assert out.data_ptr() == ptr, "the product went to a new buffer"
+        assert_close(out, want, 1e-5, "acc + a @ b")

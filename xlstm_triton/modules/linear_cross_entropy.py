@@ -91,23 +91,20 @@ def default_chunk_rows(N: int, E: int, V: int) -> int:
     return min(next_power_of_2(N), max(16, 1 << (rows.bit_length() - 1)))
 
 
-_IN_PLACE_OUT_DTYPE = [True]     # whether addmm(out_dtype=, out=acc) works in this build (CUDA)
-
-
 def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """acc + a @ b into the float32 `acc`: for bf16 / fp16 operands one matmul with a float32
     output where the build has it (CUDA), else through float32 copies of the operands. The
     product is added in place (`out=acc`: no copy of acc, which an out-of-place addmm makes
-    before its matmul, 206 MB per chunk at V = 50k, E = 1024), or out of place in builds that
-    refuse it."""
+    before its matmul, 206 MB per chunk at V = 50k, E = 1024), or out of place where this
+    call's operands are refused in place (decided per call: one refused layout must not turn
+    the in-place form off for the others)."""
     if a.dtype == torch.float32:
         return acc.addmm_(a, b)
     if a.is_cuda:
-        if _IN_PLACE_OUT_DTYPE[0]:
-            try:
-                return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            except (RuntimeError, TypeError):
-                _IN_PLACE_OUT_DTYPE[0] = False
+        try:
+            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        except (RuntimeError, TypeError):
+            pass
         try:
             return torch.addmm(acc, a, b, out_dtype=torch.float32)
         except (RuntimeError, TypeError):
