@@ -2,6 +2,8 @@
 gradients, ignored tokens, vocabularies that are not a multiple of the block, several chunks
 with a partial last one; errors; compile."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,7 +153,8 @@ def test_gpu_weight_gradient_accumulates_in_place():
     accumulator itself (no new (V, E) buffer and no copy of it per chunk), with the value of
     the float32 product of the same bf16 operands; for contiguous operands and for the loss's
     own layout (the transposed logit gradients of a chunk, a row slice of the hidden states)."""
-    from xlstm_triton.modules import linear_cross_entropy as lce
+    # the module (the package's `linear_cross_entropy` is the function of the same name)
+    lce = importlib.import_module("xlstm_triton.modules.linear_cross_entropy")
     z = torch.randn(40, 300, device="cuda").bfloat16()
     hidden = torch.randn(100, 64, device="cuda").bfloat16()
     for a, b in ((z.t().contiguous(), hidden[:40].contiguous()), (z.t(), hidden[20:60])):
