@@ -19,7 +19,10 @@ def reference(x, weight, bias, state, silu, upstream):
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("B, S, F, K, bias, state", [(2, 37, 24, 4, True, True), (1, 70, 130, 4, True, False),
                                                    (3, 2, 8, 4, False, True), (2, 19, 16, 3, True, True),
-                                                   (1, 5, 8, 1, True, False)])
+                                                   (1, 5, 8, 1, True, False),
+                                                   # several row tiles per program (the last partial) and
+                                                   # a second group of four taps in the backward
+                                                   (2, 300, 24, 6, True, True), (1, 200, 40, 4, False, False)])
 def test_matches_float64_conv1d(B, S, F, K, bias, state, silu, device, poison):
     x = (torch.randn(B, 2 * S, F, device=device) * 2)[:, ::2].requires_grad_()      # strided over time
     weight = torch.randn(F, K, device=device, requires_grad=True)

@@ -98,35 +98,66 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
              mask=(t < S)[:, None] & (f < F)[None, :])
 
 
+@triton.jit
+def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, K: tl.constexpr,
+                 HAS_STATE: tl.constexpr):
+    """acc + d pre * (tap j's inputs) where tap j exists (j < K)."""
+    if j < K:
+        acc += dpre * _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+    return acc
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
-                                 partial_ptr, S, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
-                                 HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                                 VARLEN: tl.constexpr):
-    """d pre = dy * silu'(pre); partial[tile, j, f] = sum_t d pre[t] x[t - K + 1 + j], partial[tile, K] = sum d pre."""
+                                 partial_ptr, S, F, K: tl.constexpr, J0: tl.constexpr, BT: tl.constexpr,
+                                 TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
+    """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
+    partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
+    and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
+    elementwise and over the rows once at the end (a reduction across warps per tile and tap
+    cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
+    ...); the first group writes d pre."""
     b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
-    mask = (t < S)[:, None] & fm[None, :]
-    first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
-    dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
-    if SILU:
-        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                              HAS_STATE, HAS_BIAS)
-        sig = 1.0 / (1.0 + tl.exp(-pre))
-        dpre = dy * sig * (1.0 + pre * (1.0 - sig))
-    else:
-        dpre = dy
-    dpre = tl.where(mask, dpre, 0.0)
-    tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], dpre.to(dpre_ptr.dtype.element_ty),
-             mask=mask)
-    tile = b * tl.num_programs(1) + pt
-    for j in tl.static_range(K):
-        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
-        tl.store(partial_ptr + (tile * (K + 1) + j) * F + f, tl.sum(dpre * v, axis=0), mask=fm)
-    tl.store(partial_ptr + (tile * (K + 1) + K) * F + f, tl.sum(dpre, axis=0), mask=fm)
+    a0 = tl.zeros((BT, BF), dtype=tl.float32)
+    a1 = tl.zeros((BT, BF), dtype=tl.float32)
+    a2 = tl.zeros((BT, BF), dtype=tl.float32)
+    a3 = tl.zeros((BT, BF), dtype=tl.float32)
+    ab = tl.zeros((BT, BF), dtype=tl.float32)
+    for it in range(TILES):
+        t = (pt * TILES + it) * BT + tl.arange(0, BT)
+        mask = (t < S)[:, None] & fm[None, :]
+        first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
+        dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
+        if SILU:
+            pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+                                  HAS_STATE, HAS_BIAS)
+            sig = 1.0 / (1.0 + tl.exp(-pre))
+            dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+        else:
+            dpre = dy
+        dpre = tl.where(mask, dpre, 0.0)
+        if J0 == 0:
+            tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
+                     dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+            ab += dpre
+        a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
+        a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
+        a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
+        a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
+    row = (b * tl.num_programs(1) + pt) * (K + 1) + J0
+    tl.store(partial_ptr + row * F + f, tl.sum(a0, axis=0), mask=fm)
+    if J0 + 1 < K:
+        tl.store(partial_ptr + (row + 1) * F + f, tl.sum(a1, axis=0), mask=fm)
+    if J0 + 2 < K:
+        tl.store(partial_ptr + (row + 2) * F + f, tl.sum(a2, axis=0), mask=fm)
+    if J0 + 3 < K:
+        tl.store(partial_ptr + (row + 3) * F + f, tl.sum(a3, axis=0), mask=fm)
+    if J0 == 0:
+        tl.store(partial_ptr + (row - J0 + K) * F + f, tl.sum(ab, axis=0), mask=fm)
 
 
 @cached_launch
@@ -155,14 +186,20 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
-# Warps of the backward's two kernels. At 64 x 128 tiles on 4 warps the first compiles for
-# sm_90 (Triton 3.6) to 255 registers and 152 bytes of spills, 8 warps to 163 registers and none
-# (the second: 251 -> 82): to be measured (bench/NOTES.md).
+# Warps of the backward's two kernels (8 on the second: 483 against 271 us, bench/NOTES.md).
 BWD_NUM_WARPS = 4
+# Rows of the backward's first kernel: tiles of BWD_ROWS, up to BWD_TILES of them per program.
+BWD_ROWS, BWD_TILES = 16, 8
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
+
+
+def _bwd_pre_tiles(S: int) -> tuple[int, int]:
+    """(rows per tile, tiles per program) of the backward's first kernel."""
+    BT = min(BWD_ROWS, max(16, next_power_of_2(S)))
+    return BT, max(1, min(BWD_TILES, cdiv(S, BT)))
 
 
 def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> tuple:
@@ -206,11 +243,15 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     grid = (B, cdiv(S, BT), cdiv(F, BF))
     packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    partial = new_empty((B * grid[1], K + 1, F), torch.float32, x.device)   # written whole
-    causal_conv1d_bwd_pre_kernel[grid](
-        x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
-        *packed, dy, dpre, partial, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
-        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
+    PT, TILES = _bwd_pre_tiles(S)
+    pre_grid = (B, cdiv(S, PT * TILES), grid[2])
+    partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
+    for j0 in range(0, K, 4):        # the first group of taps writes d pre, the later ones read nothing of it
+        causal_conv1d_bwd_pre_kernel[pre_grid](
+            x, x.stride(0), x.stride(1), state if state is not None else x, weight,
+            bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
+            BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
     causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
