@@ -188,18 +188,21 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
 
 # Warps of the backward's two kernels (8 on the second: 483 against 271 us, bench/NOTES.md).
 BWD_NUM_WARPS = 4
-# Rows of the backward's first kernel: tiles of BWD_ROWS, up to BWD_TILES of them per program.
-BWD_ROWS, BWD_TILES = 16, 8
+# The backward's first kernel: tiles of BWD_ROWS x BWD_COLS, up to BWD_TILES of them (down the
+# rows) per program. H100, B x S = 16,384, F = 2,048, the whole backward: 279.6 us before (one
+# tile of 64 x 128 per program); 16 x 128 x 8 tiles 272.7, 16 x 64 x 4 296.7, x 8 251.7, x 16
+# 230.6 (bench/NOTES.md).
+BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 16
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
-def _bwd_pre_tiles(S: int) -> tuple[int, int]:
-    """(rows per tile, tiles per program) of the backward's first kernel."""
+def _bwd_pre_tiles(S: int, F: int) -> tuple[int, int, int]:
+    """(rows per tile, tiles per program, columns) of the backward's first kernel."""
     BT = min(BWD_ROWS, max(16, next_power_of_2(S)))
-    return BT, max(1, min(BWD_TILES, cdiv(S, BT)))
+    return BT, max(1, min(BWD_TILES, cdiv(S, BT))), min(BWD_COLS, max(16, next_power_of_2(F)))
 
 
 def _varlen_args(x: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> tuple:
@@ -243,14 +246,14 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     grid = (B, cdiv(S, BT), cdiv(F, BF))
     packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    PT, TILES = _bwd_pre_tiles(S)
-    pre_grid = (B, cdiv(S, PT * TILES), grid[2])
+    PT, TILES, PF = _bwd_pre_tiles(S, F)
+    pre_grid = (B, cdiv(S, PT * TILES), cdiv(F, PF))
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
     for j0 in range(0, K, 4):        # the first group of taps writes d pre, the later ones read nothing of it
         causal_conv1d_bwd_pre_kernel[pre_grid](
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
-            BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+            BF=PF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
             VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
