@@ -10,8 +10,8 @@ first step, from its own state row (N, K - 1, F).
 The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is a padded copy,
 cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
 Here the forward is one kernel (x read once per tap from cache, y written once), and the
-backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and per-tile
-partial sums of d weight and d bias; one gathers d x from d pre. d state (K - 1 rows) is a few
+backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and, per
+program of several row tiles, partial sums of d weight and d bias; one gathers d x from d pre. d state (K - 1 rows) is a few
 PyTorch ops.
 
 `causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
@@ -189,9 +189,9 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
 # Warps of the backward's two kernels (8 on the second: 483 against 271 us, bench/NOTES.md).
 BWD_NUM_WARPS = 4
 # The backward's first kernel: tiles of BWD_ROWS x BWD_COLS, up to BWD_TILES of them (down the
-# rows) per program. H100, B x S = 16,384, F = 2,048, the whole backward: 279.6 us before (one
-# tile of 64 x 128 per program); 16 x 128 x 8 tiles 272.7, 16 x 64 x 4 296.7, x 8 251.7, x 16
-# 230.6 (bench/NOTES.md).
+# rows) per program; its second kernel: tiles of 64 rows x BWD_COLS. H100, B x S = 16,384,
+# F = 2,048, the whole backward: 279.6 us before (64 x 128 tiles, one per program in the
+# first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6 (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 16
 
 
@@ -242,18 +242,18 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     B, S, F = x.shape
     K = weight.shape[1]
     dy = dy.contiguous()
-    BT, BF = _tiles(S, F)
-    grid = (B, cdiv(S, BT), cdiv(F, BF))
+    PT, TILES, BF = _bwd_pre_tiles(S, F)
+    BT = _tiles(S, F)[0]
+    grid = (B, cdiv(S, BT), cdiv(F, BF))              # the second kernel's: BT x BF tiles
     packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    PT, TILES, PF = _bwd_pre_tiles(S, F)
-    pre_grid = (B, cdiv(S, PT * TILES), cdiv(F, PF))
+    pre_grid = (B, cdiv(S, PT * TILES), grid[2])
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
     for j0 in range(0, K, 4):        # the first group of taps writes d pre, the later ones read nothing of it
         causal_conv1d_bwd_pre_kernel[pre_grid](
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
-            BF=PF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+            BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
             VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
