@@ -251,10 +251,17 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                 tl.store(gbase + G * C_g + g, dg_sum, mask=g < G)
 
 
+# Tiles of the forward and d x kernels (rows x columns), and of the weight-gradient kernel
+# (rows; its programs along the rows, at most DW_PROGRAMS), on NUM_WARPS warps; module
+# constants so that `bench.tools.ab_headwise` can time other choices.
+ROWS, COLS, NUM_WARPS = 32, 64, 4
+DW_ROWS, DW_PROGRAMS = 64, 32
+
+
 def _tiles(F: int, BS: int) -> tuple[int, int]:
-    BF = min(64, next_power_of_2(F))
+    BF = min(COLS, next_power_of_2(F))
     BF = max(BF, BS)
-    return 32, BF
+    return ROWS, BF
 
 
 class GateProjection(NamedTuple):
@@ -335,7 +342,7 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
                               s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
-                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=4)
+                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=NUM_WARPS)
     return (out, partial) if G else out
 
 
@@ -344,14 +351,11 @@ def gate_column_blocks(F: int, BS: int) -> int:
     return cdiv(F, _tiles(F, BS)[1])
 
 
-_BR_DW = 64          # rows of the weight-gradient kernel's tiles
-
-
 def _weight_grad_split(N: int) -> tuple[int, int]:
     """(programs, rows per program) of the backward's weight-gradient kernel along the rows: up
-    to 32 programs, each over a range of whole tiles."""
-    programs = max(1, min(cdiv(N, _BR_DW), 32))
-    rows_per_program = cdiv(cdiv(N, programs), _BR_DW) * _BR_DW if N else _BR_DW
+    to DW_PROGRAMS programs, each over a range of whole tiles."""
+    programs = max(1, min(cdiv(N, DW_ROWS), DW_PROGRAMS))
+    rows_per_program = cdiv(cdiv(N, programs), DW_ROWS) * DW_ROWS if N else DW_ROWS
     return (cdiv(N, rows_per_program) if N else 1), rows_per_program
 
 
@@ -426,7 +430,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(cdiv(N, BR), cdiv(F, BF))](
         dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
-        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec, num_warps=4)
+        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec, num_warps=NUM_WARPS)
     BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
@@ -438,9 +442,9 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     headwise_bwd_dw_kernel[(programs, cdiv(F, BF_dw))](
         x, weight, bias if bias is not None else weight, dout, partial, *d_gate_args[:2], w0, w1, gate_partial, N, F,
         x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col,
-        gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=_BR_DW, BF=BF_dw,
+        gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=DW_ROWS, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
-        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=4, num_stages=_dw_stages(x.dtype))
+        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
