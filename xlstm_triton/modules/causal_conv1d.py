@@ -11,8 +11,8 @@ The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is 
 cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
 Here the forward is one kernel (x read once per tap from cache, y written once), and the
 backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and, per
-program of several row tiles, partial sums of d weight and d bias; one gathers d x from d pre. d state (K - 1 rows) is a few
-PyTorch ops.
+program of several row tiles, partial sums of d weight and d bias; one gathers d x from d pre.
+d state (K - 1 rows) is a few PyTorch ops.
 
 `causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
 CPU without TRITON_INTERPRET=1 and for float64, `causal_conv1d_torch` (F.conv1d), which is also
@@ -157,7 +157,7 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
     if J0 + 3 < K:
         tl.store(partial_ptr + (row + 3) * F + f, tl.sum(a3, axis=0), mask=fm)
     if J0 == 0:
-        tl.store(partial_ptr + (row - J0 + K) * F + f, tl.sum(ab, axis=0), mask=fm)
+        tl.store(partial_ptr + (row + K) * F + f, tl.sum(ab, axis=0), mask=fm)
 
 
 @cached_launch
@@ -186,7 +186,8 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(t < S)[:, None] & fm[None, :])
 
 
-# Warps of the backward's two kernels (8 on the second: 483 against 271 us, bench/NOTES.md).
+# Warps of the backward's two kernels (8 warps at the old 64 x 128 tiles: 483 against 271 us
+# for the whole backward on an H200, bench/NOTES.md).
 BWD_NUM_WARPS = 4
 # The backward's first kernel: tiles of BWD_ROWS x BWD_COLS, up to BWD_TILES of them (down the
 # rows) per program; its second kernel: tiles of 64 rows x BWD_COLS. H100, B x S = 16,384,
