@@ -8,6 +8,8 @@ A VARIANT is a comma-separated list of module.CONST=value (value a Python litera
     xlstm_triton.modules.headwise_linear.ROWS=64,xlstm_triton.modules.headwise_linear.NUM_WARPS=8
     "xlstm_triton.ops.mlstm.op.CONFIG_OVERRIDES={'num_warps_states': 8}"
 
+(a dict value, whose commas are its own, is the variant's only assignment).
+
 The defaults run first, then each variant (the constants put back after it). The layer is the
 `bench model` paper LM's (E = 1,024, 4 heads of 512, conv 4, blocks of 4, bf16), over
 16,384 tokens (B = 16,384 / ctx). Printed per variant: the forward + backward's do_bench

@@ -250,7 +250,7 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     dpre = new_empty((B, S, F), x.dtype, x.device)
     pre_grid = (B, cdiv(S, PT * TILES), grid[2])
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
-    for j0 in range(0, K, 4):        # the first group of taps writes d pre, the later ones read nothing of it
+    for j0 in range(0, K, 4):        # groups of four taps; the first writes d pre, later ones recompute it
         causal_conv1d_bwd_pre_kernel[pre_grid](
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,

@@ -253,7 +253,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
 
 # Tiles of the forward and d x kernels (rows x columns), and of the weight-gradient kernel
 # (rows; its programs along the rows, at most DW_PROGRAMS), on NUM_WARPS warps; module
-# constants so that `bench.tools.ab_headwise` can time other choices.
+# constants so that `bench.tools.ab_layer` can time other choices.
 ROWS, COLS, NUM_WARPS = 32, 64, 4
 DW_ROWS, DW_PROGRAMS = 64, 32
 
@@ -342,7 +342,8 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
                               s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
-                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), num_warps=NUM_WARPS)
+                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device),
+                              num_warps=NUM_WARPS)
     return (out, partial) if G else out
 
 
