@@ -11,13 +11,15 @@ from xlstm_triton.modules import LinearHeadwise
 from xlstm_triton.modules.headwise_linear import headwise_linear, headwise_linear_torch
 
 
-@pytest.fixture(params=[("sum", 1), ("dot", 1), ("dot", 3)], ids=["sum", "dot", "dot-3-row-tiles"])
+@pytest.fixture(params=[("sum", 1, False), ("dot", 1, True), ("dot", 3, False), ("sum", 2, True)],
+                ids=["sum", "dot-columns-first", "dot-3-row-tiles", "sum-2-row-tiles-columns-first"])
 def block_product(request, monkeypatch):
-    """The forward and d x kernels' block product (registers or tensor cores) and row tiles per
-    program (3: a program's prefetch past its last tile and past N)."""
+    """The forward and d x kernels' block product (registers or tensor cores), row tiles per
+    program (3: a program's prefetch past its last tile and past N) and program order."""
     module = importlib.import_module("xlstm_triton.modules.headwise_linear")     # not the function of that name
     monkeypatch.setattr(module, "BLOCK_PRODUCT", request.param[0])
     monkeypatch.setattr(module, "ROW_TILES", request.param[1])
+    monkeypatch.setattr(module, "COLUMNS_FIRST", request.param[2])
     return request.param
 
 

@@ -80,12 +80,23 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f
     return acc
 
 
+@triton.jit
+def _tile_of_program(COLS_FIRST: tl.constexpr):
+    """(sequence, row tile, column tile) of this program: the grid is (B, row tiles, column
+    tiles), or with COLS_FIRST (column tiles, row tiles, B), so that consecutive programs take
+    the column tiles of the same rows (the programs running at once read whole rows)."""
+    if COLS_FIRST:
+        return tl.program_id(2).to(tl.int64), tl.program_id(1), tl.program_id(0)
+    return tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, y_ptr, S, F,
                              K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
-    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
+                             COLS_FIRST: tl.constexpr):
+    b, pt, pf = _tile_of_program(COLS_FIRST)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
@@ -112,14 +123,15 @@ def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
                                  partial_ptr, S, F, K: tl.constexpr, J0: tl.constexpr, BT: tl.constexpr,
                                  TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
+                             COLS_FIRST: tl.constexpr):
     """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
     partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
     and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
     elementwise and over the rows once at the end (a reduction across warps per tile and tap
     cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
     ...); the first group writes d pre."""
-    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    b, pt, pf = _tile_of_program(COLS_FIRST)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
     a0 = tl.zeros((BT, BF), dtype=tl.float32)
@@ -163,10 +175,11 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
-                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
+                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr,
+                                COLS_FIRST: tl.constexpr):
     """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
     those before the end of t's sequence)."""
-    b, pt, pf = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    b, pt, pf = _tile_of_program(COLS_FIRST)
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
@@ -194,10 +207,18 @@ BWD_NUM_WARPS = 4
 # F = 2,048, the whole backward: 279.6 us before (64 x 128 tiles, one per program in the
 # first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6 (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 16
+# The programs' order in all three kernels: the column tiles of the same rows first (else the
+# sequences', then the row tiles').
+COLUMNS_FIRST = False
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
+
+
+def _grid(B: int, row_tiles: int, col_tiles: int) -> tuple[int, int, int]:
+    """The launch grid of (B, row tiles, column tiles) programs in `COLUMNS_FIRST`'s order."""
+    return (col_tiles, row_tiles, B) if COLUMNS_FIRST else (B, row_tiles, col_tiles)
 
 
 def _bwd_pre_tiles(S: int, F: int) -> tuple[int, int, int]:
@@ -220,10 +241,10 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     K = weight.shape[1]
     y = new_empty((B, S, F), x.dtype, x.device)
     BT, BF = _tiles(S, F)
-    causal_conv1d_fwd_kernel[(B, cdiv(S, BT), cdiv(F, BF))](
+    causal_conv1d_fwd_kernel[_grid(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         *_varlen_args(x, cu_seqlens), y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
-        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, COLS_FIRST=COLUMNS_FIRST, num_warps=4)
     return y
 
 
@@ -251,15 +272,16 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     pre_grid = (B, cdiv(S, PT * TILES), grid[2])
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
     for j0 in range(0, K, 4):        # groups of four taps; the first writes d pre, later ones recompute it
-        causal_conv1d_bwd_pre_kernel[pre_grid](
+        causal_conv1d_bwd_pre_kernel[_grid(*pre_grid)](
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
             BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
-            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
+            VARLEN=cu_seqlens is not None, COLS_FIRST=COLUMNS_FIRST, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[grid](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
-                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=BWD_NUM_WARPS)
+    causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
+                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, COLS_FIRST=COLUMNS_FIRST,
+                                      num_warps=BWD_NUM_WARPS)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)

@@ -68,6 +68,20 @@ def _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr,
 
 
 @triton.jit
+def _tile_of_program(N, F, R: tl.constexpr, C: tl.constexpr, COLS_FIRST: tl.constexpr):
+    """(row block, column block) of this program on a 1-D grid of cdiv(N, R) x cdiv(F, C):
+    COLS_FIRST: consecutive programs take the column blocks of one row block (the programs
+    running at once read whole rows, DRAM pages at a time); else the row blocks of one column."""
+    pid = tl.program_id(0)
+    if COLS_FIRST:
+        n_f = tl.cdiv(F, C)
+        return pid // n_f, pid % n_f
+    else:
+        n_r = tl.cdiv(N, R)
+        return pid % n_r, pid // n_r
+
+
+@triton.jit
 def _block_diagonal(w_ptr, m, F, cols, col_ok, BS: tl.constexpr):
     """blockdiag(w[m])^T restricted to the column block `cols`, (BF, BF): element (j, c) is
     w[m, c // BS, c % BS, j % BS] where j and c share a block, else 0 (so x @ it = x blockdiag(w[m])^T)."""
@@ -102,14 +116,14 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                         HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                         GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, DOT_BLOCKS: tl.constexpr,
-                        ROW_TILES: tl.constexpr):
+                        ROW_TILES: tl.constexpr, COLS_FIRST: tl.constexpr):
     """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
     gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[g, gcol0 + m F + f]
     (the stored, rounded outputs; float32 sums; the caller adds the column blocks up), plus the
     gate bias [gb0; gb1] in column block 0 with GATE_BIAS. A program walks ROW_TILES tiles of BR
     rows, loading the next tile's x before it works on the current one (loads in flight while
     it computes and stores)."""
-    pid_r, pid_f = tl.program_id(0), tl.program_id(1)
+    pid_r, pid_f = _tile_of_program(N, F, BR * ROW_TILES, BF, COLS_FIRST)
     NBT: tl.constexpr = BF // BS
     cols = pid_f * BF + tl.arange(0, BF)
     col_ok = cols < F
@@ -173,13 +187,13 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
                            DOT_PREC: tl.constexpr, BLOCK_PREC: tl.constexpr, DOT_BLOCKS: tl.constexpr,
-                           ROW_TILES: tl.constexpr):
+                           ROW_TILES: tl.constexpr, COLS_FIRST: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
     dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read). A program walks ROW_TILES
     tiles of BR rows, loading the next tile's dout[0] and dout[1] before it works on the current
     one. DOT_BLOCKS: the block product on the tensor cores (`_block_product`), from dout[m]
     (plus the gate share) rounded to dout's dtype."""
-    pid_r, pid_f = tl.program_id(0), tl.program_id(1)
+    pid_r, pid_f = _tile_of_program(N, F, BR * ROW_TILES, BF, COLS_FIRST)
     NBT: tl.constexpr = BF // BS
     cols = pid_f * BF + tl.arange(0, BF)
     col_ok = cols < F
@@ -313,6 +327,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
 # other choices.
 ROWS, COLS, ROW_TILES, NUM_WARPS = 32, 64, 1, 4
 BLOCK_PRODUCT = "sum"
+COLUMNS_FIRST = False   # the programs' order: the column blocks of a row block first (else its rows)
 DW_ROWS, DW_PROGRAMS = 64, 32
 
 
@@ -387,7 +402,7 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
-    grid = (cdiv(N, BR * ROW_TILES), cdiv(F, BF))
+    grid = (cdiv(N, BR * ROW_TILES), cdiv(F, BF))          # row blocks, column blocks: one program each
     gate_args, G0, G, GP = _gate_args(gates, M, F, weight)
     if not G:
         partial = out
@@ -404,11 +419,12 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
         raise ValueError(f"gate bias: expected two 1-D blocks with unit stride, got "
                          f"{[(tuple(b.shape), b.stride()) for b in gate_bias]}")
     w0, w1, s_gw, col = gate_args
-    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
+    headwise_fwd_kernel[(grid[0] * grid[1],)](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
                               s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
                               GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device),
-                              DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES, num_warps=NUM_WARPS)
+                              DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES, COLS_FIRST=COLUMNS_FIRST,
+                              num_warps=NUM_WARPS)
     return (out, partial) if G else out
 
 
@@ -494,11 +510,11 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR * ROW_TILES), cdiv(F, BF))](
+    headwise_bwd_dx_kernel[(cdiv(N, BR * ROW_TILES) * cdiv(F, BF),)](
         dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
         BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec,
         BLOCK_PREC=dot_precision(dout.dtype, x.device), DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES,
-        num_warps=NUM_WARPS)
+        COLS_FIRST=COLUMNS_FIRST, num_warps=NUM_WARPS)
     BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
