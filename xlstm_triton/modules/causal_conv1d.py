@@ -205,11 +205,12 @@ BWD_NUM_WARPS = 4
 # The backward's first kernel: tiles of BWD_ROWS x BWD_COLS, up to BWD_TILES of them (down the
 # rows) per program; its second kernel: tiles of 64 rows x BWD_COLS. H100, B x S = 16,384,
 # F = 2,048, the whole backward: 279.6 us before (64 x 128 tiles, one per program in the
-# first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6 (bench/NOTES.md).
-BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 16
+# first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6; then x 64:
+# the first kernel 148 -> 131 us (bench/NOTES.md).
+BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
 # The programs' order in all three kernels: the column tiles of the same rows first (else the
-# sequences', then the row tiles').
-COLUMNS_FIRST = False
+# sequences', then the row tiles'). H100, per layer: forward 119 -> 116 us, d x 95 -> 90 us.
+COLUMNS_FIRST = True
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:

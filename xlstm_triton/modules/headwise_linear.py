@@ -322,13 +322,15 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
 
 # Tiles of the forward and d x kernels (rows x columns; ROW_TILES tiles of rows per program),
 # their block product (BLOCK_PRODUCT "dot": on the tensor cores; "sum": in float32 registers),
-# and the weight-gradient kernel's tiles (rows; its programs along the rows, at most
-# DW_PROGRAMS), on NUM_WARPS warps; module constants so that `bench.tools.ab_layer` can time
+# and the weight-gradient kernel's tiles (DW_ROWS x at most DW_COLS; its programs along the
+# rows, at most DW_PROGRAMS), on NUM_WARPS warps; module constants so that `bench.tools.ab_layer` can time
 # other choices.
 ROWS, COLS, ROW_TILES, NUM_WARPS = 32, 64, 1, 4
 BLOCK_PRODUCT = "sum"
-COLUMNS_FIRST = False   # the programs' order: the column blocks of a row block first (else its rows)
-DW_ROWS, DW_PROGRAMS = 64, 32
+# The programs' order: the column blocks of a row block first (else the row blocks of a column
+# block). H100, the paper layer's 4 forward calls: 0.330 -> 0.284 ms (bench/NOTES.md).
+COLUMNS_FIRST = True
+DW_ROWS, DW_COLS, DW_PROGRAMS = 64, 64, 32
 
 
 def _tiles(F: int, BS: int) -> tuple[int, int]:
@@ -515,7 +517,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec,
         BLOCK_PREC=dot_precision(dout.dtype, x.device), DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES,
         COLS_FIRST=COLUMNS_FIRST, num_warps=NUM_WARPS)
-    BF_dw = max(16, BF)     # tl.dot tiles: at least 16 each way
+    BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
     if own:
