@@ -1,26 +1,12 @@
 """The tiny-block block-diagonal projection against its einsum in float64: outputs, d x,
 d weight, d bias; several outputs from one input; odd row counts; the fallbacks."""
 
-import importlib
-
 import pytest
 import torch
 
 from tests.helpers import TOL, assert_close, weighted_sum_loss
 from xlstm_triton.modules import LinearHeadwise
 from xlstm_triton.modules.headwise_linear import headwise_linear, headwise_linear_torch
-
-
-@pytest.fixture(params=[("sum", 1, False), ("dot", 1, True), ("dot", 3, False), ("sum", 2, True)],
-                ids=["sum", "dot-columns-first", "dot-3-row-tiles", "sum-2-row-tiles-columns-first"])
-def block_product(request, monkeypatch):
-    """The forward and d x kernels' block product (registers or tensor cores), row tiles per
-    program (3: a program's prefetch past its last tile and past N) and program order."""
-    module = importlib.import_module("xlstm_triton.modules.headwise_linear")     # not the function of that name
-    monkeypatch.setattr(module, "BLOCK_PRODUCT", request.param[0])
-    monkeypatch.setattr(module, "ROW_TILES", request.param[1])
-    monkeypatch.setattr(module, "COLUMNS_FIRST", request.param[2])
-    return request.param
 
 
 def reference(x, weight, bias, upstream):
@@ -32,7 +18,7 @@ def reference(x, weight, bias, upstream):
 
 @pytest.mark.parametrize("M, BS, F, N, bias", [(2, 4, 48, 37, False), (1, 4, 200, 5, True), (3, 2, 18, 70, True),
                                               (1, 8, 16, 1, False)])
-def test_matches_float64_einsum(M, BS, F, N, bias, device, poison, block_product):
+def test_matches_float64_einsum(M, BS, F, N, bias, device, poison):
     x = torch.randn(N, F, device=device, requires_grad=True)
     weight = torch.randn(M, F // BS, BS, BS, device=device, requires_grad=True)
     b = torch.randn(M, F, device=device, requires_grad=True) if bias else None
@@ -50,7 +36,7 @@ def test_matches_float64_einsum(M, BS, F, N, bias, device, poison, block_product
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_many_row_tiles(dtype, device, poison, block_product):
+def test_many_row_tiles(dtype, device, poison):
     """More rows than one program's share (the d weight kernel loops over row tiles and its
     partial sums are added up), a column count no tile size divides, 16-bit inputs."""
     M, BS, F, N = 2, 4, 72, 2500
@@ -141,8 +127,7 @@ def test_backward_into_a_strided_gradient_adding(device):
                          [(torch.float32, 2, 4, 200, 37, 4, 8, 0, False),
                           (torch.float32, 1, 4, 48, 70, 2, 3, 96, True),
                           (torch.bfloat16, 2, 4, 72, 300, 4, 8, 72, True)])
-def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G0, G, col, bias, device, poison,
-                                            block_product):
+def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G0, G, col, bias, device, poison):
     """The fused gate projection (the paper layer's i, f gates of cat(q, k, v)): the gate weight
     W (G, C) in two row blocks, this call's outputs at columns col.. of it. The forward's
     column-block partial sums (with the gate bias where the call carries it) add up to

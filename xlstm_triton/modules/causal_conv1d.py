@@ -81,22 +81,20 @@ def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f
 
 
 @triton.jit
-def _tile_of_program(COLS_FIRST: tl.constexpr):
-    """(sequence, row tile, column tile) of this program: the grid is (B, row tiles, column
-    tiles), or with COLS_FIRST (column tiles, row tiles, B), so that consecutive programs take
-    the column tiles of the same rows (the programs running at once read whole rows)."""
-    if COLS_FIRST:
-        return tl.program_id(2).to(tl.int64), tl.program_id(1), tl.program_id(0)
-    return tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+def _tile_of_program():
+    """(sequence, row tile, column tile) of this program on the grid (column tiles, row tiles,
+    B): consecutive programs take the column tiles of the same rows, so the programs running at
+    once read whole rows (H100, paper layer: forward 119 -> 116 us, d x 95 -> 90 us against the
+    grid in the other order, bench/NOTES.md)."""
+    return tl.program_id(2).to(tl.int64), tl.program_id(1), tl.program_id(0)
 
 
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, y_ptr, S, F,
                              K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
-                             COLS_FIRST: tl.constexpr):
-    b, pt, pf = _tile_of_program(COLS_FIRST)
+                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
+    b, pt, pf = _tile_of_program()
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
@@ -123,15 +121,14 @@ def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
                                  partial_ptr, S, F, K: tl.constexpr, J0: tl.constexpr, BT: tl.constexpr,
                                  TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
-                             COLS_FIRST: tl.constexpr):
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
     """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
     partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
     and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
     elementwise and over the rows once at the end (a reduction across warps per tile and tap
     cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
     ...); the first group writes d pre."""
-    b, pt, pf = _tile_of_program(COLS_FIRST)
+    b, pt, pf = _tile_of_program()
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
     a0 = tl.zeros((BT, BF), dtype=tl.float32)
@@ -175,11 +172,10 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
-                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr,
-                                COLS_FIRST: tl.constexpr):
+                                BT: tl.constexpr, BF: tl.constexpr, VARLEN: tl.constexpr, ACCUMULATE: tl.constexpr):
     """dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j], over the steps of t's own sequence (VARLEN:
     those before the end of t's sequence)."""
-    b, pt, pf = _tile_of_program(COLS_FIRST)
+    b, pt, pf = _tile_of_program()
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
@@ -208,18 +204,14 @@ BWD_NUM_WARPS = 4
 # first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6; then x 64:
 # the first kernel 148 -> 131 us (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
-# The programs' order in all three kernels: the column tiles of the same rows first (else the
-# sequences', then the row tiles'). H100, per layer: forward 119 -> 116 us, d x 95 -> 90 us.
-COLUMNS_FIRST = True
-
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
 
 def _grid(B: int, row_tiles: int, col_tiles: int) -> tuple[int, int, int]:
-    """The launch grid of (B, row tiles, column tiles) programs in `COLUMNS_FIRST`'s order."""
-    return (col_tiles, row_tiles, B) if COLUMNS_FIRST else (B, row_tiles, col_tiles)
+    """The launch grid of B x row tiles x column tiles programs (`_tile_of_program`)."""
+    return (col_tiles, row_tiles, B)
 
 
 def _bwd_pre_tiles(S: int, F: int) -> tuple[int, int, int]:
@@ -245,7 +237,7 @@ def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     causal_conv1d_fwd_kernel[_grid(B, cdiv(S, BT), cdiv(F, BF))](
         x, x.stride(0), x.stride(1), state if state is not None else x, weight, bias if bias is not None else weight,
         *_varlen_args(x, cu_seqlens), y, S, F, K=K, BT=BT, BF=BF, HAS_STATE=state is not None,
-        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, COLS_FIRST=COLUMNS_FIRST, num_warps=4)
+        HAS_BIAS=bias is not None, SILU=silu, VARLEN=cu_seqlens is not None, num_warps=4)
     return y
 
 
@@ -277,12 +269,12 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
             BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
-            VARLEN=cu_seqlens is not None, COLS_FIRST=COLUMNS_FIRST, num_warps=BWD_NUM_WARPS)
+            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
-                                      VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, COLS_FIRST=COLUMNS_FIRST,
-                                      num_warps=BWD_NUM_WARPS)
+    causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT,
+                                              BF=BF, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate,
+                                              num_warps=BWD_NUM_WARPS)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)

@@ -68,44 +68,26 @@ def _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcols, col_ok, G0: tl.constexpr,
 
 
 @triton.jit
-def _tile_of_program(N, F, R: tl.constexpr, C: tl.constexpr, COLS_FIRST: tl.constexpr):
-    """(row block, column block) of this program on a 1-D grid of cdiv(N, R) x cdiv(F, C):
-    COLS_FIRST: consecutive programs take the column blocks of one row block (the programs
-    running at once read whole rows, DRAM pages at a time); else the row blocks of one column."""
+def _tile_of_program(F, BF: tl.constexpr):
+    """(row block, column block) of this program on a 1-D grid of row blocks x column blocks,
+    the column blocks of a row block consecutive: the programs running at once read and write
+    whole rows (DRAM pages at a time; programs of one column block down the rows were 14% slower in
+    the forward on an H100, bench/NOTES.md)."""
     pid = tl.program_id(0)
-    if COLS_FIRST:
-        n_f = tl.cdiv(F, C)
-        return pid // n_f, pid % n_f
-    else:
-        n_r = tl.cdiv(N, R)
-        return pid % n_r, pid // n_r
+    n_f = tl.cdiv(F, BF)
+    return pid // n_f, pid % n_f
 
 
 @triton.jit
-def _block_diagonal(w_ptr, m, F, cols, col_ok, BS: tl.constexpr):
-    """blockdiag(w[m])^T restricted to the column block `cols`, (BF, BF): element (j, c) is
-    w[m, c // BS, c % BS, j % BS] where j and c share a block, else 0 (so x @ it = x blockdiag(w[m])^T)."""
-    same = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None] & col_ok[None, :]
-    return tl.load(w_ptr + m * F * BS + cols[None, :] * BS + (cols[:, None] % BS), mask=same, other=0.0)
-
-
-@triton.jit
-def _block_product(x, w_ptr, m, F, blocks, o, bias_ptr, cols, col_ok, BR: tl.constexpr, BF: tl.constexpr,
-                   BS: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_BLOCKS: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Output m of the tile x (BR, BF) (x's dtype): x blockdiag(w[m])^T (+ bias[m]), float32.
-    DOT_BLOCKS: one (BR, BF) x (BF, BF) product on the tensor cores with the block-diagonal tile
-    (zeros off the blocks: BF / BS times the work, which the tensor cores have to spare);
-    else products and sums of the BS x BS blocks in float32 registers."""
-    if DOT_BLOCKS:
-        wd = _block_diagonal(w_ptr, m, F, cols, col_ok, BS).to(x.dtype)
-        y = mma(x, wd, tl.zeros((BR, BF), dtype=tl.float32), DOT_PREC)
-    else:
-        NBT: tl.constexpr = BF // BS
-        w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
-        w = tl.load(w_ptr + m * F * BS + w_offs, mask=(blocks < F // BS)[:, None, None], other=0.0).to(tl.float32)
-        y = tl.reshape(tl.sum(tl.reshape(x.to(tl.float32), (BR, NBT, 1, BS)) * w[None, :, :, :], axis=3), (BR, BF))
+def _block_product(x, w_ptr, m, F, blocks, o, bias_ptr, cols, BR: tl.constexpr, BF: tl.constexpr,
+                   BS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Output m of the tile x (BR, BF) float32: x blockdiag(w[m])^T (+ bias[m]), float32."""
+    NBT: tl.constexpr = BF // BS
+    w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
+    w = tl.load(w_ptr + m * F * BS + w_offs, mask=(blocks < F // BS)[:, None, None], other=0.0).to(tl.float32)
+    y = tl.reshape(tl.sum(tl.reshape(x, (BR, NBT, 1, BS)) * w[None, :, :, :], axis=3), (BR, BF))
     if HAS_BIAS:
-        y += tl.load(bias_ptr + m * F + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        y += tl.load(bias_ptr + m * F + cols, mask=cols < F, other=0.0).to(tl.float32)[None, :]
     return y
 
 
@@ -115,48 +97,35 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
                         s_gw, gcol0,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                         HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, DOT_BLOCKS: tl.constexpr,
-                        ROW_TILES: tl.constexpr, COLS_FIRST: tl.constexpr):
+                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
     """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
     gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[g, gcol0 + m F + f]
     (the stored, rounded outputs; float32 sums; the caller adds the column blocks up), plus the
-    gate bias [gb0; gb1] in column block 0 with GATE_BIAS. A program walks ROW_TILES tiles of BR
-    rows, loading the next tile's x before it works on the current one (loads in flight while
-    it computes and stores)."""
-    pid_r, pid_f = _tile_of_program(N, F, BR * ROW_TILES, BF, COLS_FIRST)
+    gate bias [gb0; gb1] in column block 0 with GATE_BIAS."""
+    pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
+    rows = pid_r * BR + tl.arange(0, BR)
     cols = pid_f * BF + tl.arange(0, BF)
     col_ok = cols < F
+    mask = (rows < N)[:, None] & col_ok[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
     g = tl.arange(0, GP)
-    if GATE_BIAS:
-        gb = tl.where(pid_f == 0, _stacked_load(gb0_ptr, gb1_ptr, g, G0, G, 1, 0, True), 0.0)
-    first = pid_r * ROW_TILES * BR
-    rows = first + tl.arange(0, BR)
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :],
-                mask=(rows < N)[:, None] & col_ok[None, :], other=0.0)
-    for t in range(ROW_TILES):
-        rows = first + t * BR + tl.arange(0, BR)
-        mask = (rows < N)[:, None] & col_ok[None, :]
-        nxt = rows + BR
-        x_next = tl.load(x_ptr + nxt.to(tl.int64)[:, None] * s_x + cols[None, :],
-                         mask=((nxt < N) & (t + 1 < ROW_TILES))[:, None] & col_ok[None, :], other=0.0)
-        gates = tl.zeros((BR, GP), dtype=tl.float32)
-        for m in tl.static_range(M):
-            y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, col_ok, BR, BF, BS, HAS_BIAS, DOT_BLOCKS,
-                               DOT_PREC)
-            y = y.to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
-            if G > 0:
-                gw = _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-                gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
+    gates = tl.zeros((BR, GP), dtype=tl.float32)
+    for m in tl.static_range(M):
+        y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
+        y = y.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
         if G > 0:
-            if GATE_BIAS:
-                gates += gb[None, :]
-            tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
-                     mask=(rows < N)[:, None] & (g < G)[None, :])
-        x = x_next
+            gw = _gate_weight_tile_t(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            gates = mma(y, gw.to(y.dtype), gates, DOT_PREC)
+    if G > 0:
+        if GATE_BIAS:
+            gb = _stacked_load(gb0_ptr, gb1_ptr, g, G0, G, 1, 0, True)
+            gates += tl.where(pid_f == 0, gb, 0.0)[None, :]
+        tl.store(gp_ptr + (pid_f * N + rows.to(tl.int64))[:, None] * G + g[None, :], gates,
+                 mask=(rows < N)[:, None] & (g < G)[None, :])
 
 
 @triton.jit
@@ -172,76 +141,49 @@ def _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S, s_dgb, s_dgs, s_dgg, G0: tl.cons
     return _stacked_load(dg0_ptr, dg1_ptr, g[None, :], G0, G, s_dgg, off[:, None], (rows < N)[:, None])
 
 
-@triton.jit
-def _rows_tile(ptr, rows, N, stride, cols, col_ok, ok):
-    """The (BR, BF) tile at `rows`, `cols` of a row-major tensor (row stride `stride`), zeros
-    outside N rows, col_ok and where `ok` is false (the prefetch past a program's last tile)."""
-    return tl.load(ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :],
-                   mask=((rows < N) & ok)[:, None] & col_ok[None, :], other=0.0)
-
-
 @cached_launch
 @triton.jit
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, S_dg, s_dgb,
                            s_dgs, s_dgg, s_gw, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                           DOT_PREC: tl.constexpr, BLOCK_PREC: tl.constexpr, DOT_BLOCKS: tl.constexpr,
-                           ROW_TILES: tl.constexpr, COLS_FIRST: tl.constexpr):
+                           DOT_PREC: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
-    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read). A program walks ROW_TILES
-    tiles of BR rows, loading the next tile's dout[0] and dout[1] before it works on the current
-    one. DOT_BLOCKS: the block product on the tensor cores (`_block_product`), from dout[m]
-    (plus the gate share) rounded to dout's dtype."""
-    pid_r, pid_f = _tile_of_program(N, F, BR * ROW_TILES, BF, COLS_FIRST)
+    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read)."""
+    pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
+    rows = pid_r * BR + tl.arange(0, BR)
     cols = pid_f * BF + tl.arange(0, BF)
     col_ok = cols < F
+    mask = (rows < N)[:, None] & col_ok[None, :]
     blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
-    first = pid_r * ROW_TILES * BR
-    rows = first + tl.arange(0, BR)
-    d0 = _rows_tile(dout_ptr, rows, N, F, cols, col_ok, True)
-    if M > 1:
-        d1 = _rows_tile(dout_ptr + N * F, rows, N, F, cols, col_ok, True)
-    for t in range(ROW_TILES):
-        rows = first + t * BR + tl.arange(0, BR)
-        mask = (rows < N)[:, None] & col_ok[None, :]
-        d0_next = _rows_tile(dout_ptr, rows + BR, N, F, cols, col_ok, t + 1 < ROW_TILES)
-        if M > 1:
-            d1_next = _rows_tile(dout_ptr + N * F, rows + BR, N, F, cols, col_ok, t + 1 < ROW_TILES)
-        if G > 0:
-            dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-        if DOT_BLOCKS:
-            dx = tl.zeros((BR, BF), dtype=tl.float32)
-        else:
-            dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
-        for m in tl.static_range(M):
-            if m == 0:
-                d = d0
-            elif m == 1:
-                d = d1
-            else:
-                d = _rows_tile(dout_ptr + m * N * F, rows, N, F, cols, col_ok, True)
-            if G > 0:   # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
-                gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-                d = mma(dg, gw, d.to(tl.float32), DOT_PREC)
-            if DOT_BLOCKS:
-                wd = _block_diagonal(w_ptr, m, F, cols, col_ok, BS).to(dout_ptr.dtype.element_ty)
-                dx = mma(d.to(dout_ptr.dtype.element_ty), tl.trans(wd), dx, BLOCK_PREC)
-            else:
-                w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
-                dx += tl.sum(tl.reshape(d.to(tl.float32), (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
-        dx = tl.reshape(dx, (BR, BF))
-        dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
-        if ACCUMULATE:
-            dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        d0 = d0_next
-        if M > 1:
-            d1 = d1_next
+    if G > 0:
+        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
+    dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
+    for m in tl.static_range(M):
+        d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        if G > 0:       # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
+            gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
+            d = mma(dg, gw, d, DOT_PREC)
+        w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
+        dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
+    dx = tl.reshape(dx, (BR, BF))
+    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
+    if ACCUMULATE:
+        dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _block_diagonal(w_ptr, m, F, cols, col_ok, BS: tl.constexpr):
+    """blockdiag(w[m])^T restricted to the column block `cols`, (BF, BF): element (j, c) is
+    w[m, c // BS, c % BS, j % BS] where j and c share a block, else 0 (so x @ it = x blockdiag(w[m])^T)."""
+    same = (cols[:, None] // BS == cols[None, :] // BS) & col_ok[:, None] & col_ok[None, :]
+    return tl.load(w_ptr + m * F * BS + cols[None, :] * BS + (cols[:, None] % BS), mask=same, other=0.0)
 
 
 @cached_launch
@@ -320,16 +262,13 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                 tl.store(gbase + G * C_g + g, dg_sum, mask=g < G)
 
 
-# Tiles of the forward and d x kernels (rows x columns; ROW_TILES tiles of rows per program),
-# their block product (BLOCK_PRODUCT "dot": on the tensor cores; "sum": in float32 registers),
-# and the weight-gradient kernel's tiles (DW_ROWS x at most DW_COLS; its programs along the
-# rows, at most DW_PROGRAMS), on NUM_WARPS warps; module constants so that `bench.tools.ab_layer` can time
-# other choices.
-ROWS, COLS, ROW_TILES, NUM_WARPS = 32, 64, 1, 4
-BLOCK_PRODUCT = "sum"
-# The programs' order: the column blocks of a row block first (else the row blocks of a column
-# block). H100, the paper layer's 4 forward calls: 0.330 -> 0.284 ms (bench/NOTES.md).
-COLUMNS_FIRST = True
+# Tiles of the forward and d x kernels (rows x columns), and of the weight-gradient kernel
+# (DW_ROWS x at most DW_COLS; its programs along the rows, at most DW_PROGRAMS), on NUM_WARPS
+# warps; module constants so that `bench.tools.ab_layer` can time other choices. H100, the
+# paper layer (N = 16,384, F = 2,048), ms per layer's 4 forward / 2 d x calls: 32 x 64 tiles
+# 0.284 / 0.212, 32 x 128 0.265 / 0.188, 32 x 256 0.276 / 0.216, 16 x 256 0.281 / 0.241; 8
+# warps or 64 rows slower (bench/NOTES.md).
+ROWS, COLS, NUM_WARPS = 32, 128, 4
 DW_ROWS, DW_COLS, DW_PROGRAMS = 64, 64, 32
 
 
@@ -337,13 +276,6 @@ def _tiles(F: int, BS: int) -> tuple[int, int]:
     BF = min(COLS, next_power_of_2(F))
     BF = max(BF, BS)
     return ROWS, BF
-
-
-def _dot_blocks(BR: int, BF: int) -> bool:
-    """Whether the block product runs on the tensor cores (tl.dot needs 16 at least each way)."""
-    if BLOCK_PRODUCT not in ("dot", "sum"):
-        raise ValueError(f"BLOCK_PRODUCT: expected 'dot' or 'sum', got {BLOCK_PRODUCT!r}")
-    return BLOCK_PRODUCT == "dot" and BR >= 16 and BF >= 16
 
 
 class GateProjection(NamedTuple):
@@ -404,28 +336,28 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
-    grid = (cdiv(N, BR * ROW_TILES), cdiv(F, BF))          # row blocks, column blocks: one program each
+    grid = (cdiv(N, BR) * cdiv(F, BF),)           # a program per tile (`_tile_of_program`)
+    n_cols = cdiv(F, BF)
     gate_args, G0, G, GP = _gate_args(gates, M, F, weight)
     if not G:
         partial = out
     elif gate_partial is not None:
-        if (gate_partial.shape != (grid[1], N, G) or gate_partial.dtype != torch.float32
+        if (gate_partial.shape != (n_cols, N, G) or gate_partial.dtype != torch.float32
                 or not gate_partial.is_contiguous()):
-            raise ValueError(f"gate_partial: expected a contiguous float32 {(grid[1], N, G)}, got "
+            raise ValueError(f"gate_partial: expected a contiguous float32 {(n_cols, N, G)}, got "
                              f"{tuple(gate_partial.shape)} {gate_partial.dtype}")
         partial = gate_partial
     else:
-        partial = new_empty((grid[1], N, G), torch.float32, x.device)
+        partial = new_empty((n_cols, N, G), torch.float32, x.device)
     gate_bias = gates.bias if G and gates.bias is not None else None
     if gate_bias is not None and (len(gate_bias) != 2 or any(b.dim() != 1 or b.stride(0) != 1 for b in gate_bias)):
         raise ValueError(f"gate bias: expected two 1-D blocks with unit stride, got "
                          f"{[(tuple(b.shape), b.stride()) for b in gate_bias]}")
     w0, w1, s_gw, col = gate_args
-    headwise_fwd_kernel[(grid[0] * grid[1],)](x, weight, bias if bias is not None else weight, out, w0, w1,
+    headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
                               s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
                               GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device),
-                              DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES, COLS_FIRST=COLUMNS_FIRST,
                               num_warps=NUM_WARPS)
     return (out, partial) if G else out
 
@@ -512,11 +444,9 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    headwise_bwd_dx_kernel[(cdiv(N, BR * ROW_TILES) * cdiv(F, BF),)](
+    headwise_bwd_dx_kernel[(cdiv(N, BR) * cdiv(F, BF),)](
         dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
-        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec,
-        BLOCK_PREC=dot_precision(dout.dtype, x.device), DOT_BLOCKS=_dot_blocks(BR, BF), ROW_TILES=ROW_TILES,
-        COLS_FIRST=COLUMNS_FIRST, num_warps=NUM_WARPS)
+        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec, num_warps=NUM_WARPS)
     BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
