@@ -160,21 +160,33 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
     o = tl.arange(0, BS)
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
+    # Every load of the tile first (dout[0], dout[1], the gradient already in dx, d_gates), then
+    # the products: the loads in flight together.
+    d_ptrs = dout_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :]
+    d0 = tl.load(d_ptrs, mask=mask, other=0.0)
+    if M > 1:
+        d1 = tl.load(d_ptrs + N * F, mask=mask, other=0.0)
+    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
+    if ACCUMULATE:
+        before = tl.load(dx_ptrs, mask=mask, other=0.0)
     if G > 0:
         dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
     dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
     for m in tl.static_range(M):
-        d = tl.load(dout_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :],
-                    mask=mask, other=0.0).to(tl.float32)
+        if m == 0:
+            d = d0.to(tl.float32)
+        elif m == 1:
+            d = d1.to(tl.float32)
+        else:
+            d = tl.load(d_ptrs + m * N * F, mask=mask, other=0.0).to(tl.float32)
         if G > 0:       # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
             gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
             d = mma(dg, gw, d, DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
-    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
     if ACCUMULATE:
-        dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
+        dx += before.to(tl.float32)
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
