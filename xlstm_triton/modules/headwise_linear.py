@@ -147,9 +147,10 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
                            s_dgs, s_dgg, s_gw, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                           DOT_PREC: tl.constexpr):
+                           GATE_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
-    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read)."""
+    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read; dg, float32 in memory, and
+    gw multiplied as GATE_DTYPE with DOT_PREC)."""
     pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -160,17 +161,14 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
     o = tl.arange(0, BS)
     w_offs = blocks[:, None, None] * (BS * BS) + o[None, :, None] * BS + o[None, None, :]
     w_mask = (blocks < F // BS)[:, None, None]
-    # Every load of the tile first (dout[0], dout[1], the gradient already in dx, d_gates), then
-    # the products: the loads in flight together.
+    # dout[0] and dout[1] loaded before the products (3bcf889's order: 8% faster than loading
+    # each where it is used with the old gradient in dx first, bench/NOTES.md)
     d_ptrs = dout_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :]
     d0 = tl.load(d_ptrs, mask=mask, other=0.0)
     if M > 1:
         d1 = tl.load(d_ptrs + N * F, mask=mask, other=0.0)
-    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
-    if ACCUMULATE:
-        before = tl.load(dx_ptrs, mask=mask, other=0.0)
     if G > 0:
-        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
+        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP).to(GATE_DTYPE)
     dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
     for m in tl.static_range(M):
         if m == 0:
@@ -181,12 +179,13 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
             d = tl.load(d_ptrs + m * N * F, mask=mask, other=0.0).to(tl.float32)
         if G > 0:       # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
             gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-            d = mma(dg, gw, d, DOT_PREC)
+            d = mma(dg, gw.to(GATE_DTYPE), d, DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
+    dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
     if ACCUMULATE:
-        dx += before.to(tl.float32)
+        dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -205,7 +204,8 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                            gcol0, s_gpp, C_g,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
-                           GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
+                           GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr,
+                           SHARE_DTYPE: tl.constexpr, SHARE_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
     (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read and rounded to
     dout's dtype for the product); program p's block starts at p * s_pp.
@@ -246,7 +246,8 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
                 dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-                d = mma(dg, gw_a, d.to(tl.float32), GATE_PREC).to(x.dtype)
+                dg_s = dg.to(SHARE_DTYPE)
+                d = mma(dg_s, gw_a.to(SHARE_DTYPE), d.to(tl.float32), SHARE_PREC).to(x.dtype)
                 if m0 == 0:
                     dg_x = mma(tl.trans(dg).to(x.dtype), x, dg_x, DOT_PREC)
                     dg_sum += tl.sum(dg, axis=0)
@@ -254,7 +255,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
                 if G > 0:
-                    d = mma(dg, gw_b, d.to(tl.float32), GATE_PREC).to(x.dtype)
+                    d = mma(dg_s, gw_b.to(SHARE_DTYPE), d.to(tl.float32), SHARE_PREC).to(x.dtype)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
         base = partial_ptr + pid_p.to(tl.int64) * s_pp + m0 * F * BS
         tl.store(base + offs, acc_a, mask=diag)
@@ -379,6 +380,19 @@ def gate_column_blocks(F: int, BS: int) -> int:
     return cdiv(F, _tiles(F, BS)[1])
 
 
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+DX_GATE_16BIT = True
+
+
+def _dx_gate_product(dtype: torch.dtype, device: torch.device) -> dict:
+    """How the d x kernel forms the gates' share d_gates @ W: with 16-bit inputs, d_gates rounded
+    to them and one product (the share is added to a 16-bit dout); float32 inputs keep
+    d_gates in float32 with 3xTF32 products."""
+    if DX_GATE_16BIT and dtype != torch.float32:
+        return dict(GATE_DTYPE=_TL_DTYPES[dtype], DOT_PREC=dot_precision(dtype, device))
+    return dict(GATE_DTYPE=tl.float32, DOT_PREC=dot_precision(torch.float32, device))
+
+
 def _weight_grad_split(N: int) -> tuple[int, int]:
     """(programs, rows per program) of the backward's weight-gradient kernel along the rows: up
     to DW_PROGRAMS programs, each over a range of whole tiles."""
@@ -458,7 +472,8 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(cdiv(N, BR) * cdiv(F, BF),)](
         dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
-        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=gate_prec, num_warps=NUM_WARPS)
+        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, **_dx_gate_product(dout.dtype, x.device),
+        num_warps=NUM_WARPS)
     BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
@@ -472,7 +487,10 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col,
         gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=DW_ROWS, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
-        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
+        GATE_BIAS=gate_bias, GATE_PREC=gate_prec,
+        **{k.replace("GATE_DTYPE", "SHARE_DTYPE").replace("DOT_PREC", "SHARE_PREC"): v
+           for k, v in _dx_gate_product(x.dtype, x.device).items()},
+        num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
