@@ -204,8 +204,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                            gcol0, s_gpp, C_g,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
-                           GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr,
-                           SHARE_DTYPE: tl.constexpr, SHARE_PREC: tl.constexpr):
+                           GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
     (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read and rounded to
     dout's dtype for the product); program p's block starts at p * s_pp.
@@ -246,8 +245,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
                 dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-                dg_s = dg.to(SHARE_DTYPE)
-                d = mma(dg_s, gw_a.to(SHARE_DTYPE), d.to(tl.float32), SHARE_PREC).to(x.dtype)
+                d = mma(dg, gw_a, d.to(tl.float32), GATE_PREC).to(x.dtype)
                 if m0 == 0:
                     dg_x = mma(tl.trans(dg).to(x.dtype), x, dg_x, DOT_PREC)
                     dg_sum += tl.sum(dg, axis=0)
@@ -255,7 +253,7 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
                 if G > 0:
-                    d = mma(dg_s, gw_b.to(SHARE_DTYPE), d.to(tl.float32), SHARE_PREC).to(x.dtype)
+                    d = mma(dg, gw_b, d.to(tl.float32), GATE_PREC).to(x.dtype)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
         base = partial_ptr + pid_p.to(tl.int64) * s_pp + m0 * F * BS
         tl.store(base + offs, acc_a, mask=diag)
@@ -381,14 +379,15 @@ def gate_column_blocks(F: int, BS: int) -> int:
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-DX_GATE_16BIT = True
 
 
 def _dx_gate_product(dtype: torch.dtype, device: torch.device) -> dict:
     """How the d x kernel forms the gates' share d_gates @ W: with 16-bit inputs, d_gates rounded
-    to them and one product (the share is added to a 16-bit dout); float32 inputs keep
+    to them and one product (the share is added to a 16-bit dout; on an H100 the kernel went
+    0.222 -> 0.172 ms per paper layer against float32 d_gates with 3xTF32 products, which the
+    d weight kernel keeps: 0.189 against 0.203 ms there, bench/NOTES.md); float32 inputs keep
     d_gates in float32 with 3xTF32 products."""
-    if DX_GATE_16BIT and dtype != torch.float32:
+    if dtype != torch.float32:
         return dict(GATE_DTYPE=_TL_DTYPES[dtype], DOT_PREC=dot_precision(dtype, device))
     return dict(GATE_DTYPE=tl.float32, DOT_PREC=dot_precision(torch.float32, device))
 
@@ -487,10 +486,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         x.stride(0), rows_per_program, partial.stride(0), *d_gate_args[2:], s_gw, col,
         gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=DW_ROWS, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
-        GATE_BIAS=gate_bias, GATE_PREC=gate_prec,
-        **{k.replace("GATE_DTYPE", "SHARE_DTYPE").replace("DOT_PREC", "SHARE_PREC"): v
-           for k, v in _dx_gate_product(x.dtype, x.device).items()},
-        num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
+        GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
     return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
