@@ -206,8 +206,10 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
                            HAS_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, G0: tl.constexpr, G: tl.constexpr,
                            GP: tl.constexpr, GATE_BIAS: tl.constexpr, GATE_PREC: tl.constexpr):
     """partial[p, m, b, o, i] = sum over this program's rows n of dout[m, n, b*BS + o] * x[n, b*BS + i]
-    (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read and rounded to
-    dout's dtype for the product); program p's block starts at p * s_pp.
+    (with G > 0, dout[m] + dg gw[:, gcol0 + m F + cols]); program p's block starts at p * s_pp.
+    The gates' share, sum_n (dg[n] gw[:, c]) x[n, j], is gw^T (dg^T x): the (GP, BF) product
+    dg^T x that the gate weight's gradient needs anyway, times gw once per program (not a
+    product with gw per tile of rows).
 
     With G > 0 also the gate projection's weight gradient: program p's block of gpart (at p *
     s_gpp) holds d W (G, C_g) row-major and then d b (G,); element (g, gcol0 + m F + c) = the sum
@@ -234,27 +236,26 @@ def headwise_bwd_dw_kernel(x_ptr, w_ptr, b_ptr, dout_ptr, partial_ptr, dg0_ptr, 
     for m0 in tl.static_range(0, M, 2):
         acc_a = tl.zeros((BF, BF), dtype=tl.float32)
         acc_b = tl.zeros((BF, BF), dtype=tl.float32)
-        if G > 0:       # the gate weight's tiles of outputs m0 and m0 + 1 (where there is one)
-            gw_a = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols, col_ok, G0, G, GP)
-            if m0 + 1 < M:
-                gw_b = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP)
         for start in range(first, first + rows_per_program, BR):
             rows = (start + tl.arange(0, BR)).to(tl.int64)
             mask = (rows < N)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=mask, other=0.0)
             d = tl.load(dout_ptr + (rows + m0 * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
             if G > 0:
-                dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
-                d = mma(dg, gw_a, d.to(tl.float32), GATE_PREC).to(x.dtype)
                 if m0 == 0:
+                    dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
                     dg_x = mma(tl.trans(dg).to(x.dtype), x, dg_x, DOT_PREC)
                     dg_sum += tl.sum(dg, axis=0)
             acc_a = mma(tl.trans(d), x, acc_a, DOT_PREC)
             if m0 + 1 < M:
                 d = tl.load(dout_ptr + (rows + (m0 + 1) * N)[:, None] * F + cols[None, :], mask=mask, other=0.0)
-                if G > 0:
-                    d = mma(dg, gw_b, d.to(tl.float32), GATE_PREC).to(x.dtype)
                 acc_b = mma(tl.trans(d), x, acc_b, DOT_PREC)
+        if G > 0:       # the gates' share of dout[m], summed over the rows: gw_m^T (dg^T x)
+            gw_a = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m0 * F + cols, col_ok, G0, G, GP)
+            acc_a = mma(tl.trans(gw_a), dg_x, acc_a, GATE_PREC)
+            if m0 + 1 < M:
+                gw_b = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + (m0 + 1) * F + cols, col_ok, G0, G, GP)
+                acc_b = mma(tl.trans(gw_b), dg_x, acc_b, GATE_PREC)
         base = partial_ptr + pid_p.to(tl.int64) * s_pp + m0 * F * BS
         tl.store(base + offs, acc_a, mask=diag)
         if m0 + 1 < M:
