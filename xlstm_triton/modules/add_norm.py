@@ -64,6 +64,19 @@ def add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, mean_ptr, rstd
     tl.store(rstd_ptr + row, rstd)
 
 
+@triton.jit
+def _bwd_row(s_ptr, dy_ptr, ds_ptr, row, cols, mask, D, HAS_DS: tl.constexpr):
+    """Row `row` of s, dy and (HAS_DS) ds as stored (ds is s's placeholder without); zeros where
+    `mask` is false."""
+    off = tl.cast(row, tl.int64) * D + cols
+    s = tl.load(s_ptr + off, mask=mask, other=0.0)
+    dy = tl.load(dy_ptr + off, mask=mask, other=0.0)
+    ds = s
+    if HAS_DS:
+        ds = tl.load(ds_ptr + off, mask=mask, other=0.0)
+    return s, dy, ds
+
+
 @cached_launch
 @triton.jit
 def add_norm_bwd_kernel(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr, partial_ptr, N, D, offset,
@@ -79,10 +92,16 @@ def add_norm_bwd_kernel(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr
     dw = tl.zeros((BLOCK,), dtype=tl.float32)
     db = tl.zeros((BLOCK,), dtype=tl.float32)
     first = pid * rows_per_program
-    for r in range(first, tl.minimum(first + rows_per_program, N)):
+    last = tl.minimum(first + rows_per_program, N)
+    # each row's loads issued one row ahead (the next row's in flight while this one reduces)
+    s_next, dy_next, ds_next = _bwd_row(s_ptr, dy_ptr, ds_ptr, first, cols, mask & (cols * 0 + first < last), D, HAS_DS)
+    for r in range(first, last):
         row = tl.cast(r, tl.int64)
-        s = tl.load(s_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+        s, dy, ds = s_next, dy_next, ds_next
+        s_next, dy_next, ds_next = _bwd_row(s_ptr, dy_ptr, ds_ptr, row + 1, cols, mask & (cols * 0 + r + 1 < last),
+                                               D, HAS_DS)
+        s = s.to(tl.float32)
+        dy = dy.to(tl.float32)
         rstd = tl.load(rstd_ptr + row)
         xhat = tl.where(mask, (s - tl.load(mean_ptr + row)) * rstd, 0.0)
         wdy = w * dy
@@ -91,7 +110,7 @@ def add_norm_bwd_kernel(s_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, ds_ptr, dx_ptr
             dx -= tl.sum(wdy, axis=0) / D
         dx = dx * rstd
         if HAS_DS:
-            dx += tl.load(ds_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+            dx += ds.to(tl.float32)
         tl.store(dx_ptr + row * D + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
