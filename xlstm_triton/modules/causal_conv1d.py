@@ -10,11 +10,12 @@ first step, from its own state row (N, K - 1, F).
 The layers' convolution (kernel 4, then SiLU) is memory-bound; in PyTorch it is a padded copy,
 cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate passes, each way.
 Here the forward is one kernel (x read once per tap from cache, y written once), and the
-backward one pass (`FUSED_BACKWARD`): it recomputes pre (cheap, nothing but x is saved) and d pre
-for each row tile and the K - 1 steps after it, gathers d x from them and forms, per program of
-several row tiles, partial sums of d weight and d bias; d pre is never stored (but for the
-first K - 1 steps of each sequence when a state is carried: d state is a few PyTorch ops on
-them). The two-kernel form (d pre stored, then d x from it) stays for comparison.
+backward one pass (`FUSED_BACKWARD`): it recomputes pre (cheap, nothing but x is saved) and d
+pre tile by tile, gathers d x from them one tile behind (through a small ring in cache) and
+forms, per program of several row tiles, partial sums of d weight and d bias; d pre is not
+stored (but for the first K - 1 steps of each sequence when a state is carried: d state is a
+few PyTorch ops on them). The two-kernel form (d pre stored, then d x from it) stays for
+comparison.
 
 `causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
 CPU without TRITON_INTERPRET=1 and for float64, `causal_conv1d_torch` (F.conv1d), which is also
@@ -140,17 +141,23 @@ def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
                              partial_ptr, dx_ptr, s_dxb, s_dxs, ring_ptr, S, F, K: tl.constexpr, J0: tl.constexpr,
                              BT: tl.constexpr, TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
                              HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
-                             ACCUMULATE: tl.constexpr):
-    """The whole backward in one pass, d pre not stored to memory: `causal_conv1d_bwd_pre_kernel`'s
-    d pre and partial sums of d weight and d bias (taps J0 .. J0 + 3), and (J0 = 0)
+                             ACCUMULATE: tl.constexpr, ONE_PASS: tl.constexpr):
+    """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
+    partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
+    and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
+    elementwise and over the rows once at the end (a reduction across warps per tile and tap
+    cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
+    ...); later groups form only their taps' sums.
+
+    Without ONE_PASS the first group writes d pre (`causal_conv1d_bwd_dx_kernel` forms d x from
+    it). With ONE_PASS it also forms, one tile behind,
         dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j]   (the steps of t's own sequence)
-    one tile behind: d x of tile i needs d pre of tile i's steps and of the K - 1 after them,
-    in tile i + 1 (K - 1 <= BT). Each tile's d pre goes to the program's ring of two tiles
-    (ring_ptr + program * 2 BT BF, float32; row r in ring row r % 2 BT), which stays in
-    cache, and d x reads it back shifted; the loop runs one tile past the program's rows (the
-    next program's first tile, recomputed: it only feeds d x). With HAS_STATE, d pre at the
-    first K - 1 steps of each sequence goes to dpre_ptr (d state reads them). Launched once per
-    group of four taps; later groups form only their taps' partial sums (no ring)."""
+    and d pre is not stored: d x of tile i needs d pre of tile i's steps and of the K - 1
+    after them, in tile i + 1 (K - 1 <= BT). Each tile's d pre goes to the program's ring of
+    two tiles (ring_ptr + program * 2 BT BF, float32; row r in ring row r % 2 BT), which stays
+    in cache, and d x reads it back shifted; the loop runs one tile past the program's rows
+    (the next program's first tile, recomputed: it only feeds d x). With HAS_STATE, d pre at
+    the first K - 1 steps of each sequence still goes to dpre_ptr (d state reads them)."""
     b, pt, pf = _tile_of_program()
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
@@ -159,16 +166,17 @@ def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
     a2 = tl.zeros((BT, BF), dtype=tl.float32)
     a3 = tl.zeros((BT, BF), dtype=tl.float32)
     ab = tl.zeros((BT, BF), dtype=tl.float32)
+    RING: tl.constexpr = ONE_PASS and J0 == 0
     program = (b * tl.num_programs(1) + pt) * tl.num_programs(0) + pf
     ring = ring_ptr + program * (2 * BT * BF) + f[None, :] - pf * BF
     w_last = tl.load(w_ptr + f * K + K - 1, mask=fm, other=0.0).to(tl.float32)[None, :]
-    for it in range(TILES + (J0 == 0)):
+    for it in range(TILES + RING):
         t = (pt * TILES + it) * BT + tl.arange(0, BT)
         mask = (t < S)[:, None] & fm[None, :]
         first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
         dpre = _d_pre(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, b, t, first, seq, f, S, F, K, BT, BF,
                       HAS_STATE, HAS_BIAS, SILU)
-        if J0 == 0:
+        if RING:
             tl.debug_barrier()          # the ring's slot: read by every thread one tile ago
             tl.store(ring + (t % (2 * BT))[:, None] * BF, dpre)
             tl.debug_barrier()
@@ -191,9 +199,13 @@ def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
         if it < TILES:                  # the program's own tiles
             if J0 == 0:
                 ab += dpre
-                if HAS_STATE:
+                if ONE_PASS:
+                    if HAS_STATE:
+                        tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
+                                 dpre.to(dpre_ptr.dtype.element_ty), mask=mask & (t - first < K - 1)[:, None])
+                else:
                     tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                             dpre.to(dpre_ptr.dtype.element_ty), mask=mask & (t - first < K - 1)[:, None])
+                             dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
             a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
             a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
             a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
@@ -215,43 +227,6 @@ def _store_partials(partial_ptr, a0, a1, a2, a3, ab, b, pt, f, fm, F, K: tl.cons
         tl.store(partial_ptr + (row + 3) * F + f, tl.sum(a3, axis=0), mask=fm)
     if J0 == 0:
         tl.store(partial_ptr + (row + K) * F + f, tl.sum(ab, axis=0), mask=fm)
-
-
-@cached_launch
-@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
-def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
-                                 partial_ptr, S, F, K: tl.constexpr, J0: tl.constexpr, BT: tl.constexpr,
-                                 TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
-    """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
-    partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
-    and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
-    elementwise and over the rows once at the end (a reduction across warps per tile and tap
-    cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
-    ...); the first group writes d pre."""
-    b, pt, pf = _tile_of_program()
-    f = pf * BF + tl.arange(0, BF)
-    fm = f < F
-    a0 = tl.zeros((BT, BF), dtype=tl.float32)
-    a1 = tl.zeros((BT, BF), dtype=tl.float32)
-    a2 = tl.zeros((BT, BF), dtype=tl.float32)
-    a3 = tl.zeros((BT, BF), dtype=tl.float32)
-    ab = tl.zeros((BT, BF), dtype=tl.float32)
-    for it in range(TILES):
-        t = (pt * TILES + it) * BT + tl.arange(0, BT)
-        mask = (t < S)[:, None] & fm[None, :]
-        first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
-        dpre = _d_pre(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                      HAS_STATE, HAS_BIAS, SILU)
-        if J0 == 0:
-            tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                     dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
-            ab += dpre
-        a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
-        a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
-        a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
-        a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
-    _store_partials(partial_ptr, a0, a1, a2, a3, ab, b, pt, f, fm, F, K, J0)
 
 
 @cached_launch
@@ -289,10 +264,11 @@ BWD_NUM_WARPS = 4
 # first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6; then x 64:
 # the first kernel 148 -> 131 us (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
-# The backward as one pass (`causal_conv1d_bwd_kernel`: d pre recomputed for the K - 1 steps
-# after each tile instead of stored and read back; predicted 0.22 -> ~0.12 ms per paper layer,
-# not yet measured) or the two kernels (d pre and the weight sums, then d x from d pre).
+# The backward as one pass (`causal_conv1d_bwd_kernel` with ONE_PASS: d x from a ring of d pre
+# tiles in cache instead of d pre stored and read back; predicted 0.22 -> ~0.13 ms per paper
+# layer, not yet measured) or two kernels (d pre and the weight sums, then d x from d pre).
 FUSED_BACKWARD = True
+
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
@@ -357,18 +333,15 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     fused = FUSED_BACKWARD and K - 1 <= PT      # d x of a tile needs d pre of the next tile only
     # d pre: whole for the two kernels; the one pass writes only what d state reads
     dpre = new_empty((B, S, F), x.dtype, x.device) if state is not None or not fused else x
-    args = (x, x.stride(0), x.stride(1), state if state is not None else x, weight,
-            bias if bias is not None else weight, *packed, dy, dpre, partial)
-    meta = dict(K=K, BT=PT, TILES=TILES, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
-                VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
-    if fused:                   # each program's ring of two d pre tiles (float32; stays in cache)
-        ring = new_empty((B * pre_grid[1] * pre_grid[2], 2 * PT, BF), torch.float32, x.device)
+    # each program's ring of two d pre tiles (float32; stays in cache)
+    ring = new_empty((B * pre_grid[1] * pre_grid[2], 2 * PT, BF), torch.float32, x.device) if fused else partial
     for j0 in range(0, K, 4):        # groups of four taps; later groups recompute d pre for their taps
-        if fused:
-            causal_conv1d_bwd_kernel[_grid(*pre_grid)](*args, dx, dx.stride(0), dx.stride(1), ring, S, F, J0=j0,
-                                                       ACCUMULATE=accumulate, **meta)
-        else:
-            causal_conv1d_bwd_pre_kernel[_grid(*pre_grid)](*args, S, F, J0=j0, **meta)
+        causal_conv1d_bwd_kernel[_grid(*pre_grid)](
+            x, x.stride(0), x.stride(1), state if state is not None else x, weight,
+            bias if bias is not None else weight, *packed, dy, dpre, partial, dx, dx.stride(0), dx.stride(1), ring,
+            S, F, K=K, J0=j0, BT=PT, TILES=TILES, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None,
+            SILU=silu, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, ONE_PASS=fused,
+            num_warps=BWD_NUM_WARPS)
     if not fused:
         causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K,
                                                   BT=BT, BF=BF, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate,
