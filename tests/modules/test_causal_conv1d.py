@@ -20,7 +20,7 @@ def reference(x, weight, bias, state, silu, upstream):
 
 @pytest.fixture(params=[True, False], ids=["one-pass-backward", "two-kernel-backward"])
 def backward_form(request, monkeypatch):
-    """The backward as one pass (d pre recomputed past each tile) or as two kernels."""
+    """The backward as one pass (d x from a ring of d pre tiles) or as two kernels."""
     module = importlib.import_module("xlstm_triton.modules.causal_conv1d")     # not the function of that name
     monkeypatch.setattr(module, "FUSED_BACKWARD", request.param)
     return request.param

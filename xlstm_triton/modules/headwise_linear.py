@@ -147,10 +147,13 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
                            s_dgs, s_dgg, s_gw, gcol0,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                           GATE_DTYPE: tl.constexpr, DOT_PREC: tl.constexpr):
+                           DOT_PREC: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
-    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read; dg, float32 in memory, and
-    gw multiplied as GATE_DTYPE with DOT_PREC)."""
+    dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read; dg, float32 in memory, and gw
+    multiplied in dout's dtype with DOT_PREC: for 16-bit inputs one 16-bit product, the share
+    being added to a 16-bit dout (on an H100 the kernel went 0.222 -> 0.172 ms per paper layer
+    against float32 dg with 3xTF32 products, which the d weight kernel keeps: 0.189 against 0.203
+    ms there, bench/NOTES.md); for float32 inputs 3xTF32)."""
     pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -168,7 +171,8 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
     if M > 1:
         d1 = tl.load(d_ptrs + N * F, mask=mask, other=0.0)
     if G > 0:
-        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP).to(GATE_DTYPE)
+        dg = _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S_dg, s_dgb, s_dgs, s_dgg, G0, G, GP)
+        dg = dg.to(dout_ptr.dtype.element_ty)
     dx = tl.zeros((BR, NBT, BS), dtype=tl.float32)
     for m in tl.static_range(M):
         if m == 0:
@@ -179,7 +183,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
             d = tl.load(d_ptrs + m * N * F, mask=mask, other=0.0).to(tl.float32)
         if G > 0:       # the gate projection's share of output m's gradient, dg gw[:, gcol0 + m F + cols]
             gw = _gate_weight_tile(gw0_ptr, gw1_ptr, s_gw, gcol0 + m * F + cols, col_ok, G0, G, GP)
-            d = mma(dg, gw.to(GATE_DTYPE), d, DOT_PREC)
+            d = mma(dg, gw.to(dout_ptr.dtype.element_ty), d, DOT_PREC)
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
@@ -348,8 +352,8 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
     BR, BF = _tiles(F, BS)
-    grid = (cdiv(N, BR) * cdiv(F, BF),)           # a program per tile (`_tile_of_program`)
     n_cols = cdiv(F, BF)
+    grid = (cdiv(N, BR) * n_cols,)           # a program per tile (`_tile_of_program`)
     gate_args, G0, G, GP = _gate_args(gates, M, F, weight)
     if not G:
         partial = out
@@ -377,20 +381,6 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 def gate_column_blocks(F: int, BS: int) -> int:
     """The column blocks of the forward kernel (dim 0 of its gate partial sums)."""
     return cdiv(F, _tiles(F, BS)[1])
-
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-
-
-def _dx_gate_product(dtype: torch.dtype, device: torch.device) -> dict:
-    """How the d x kernel forms the gates' share d_gates @ W: with 16-bit inputs, d_gates rounded
-    to them and one product (the share is added to a 16-bit dout; on an H100 the kernel went
-    0.222 -> 0.172 ms per paper layer against float32 d_gates with 3xTF32 products, which the
-    d weight kernel keeps: 0.189 against 0.203 ms there, bench/NOTES.md); float32 inputs keep
-    d_gates in float32 with 3xTF32 products."""
-    if dtype != torch.float32:
-        return dict(GATE_DTYPE=_TL_DTYPES[dtype], DOT_PREC=dot_precision(dtype, device))
-    return dict(GATE_DTYPE=tl.float32, DOT_PREC=dot_precision(torch.float32, device))
 
 
 def _weight_grad_split(N: int) -> tuple[int, int]:
@@ -472,7 +462,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         dx = new_empty((N, F), x.dtype, x.device)
     headwise_bwd_dx_kernel[(cdiv(N, BR) * cdiv(F, BF),)](
         dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
-        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, **_dx_gate_product(dout.dtype, x.device),
+        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=dot_precision(dout.dtype, x.device),
         num_warps=NUM_WARPS)
     BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
