@@ -1,8 +1,6 @@
 """The fused causal conv1d (+ SiLU) against F.conv1d in float64: outputs and the gradients of x,
 weight, bias and the carried state; short sequences (S < K - 1), odd sizes; the module's state."""
 
-import importlib
-
 import pytest
 import torch
 
@@ -18,14 +16,6 @@ def reference(x, weight, bias, state, silu, upstream):
     return y.detach(), [t.grad if t is not None else None for t in leaves]
 
 
-@pytest.fixture(params=[True, False], ids=["one-pass-backward", "two-kernel-backward"])
-def backward_form(request, monkeypatch):
-    """The backward as one pass (d x from a ring of d pre tiles) or as two kernels."""
-    module = importlib.import_module("xlstm_triton.modules.causal_conv1d")     # not the function of that name
-    monkeypatch.setattr(module, "FUSED_BACKWARD", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("B, S, F, K, bias, state", [(2, 37, 24, 4, True, True), (1, 70, 130, 4, True, False),
                                                    (3, 2, 8, 4, False, True), (2, 19, 16, 3, True, True),
@@ -33,7 +23,7 @@ def backward_form(request, monkeypatch):
                                                    # several row tiles per program (the last partial) and
                                                    # a second group of four taps in the backward
                                                    (2, 300, 24, 6, True, True), (1, 200, 40, 4, False, False)])
-def test_matches_float64_conv1d(B, S, F, K, bias, state, silu, device, poison, backward_form):
+def test_matches_float64_conv1d(B, S, F, K, bias, state, silu, device, poison):
     x = (torch.randn(B, 2 * S, F, device=device) * 2)[:, ::2].requires_grad_()      # strided over time
     weight = torch.randn(F, K, device=device, requires_grad=True)
     b = torch.randn(F, device=device, requires_grad=True) if bias else None
@@ -101,7 +91,7 @@ def test_float64_gradcheck():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("state", [False, True])
 @pytest.mark.parametrize("lengths", [[1, 2, 3, 5, 17, 4, 0, 40], [70], [3, 3, 1]])
-def test_packed_equals_sequences_one_by_one(lengths, state, dtype, device, poison, backward_form):
+def test_packed_equals_sequences_one_by_one(lengths, state, dtype, device, poison):
     """Packed sequences (cu_seqlens): outputs and all gradients equal each sequence run alone
     from its own state row (float64 reference), for lengths shorter than the window, empty
     sequences and sequences across several time tiles."""
@@ -148,7 +138,7 @@ def test_packed_errors(device):
         causal_conv1d(x, w, state=torch.randn(1, 3, 8, device=device), cu_seqlens=torch.tensor([0, 2, 6], device=device))
 
 
-def test_backward_into_a_strided_gradient_adding(device, backward_form):
+def test_backward_into_a_strided_gradient_adding(device):
     """`causal_conv1d_backward` (SiLU) writing d x into a column block of a wider buffer (a
     strided view) and adding to what it holds, against the float64 gradient plus what was
     there; the columns beside it untouched; d weight and d bias unaffected."""

@@ -12,10 +12,7 @@ cuDNN's grouped conv1d with its layout transposes, and the SiLU as separate pass
 Here the forward is one kernel (x read once per tap from cache, y written once), and the
 backward two: one recomputes pre (cheap, nothing but x is saved), writes d pre and, per
 program of several row tiles, partial sums of d weight and d bias; one gathers d x from d pre.
-d state (K - 1 rows) is a few PyTorch ops. With `FUSED_BACKWARD` (off until measured) the
-backward is one pass instead: d x is gathered one tile behind from a small ring of d pre tiles
-in cache, and d pre is stored only at the first K - 1 steps of each sequence when a state is
-carried.
+d state (K - 1 rows) is a few PyTorch ops.
 
 `causal_conv1d` is a custom op pair (`xlstm_triton::causal_conv1d`, `::causal_conv1d_bwd`); on
 CPU without TRITON_INTERPRET=1 and for float64, `causal_conv1d_torch` (F.conv1d), which is also
@@ -119,45 +116,18 @@ def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F
     return acc
 
 
-@triton.jit
-def _d_pre(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, b, t, first, seq, f, S, F, K: tl.constexpr,
-           BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr,
-           SILU: tl.constexpr):
-    """d pre = dy * silu'(pre) at the tile's steps t (pre recomputed from x over t's sequence,
-    `first` and `seq`), float32, zeros at t >= S."""
-    mask = (t < S)[:, None] & (f < F)[None, :]
-    dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
-    if SILU:
-        pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                              HAS_STATE, HAS_BIAS)
-        sig = 1.0 / (1.0 + tl.exp(-pre))
-        dy = dy * sig * (1.0 + pre * (1.0 - sig))
-    return tl.where(mask, dy, 0.0)
-
-
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
-def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
-                             partial_ptr, dx_ptr, s_dxb, s_dxs, ring_ptr, S, F, K: tl.constexpr, J0: tl.constexpr,
-                             BT: tl.constexpr, TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr,
-                             ACCUMULATE: tl.constexpr, ONE_PASS: tl.constexpr):
+def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
+                                 partial_ptr, S, F, K: tl.constexpr, J0: tl.constexpr, BT: tl.constexpr,
+                                 TILES: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr,
+                                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, VARLEN: tl.constexpr):
     """d pre = dy * silu'(pre) for TILES row tiles of BT rows, and the program's partial sums
     partial[program, j, f] = sum_t d pre[t] x[t - K + 1 + j] for taps j = J0 .. J0 + 3 (< K),
     and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
     elementwise and over the rows once at the end (a reduction across warps per tile and tap
     cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
-    ...); later groups form only their taps' sums.
-
-    Without ONE_PASS the first group writes d pre (`causal_conv1d_bwd_dx_kernel` forms d x from
-    it). With ONE_PASS it also forms, one tile behind,
-        dx[t] (+)= sum_j w[f, j] d pre[t + K - 1 - j]   (the steps of t's own sequence)
-    and d pre is not stored: d x of tile i needs d pre of tile i's steps and of the K - 1
-    after them, in tile i + 1 (K - 1 <= BT). Each tile's d pre goes to the program's ring of
-    two tiles (ring_ptr + program * 2 BT BF, float32; row r in ring row r % 2 BT), which stays
-    in cache, and d x reads it back shifted; the loop runs one tile past the program's rows
-    (the next program's first tile, recomputed: it only feeds d x). With HAS_STATE, d pre at
-    the first K - 1 steps of each sequence still goes to dpre_ptr (d state reads them)."""
+    ...); the first group writes d pre."""
     b, pt, pf = _tile_of_program()
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
@@ -166,57 +136,27 @@ def causal_conv1d_bwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
     a2 = tl.zeros((BT, BF), dtype=tl.float32)
     a3 = tl.zeros((BT, BF), dtype=tl.float32)
     ab = tl.zeros((BT, BF), dtype=tl.float32)
-    RING: tl.constexpr = ONE_PASS and J0 == 0
-    program = (b * tl.num_programs(1) + pt) * tl.num_programs(0) + pf
-    ring = ring_ptr + program * (2 * BT * BF) + f[None, :] - pf * BF
-    w_last = tl.load(w_ptr + f * K + K - 1, mask=fm, other=0.0).to(tl.float32)[None, :]
-    for it in range(TILES + RING):
+    for it in range(TILES):
         t = (pt * TILES + it) * BT + tl.arange(0, BT)
         mask = (t < S)[:, None] & fm[None, :]
         first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
-        dpre = _d_pre(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, dy_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                      HAS_STATE, HAS_BIAS, SILU)
-        if RING:
-            tl.debug_barrier()          # the ring's slot: read by every thread one tile ago
-            tl.store(ring + (t % (2 * BT))[:, None] * BF, dpre)
-            tl.debug_barrier()
-            if it > 0:                  # d x of the tile before (steps u = t - BT)
-                u = t - BT
-                um = (u < S)[:, None] & fm[None, :]
-                first_u, seq_u = _sequence_of(cu_ptr, NSEQ, STEPS, b, u, S, VARLEN)
-                end = u * 0 + S
-                if VARLEN:      # u's sequence ends at cu[seq + 1]
-                    end = tl.load(cu_ptr + seq_u + 1, mask=u < S, other=0)
-                dx = tl.load(ring + (u % (2 * BT))[:, None] * BF) * w_last
-                for s in tl.static_range(1, K):      # d pre s steps later, where still u's sequence
-                    v = u + s
-                    d = tl.load(ring + (v % (2 * BT))[:, None] * BF, mask=(v < end)[:, None], other=0.0)
-                    dx += d * tl.load(w_ptr + f * K + (K - 1 - s), mask=fm, other=0.0).to(tl.float32)[None, :]
-                dx_ptrs = dx_ptr + b * s_dxb + u.to(tl.int64)[:, None] * s_dxs + f[None, :]
-                if ACCUMULATE:
-                    dx += tl.load(dx_ptrs, mask=um, other=0.0).to(tl.float32)
-                tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=um)
-        if it < TILES:                  # the program's own tiles
-            if J0 == 0:
-                ab += dpre
-                if ONE_PASS:
-                    if HAS_STATE:
-                        tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                                 dpre.to(dpre_ptr.dtype.element_ty), mask=mask & (t - first < K - 1)[:, None])
-                else:
-                    tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                             dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
-            a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
-            a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
-            a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
-            a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
-    _store_partials(partial_ptr, a0, a1, a2, a3, ab, b, pt, f, fm, F, K, J0)
-
-
-@triton.jit
-def _store_partials(partial_ptr, a0, a1, a2, a3, ab, b, pt, f, fm, F, K: tl.constexpr, J0: tl.constexpr):
-    """partial[program, j] for taps j = J0 .. J0 + 3 (< K), and (J0 = 0) partial[program, K] =
-    the d bias sums: the accumulators summed over their rows."""
+        dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
+        if SILU:
+            pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+                                  HAS_STATE, HAS_BIAS)
+            sig = 1.0 / (1.0 + tl.exp(-pre))
+            dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+        else:
+            dpre = dy
+        dpre = tl.where(mask, dpre, 0.0)
+        if J0 == 0:
+            tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
+                     dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+            ab += dpre
+        a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
+        a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
+        a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
+        a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
     row = (b * tl.num_programs(1) + pt) * (K + 1) + J0
     tl.store(partial_ptr + row * F + f, tl.sum(a0, axis=0), mask=fm)
     if J0 + 1 < K:
@@ -264,13 +204,6 @@ BWD_NUM_WARPS = 4
 # first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6; then x 64:
 # the first kernel 148 -> 131 us (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
-# The backward as one pass (`causal_conv1d_bwd_kernel` with ONE_PASS: d x from a ring of d pre
-# tiles in cache instead of d pre stored and read back; predicted 0.22 -> ~0.13 ms per paper
-# layer) or two kernels (d pre and the weight sums, then d x from d pre). Off until its GPU
-# tests and timing have run (the ring relies on the barrier ordering global memory within a
-# program, which the interpreter's tests cannot check).
-FUSED_BACKWARD = False
-
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
@@ -328,26 +261,20 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     BT = _tiles(S, F)[0]
     grid = (B, cdiv(S, BT), cdiv(F, BF))              # the second kernel's: BT x BF tiles
     packed = _varlen_args(x, cu_seqlens)
+    dpre = new_empty((B, S, F), x.dtype, x.device)
     pre_grid = (B, cdiv(S, PT * TILES), grid[2])
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
+    for j0 in range(0, K, 4):        # groups of four taps; the first writes d pre, later ones recompute it
+        causal_conv1d_bwd_pre_kernel[_grid(*pre_grid)](
+            x, x.stride(0), x.stride(1), state if state is not None else x, weight,
+            bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
+            BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
+            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
     if dx is None:
         dx = new_empty((B, S, F), x.dtype, x.device)
-    fused = FUSED_BACKWARD and K - 1 <= PT      # d x of a tile needs d pre of the next tile only
-    # d pre: whole for the two kernels; the one pass writes only what d state reads
-    dpre = new_empty((B, S, F), x.dtype, x.device) if state is not None or not fused else x
-    # each program's ring of two d pre tiles (float32; stays in cache)
-    ring = new_empty((B * pre_grid[1] * pre_grid[2], 2 * PT, BF), torch.float32, x.device) if fused else partial
-    for j0 in range(0, K, 4):        # groups of four taps; later groups recompute d pre for their taps
-        causal_conv1d_bwd_kernel[_grid(*pre_grid)](
-            x, x.stride(0), x.stride(1), state if state is not None else x, weight,
-            bias if bias is not None else weight, *packed, dy, dpre, partial, dx, dx.stride(0), dx.stride(1), ring,
-            S, F, K=K, J0=j0, BT=PT, TILES=TILES, BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None,
-            SILU=silu, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, ONE_PASS=fused,
-            num_warps=BWD_NUM_WARPS)
-    if not fused:
-        causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K,
-                                                  BT=BT, BF=BF, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate,
-                                                  num_warps=BWD_NUM_WARPS)
+    causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT,
+                                              BF=BF, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate,
+                                              num_warps=BWD_NUM_WARPS)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
@@ -382,9 +309,7 @@ def _state_grad(dpre: torch.Tensor, weight: torch.Tensor, K: int,
     else:
         cu = cu_seqlens.to(device=dpre.device, dtype=torch.long)
         idx = cu[:-1, None] + torch.arange(K - 1, device=dpre.device)            # (N, K - 1)
-        # rows past a sequence's end: zeros (where, not a product: the one-pass backward writes
-        # d pre only at each sequence's first K - 1 steps, so those rows may hold anything)
-        head = torch.where((idx < cu[1:, None])[..., None], dpre[0, idx.clamp(max=S - 1)], 0.0)
+        head = dpre[0, idx.clamp(max=S - 1)] * (idx < cu[1:, None])[..., None]
     head, w = head.float(), weight.float()
     rows = [sum(head[:, i - j] * w[:, j] for j in range(i + 1)) for i in range(K - 1)]
     return torch.stack(rows, dim=1).to(dpre.dtype)
