@@ -17,7 +17,7 @@ from reference.mlstm import mlstm_parallel, mlstm_recurrent
 from tests.helpers import TOL, assert_close
 from xlstm_triton import mlstm_chunkwise
 from xlstm_triton.ops.mlstm.torch_path import mlstm_chunkwise_torch
-from xlstm_triton.utils import packed_sequence
+from xlstm_triton.utils import num_sms, packed_sequence
 
 GPU = torch.cuda.is_available()
 NAMES = ["q", "k", "v", "i", "f", "c_initial", "n_initial"]
@@ -425,6 +425,17 @@ def test_gpu_odd_lengths_bf16(S, L, poison):
 def test_gpu_head_dims(DQK, DV, dtype, poison):
     x = make_inputs(2, 2, 200, DQK, DV, "cuda", dtype=dtype, states=True)
     check_against_reference(x, dtype, reference=mlstm_parallel)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fill", [False, True])
+def test_gpu_state_tiles_follow_the_walk_count(fill, poison):
+    # Heads of (512, 512): 16 tiles of 128 x 128 per (batch, head) walk; fewer programs than SMs
+    # -> 64-row tiles.
+    B = num_sms(torch.device("cuda")) // 16 + 1 if fill else 2
+    x = make_inputs(B, 1, 200, 512, 512, "cuda", dtype=torch.bfloat16, states=True)
+    assert mlstm_op._config(x["q"], x["v"], 64).block_k_states == (128 if fill else 64)
+    check_against_reference(x, torch.bfloat16, reference=mlstm_parallel, chunk_size=64)
 
 
 @pytest.mark.gpu

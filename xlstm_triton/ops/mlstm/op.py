@@ -18,7 +18,7 @@ import torch
 import triton.language as tl
 
 from ...checks import check_chunk_size, check_cu_seqlens, check_tensor, host_offsets
-from ...utils import (is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, soft_cap,
+from ...utils import (cdiv, is_seq_major, kernel_op, new_empty_bhsd, next_power_of_2, num_sms, soft_cap,
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
 from .context_parallel import mlstm_context_parallel
@@ -67,7 +67,10 @@ def default_chunk_size(S: int) -> int:
     return max(16, min(128, next_power_of_2(S)))
 
 
-def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, **overrides) -> ChunkwiseConfig:
+def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, walks: int = 0, sms: int = 0,
+                **overrides) -> ChunkwiseConfig:
+    """The kernels' tiles for heads of (DQK, DV) over S steps. `walks` (B * NH, the state walks
+    run side by side) and `sms` (the device's SM count): 0 where unknown."""
     pk, pv = max(16, next_power_of_2(DQK)), max(16, next_power_of_2(DV))
     tile = min(64, chunk_size)
     if dtype == torch.bfloat16:
@@ -84,6 +87,14 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
     # often as 64 x 64 ones; the two state kernels took 0.61 -> 0.40 and 0.33 -> 0.22 ms on an
     # H200 (B=8, NH=4, S=2048, bench/NOTES.md). Smaller heads keep 64 x 64 (tuned before).
     state_block = 128 if pk >= 512 and pv >= 512 else 64
+    block_k_states = min(pk, state_block)
+    # Fewer state-walk programs than SMs (the paper LM at S=8192: B * NH = 8 walks x 16 tiles
+    # for 132 SMs): 64 x 128 tiles, twice the programs. Both state kernels, H100, per layer at
+    # 16,384 tokens: 0.574 -> 0.491 and 0.310 -> 0.250 ms; with 512 programs (S=2048) 64-row
+    # tiles were slower (0.439 -> 0.507, 0.233 -> 0.258; bench/NOTES.md).
+    # Smaller heads keep their 64 x 64 tiles (not measured with fewer).
+    if state_block == 128 and walks * cdiv(pk, 128) * cdiv(pv, 128) < sms:
+        block_k_states = 64
     block_k, block_v = min(pk, 128), min(pv, 128)       # the grad kernels' blocks are the same size
     # Where a kernel's grid splits DV (output, dv) or DQK (dq, dk) into several blocks, each block
     # formed the chunk's intra-chunk matrix again: form it once instead (`scores`, `dscores`).
@@ -95,7 +106,7 @@ def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, 
     dscores = pk > block_k or pv > block_v
     cfg = dict(chunk_size=chunk_size, tile=tile, tile_states=min(128, chunk_size),
                block_k=block_k, block_v=block_v,
-               block_k_states=min(pk, state_block), block_v_states=min(pv, state_block),
+               block_k_states=block_k_states, block_v_states=min(pv, state_block),
                block_k_grad=block_k, block_v_grad=block_v, scores=scores, dscores=dscores,
                num_warps=4, num_stages=2, num_stages_output=1, num_warps_states=4, num_stages_states=2,
                state_dtype=state_dtype, dot_dtype=dot_dtype,
@@ -112,13 +123,15 @@ _CONFIGS: dict = {}         # make_config's results by their arguments (host tim
 
 
 def _config(q, v, chunk_size):
-    key = (q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, tuple(sorted(CONFIG_OVERRIDES.items())),
-           triton_interpret(), torch.backends.cuda.matmul.allow_tf32)      # everything make_config reads
+    sms = num_sms(q.device) if q.is_cuda else 0
+    key = (q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, q.shape[0] * q.shape[1], sms,
+           tuple(sorted(CONFIG_OVERRIDES.items())), triton_interpret(),
+           torch.backends.cuda.matmul.allow_tf32)      # everything make_config reads
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if len(_CONFIGS) >= 256:
             _CONFIGS.clear()
-        cfg = _CONFIGS[key] = make_config(*key[:5], **CONFIG_OVERRIDES)
+        cfg = _CONFIGS[key] = make_config(*key[:7], **CONFIG_OVERRIDES)
     return cfg
 
 
