@@ -463,17 +463,16 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, cu_ptr
     partial dots (NKB, ROWS, S_pad); suffix sums in float64. With the soft cap, both times its
     derivative 1 - (x_cap / cap)^2.
 
-    Programs (row,): walk the row backwards a block of BS steps at a time. VARLEN (packed
-    sequences), programs (row, block): the suffix sums stop at each sequence's last step, so a
-    block needs only its own steps and those after it up to the end of its last step's
-    sequence, which it reads itself (a few blocks for long sequences)."""
+    Programs (row, block of BS steps): a block needs its own steps and the sum of dF over the
+    steps after it, which it reads itself: to the row's end, or (VARLEN, packed sequences) to
+    the end of its last step's sequence (the suffix sums stop at each sequence's last step)."""
     row = tl.program_id(0).to(tl.int64)
     i_row, f_row = gate_rows(i_ptr, f_ptr, row, s_ib, s_ih, s_fb, s_fh, NH)
+    blk = tl.program_id(1)
+    t = blk * BS + tl.arange(0, BS)
+    d_f, kdk, ends = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB,
+                                 HAS_EXTRA, VARLEN)
     if VARLEN:
-        blk = tl.program_id(1)
-        t = blk * BS + tl.arange(0, BS)
-        d_f, kdk, ends = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB,
-                                     HAS_EXTRA, VARLEN)
         # What the steps after the block add to the sequence of its last step: the blocks after
         # it, each up to its first sequence end.
         carry = tl.zeros((), dtype=tl.float64)
@@ -491,17 +490,14 @@ def chunkwise_bwd_gates_kernel(qdq_ptr, kdk_ptr, i_ptr, f_ptr, extra_ptr, cu_ptr
         reached, suffix = tl.associative_scan((tl.flip(ends, 0), tl.flip(d_f, 0)), 0, _suffix_until_end)
         reached, suffix = tl.flip(reached, 0), tl.flip(suffix, 0)
         d_logf = suffix + tl.where(reached != 0, 0.0, carry)      # sum over s >= t in t's sequence
-        _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP)
     else:
         carry = tl.zeros((), dtype=tl.float64)
-        for blk in range(tl.cdiv(S, BS) - 1, -1, -1):
-            t = blk * BS + tl.arange(0, BS)
-            d_f, kdk, _ = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, t, S, S_pad, ROWS, NKB,
-                                      HAS_EXTRA, VARLEN)
-            total = tl.sum(d_f, axis=0)
-            d_logf = carry + total - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
-            carry += total
-            _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP)
+        for nxt in range(blk + 1, tl.cdiv(S, BS)):
+            d_n, _, _ = _gate_steps(qdq_ptr, kdk_ptr, extra_ptr, cu_ptr, NSEQ, STEPS, row, nxt * BS + tl.arange(0, BS),
+                                    S, S_pad, ROWS, NKB, HAS_EXTRA, VARLEN)
+            carry += tl.sum(d_n, axis=0)
+        d_logf = carry + tl.sum(d_f, axis=0) - tl.cumsum(d_f, axis=0) + d_f       # sum over s >= t
+    _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it, s_ft, cap, SOFT_CAP)
 
 
 @triton.jit
@@ -611,7 +607,7 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     di = new_empty((B, NH, S), f.dtype, dev)
     df = new_empty((B, NH, S), f.dtype, dev)
     BS = min(GATE_BLOCK, max(16, next_power_of_2(S)))
-    grid = (B * NH, cdiv(S, BS) if cu_seqlens is not None else 1)
+    grid = (B * NH, cdiv(S, BS))
     chunkwise_bwd_gates_kernel[grid](
         qdq, kdk, i, f, extra if extra is not None else qdq, *packed, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
         NH, 1.0 if soft_cap is None else float(soft_cap), NKB=nkb, BS=BS,
