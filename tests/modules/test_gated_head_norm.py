@@ -18,6 +18,7 @@ from tests.models.large_helpers import randomize_, tiny_config
 from xlstm_triton.layers import mLSTMLargeLayer
 from xlstm_triton.modules import gated_head_norm, gated_head_norm_torch, head_norm_gate, head_norm_gate_torch
 from xlstm_triton.modules.gated_head_norm import _head_norm_gate, _head_norm_gate_bwd
+from xlstm_triton.utils import new_empty
 
 NAMES = ("h", "gate", "weight", "bias", "skip", "x_skip")
 
@@ -131,6 +132,29 @@ def test_weight_offset_in_the_kernels(device, kernels, poison):
     grads_ref = head_norm_gate_backward(h, gate, w + 1.0, b, mean_ref, rstd_ref, dy, act="silu", skip=k, x_skip=xs)
     for name, got, want in zip(("d h", "d gate", "d x_skip", "sums"), grads, grads_ref):
         assert_close(got, want, 1e-6, name)
+
+
+def test_backward_writes_h_dot_dh(device, kernels, poison):
+    """`head_norm_gate_backward` with `h_dot_dh` writes sum_d h * dh per row and head (float64
+    of the returned d h) and returns the same gradients as without; a wrong buffer is refused."""
+    from xlstm_triton.modules import head_norm_gate_backward, head_norm_gate_forward
+    B, S, NH, DH = 2, 7, 3, 40
+    V = NH * DH
+    h = torch.randn(B, NH, S, DH, device=device).transpose(1, 2)
+    gate, xs, dy = (torch.randn(B, S, V, device=device) for _ in range(3))
+    w, k = (torch.randn(V, device=device) * 0.3 for _ in range(2))
+    # eps = 1: a norm's d h is orthogonal to h but for eps's share (the norm of c h is that of h
+    # for eps = 0), so the sum would cancel to rounding noise with a small eps
+    _, mean, rstd = head_norm_gate_forward(h, gate, w, None, 1.0, act="silu", skip=k, x_skip=xs, weight_offset=1.0)
+    args = (h, gate, w, None, mean, rstd, dy)
+    kw = dict(act="silu", skip=k, x_skip=xs, weight_offset=1.0)
+    dots = new_empty((B, S, NH), torch.float32, device)
+    grads = head_norm_gate_backward(*args, **kw, h_dot_dh=dots)
+    for name, got, want in zip(("d h", "d gate", "d x_skip", "sums"), grads, head_norm_gate_backward(*args, **kw)):
+        assert_close(got, want, 0.0, name)
+    assert_close(dots, (h.double() * grads[0].double()).sum(-1), 1e-5, "h . d h")
+    with pytest.raises(ValueError, match="h_dot_dh must be a contiguous float32"):
+        head_norm_gate_backward(*args, **kw, h_dot_dh=dots.transpose(1, 2))
 
 
 def test_torch_path_and_wrapper(device):

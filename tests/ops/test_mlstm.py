@@ -106,6 +106,26 @@ def test_matches_reference_fp32(B, NH, S, DQK, DV, L, states, device, poison):
     check_against_reference(x, torch.float32, chunk_size=L)
 
 
+def test_backward_reads_given_h_dot_dh(device, poison):
+    """`mlstm_chunkwise_backward` given the dots h . dh (formed by a caller where it wrote dh, as
+    the paper layer's head norm does) equals the backward that forms them itself; the dots
+    matter in these inputs (zeros in their place change the gradients)."""
+    from xlstm_triton.ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
+    if not mlstm_op.use_kernels(torch.zeros(1, device=device)):
+        pytest.skip("CPU without TRITON_INTERPRET=1: the kernels' forward and backward only")
+    x = make_inputs(2, 2, 45, 16, 32, device)
+    inputs = [x[n] for n in "qkvif"]
+    h, saved = mlstm_chunkwise_forward(*inputs, chunk_size=16)
+    dh = torch.randn_like(h)
+    want = mlstm_chunkwise_backward(*inputs, h, saved, dh)
+    dot = (h.double() * dh.double()).sum(-1).float()                      # (B, NH, S)
+    got = mlstm_chunkwise_backward(*inputs, h, saved, dh, h_dot_dh=dot.transpose(1, 2).contiguous().transpose(1, 2))
+    wrong = mlstm_chunkwise_backward(*inputs, h, saved, dh, h_dot_dh=torch.zeros_like(dot))
+    for name, g, w, z in zip(("dq", "dk", "dv", "di", "df"), got, want, wrong):
+        assert_close(g, w, 1e-5, name)
+    assert max(((z - w).norm() / w.norm()).item() for z, w in zip(wrong, want)) > 1e-2
+
+
 @pytest.mark.parametrize("states", [False, True])
 def test_matches_reference_long_memory(states, device, poison, monkeypatch):
     """Open forget gates over seven chunks: every state at a chunk boundary carries weight in h

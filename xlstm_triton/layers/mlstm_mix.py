@@ -168,14 +168,16 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
+    h_dot_dh = new_empty((B, S, NH), torch.float32, xz.device)      # the mLSTM backward's dz reads it
     d_h, _, d_x_c, d_norm = head_norm_gate_backward(
         h, z, norm_w, norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c, d_gate=d_z,
-        weight_offset=norm_offset)
+        weight_offset=norm_offset, h_dot_dh=h_dot_dh)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
     d_v = x_m.new_empty((B, S, F))
     saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
     _, _, _, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
-                                                 out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)))
+                                                 out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)),
+                                                 h_dot_dh=h_dot_dh.transpose(1, 2))
     # The gate projections' backward inside the headwise kernels: d q, k, v get d_gates @ W, and
     # d W = d_gates^T [q | k | v] (from d_gates^T times the kernels' inputs, then the block-
     # diagonal weights), d b = the column sums, per program into one buffer that both calls fill.

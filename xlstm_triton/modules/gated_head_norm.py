@@ -80,13 +80,14 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
 @cached_launch
 @triton.jit
 def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
-                              dh_ptr, dg_ptr, dxs_ptr, partial_ptr,
+                              dh_ptr, dg_ptr, dxs_ptr, partial_ptr, hdh_ptr,
                               s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, s_dg, N, S, NH, rows_per_program, w_offset,
                               DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                              HAS_SKIP: tl.constexpr, SILU: tl.constexpr):
+                              HAS_SKIP: tl.constexpr, SILU: tl.constexpr, HAS_HDH: tl.constexpr):
     """Programs (row block, head). With n = h^ w + bias + skip x_skip (w = weight + w_offset) and dn = dy act(gate):
     d gate = dy n act'(gate); d x_skip = dn skip; d h = 1/std (w dn - mean(w dn) - h^ mean(w dn h^));
-    partial sums over the block's rows of dn h^, dn, dn x_skip (d weight, d bias, d skip)."""
+    partial sums over the block's rows of dn h^, dn, dn x_skip (d weight, d bias, d skip). HAS_HDH:
+    also h . d h per (row, head), d h as stored (the mLSTM backward's dz reads it)."""
     pid, hd = tl.program_id(0), tl.program_id(1)
     d = tl.arange(0, BLOCK)
     mask = d < DH
@@ -131,7 +132,10 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
         tl.store(dg_ptr + row * s_dg + col, (dy * n * da).to(dg_ptr.dtype.element_ty), mask=mask)
         wdn = w * dn
         dh = (wdn - tl.sum(wdn, axis=0) / DH - xhat * (tl.sum(wdn * xhat, axis=0) / DH)) * rstd
-        tl.store(dh_ptr + row * V + col, dh.to(dh_ptr.dtype.element_ty), mask=mask)
+        dh = dh.to(dh_ptr.dtype.element_ty)
+        tl.store(dh_ptr + row * V + col, dh, mask=mask)
+        if HAS_HDH:
+            tl.store(hdh_ptr + stat, tl.sum(h * dh.to(tl.float32), axis=0))
         dw += dn * xhat
         db += dn
     base = partial_ptr + (3 * pid) * V + col
@@ -180,7 +184,8 @@ def _(h, gate, weight, bias, skip, x_skip, eps, silu, weight_offset=0.0):
     return gate.new_empty((B, S, NH * DH)), h.new_empty((B, S, NH), **f32), h.new_empty((B, S, NH), **f32)
 
 
-def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None, weight_offset=0.0):
+def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None, weight_offset=0.0,
+                      h_dot_dh=None):
     B, S, NH, DH = h.shape
     N, V = B * S, NH * DH
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
@@ -188,6 +193,10 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
     if d_gate is not None and (d_gate.stride(-1) != 1 or B > 1 and d_gate.stride(0) != S * d_gate.stride(1)):
         raise ValueError(f"head_norm_gate_backward: d_gate needs unit last stride and evenly strided rows, "
                          f"got strides {d_gate.stride()}")
+    if h_dot_dh is not None and (h_dot_dh.shape != (B, S, NH) or h_dot_dh.dtype != torch.float32
+                                 or not h_dot_dh.is_contiguous()):
+        raise ValueError(f"head_norm_gate_backward: h_dot_dh must be a contiguous float32 ({B}, {S}, {NH}) "
+                         f"tensor, got {h_dot_dh.dtype} {tuple(h_dot_dh.shape)} strides {h_dot_dh.stride()}")
     dg = d_gate if d_gate is not None else new_empty((B, S, V), gate.dtype, gate.device)
     dxs = new_empty((B, S, V), x_skip.dtype, x_skip.device) if x_skip is not None else gate.new_empty(0)
     # (row blocks, NH) programs, ~8 an SM for heads of 512 (more for smaller heads: measured on an H200)
@@ -201,11 +210,11 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
         head_norm_gate_bwd_kernel[(programs, NH)](
             h, gate, weight if weight is not None else h, bias if bias is not None else h,
             skip if skip is not None else h, xs, mean, rstd, dy.contiguous(), dh, dg,
-            dxs if x_skip is not None else dg, partial,
+            dxs if x_skip is not None else dg, partial, h_dot_dh if h_dot_dh is not None else mean,
             h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
             dg.stride(1), N, S, NH, rows_per_program, weight_offset,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
-            **_launch_meta(DH, backward=True))
+            HAS_HDH=h_dot_dh is not None, **_launch_meta(DH, backward=True))
     return dh, dg, dxs, partial.sum(0)
 
 
@@ -313,13 +322,16 @@ def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optiona
                             bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                             dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
                             x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None,
-                            weight_offset: float = 0.0):
+                            weight_offset: float = 0.0, h_dot_dh: Optional[torch.Tensor] = None):
     """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
     without a skip), and the float32 sums (3, NH * DH): d weight, d bias, d skip) of y given dy.
     `d_gate`, if given ((B, S, NH * DH), gate's dtype, unit last stride, rows evenly strided), is
-    where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer)."""
+    where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer).
+    `h_dot_dh`, if given (contiguous float32 (B, S, NH)), receives sum_d h * dh per row and head
+    (dh as returned, rounded to h's dtype): the mLSTM backward's normalizer term reads it instead
+    of reading h and dh again."""
     return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate,
-                             float(weight_offset))
+                             float(weight_offset), h_dot_dh)
 
 
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):

@@ -45,22 +45,27 @@ from .gates import chain_end, chain_starts, gate_rows, same_sequence, segment_fi
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S"])
 def chunkwise_bwd_dz_kernel(
-    h_ptr, dh_ptr, inv_den_ptr, zsign_ptr, dz_ptr,
-    s_hb, s_hh, s_ht, s_db, s_dh, s_dt,
+    h_ptr, dh_ptr, dot_ptr, inv_den_ptr, zsign_ptr, dz_ptr,
+    s_hb, s_hh, s_ht, s_db, s_dh, s_dt, s_ob, s_oh, s_ot,
     NH, S, S_pad,
-    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, DOT_GIVEN: tl.constexpr,
 ):
+    """dz_t = -(h_t . dh_t) zsign_t / den_t; with DOT_GIVEN the dots h_t . dh_t are read (the
+    caller formed them where it wrote dh) instead of formed from h and dh."""
     tile, bh = tl.program_id(0), tl.program_id(1)
     t = tile * BT + tl.arange(0, BT)
     mask_t = t < S
-    h_base, dh_base = head_base(h_ptr, bh, NH, s_hb, s_hh), head_base(dh_ptr, bh, NH, s_db, s_dh)
-    dot = tl.zeros((BT,), dtype=tl.float32)
-    for vb in range(0, DV, BV):
-        offs_v = vb + tl.arange(0, BV)
-        mask = mask_t[:, None] & (offs_v < DV)[None, :]
-        h = tl.load(h_base + t[:, None] * s_ht + offs_v[None, :], mask=mask, other=0.0)
-        dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :], mask=mask, other=0.0)
-        dot += tl.sum(h.to(tl.float32) * dh.to(tl.float32), axis=1)
+    if DOT_GIVEN:
+        dot = tl.load(head_base(dot_ptr, bh, NH, s_ob, s_oh) + t * s_ot, mask=mask_t, other=0.0)
+    else:
+        h_base, dh_base = head_base(h_ptr, bh, NH, s_hb, s_hh), head_base(dh_ptr, bh, NH, s_db, s_dh)
+        dot = tl.zeros((BT,), dtype=tl.float32)
+        for vb in range(0, DV, BV):
+            offs_v = vb + tl.arange(0, BV)
+            mask = mask_t[:, None] & (offs_v < DV)[None, :]
+            h = tl.load(h_base + t[:, None] * s_ht + offs_v[None, :], mask=mask, other=0.0)
+            dh = tl.load(dh_base + t[:, None] * s_dt + offs_v[None, :], mask=mask, other=0.0)
+            dot += tl.sum(h.to(tl.float32) * dh.to(tl.float32), axis=1)
     row = bh.to(tl.int64) * S_pad + t
     dz = -dot * tl.load(zsign_ptr + row) * tl.load(inv_den_ptr + row)
     tl.store(dz_ptr + row, tl.where(mask_t, dz, 0.0))
@@ -520,8 +525,11 @@ def _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False, soft_cap=None, out=None, cu_seqlens=None):
+                  seq_major=False, soft_cap=None, out=None, cu_seqlens=None, h_dot_dh=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
+
+    `h_dot_dh`: optional (B, NH, S) float32 (any strides): h_t . dh_t per step and head, where
+    the caller formed it with dh; h and dh are then not read for it.
 
     `cu_seqlens`: packed sequences (B = 1), their offsets (N + 1,) int32 on q's device, with
     `gates` made for them (no initial or final state terms then: dc0, dn0 come back unwritten).
@@ -546,9 +554,11 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     q_st, k_st, v_st, dh_st = q.stride()[:3], k.stride()[:3], v.stride()[:3], dh.stride()[:3]
 
     dz = new_empty((B * NH, S_pad), torch.float32, dev)
+    given = h_dot_dh is not None
     chunkwise_bwd_dz_kernel[(S_pad // BT, B * NH)](
-        h, dh, inv_den, zsign, dz, *h.stride()[:3], *dh_st, NH, S, S_pad,
-        DV=DV, BT=BT, BV=cfg.block_v, num_warps=cfg.num_warps)
+        h, dh, h_dot_dh if given else dz, inv_den, zsign, dz, *h.stride()[:3], *dh_st,
+        *(h_dot_dh.stride() if given else (0, 0, 0)), NH, S, S_pad, DV=DV, BT=BT, BV=cfg.block_v, DOT_GIVEN=given,
+        num_warps=cfg.num_warps)
 
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens)
     nkb = cdiv(DQK, cfg.block_k_grad)

@@ -422,17 +422,18 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, cu_seqlens
     return h, (*saved, chunk_size, seq_major, cu_seqlens)
 
 
-def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None):
+def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None, h_dot_dh=None):
     """The gradients (dq, dk, dv, di, df) of `mlstm_chunkwise_forward`'s h, given dh; q, k, v,
     i, f as they were in the forward (recomputed), h and saved from it. No autograd (the
     kernels, not the custom op): `out`, optional (dq, dk, dv) tensors (q's, k's, v's shapes,
-    unit last stride) to write the gradients into."""
+    unit last stride) to write the gradients into; `h_dot_dh`, optional (B, NH, S) float32,
+    any strides: the sums over DV of h * dh (dh as passed), where the caller formed them."""
     inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, cu_seqlens = saved
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     return chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None,
                          ChunkGates.unpack(gate_steps, gate_decay), inv_den, zsign,
-                         _config(q, v, chunk_size), seq_major, None, out, cu_seqlens)[:5]
+                         _config(q, v, chunk_size), seq_major, None, out, cu_seqlens, h_dot_dh)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
