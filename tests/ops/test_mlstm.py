@@ -126,11 +126,14 @@ def test_backward_reads_given_h_dot_dh(device, poison):
     assert max(((z - w).norm() / w.norm()).item() for z, w in zip(wrong, want)) > 1e-2
 
 
+@pytest.mark.parametrize("split", [1, 3, 16])
 @pytest.mark.parametrize("states", [False, True])
-def test_matches_reference_long_memory(states, device, poison, monkeypatch):
+def test_matches_reference_long_memory(states, split, device, poison, monkeypatch):
     """Open forget gates over seven chunks: every state at a chunk boundary carries weight in h
-    (and the gate gradients' suffix sums cross blocks of 16 steps)."""
+    (and the gate gradients' suffix sums cross blocks of 16 steps, 7 blocks a row walked by
+    `split` programs at most: one, three of up to three blocks, one a block)."""
     monkeypatch.setattr(mlstm_bwd, "GATE_BLOCK", 16)
+    monkeypatch.setattr(mlstm_bwd, "GATE_SPLIT", split)
     x = make_inputs(2, 1, 100, 16, 32, device, states=states, **GATES["memory"])
     check_against_reference(x, torch.float32, chunk_size=16)
 
