@@ -205,6 +205,7 @@ BWD_NUM_WARPS = 4
 # the first kernel 148 -> 131 us (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
 
+
 def _tiles(S: int, F: int) -> tuple[int, int]:
     return min(64, max(16, next_power_of_2(S))), min(128, max(16, next_power_of_2(F)))
 
