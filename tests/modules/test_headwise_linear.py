@@ -179,3 +179,44 @@ def test_gate_projection_inside_the_kernels(dtype, M, BS, F, N, G0, G, col, bias
         assert_close(d_b, d_gates.double().sum(0), bwd, "d gate bias")
     else:
         assert torch.isnan(d_b).all()
+
+
+@pytest.mark.parametrize("dtype, B, S, lengths, conv_bias, gated", [
+    (torch.float32, 3, 37, None, True, True), (torch.bfloat16, 2, 70, None, False, False),
+    (torch.float32, 1, 45, [5, 0, 1, 30, 9], True, False), (torch.bfloat16, 1, 40, [2, 38], True, True)])
+def test_conv_first_outputs_take_the_silu_conv(dtype, B, S, lengths, conv_bias, gated, device, poison):
+    """`ConvFirst` (the paper layer's q, k of x_c = SiLU(conv(x_m)), v of x_m in one kernel):
+    x_c against the float64 conv of the batch rows or the packed sequences (each window from
+    its own first step: rows of other sequences and batch rows must not leak in), the first
+    outputs of the stored x_c, the last of x, and the gate partial sums of all three, for an
+    input strided as x_m in xz."""
+    from xlstm_triton.modules.causal_conv1d import causal_conv1d_torch
+    from xlstm_triton.modules.headwise_linear import ConvFirst, GateProjection, headwise_linear_forward
+    from xlstm_triton.utils import use_kernels
+    M, BS, F, K, G0, G = 3, 4, 72, 4, 2, 4
+    xz = torch.randn(B, S, 2 * F, device=device).to(dtype)
+    if not use_kernels(xz):
+        pytest.skip("the conv inside the headwise kernel is a kernel feature (CPU: TRITON_INTERPRET=1)")
+    x = xz[..., :F]                                                        # rows strided by 2 F
+    weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype)
+    conv_w = (torch.randn(F, K, device=device) / 2).to(dtype)
+    conv_b = torch.randn(F, device=device).to(dtype) if conv_bias else None
+    cu = None if lengths is None else torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    W = (torch.randn(G, M * F, device=device) / 8).to(dtype)
+    gates = GateProjection((W[:G0], W[G0:]), 0) if gated else None
+    out, x_c, partial = headwise_linear_forward(x.reshape(B * S, F), weight, None, gates,
+                                                conv=ConvFirst(conv_w, conv_b, 2, S, cu))
+    want_xc = causal_conv1d_torch(x.double(), conv_w.double(), None if conv_b is None else conv_b.double(),
+                                  silu=True, cu_seqlens=cu).reshape(B * S, F)
+    fwd, _ = TOL[dtype]
+    assert x_c.shape == (B * S, F) and x_c.dtype == dtype
+    assert_close(x_c, want_xc, fwd, "x_c")
+    ref_qk = headwise_linear_torch(x_c.double(), weight[:2].double())       # of the stored x_c, as the kernel
+    ref_v = headwise_linear_torch(x.reshape(B * S, F).double(), weight[2:].double())
+    assert_close(out[:2], ref_qk, fwd, "outputs of x_c")
+    assert_close(out[2:], ref_v, fwd, "output of x")
+    if gated:
+        want = torch.einsum("mnf,gmf->ng", out.double(), W.double().view(G, M, F))
+        assert_close(partial.sum(0), want, 1e-5 if dtype == torch.float32 else 1e-2, "gates")
+    else:
+        assert partial is None

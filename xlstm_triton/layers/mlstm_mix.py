@@ -6,13 +6,14 @@ is `mLSTMLayer._mix` (conv + SiLU, headwise q, k, v, the gates, the mLSTM, the p
 `+ skip * x_c`, `* SiLU(z)`) for training where the kernels run, keeping only xz, the mLSTM's
 output h and the row statistics of the mLSTM and the norm. The backward (`mlstm_layer_mix_bwd`)
 is written out as kernel calls, no autograd inside: it recomputes x_c, q, k, v and the gates
-(memory-bound kernels), runs the fused output's backward, the mLSTM's backward kernels on the
-kept h (writing d q and d k into one buffer, what the headwise backward reads), and the
-headwise and conv backward kernels, each adding its d x into the gradient already there; d x_m
-and d z land in one (B, S, 2 F) buffer, the gradient of xz. The gates (igate / fgate of
-cat(q, k, v)) are formed inside the headwise forward kernel while q, k, v are in registers, and
-in the backward the headwise kernels add the gates' share of d q, d k, d v and form the gate
-weights' and biases' gradients (`modules.GateProjection`): q, k, v are not read again for them.
+(one memory-bound kernel, as in the forward), runs the fused output's backward, the mLSTM's
+backward kernels on the kept h (writing d q and d k into one buffer, what the headwise backward
+reads), and the headwise and conv backward kernels, each adding its d x into the gradient
+already there; d x_m and d z land in one (B, S, 2 F) buffer, the gradient of xz. The conv and
+the gates (igate / fgate of cat(q, k, v)) are formed inside the headwise forward kernel, x_c
+from the x_m tile it reads and the gates while q, k, v are in registers, and in the backward
+the headwise kernels add the gates' share of d q, d k, d v and form the gate weights' and
+biases' gradients (`modules.GateProjection`): q, k, v are not read again for them.
 The parameters' gradients leave the backward op in a few float32 buffers (one per kind, each
 cast once) that the autograd function cuts into views: no small copies per parameter.
 
@@ -28,9 +29,9 @@ from typing import Optional
 
 import torch
 
-from ..modules import (GateProjection, causal_conv1d_backward, causal_conv1d_forward, gate_column_blocks,
-                       head_norm_gate_backward, head_norm_gate_forward, headwise_linear_backward,
-                       headwise_linear_forward, weight_grad_programs)
+from ..modules import (ConvFirst, GateProjection, causal_conv1d_backward, head_norm_gate_backward,
+                       head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
+                       weight_grad_programs)
 from ..ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
 from ..ops.mlstm.op import default_chunk_size
 from ..utils import as_dtype, is_seq_major, kernel_op, new_empty
@@ -59,31 +60,30 @@ def mix_arguments(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> tuple:
 
 def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, num_heads: int,
             cu_seqlens):
-    """x_c = SiLU(conv(x_m)), q, k (headwise of x_c, one read of it: views of one (2, B, S, F)
-    buffer), v (headwise of x_m), each (B, S, F); the gates i, f (B, S, NH) float32 = igate /
-    fgate of cat(q, k, v), formed inside the headwise kernels while q, k, v are in registers
-    (column-block partial sums of both calls in one buffer, the gate biases among them, added up
-    by one sum: q, k, v are not read again); and the kernels' arguments that the backward
-    reuses: the weights (conv (F, K), q and k stacked, v) in x_m's dtype, the biases, and each
-    call's `GateProjection` (igate.weight and fgate.weight as they are, no concatenation)."""
+    """x_c = SiLU(conv(x_m)), q, k (headwise of x_c), v (headwise of x_m), each (B, S, F): one
+    headwise kernel that reads x_m once, forms x_c in registers (`ConvFirst`) and writes x_c and
+    q, k, v (views of one (3, B, S, F) buffer); the gates i, f (B, S, NH) float32 = igate / fgate
+    of cat(q, k, v), formed inside that kernel while q, k, v are in registers (column-block
+    partial sums, the gate biases among them, added up by one sum: q, k, v are not read again);
+    and the kernels' arguments that the backward reuses: the weights (conv (F, K), q and k
+    stacked, v) in x_m's dtype, the biases, and the `GateProjection`s of the q, k and the v
+    columns (igate.weight and fgate.weight as they are, no concatenation)."""
     B, S, F = x_m.shape
     N, dtype = B * S, x_m.dtype
     w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
     b_conv = as_dtype(conv_b, dtype)
-    w_qk = as_dtype(torch.stack([q_w, k_w]), dtype)
-    w_v = as_dtype(v_w[None], dtype)
-    b_qk = None if q_b is None else as_dtype(torch.stack([q_b, k_b]), dtype)
-    b_v = None if v_b is None else as_dtype(v_b[None], dtype)
+    w_qkv = as_dtype(torch.stack([q_w, k_w, v_w]), dtype)
+    b_qkv = None if q_b is None else as_dtype(torch.stack([q_b, k_b, v_b]), dtype)
     gate_w = (as_dtype(ig_w, dtype), as_dtype(fg_w, dtype))            # (NH, 3 F) each: [q | k | v] columns
-    gates_qk, gates_v = GateProjection(gate_w, 0), GateProjection(gate_w, 2 * F, (ig_b, fg_b))
-    x_c = causal_conv1d_forward(x_m, w_conv, b_conv, silu=True, cu_seqlens=cu_seqlens)
-    blocks = gate_column_blocks(F, w_qk.shape[-1])
-    partial = new_empty((2 * blocks, N, 2 * num_heads), torch.float32, x_m.device)
-    qk, _ = headwise_linear_forward(x_c.view(N, F), w_qk, b_qk, gates_qk, gate_partial=partial[:blocks])
-    v, _ = headwise_linear_forward(x_m.reshape(N, F), w_v, b_v, gates_v, gate_partial=partial[blocks:])
+    gate_b = (ig_b, fg_b)
+    qkv, x_c, partial = headwise_linear_forward(x_m.reshape(N, F), w_qkv, b_qkv, GateProjection(gate_w, 0, gate_b),
+                                                conv=ConvFirst(w_conv, b_conv, 2, S, cu_seqlens))
     i, f = partial.sum(0).view(B, S, 2 * num_heads).split(num_heads, dim=-1)
-    q, k = qk.view(2, B, S, F)
-    return x_c, q, k, v.view(B, S, F), i, f, (w_conv, b_conv, w_qk, w_v, b_qk, b_v, gates_qk, gates_v)
+    q, k, v = qkv.view(3, B, S, F)
+    gates_qk, gates_v = GateProjection(gate_w, 0), GateProjection(gate_w, 2 * F, gate_b)
+    kernel_args = (w_conv, b_conv, w_qkv[:2], w_qkv[2:], None if b_qkv is None else b_qkv[:2],
+                   None if b_qkv is None else b_qkv[2:], gates_qk, gates_v)
+    return x_c.view(B, S, F), q, k, v, i, f, kernel_args
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:

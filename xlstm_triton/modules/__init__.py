@@ -23,7 +23,7 @@ from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
 from .gated_head_norm import (gated_head_norm, gated_head_norm_torch, head_norm_gate, head_norm_gate_backward,
                               head_norm_gate_forward, head_norm_gate_torch)
 from .init import bias_linspace_init_, small_init_, wang_init_
-from .headwise_linear import (MAX_BLOCK, GateProjection, gate_column_blocks, headwise_linear,
+from .headwise_linear import (MAX_BLOCK, ConvFirst, GateProjection, gate_column_blocks, headwise_linear,
                               headwise_linear_backward, headwise_linear_forward, headwise_linear_torch,
                               weight_grad_programs)
 from .linear import LinearHeadwise, linear_headwise_many
@@ -37,7 +37,7 @@ __all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "silu_mul_li
            "head_norm_gate_forward", "head_norm_gate_torch",
            "bias_linspace_init_", "small_init_", "wang_init_",
            "LinearHeadwise", "linear_headwise_many", "MAX_BLOCK", "headwise_linear", "headwise_linear_backward",
-           "headwise_linear_forward", "headwise_linear_torch", "GateProjection", "gate_column_blocks",
+           "headwise_linear_forward", "headwise_linear_torch", "ConvFirst", "GateProjection", "gate_column_blocks",
            "weight_grad_programs",
            "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",
            "MultiHeadLayerNorm", "RMSNorm"]

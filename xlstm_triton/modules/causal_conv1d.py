@@ -67,7 +67,7 @@ def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, 
 
 
 @triton.jit
-def _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K: tl.constexpr,
+def conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K: tl.constexpr,
                     BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """bias + sum_j w[f, j] x[b, t - K + 1 + j, f] for a (BT, BF) tile, float32."""
     fm = f < F
@@ -98,7 +98,7 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
-    pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+    pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
                           HAS_STATE, HAS_BIAS)
     y = pre
     if SILU:
@@ -142,7 +142,7 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
         first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
         dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
         if SILU:
-            pre = _pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
+            pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
                                   HAS_STATE, HAS_BIAS)
             sig = 1.0 / (1.0 + tl.exp(-pre))
             dpre = dy * sig * (1.0 + pre * (1.0 - sig))

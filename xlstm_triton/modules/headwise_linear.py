@@ -32,9 +32,11 @@ import triton.language as tl
 
 from ..checks import check_features, check_tensor
 from ..launch import cached_launch
-from ..utils import cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, use_kernels
+from ..utils import (cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, packed_kernel_args,
+                     packed_sequence, use_kernels)
+from .causal_conv1d import conv_pre_activation
 
-__all__ = ["GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
+__all__ = ["ConvFirst", "GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
            "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs", "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
@@ -92,16 +94,22 @@ def _block_product(x, w_ptr, m, F, blocks, o, bias_ptr, cols, BR: tl.constexpr, 
 
 
 @cached_launch
-@triton.jit
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr, gb1_ptr, gp_ptr, N, F, s_x,
-                        s_gw, gcol0,
+                        s_gw, gcol0, cw_ptr, cb_ptr, xc_ptr, cu_ptr, NSEQ, STEPS, S,
                         M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                         HAS_BIAS: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr):
+                        GATE_BIAS: tl.constexpr, DOT_PREC: tl.constexpr, CONV_K: tl.constexpr,
+                        CONV_OUT: tl.constexpr, CONV_BIAS: tl.constexpr, VARLEN: tl.constexpr):
     """out[m] = x blockdiag(w[m])^T (+ bias[m]); with G > 0 also this column block's part of the
     gate projection, gp[pid_f, n, g] = sum_m sum_(f in the block) out[m, n, f] gw[g, gcol0 + m F + f]
     (the stored, rounded outputs; float32 sums; the caller adds the column blocks up), plus the
-    gate bias [gb0; gb1] in column block 0 with GATE_BIAS."""
+    gate bias [gb0; gb1] in column block 0 with GATE_BIAS.
+
+    With CONV_K > 0 the outputs m < CONV_OUT are of x_c = SiLU(causal depthwise conv(x)) instead
+    (weights cw (F, CONV_K), bias cb with CONV_BIAS; zero state; rows n of sequences of S steps,
+    or packed ones with VARLEN, offsets cu (NSEQ + 1,)), and x_c, rounded to x's dtype as the
+    outputs read it, is written to xc (N, F)."""
     pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -109,12 +117,28 @@ def headwise_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, gw0_ptr, gw1_ptr, gb0_ptr,
     col_ok = cols < F
     mask = (rows < N)[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * s_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_c = x
+    if CONV_K > 0:
+        if VARLEN:
+            _, first = packed_sequence(cu_ptr, NSEQ, STEPS, rows, N)
+        else:
+            first = rows // S * S
+        # taps of the rows before this tile's come from cache: the conv module's own helper,
+        # with the rows flattened (batch stride 0) and each row's window from its sequence start
+        pre = conv_pre_activation(x_ptr, 0, s_x, x_ptr, cw_ptr, cb_ptr, 0, rows, first, rows, cols, N, F, CONV_K,
+                                  BR, BF, False, CONV_BIAS)
+        x_c = (pre / (1.0 + tl.exp(-pre))).to(xc_ptr.dtype.element_ty)
+        tl.store(xc_ptr + rows.to(tl.int64)[:, None] * F + cols[None, :], x_c, mask=mask)
+        x_c = x_c.to(tl.float32)
     blocks = pid_f * NBT + tl.arange(0, NBT)
     o = tl.arange(0, BS)
     g = tl.arange(0, GP)
     gates = tl.zeros((BR, GP), dtype=tl.float32)
     for m in tl.static_range(M):
-        y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
+        if m < CONV_OUT:
+            y = _block_product(x_c, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
+        else:
+            y = _block_product(x, w_ptr, m, F, blocks, o, b_ptr, cols, BR, BF, BS, HAS_BIAS)
         y = y.to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + (rows.to(tl.int64) + m * N)[:, None] * F + cols[None, :], y, mask=mask)
         if G > 0:
@@ -340,14 +364,30 @@ def _d_gates_args(d_gates, N: int, G0: int, G: int) -> tuple:
     return (d0, d1, d0.shape[1], *d0.stride())
 
 
+class ConvFirst(NamedTuple):
+    """Outputs 0 .. outputs - 1 of the forward kernel taken of x_c = SiLU(causal depthwise
+    conv(x)) instead of x, from a zero state (the paper layer's q and k of x_c, v of x_m: one
+    read of x_m for all three and no separate conv kernel). `weight` (F, K) and `bias` (F,) or
+    None, contiguous in x's dtype (`causal_conv1d_forward`'s); x's N rows are sequences of
+    `seq_len` steps, or the packed sequences of the checked offsets `cu_seqlens`."""
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    outputs: int
+    seq_len: int
+    cu_seqlens: Optional[torch.Tensor] = None
+
+
 def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                            gates: Optional[GateProjection] = None, gate_partial: Optional[torch.Tensor] = None):
+                            gates: Optional[GateProjection] = None, gate_partial: Optional[torch.Tensor] = None,
+                            conv: Optional[ConvFirst] = None):
     """The forward kernel, no autograd and no checks: x (N, F) with unit last stride, weight
     (M, F / BS, BS, BS) and bias (M, F) or None contiguous -> (M, N, F).
 
     With `gates` (a `GateProjection`), also returns its column-block partial sums: (out, partial)
     with partial (F / BF, N, G) float32 (written into `gate_partial` if given, a contiguous
-    buffer of that shape: two calls can share one buffer and one sum over dim 0)."""
+    buffer of that shape: two calls can share one buffer and one sum over dim 0). With `conv`
+    (a `ConvFirst`), returns (out, x_c, partial) with x_c (N, F) contiguous in x's dtype and
+    partial None without gates."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     out = new_empty((M, N, F), x.dtype, x.device)
@@ -370,11 +410,21 @@ def headwise_linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
         raise ValueError(f"gate bias: expected two 1-D blocks with unit stride, got "
                          f"{[(tuple(b.shape), b.stride()) for b in gate_bias]}")
     w0, w1, s_gw, col = gate_args
+    if conv is None:
+        x_c, conv_args, K, conv_outputs = out, (weight, weight, out, weight, 1, 0, 1), 0, 0
+    else:
+        x_c = new_empty((N, F), x.dtype, x.device)
+        K, conv_outputs = conv.weight.shape[1], conv.outputs
+        conv_args = (conv.weight, conv.bias if conv.bias is not None else conv.weight, x_c,
+                     *packed_kernel_args(conv.cu_seqlens, weight), conv.seq_len)
     headwise_fwd_kernel[grid](x, weight, bias if bias is not None else weight, out, w0, w1,
                               *(gate_bias if gate_bias is not None else (weight, weight)), partial, N, F, x.stride(0),
-                              s_gw, col, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0, G=G, GP=GP,
-                              GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device),
-                              num_warps=NUM_WARPS)
+                              s_gw, col, *conv_args, M=M, BS=BS, BR=BR, BF=BF, HAS_BIAS=bias is not None, G0=G0,
+                              G=G, GP=GP, GATE_BIAS=gate_bias is not None, DOT_PREC=dot_precision(x.dtype, x.device),
+                              CONV_K=K, CONV_OUT=conv_outputs, CONV_BIAS=conv is not None and conv.bias is not None,
+                              VARLEN=conv is not None and conv.cu_seqlens is not None, num_warps=NUM_WARPS)
+    if conv is not None:
+        return out, x_c, (partial if G else None)
     return (out, partial) if G else out
 
 
