@@ -220,3 +220,36 @@ def test_conv_first_outputs_take_the_silu_conv(dtype, B, S, lengths, conv_bias, 
         assert_close(partial.sum(0), want, 1e-5 if dtype == torch.float32 else 1e-2, "gates")
     else:
         assert partial is None
+
+
+@pytest.mark.parametrize("dtype, B, S, lengths, accumulate", [
+    (torch.float32, 3, 37, None, False), (torch.bfloat16, 2, 70, None, True),
+    (torch.float32, 1, 45, [5, 0, 1, 30, 9], False), (torch.bfloat16, 1, 40, [2, 38], True)])
+def test_conv_input_grad_added_to_dx(dtype, B, S, lengths, accumulate, device, poison):
+    """`ConvInputGrad` (the paper layer's d x_m: the v call's d x plus the conv's input
+    gradient from d pre): d x against float64 autograd of out * upstream + conv(x) * d pre (the
+    conv's pre-activation, no bias), batch rows or packed sequences (each tap within its own
+    sequence), added to a given gradient or not."""
+    from xlstm_triton.modules.causal_conv1d import causal_conv1d_torch
+    from xlstm_triton.modules.headwise_linear import ConvInputGrad, headwise_linear_backward
+    from xlstm_triton.utils import use_kernels
+    M, BS, F, K = 1, 4, 72, 4
+    N = B * S
+    x = torch.randn(N, F, device=device).to(dtype)
+    if not use_kernels(x):
+        pytest.skip("the conv's d x inside the headwise kernel is a kernel feature (CPU: TRITON_INTERPRET=1)")
+    weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype)
+    conv_w = (torch.randn(F, K, device=device) / 2).to(dtype)
+    upstream = torch.randn(M, N, F, device=device).to(dtype)
+    dpre = torch.randn(N, F, device=device).to(dtype)
+    cu = None if lengths is None else torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    before = torch.randn(N, F, device=device).to(dtype)
+    dx = before.clone()
+    headwise_linear_backward(x, weight, upstream, dx=dx, accumulate=accumulate,
+                             conv=ConvInputGrad(dpre, conv_w, S, cu))
+    xd = x.double().requires_grad_()
+    out = headwise_linear_torch(xd, weight.double())
+    pre = causal_conv1d_torch(xd.view(B, S, F), conv_w.double(), None, silu=False, cu_seqlens=cu).reshape(N, F)
+    ((out * upstream.double()).sum() + (pre * dpre.double()).sum()).backward()
+    want = xd.grad + (before.double() if accumulate else 0)
+    assert_close(dx, want, TOL[dtype][1], "d x")

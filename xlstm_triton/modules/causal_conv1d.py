@@ -32,7 +32,8 @@ from ..checks import check_cu_seqlens, check_tensor, host_offsets
 from ..launch import cached_launch
 from ..utils import cdiv, kernel_op, new_empty, next_power_of_2, packed_kernel_args, packed_sequence, use_kernels
 
-__all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch"]
+__all__ = ["causal_conv1d", "causal_conv1d_backward", "causal_conv1d_backward_pre", "causal_conv1d_forward",
+           "causal_conv1d_torch", "conv_input_grad", "conv_pre_activation"]
 
 
 @triton.jit
@@ -169,6 +170,21 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
         tl.store(partial_ptr + (row + K) * F + f, tl.sum(ab, axis=0), mask=fm)
 
 
+@triton.jit
+def conv_input_grad(dpre_ptr, w_ptr, t, end, f, F, K: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
+    """sum_j w[f, j] d pre[t + K - 1 - j] over the steps before `end` (each t's sequence end),
+    float32 (BT, BF), of d pre rows F wide from dpre_ptr (a batch row's, or flattened rows with
+    `end` per row)."""
+    fm = f < F
+    acc = tl.zeros((BT, BF), dtype=tl.float32)
+    for j in tl.static_range(K):
+        dst = t + (K - 1) - j
+        d = tl.load(dpre_ptr + dst.to(tl.int64)[:, None] * F + f[None, :], mask=(dst < end)[:, None] & fm[None, :],
+                    other=0.0).to(tl.float32)
+        acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_dxb, s_dxs, S, F, K: tl.constexpr,
@@ -179,16 +195,10 @@ def causal_conv1d_bwd_dx_kernel(dpre_ptr, w_ptr, cu_ptr, NSEQ, STEPS, dx_ptr, s_
     t = pt * BT + tl.arange(0, BT)
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
-    acc = tl.zeros((BT, BF), dtype=tl.float32)
     end = t * 0 + S
     if VARLEN:           # the largest j with cu[j] <= t: its sequence ends at cu[j + 1] > t
         end = tl.load(cu_ptr + packed_sequence(cu_ptr, NSEQ, STEPS, t, S)[0] + 1)
-    for j in tl.static_range(K):
-        dst = t + (K - 1) - j
-        same = dst < end
-        d = tl.load(dpre_ptr + (b * S + dst.to(tl.int64))[:, None] * F + f[None, :],
-                    mask=same[:, None] & fm[None, :], other=0.0).to(tl.float32)
-        acc += d * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
+    acc = conv_input_grad(dpre_ptr + b * S * F, w_ptr, t, end, f, F, K, BT, BF)
     dx_ptrs = dx_ptr + b * s_dxb + t.to(tl.int64)[:, None] * s_dxs + f[None, :]
     if ACCUMULATE:
         acc += tl.load(dx_ptrs, mask=(t < S)[:, None] & fm[None, :], other=0.0).to(tl.float32)
@@ -257,13 +267,32 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     with `accumulate` it is added to what dx holds."""
     B, S, F = x.shape
     K = weight.shape[1]
+    dpre, dw, db = causal_conv1d_backward_pre(x, weight, bias, state, dy, silu, cu_seqlens)
+    BT, BF = _tiles(S, F)[0], _bwd_pre_tiles(S, F)[2]
+    if dx is None:
+        dx = new_empty((B, S, F), x.dtype, x.device)
+    causal_conv1d_bwd_dx_kernel[_grid(B, cdiv(S, BT), cdiv(F, BF))](
+        dpre, weight, *_varlen_args(x, cu_seqlens), dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT, BF=BF,
+        VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate, num_warps=BWD_NUM_WARPS)
+    dstate = _state_grad(dpre, weight, K, cu_seqlens) if state is not None else x.new_empty(0)
+    return dx, dw, db, dstate
+
+
+def causal_conv1d_backward_pre(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                               state: Optional[torch.Tensor], dy: torch.Tensor, silu: bool,
+                               cu_seqlens: Optional[torch.Tensor] = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward's first kernel alone (arguments as `causal_conv1d_backward`'s): (d pre
+    (B, S, F) contiguous in x's dtype, d weight, d bias or an empty tensor). dx is then
+    sum_j weight[:, j] d pre[t + K - 1 - j] within t's sequence (`conv_input_grad`, which a
+    caller's kernel can run where it writes its own gradient of x)."""
+    B, S, F = x.shape
+    K = weight.shape[1]
     dy = dy.contiguous()
     PT, TILES, BF = _bwd_pre_tiles(S, F)
-    BT = _tiles(S, F)[0]
-    grid = (B, cdiv(S, BT), cdiv(F, BF))              # the second kernel's: BT x BF tiles
     packed = _varlen_args(x, cu_seqlens)
     dpre = new_empty((B, S, F), x.dtype, x.device)
-    pre_grid = (B, cdiv(S, PT * TILES), grid[2])
+    pre_grid = (B, cdiv(S, PT * TILES), cdiv(F, BF))
     partial = new_empty((B * pre_grid[1], K + 1, F), torch.float32, x.device)   # written whole
     for j0 in range(0, K, 4):        # groups of four taps; the first writes d pre, later ones recompute it
         causal_conv1d_bwd_pre_kernel[_grid(*pre_grid)](
@@ -271,16 +300,10 @@ def causal_conv1d_backward(x: torch.Tensor, weight: torch.Tensor, bias: Optional
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
             BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
             VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
-    if dx is None:
-        dx = new_empty((B, S, F), x.dtype, x.device)
-    causal_conv1d_bwd_dx_kernel[_grid(*grid)](dpre, weight, *packed, dx, dx.stride(0), dx.stride(1), S, F, K=K, BT=BT,
-                                              BF=BF, VARLEN=cu_seqlens is not None, ACCUMULATE=accumulate,
-                                              num_warps=BWD_NUM_WARPS)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
-    dstate = _state_grad(dpre, weight, K, cu_seqlens) if state is not None else x.new_empty(0)
-    return dx, dw, db, dstate
+    return dpre, dw, db
 
 
 def causal_conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

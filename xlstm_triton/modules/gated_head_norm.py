@@ -144,6 +144,10 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
     tl.store(base + 2 * V, dk, mask=mask)
 
 
+# Programs of the backward per SM at heads of 512 (8 measured on an H200).
+BWD_PROGRAMS_PER_SM = 8
+
+
 def _launch_meta(DH: int, backward: bool) -> dict:
     """A head's features in one block; few warps: the forward ran fastest with 16 features a
     thread, the backward with 8 and at least 2 warps (H200, bf16, DH 256 and 512)."""
@@ -199,9 +203,9 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
                          f"tensor, got {h_dot_dh.dtype} {tuple(h_dot_dh.shape)} strides {h_dot_dh.stride()}")
     dg = d_gate if d_gate is not None else new_empty((B, S, V), gate.dtype, gate.device)
     dxs = new_empty((B, S, V), x_skip.dtype, x_skip.device) if x_skip is not None else gate.new_empty(0)
-    # (row blocks, NH) programs, ~8 an SM for heads of 512 (more for smaller heads: measured on an H200)
+    # (row blocks, NH) programs, ~BWD_PROGRAMS_PER_SM an SM for heads of 512 (more for smaller heads)
     sms = num_sms(h.device) if h.is_cuda else 132
-    programs = max(1, min(N, cdiv(8 * sms * max(1, 512 // DH), NH)))
+    programs = max(1, min(N, cdiv(BWD_PROGRAMS_PER_SM * sms * max(1, 512 // DH), NH)))
     rows_per_program = cdiv(N, programs) if N else 1
     # written whole (zeros when nothing runs)
     partial = (new_empty if N and V else torch.zeros)((programs, 3, V), dtype=torch.float32, device=h.device)

@@ -34,9 +34,9 @@ from ..checks import check_features, check_tensor
 from ..launch import cached_launch
 from ..utils import (cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, packed_kernel_args,
                      packed_sequence, use_kernels)
-from .causal_conv1d import conv_pre_activation
+from .causal_conv1d import conv_input_grad, conv_pre_activation
 
-__all__ = ["ConvFirst", "GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
+__all__ = ["ConvFirst", "ConvInputGrad", "GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
            "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs", "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
@@ -166,18 +166,20 @@ def _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S, s_dgb, s_dgs, s_dgg, G0: tl.cons
 
 
 @cached_launch
-@triton.jit
+@triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, S_dg, s_dgb,
-                           s_dgs, s_dgg, s_gw, gcol0,
+                           s_dgs, s_dgg, s_gw, gcol0, dpre_ptr, cw_ptr, cu_ptr, NSEQ, STEPS, S,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                           DOT_PREC: tl.constexpr):
+                           DOT_PREC: tl.constexpr, CONV_K: tl.constexpr, VARLEN: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
     dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read; dg, float32 in memory, and gw
     multiplied in dout's dtype with DOT_PREC: for 16-bit inputs one 16-bit product, the share
     being added to a 16-bit dout (on an H100 the kernel went 0.222 -> 0.172 ms per paper layer
     against float32 dg with 3xTF32 products, which the d weight kernel keeps: 0.189 against 0.203
-    ms there, bench/NOTES.md); for float32 inputs 3xTF32)."""
+    ms there, bench/NOTES.md); for float32 inputs 3xTF32). With CONV_K > 0 also plus a causal
+    conv's input gradient, sum_j cw[f, j] dpre[n + CONV_K - 1 - j] within n's sequence (dpre
+    (N, F); sequences of S rows, or packed ones with VARLEN, offsets cu (NSEQ + 1,))."""
     pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -211,6 +213,12 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
+    if CONV_K > 0:
+        if VARLEN:
+            end = tl.load(cu_ptr + packed_sequence(cu_ptr, NSEQ, STEPS, rows, N)[0] + 1)
+        else:
+            end = (rows // S + 1) * S
+        dx += conv_input_grad(dpre_ptr, cw_ptr, rows, end, cols, F, CONV_K, BR, BF)
     dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
     if ACCUMULATE:
         dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -364,6 +372,19 @@ def _d_gates_args(d_gates, N: int, G0: int, G: int) -> tuple:
     return (d0, d1, d0.shape[1], *d0.stride())
 
 
+class ConvInputGrad(NamedTuple):
+    """A causal depthwise conv's input gradient added by the backward's d x kernel, for a call
+    whose x is that conv's input (the paper layer's v of x_m, whose other gradient comes through
+    the conv and q, k): dx[n] += sum_j weight[:, j] dpre[n + K - 1 - j] within n's sequence.
+    `dpre` (N, F) contiguous (`causal_conv1d_backward_pre`'s), `weight` (F, K) contiguous; x's N
+    rows are sequences of `seq_len` steps, or the packed sequences of the checked offsets
+    `cu_seqlens`."""
+    dpre: torch.Tensor
+    weight: torch.Tensor
+    seq_len: int
+    cu_seqlens: Optional[torch.Tensor] = None
+
+
 class ConvFirst(NamedTuple):
     """Outputs 0 .. outputs - 1 of the forward kernel taken of x_c = SiLU(causal depthwise
     conv(x)) instead of x, from a zero state (the paper layer's q and k of x_c, v of x_m: one
@@ -468,7 +489,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                              dx: Optional[torch.Tensor] = None, accumulate: bool = False,
                              bias: Optional[torch.Tensor] = None, gates: Optional[GateProjection] = None,
                              d_gates: Optional[torch.Tensor] = None, partial: Optional[torch.Tensor] = None,
-                             gate_partial: Optional[torch.Tensor] = None
+                             gate_partial: Optional[torch.Tensor] = None, conv: Optional[ConvInputGrad] = None
                              ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
     (M, N, F) -> (dx (N, F), d weight). `dx`, if given ((N, F) with unit last stride, x's
@@ -488,7 +509,9 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     (d_gates^T x) blockdiag(weight)^T + column sums of d_gates x `bias`: out in float32 before the
     forward rounds it to store) and, where `gates.bias` is given, d b = the column sums of
     d_gates. The calls sharing a projection write all of
-    gate_partial between them; its sum over dim 0 cut at G * C gives d W and d b contiguous."""
+    gate_partial between them; its sum over dim 0 cut at G * C gives d W and d b contiguous.
+
+    With `conv` (a `ConvInputGrad`), dx also gets that conv's input gradient."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
@@ -510,10 +533,13 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
+    conv_args = ((dout, dout, dout, 1, 0, 1) if conv is None else
+                 (conv.dpre, conv.weight, *packed_kernel_args(conv.cu_seqlens, dout), conv.seq_len))
     headwise_bwd_dx_kernel[(cdiv(N, BR) * cdiv(F, BF),)](
-        dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, M=M, BS=BS,
-        BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP, DOT_PREC=dot_precision(dout.dtype, x.device),
-        num_warps=NUM_WARPS)
+        dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, *conv_args,
+        M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP,
+        DOT_PREC=dot_precision(dout.dtype, x.device), CONV_K=0 if conv is None else conv.weight.shape[1],
+        VARLEN=conv is not None and conv.cu_seqlens is not None, num_warps=NUM_WARPS)
     BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
