@@ -253,3 +253,46 @@ def test_conv_input_grad_added_to_dx(dtype, B, S, lengths, accumulate, device, p
     ((out * upstream.double()).sum() + (pre * dpre.double()).sum()).backward()
     want = xd.grad + (before.double() if accumulate else 0)
     assert_close(dx, want, TOL[dtype][1], "d x")
+
+
+@pytest.mark.parametrize("dtype, B, S, lengths, conv_bias", [
+    (torch.float32, 3, 37, None, True), (torch.bfloat16, 2, 70, None, False),
+    (torch.float32, 1, 45, [5, 0, 1, 30, 9], False), (torch.bfloat16, 1, 40, [2, 38], True)])
+def test_conv_output_grad_gives_d_pre_and_conv_weight_grads(dtype, B, S, lengths, conv_bias, device, poison):
+    """`ConvOutputGrad` (the paper layer's q, k call: x = x_c = SiLU(conv(x_m))): the d x kernel
+    adds out's gradient to the one dx held and stores the conv's d pre instead, with the conv's
+    weight and bias gradients summed over the rows; against float64 autograd of out * upstream
+    + x_c * (what dx held), batch rows or packed sequences (taps within their own sequence)."""
+    from xlstm_triton.modules.causal_conv1d import causal_conv1d_torch
+    from xlstm_triton.modules.headwise_linear import ConvOutputGrad, headwise_linear_backward
+    from xlstm_triton.utils import use_kernels
+    M, BS, F, K = 2, 4, 72, 4
+    N = B * S
+    xz = torch.randn(B, S, 2 * F, device=device).to(dtype)
+    if not use_kernels(xz):
+        pytest.skip("the conv's backward inside the headwise kernel is a kernel feature (CPU: TRITON_INTERPRET=1)")
+    x_in = xz[..., :F].reshape(N, F)                                         # rows strided by 2 F
+    weight = (torch.randn(M, F // BS, BS, BS, device=device) / 2).to(dtype)
+    conv_w = (torch.randn(F, K, device=device) / 2).to(dtype)
+    conv_b = torch.randn(F, device=device).to(dtype) if conv_bias else None
+    cu = None if lengths is None else torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    upstream = torch.randn(M, N, F, device=device).to(dtype)
+    before = torch.randn(N, F, device=device).to(dtype)
+    leaves = [conv_w.double().requires_grad_(), conv_b.double().requires_grad_() if conv_bias else None]
+    pre = causal_conv1d_torch(x_in.double().view(B, S, F), leaves[0], leaves[1], silu=False,
+                              cu_seqlens=cu).reshape(N, F)
+    pre.retain_grad()
+    x_c = torch.nn.functional.silu(pre)
+    out = headwise_linear_torch(x_c, weight.double())
+    ((out * upstream.double()).sum() + (x_c * before.double()).sum()).backward()
+    dx = before.clone()
+    d_pre, _, sums = headwise_linear_backward(x_c.detach().to(dtype), weight, upstream, dx=dx, accumulate=True,
+                                              conv_output=ConvOutputGrad(x_in, conv_w, conv_b, S, cu))
+    bwd = TOL[dtype][1]
+    assert d_pre is dx and sums.shape == (K + 1, F) and sums.dtype == torch.float32
+    assert_close(d_pre, pre.grad, bwd, "d pre")
+    assert_close(sums[:K].t(), leaves[0].grad, bwd, "d conv weight")
+    if conv_bias:
+        assert_close(sums[K], leaves[1].grad, bwd, "d conv bias")
+    else:
+        assert torch.equal(sums[K], torch.zeros_like(sums[K]))
