@@ -8,13 +8,13 @@ output h and the row statistics of the mLSTM and the norm. The backward (`mlstm_
 is written out as kernel calls, no autograd inside: it recomputes x_c, q, k, v and the gates
 (one memory-bound kernel, as in the forward), runs the fused output's backward, the mLSTM's
 backward kernels on the kept h (writing d q and d k into one buffer, what the headwise backward
-reads), and the headwise backward kernels, which also run the conv's backward (the q, k call's
-d x kernel forms its d pre and weight gradients, the v call's adds its d x where it writes
-d x_m); d x_m and d z land in one (B, S, 2 F) buffer, the gradient of xz. The conv and the
-gates (igate / fgate of cat(q, k, v)) are formed inside the headwise forward kernel, x_c from
-the x_m tile it reads and the gates while q, k, v are in registers, and in the backward the
-headwise kernels add the gates' share of d q, d k, d v and form the gate weights' and biases'
-gradients (`modules.GateProjection`): q, k, v are not read again for them.
+reads), and the headwise and conv backward kernels (the conv's d x added by the v call's d x
+kernel where it writes d x_m); d x_m and d z land in one (B, S, 2 F) buffer, the gradient of
+xz. The conv and the gates (igate / fgate of cat(q, k, v)) are formed inside the headwise
+forward kernel, x_c from the x_m tile it reads and the gates while q, k, v are in registers,
+and in the backward the headwise kernels add the gates' share of d q, d k, d v and form the
+gate weights' and biases' gradients (`modules.GateProjection`): q, k, v are not read again for
+them.
 The parameters' gradients leave the backward op in a few float32 buffers (one per kind, each
 cast once) that the autograd function cuts into views: no small copies per parameter.
 
@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from ..modules import (ConvFirst, ConvInputGrad, ConvOutputGrad, GateProjection, head_norm_gate_backward,
+from ..modules import (ConvFirst, ConvInputGrad, GateProjection, causal_conv1d_backward_pre, head_norm_gate_backward,
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        weight_grad_programs)
 from ..ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
@@ -189,29 +189,23 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     partial = new_empty((programs, n_w + 2 * NH * (3 * F + 1)), torch.float32, xz.device)   # written whole
     d_w = partial[:, :n_w].view((programs, 3) + tuple(q_w.shape))
     d_gate = partial[:, n_w:]
-    # the q, k call's d x kernel adds its share to the head norm's d x_c and turns the whole into
-    # the conv's d pre (in place) and the conv's weight and bias gradients; the v call's d x
-    # kernel adds the conv's d x where it writes d x_m: no conv backward kernels of their own
-    _, _, conv_sums = headwise_linear_backward(
-        x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F), accumulate=True, bias=b_qk, gates=gates_qk,
-        d_gates=d_gates, partial=d_w[:, :2], gate_partial=d_gate,
-        conv_output=ConvOutputGrad(x_m.reshape(N, F), w_conv, b_conv, S, cu_seqlens))
-    d_pre = d_x_c
+    headwise_linear_backward(x_c.view(N, F), w_qk, d_qk.view(2, N, F), dx=d_x_c.view(N, F), accumulate=True,
+                             bias=b_qk, gates=gates_qk, d_gates=d_gates, partial=d_w[:, :2], gate_partial=d_gate)
+    # d x_c is whole: the conv's d pre, whose share of d x_m the v call's d x kernel adds where
+    # it writes d x_m (no second pass over d x_m)
+    d_pre, d_w_conv, d_b_conv = causal_conv1d_backward_pre(x_m, w_conv, b_conv, None, d_x_c.view(B, S, F), True,
+                                                           cu_seqlens)
     headwise_linear_backward(x_m.reshape(N, F), w_v, d_v.view(1, N, F), dx=d_x_m.view(N, F), bias=b_v,
                              gates=gates_v, d_gates=d_gates, partial=d_w[:, 2:], gate_partial=d_gate,
                              conv=ConvInputGrad(d_pre.view(N, F), w_conv, S, cu_seqlens))
     d_weights = partial.sum(0)
     d_gate = d_weights[n_w:]
-    K = w_conv.shape[1]
-    # copies, not views of conv_sums: the op's outputs must not share storage
-    d_w_conv = conv_sums[:K].t().to(w_conv.dtype, memory_format=torch.contiguous_format, copy=True)
-    d_b_conv = conv_sums[K].to(w_conv.dtype, copy=True) if conv_b is not None else _absent(xz)
     if q_b is None:
         d_b = _absent(xz)
     else:        # the column sums of d q, d k, d v, plus d gate bias @ their gate weight columns
         d_b = (torch.stack([t.reshape(N, F).sum(0, dtype=torch.float32) for t in (d_qk[0], d_qk[1], d_v)])
                + (d_gate[2 * NH * 3 * F:] @ torch.cat([ig_w, fg_w]).float()).view(3, F))
-    return [d_xz, d_w_conv, d_b_conv, d_weights, d_b, d_norm]
+    return [d_xz, d_w_conv, d_b_conv if conv_b is not None else _absent(xz), d_weights, d_b, d_norm]
 
 
 @_mix_bwd.register_fake

@@ -17,27 +17,29 @@ Each imports only from `xlstm_triton.utils`, `checks` and `ops`; the layers buil
 
 from .add_norm import add_norm, add_norm_torch
 from .activations import ACTIVATIONS, silu_mul, silu_mul_linear, soft_cap
-from .causal_conv1d import causal_conv1d, causal_conv1d_backward, causal_conv1d_forward, causal_conv1d_torch
+from .causal_conv1d import (causal_conv1d, causal_conv1d_backward, causal_conv1d_backward_pre, causal_conv1d_forward,
+                            causal_conv1d_torch)
 from .conv import CausalConv1d
 from .ffn import GatedFeedForward, SwiGLUFeedForward, gated_activation
 from .gated_head_norm import (gated_head_norm, gated_head_norm_torch, head_norm_gate, head_norm_gate_backward,
                               head_norm_gate_forward, head_norm_gate_torch)
 from .init import bias_linspace_init_, small_init_, wang_init_
-from .headwise_linear import (MAX_BLOCK, ConvFirst, ConvInputGrad, ConvOutputGrad, GateProjection, gate_column_blocks,
-                              headwise_linear, headwise_linear_backward, headwise_linear_forward,
-                              headwise_linear_torch, weight_grad_programs)
+from .headwise_linear import (MAX_BLOCK, ConvFirst, ConvInputGrad, GateProjection, gate_column_blocks, headwise_linear,
+                              headwise_linear_backward, headwise_linear_forward, headwise_linear_torch,
+                              weight_grad_programs)
 from .linear import LinearHeadwise, linear_headwise_many
 from .linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy, linear_cross_entropy_torch
 from .norms import LayerNorm, MultiHeadLayerNorm, RMSNorm
 
 __all__ = ["add_norm", "add_norm_torch", "ACTIVATIONS", "silu_mul", "silu_mul_linear", "soft_cap", "causal_conv1d",
-           "causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_torch", "CausalConv1d",
+           "causal_conv1d_backward", "causal_conv1d_backward_pre", "causal_conv1d_forward", "causal_conv1d_torch",
+           "CausalConv1d",
            "GatedFeedForward", "SwiGLUFeedForward", "gated_activation",
            "gated_head_norm", "gated_head_norm_torch", "head_norm_gate", "head_norm_gate_backward",
            "head_norm_gate_forward", "head_norm_gate_torch",
            "bias_linspace_init_", "small_init_", "wang_init_",
            "LinearHeadwise", "linear_headwise_many", "MAX_BLOCK", "headwise_linear", "headwise_linear_backward",
-           "headwise_linear_forward", "headwise_linear_torch", "ConvFirst", "ConvInputGrad", "ConvOutputGrad",
+           "headwise_linear_forward", "headwise_linear_torch", "ConvFirst", "ConvInputGrad",
            "GateProjection", "gate_column_blocks",
            "weight_grad_programs",
            "LinearCrossEntropyLoss", "linear_cross_entropy", "linear_cross_entropy_torch", "LayerNorm",

@@ -51,7 +51,7 @@ def _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def conv_tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, K: tl.constexpr,
+def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, K: tl.constexpr,
          HAS_STATE: tl.constexpr):
     """The input under tap j for the (BT, BF) tile: x[b, t - K + 1 + j, f] where that step is in
     t's sequence (from `first` on), from the sequence's state before it (zeros without one),
@@ -76,7 +76,7 @@ def conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, se
     if HAS_BIAS:
         acc += tl.load(b_ptr + f, mask=fm, other=0.0).to(tl.float32)[None, :]
     for j in tl.static_range(K):
-        v = conv_tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+        v = _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
         acc += v * tl.load(w_ptr + f * K + j, mask=fm, other=0.0).to(tl.float32)[None, :]
     return acc
 
@@ -113,7 +113,7 @@ def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F
                  HAS_STATE: tl.constexpr):
     """acc + d pre * (tap j's inputs) where tap j exists (j < K)."""
     if j < K:
-        acc += dpre * conv_tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+        acc += dpre * _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
     return acc
 
 

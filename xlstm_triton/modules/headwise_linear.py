@@ -34,10 +34,9 @@ from ..checks import check_features, check_tensor
 from ..launch import cached_launch
 from ..utils import (cdiv, dot_precision, kernel_op, mma, new_empty, next_power_of_2, packed_kernel_args,
                      packed_sequence, use_kernels)
-from .causal_conv1d import conv_input_grad, conv_pre_activation, conv_tap
+from .causal_conv1d import conv_input_grad, conv_pre_activation
 
-__all__ = ["ConvFirst", "ConvInputGrad", "ConvOutputGrad", "GateProjection", "gate_column_blocks", "headwise_linear",
-           "headwise_linear_backward",
+__all__ = ["ConvFirst", "ConvInputGrad", "GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
            "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs", "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
@@ -169,26 +168,18 @@ def _load_d_gates(dg0_ptr, dg1_ptr, rows, N, S, s_dgb, s_dgs, s_dgg, G0: tl.cons
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, gw1_ptr, N, F, s_dx, S_dg, s_dgb,
-                           s_dgs, s_dgg, s_gw, gcol0, dpre_ptr, xin_ptr, s_xin, cw_ptr, cb_ptr, cpart_ptr, cu_ptr,
-                           NSEQ, STEPS, S,
+                           s_dgs, s_dgg, s_gw, gcol0, dpre_ptr, cw_ptr, cu_ptr, NSEQ, STEPS, S,
                            M: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
                            ACCUMULATE: tl.constexpr, G0: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                           DOT_PREC: tl.constexpr, CONV_K: tl.constexpr, CONV_INPUT: tl.constexpr,
-                           CONV_OUTPUT: tl.constexpr, CONV_BIAS: tl.constexpr, VARLEN: tl.constexpr):
+                           DOT_PREC: tl.constexpr, CONV_K: tl.constexpr, VARLEN: tl.constexpr):
     """dx[n, b*BS + i] (+)= sum_m sum_o dout[m, n, b*BS + o] * weight[m, b, o, i] (with G > 0,
     dout[m] + dg gw[:, gcol0 + m F + cols], added where it is read; dg, float32 in memory, and gw
     multiplied in dout's dtype with DOT_PREC: for 16-bit inputs one 16-bit product, the share
     being added to a 16-bit dout (on an H100 the kernel went 0.222 -> 0.172 ms per paper layer
     against float32 dg with 3xTF32 products, which the d weight kernel keeps: 0.189 against 0.203
-    ms there, bench/NOTES.md); for float32 inputs 3xTF32).
-
-    A causal depthwise conv of CONV_K taps (weights cw (F, CONV_K)) around x, over sequences of
-    S rows or packed ones (VARLEN, offsets cu (NSEQ + 1,)): with CONV_INPUT x is its input, and
-    dx also gets its input gradient sum_j cw[f, j] dpre[n + CONV_K - 1 - j] within n's sequence
-    (dpre (N, F) contiguous); with CONV_OUTPUT x is SiLU(conv(xin)) (bias cb with CONV_BIAS,
-    zero state), and what is stored is the conv's d pre = dx SiLU'(pre), with this row tile's
-    sums of d pre xin[n - CONV_K + 1 + j] for each tap j (and of d pre with CONV_BIAS) in
-    cpart[pid_r] ((CONV_K + 1, F) float32)."""
+    ms there, bench/NOTES.md); for float32 inputs 3xTF32). With CONV_K > 0 also plus a causal
+    conv's input gradient, sum_j cw[f, j] dpre[n + CONV_K - 1 - j] within n's sequence (dpre
+    (N, F); sequences of S rows, or packed ones with VARLEN, offsets cu (NSEQ + 1,))."""
     pid_r, pid_f = _tile_of_program(F, BF)
     NBT: tl.constexpr = BF // BS
     rows = pid_r * BR + tl.arange(0, BR)
@@ -222,7 +213,7 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
         w = tl.load(w_ptr + m * F * BS + w_offs, mask=w_mask, other=0.0).to(tl.float32)
         dx += tl.sum(tl.reshape(d, (BR, NBT, BS, 1)) * w[None, :, :, :], axis=2)
     dx = tl.reshape(dx, (BR, BF))
-    if CONV_INPUT:
+    if CONV_K > 0:
         if VARLEN:
             end = tl.load(cu_ptr + packed_sequence(cu_ptr, NSEQ, STEPS, rows, N)[0] + 1)
         else:
@@ -231,21 +222,6 @@ def headwise_bwd_dx_kernel(dout_ptr, w_ptr, dx_ptr, dg0_ptr, dg1_ptr, gw0_ptr, g
     dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * s_dx + cols[None, :]
     if ACCUMULATE:
         dx += tl.load(dx_ptrs, mask=mask, other=0.0).to(tl.float32)
-    if CONV_OUTPUT:
-        if VARLEN:
-            _, first = packed_sequence(cu_ptr, NSEQ, STEPS, rows, N)
-        else:
-            first = rows // S * S
-        pre = conv_pre_activation(xin_ptr, 0, s_xin, xin_ptr, cw_ptr, cb_ptr, 0, rows, first, rows, cols, N, F,
-                                  CONV_K, BR, BF, False, CONV_BIAS)
-        sig = 1.0 / (1.0 + tl.exp(-pre))
-        dx = tl.where(mask, dx * sig * (1.0 + pre * (1.0 - sig)), 0.0)
-        cpart = cpart_ptr + pid_r.to(tl.int64) * ((CONV_K + 1) * F) + cols
-        for j in tl.static_range(CONV_K):
-            tap = conv_tap(xin_ptr, 0, s_xin, xin_ptr, 0, rows, first, rows, cols, N, F, j, CONV_K, False)
-            tl.store(cpart + j * F, tl.sum(dx * tap, axis=0), mask=col_ok)
-        if CONV_BIAS:
-            tl.store(cpart + CONV_K * F, tl.sum(dx, axis=0), mask=col_ok)
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -409,20 +385,6 @@ class ConvInputGrad(NamedTuple):
     cu_seqlens: Optional[torch.Tensor] = None
 
 
-class ConvOutputGrad(NamedTuple):
-    """For a call whose x is x_c = SiLU(causal depthwise conv(x_in)) from a zero state (the
-    paper layer's q, k of x_c): the backward's d x kernel turns the gradient of x_c (with what
-    dx held, under `accumulate`) into the conv's d pre, stored in place of dx, and sums the
-    conv's weight and bias gradients over its rows. `x_in` (N, F) with unit last stride,
-    `weight` (F, K) and `bias` (F,) or None contiguous in x_in's dtype; x's N rows are sequences
-    of `seq_len` steps, or the packed sequences of the checked offsets `cu_seqlens`."""
-    x_in: torch.Tensor
-    weight: torch.Tensor
-    bias: Optional[torch.Tensor]
-    seq_len: int
-    cu_seqlens: Optional[torch.Tensor] = None
-
-
 class ConvFirst(NamedTuple):
     """Outputs 0 .. outputs - 1 of the forward kernel taken of x_c = SiLU(causal depthwise
     conv(x)) instead of x, from a zero state (the paper layer's q and k of x_c, v of x_m: one
@@ -527,8 +489,8 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
                              dx: Optional[torch.Tensor] = None, accumulate: bool = False,
                              bias: Optional[torch.Tensor] = None, gates: Optional[GateProjection] = None,
                              d_gates: Optional[torch.Tensor] = None, partial: Optional[torch.Tensor] = None,
-                             gate_partial: Optional[torch.Tensor] = None, conv: Optional[ConvInputGrad] = None,
-                             conv_output: Optional[ConvOutputGrad] = None) -> tuple:
+                             gate_partial: Optional[torch.Tensor] = None, conv: Optional[ConvInputGrad] = None
+                             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The kernels of the backward, no autograd: x (N, F), weight (M, F / BS, BS, BS), dout
     (M, N, F) -> (dx (N, F), d weight). `dx`, if given ((N, F) with unit last stride, x's
     dtype), is where dx goes; with `accumulate` it is added to what dx holds (the caller's other
@@ -549,10 +511,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     d_gates. The calls sharing a projection write all of
     gate_partial between them; its sum over dim 0 cut at G * C gives d W and d b contiguous.
 
-    With `conv` (a `ConvInputGrad`), dx also gets that conv's input gradient. With
-    `conv_output` (a `ConvOutputGrad`), dx holds the conv's d pre instead, and the return is
-    (d pre, d weight, conv sums): conv sums (K + 1, F) float32, rows j < K the conv weight's
-    gradient (its column j), row K its bias's (zeros without a bias)."""
+    With `conv` (a `ConvInputGrad`), dx also gets that conv's input gradient."""
     N, F = x.shape
     M, BS = weight.shape[0], weight.shape[-1]
     dout = dout.contiguous()
@@ -574,30 +533,13 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
     gate_prec = dot_precision(torch.float32, x.device)
     if dx is None:
         dx = new_empty((N, F), x.dtype, x.device)
-    if conv is not None and conv_output is not None:
-        raise ValueError("headwise_linear_backward: conv (x is a conv's input) and conv_output (x is its output) "
-                         "exclude each other")
-    K, S, cu, conv_w, conv_b, x_in, conv_sums = 0, 1, None, dout, None, dout, None
-    dpre = dout
-    if conv is not None:
-        K, S, cu, conv_w, dpre = conv.weight.shape[1], conv.seq_len, conv.cu_seqlens, conv.weight, conv.dpre
-    if conv_output is not None:
-        c = conv_output
-        K, S, cu, conv_w, conv_b, x_in = c.weight.shape[1], c.seq_len, c.cu_seqlens, c.weight, c.bias, c.x_in
-        conv_sums = (new_empty if N and F else torch.zeros)((cdiv(N, BR), K + 1, F), dtype=torch.float32,
-                                                              device=x.device)
+    conv_args = ((dout, dout, dout, 1, 0, 1) if conv is None else
+                 (conv.dpre, conv.weight, *packed_kernel_args(conv.cu_seqlens, dout), conv.seq_len))
     headwise_bwd_dx_kernel[(cdiv(N, BR) * cdiv(F, BF),)](
-        dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, dpre, x_in,
-        x_in.stride(0), conv_w, conv_b if conv_b is not None else conv_w, conv_sums if conv_sums is not None else dout,
-        *packed_kernel_args(cu, dout), S,
+        dout, weight, dx, *d_gate_args[:2], w0, w1, N, F, dx.stride(0), *d_gate_args[2:], s_gw, col, *conv_args,
         M=M, BS=BS, BR=BR, BF=BF, ACCUMULATE=accumulate, G0=G0, G=G, GP=GP,
-        DOT_PREC=dot_precision(dout.dtype, x.device), CONV_K=K, CONV_INPUT=conv is not None,
-        CONV_OUTPUT=conv_output is not None, CONV_BIAS=conv_b is not None, VARLEN=cu is not None,
-        num_warps=NUM_WARPS)
-    if conv_sums is not None:
-        conv_sums = conv_sums.sum(0)
-        if conv_b is None:
-            conv_sums[K] = 0.0
+        DOT_PREC=dot_precision(dout.dtype, x.device), CONV_K=0 if conv is None else conv.weight.shape[1],
+        VARLEN=conv is not None and conv.cu_seqlens is not None, num_warps=NUM_WARPS)
     BF_dw = max(16, min(DW_COLS, BF))     # tl.dot tiles: at least 16 each way
     shape = (programs, M, F // BS, BS, BS)
     own = partial is None
@@ -612,8 +554,7 @@ def headwise_linear_backward(x: torch.Tensor, weight: torch.Tensor, dout: torch.
         gate_partial.stride(0) if G else 0, C if G else 0, M=M, BS=BS, BR=DW_ROWS, BF=BF_dw,
         HAS_BIAS=bias is not None, DOT_PREC=dot_precision(x.dtype, x.device), G0=G0, G=G, GP=GP,
         GATE_BIAS=gate_bias, GATE_PREC=gate_prec, num_warps=NUM_WARPS, num_stages=_dw_stages(x.dtype))
-    d_weight = partial.sum(0).to(weight.dtype) if own else None
-    return (dx, d_weight) if conv_output is None else (dx, d_weight, conv_sums)
+    return dx, (partial.sum(0).to(weight.dtype) if own else None)
 
 
 @kernel_op("xlstm_triton::headwise_linear_bwd")
