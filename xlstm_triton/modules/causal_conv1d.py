@@ -117,6 +117,16 @@ def _tap_product(acc, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F
     return acc
 
 
+@triton.jit
+def _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, K: tl.constexpr,
+                  HAS_STATE: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr):
+    """Tap j's inputs (`_tap`) where tap j exists (j < K), else zeros."""
+    if j < K:
+        return _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j, K, HAS_STATE)
+    else:
+        return tl.zeros((BT, BF), dtype=tl.float32)
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["NSEQ", "STEPS"])
 def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NSEQ, STEPS, dy_ptr, dpre_ptr,
@@ -128,7 +138,11 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
     and (J0 = 0) partial[program, K] = sum d pre. The products are summed over the tiles
     elementwise and over the rows once at the end (a reduction across warps per tile and tap
     cost more than the rest of the kernel). Launched once per group of four taps (J0 = 0, 4,
-    ...); the first group writes d pre."""
+    ...); the first group writes d pre.
+
+    With K <= 4 (one group) the weights and bias are loaded once per program, not per tile (in
+    the general path's per-tile pre they were 4 x 8 scalar loads a thread and tile, strided by
+    K), and each tap's inputs once per tile, for pre and for their product."""
     b, pt, pf = _tile_of_program()
     f = pf * BF + tl.arange(0, BF)
     fm = f < F
@@ -137,27 +151,53 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
     a2 = tl.zeros((BT, BF), dtype=tl.float32)
     a3 = tl.zeros((BT, BF), dtype=tl.float32)
     ab = tl.zeros((BT, BF), dtype=tl.float32)
+    if K <= 4:      # (1, BF) rows, in the weights' dtype (registers); zeros for missing taps
+        w0 = tl.load(w_ptr + f * K, mask=fm, other=0.0)[None, :]
+        w1 = tl.load(w_ptr + f * K + 1, mask=fm & (K > 1), other=0.0)[None, :]
+        w2 = tl.load(w_ptr + f * K + 2, mask=fm & (K > 2), other=0.0)[None, :]
+        w3 = tl.load(w_ptr + f * K + 3, mask=fm & (K > 3), other=0.0)[None, :]
+        bias = tl.load(b_ptr + f, mask=fm & HAS_BIAS, other=0.0)[None, :]
     for it in range(TILES):
         t = (pt * TILES + it) * BT + tl.arange(0, BT)
         mask = (t < S)[:, None] & fm[None, :]
         first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
         dy = tl.load(dy_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :], mask=mask, other=0.0).to(tl.float32)
-        if SILU:
-            pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                                  HAS_STATE, HAS_BIAS)
-            sig = 1.0 / (1.0 + tl.exp(-pre))
-            dpre = dy * sig * (1.0 + pre * (1.0 - sig))
-        else:
+        if K <= 4:
+            v0 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 0, K, HAS_STATE, BT, BF)
+            v1 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 1, K, HAS_STATE, BT, BF)
+            v2 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 2, K, HAS_STATE, BT, BF)
+            v3 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 3, K, HAS_STATE, BT, BF)
             dpre = dy
-        dpre = tl.where(mask, dpre, 0.0)
-        if J0 == 0:
+            if SILU:
+                pre = (bias.to(tl.float32) + v0 * w0.to(tl.float32) + v1 * w1.to(tl.float32)
+                       + v2 * w2.to(tl.float32) + v3 * w3.to(tl.float32))
+                sig = 1.0 / (1.0 + tl.exp(-pre))
+                dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+            dpre = tl.where(mask, dpre, 0.0)
             tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
                      dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
             ab += dpre
-        a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
-        a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
-        a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
-        a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
+            a0 += dpre * v0
+            a1 += dpre * v1
+            a2 += dpre * v2
+            a3 += dpre * v3
+        else:
+            if SILU:
+                pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT,
+                                          BF, HAS_STATE, HAS_BIAS)
+                sig = 1.0 / (1.0 + tl.exp(-pre))
+                dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+            else:
+                dpre = dy
+            dpre = tl.where(mask, dpre, 0.0)
+            if J0 == 0:
+                tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
+                         dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+                ab += dpre
+            a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
+            a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
+            a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
+            a3 = _tap_product(a3, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 3, K, HAS_STATE)
     row = (b * tl.num_programs(1) + pt) * (K + 1) + J0
     tl.store(partial_ptr + row * F + f, tl.sum(a0, axis=0), mask=fm)
     if J0 + 1 < K:
@@ -214,6 +254,11 @@ BWD_NUM_WARPS = 4
 # first kernel); 16 x 128 x 8 tiles 272.7; 16 x 64 x 4 296.7, x 8 251.7, x 16 230.6; then x 64:
 # the first kernel 148 -> 131 us (bench/NOTES.md).
 BWD_ROWS, BWD_COLS, BWD_TILES = 16, 64, 64
+# Registers of the first kernel's K <= 4 path: the weights it keeps across its tiles took it from
+# 126 to 165 registers (sm_90, Triton 3.6), three programs an SM instead of four, two waves of the
+# paper layer's 512 programs on an H100 instead of one; at 128 it has no spills on 3.6 (8 bytes
+# of stack on 3.9). None: the compiler's choice.
+BWD_PRE_MAXNREG = 128
 
 
 def _tiles(S: int, F: int) -> tuple[int, int]:
@@ -299,7 +344,7 @@ def causal_conv1d_backward_pre(x: torch.Tensor, weight: torch.Tensor, bias: Opti
             x, x.stride(0), x.stride(1), state if state is not None else x, weight,
             bias if bias is not None else weight, *packed, dy, dpre, partial, S, F, K=K, J0=j0, BT=PT, TILES=TILES,
             BF=BF, HAS_STATE=state is not None, HAS_BIAS=bias is not None, SILU=silu,
-            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS)
+            VARLEN=cu_seqlens is not None, num_warps=BWD_NUM_WARPS, maxnreg=BWD_PRE_MAXNREG if K <= 4 else None)
     sums = partial.sum(0)                                         # (K + 1, F)
     dw = sums[:K].t().to(weight.dtype, memory_format=torch.contiguous_format, copy=True)   # no view of sums
     db = sums[K].to(weight.dtype, copy=True) if bias is not None else weight.new_empty(0)
