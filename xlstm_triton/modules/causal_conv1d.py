@@ -69,7 +69,7 @@ def _tap(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, j: tl.constexpr, 
 
 @triton.jit
 def conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K: tl.constexpr,
-                    BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
+                        BT: tl.constexpr, BF: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """bias + sum_j w[f, j] x[b, t - K + 1 + j, f] for a (BT, BF) tile, float32."""
     fm = f < F
     acc = tl.zeros((BT, BF), dtype=tl.float32)
@@ -100,7 +100,7 @@ def causal_conv1d_fwd_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr, NS
     f = pf * BF + tl.arange(0, BF)
     first, seq = _sequence_of(cu_ptr, NSEQ, STEPS, b, t, S, VARLEN)
     pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT, BF,
-                          HAS_STATE, HAS_BIAS)
+                              HAS_STATE, HAS_BIAS)
     y = pre
     if SILU:
         y = pre / (1.0 + tl.exp(-pre))
