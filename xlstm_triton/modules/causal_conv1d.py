@@ -167,33 +167,27 @@ def causal_conv1d_bwd_pre_kernel(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, cu_ptr
             v1 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 1, K, HAS_STATE, BT, BF)
             v2 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 2, K, HAS_STATE, BT, BF)
             v3 = _tap_or_zeros(x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, 3, K, HAS_STATE, BT, BF)
-            dpre = dy
-            if SILU:
+        dpre = dy
+        if SILU:
+            if K <= 4:
                 pre = (bias.to(tl.float32) + v0 * w0.to(tl.float32) + v1 * w1.to(tl.float32)
                        + v2 * w2.to(tl.float32) + v3 * w3.to(tl.float32))
-                sig = 1.0 / (1.0 + tl.exp(-pre))
-                dpre = dy * sig * (1.0 + pre * (1.0 - sig))
-            dpre = tl.where(mask, dpre, 0.0)
+            else:
+                pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT,
+                                          BF, HAS_STATE, HAS_BIAS)
+            sig = 1.0 / (1.0 + tl.exp(-pre))
+            dpre = dy * sig * (1.0 + pre * (1.0 - sig))
+        dpre = tl.where(mask, dpre, 0.0)
+        if J0 == 0:
             tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
                      dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
             ab += dpre
+        if K <= 4:
             a0 += dpre * v0
             a1 += dpre * v1
             a2 += dpre * v2
             a3 += dpre * v3
         else:
-            if SILU:
-                pre = conv_pre_activation(x_ptr, s_xb, s_xs, st_ptr, w_ptr, b_ptr, b, t, first, seq, f, S, F, K, BT,
-                                          BF, HAS_STATE, HAS_BIAS)
-                sig = 1.0 / (1.0 + tl.exp(-pre))
-                dpre = dy * sig * (1.0 + pre * (1.0 - sig))
-            else:
-                dpre = dy
-            dpre = tl.where(mask, dpre, 0.0)
-            if J0 == 0:
-                tl.store(dpre_ptr + (b * S + t.to(tl.int64))[:, None] * F + f[None, :],
-                         dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
-                ab += dpre
             a0 = _tap_product(a0, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0, K, HAS_STATE)
             a1 = _tap_product(a1, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 1, K, HAS_STATE)
             a2 = _tap_product(a2, dpre, x_ptr, s_xb, s_xs, st_ptr, b, t, first, seq, f, S, F, J0 + 2, K, HAS_STATE)
