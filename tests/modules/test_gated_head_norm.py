@@ -134,27 +134,39 @@ def test_weight_offset_in_the_kernels(device, kernels, poison):
         assert_close(got, want, 1e-6, name)
 
 
-def test_backward_writes_h_dot_dh(device, kernels, poison):
-    """`head_norm_gate_backward` with `h_dot_dh` writes sum_d h * dh per row and head (float64
-    of the returned d h) and returns the same gradients as without; a wrong buffer is refused."""
+@pytest.mark.parametrize("eps", [1.0, 1e-5])
+def test_backward_writes_h_dot_dh(eps, device, kernels, poison):
+    """`head_norm_gate_backward` with `h_dot_dh` writes sum_d h * dh per row and head and
+    returns the same gradients as without; a wrong buffer or a missing eps is refused. eps = 1:
+    against float64 of the returned d h; eps = 1e-5: against the float64 norm's own backward
+    (the dot of the returned d h is then mostly its rounding: d h is orthogonal to h but for
+    eps's share)."""
     from xlstm_triton.modules import head_norm_gate_backward, head_norm_gate_forward
     B, S, NH, DH = 2, 7, 3, 40
     V = NH * DH
     h = torch.randn(B, NH, S, DH, device=device).transpose(1, 2)
     gate, xs, dy = (torch.randn(B, S, V, device=device) for _ in range(3))
     w, k = (torch.randn(V, device=device) * 0.3 for _ in range(2))
-    # eps = 1: a norm's d h is orthogonal to h but for eps's share (the norm of c h is that of h
-    # for eps = 0), so the sum would cancel to rounding noise with a small eps
-    _, mean, rstd = head_norm_gate_forward(h, gate, w, None, 1.0, act="silu", skip=k, x_skip=xs, weight_offset=1.0)
+    _, mean, rstd = head_norm_gate_forward(h, gate, w, None, eps, act="silu", skip=k, x_skip=xs, weight_offset=1.0)
     args = (h, gate, w, None, mean, rstd, dy)
     kw = dict(act="silu", skip=k, x_skip=xs, weight_offset=1.0)
     dots = new_empty((B, S, NH), torch.float32, device)
-    grads = head_norm_gate_backward(*args, **kw, h_dot_dh=dots)
+    grads = head_norm_gate_backward(*args, **kw, h_dot_dh=dots, eps=eps)
     for name, got, want in zip(("d h", "d gate", "d x_skip", "sums"), grads, head_norm_gate_backward(*args, **kw)):
         assert_close(got, want, 0.0, name)
-    assert_close(dots, (h.double() * grads[0].double()).sum(-1), 1e-5, "h . d h")
+    if eps == 1.0:
+        want = (h.double() * grads[0].double()).sum(-1)
+    else:          # the float64 norm's d h (through the gate and the skip, as the kernel's dn)
+        hd = h.double().requires_grad_()
+        n = torch.nn.functional.layer_norm(hd, (DH,), eps=eps) * (w.double() + 1.0).view(NH, DH)
+        y = torch.nn.functional.silu(gate.double()) * (n.flatten(-2) + k.double() * xs.double())
+        (y * dy.double()).sum().backward()
+        want = (hd.detach() * hd.grad).sum(-1)
+    assert_close(dots, want, 1e-5 if eps == 1.0 else 1e-3, "h . d h")
     with pytest.raises(ValueError, match="h_dot_dh must be a contiguous float32"):
-        head_norm_gate_backward(*args, **kw, h_dot_dh=dots.transpose(1, 2))
+        head_norm_gate_backward(*args, **kw, h_dot_dh=dots.transpose(1, 2), eps=eps)
+    with pytest.raises(ValueError, match="needs the forward's eps"):
+        head_norm_gate_backward(*args, **kw, h_dot_dh=dots)
 
 
 def test_torch_path_and_wrapper(device):

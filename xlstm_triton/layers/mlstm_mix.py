@@ -172,7 +172,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     h_dot_dh = new_empty((B, S, NH), torch.float32, xz.device)      # the mLSTM backward's dz reads it
     d_h, _, d_x_c, d_norm = head_norm_gate_backward(
         h, z, norm_w, norm_b, mean, rstd, d_out, act="silu", skip=skip, x_skip=x_c, d_gate=d_z,
-        weight_offset=norm_offset, h_dot_dh=h_dot_dh)
+        weight_offset=norm_offset, h_dot_dh=h_dot_dh, eps=norm_eps)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
     d_v = x_m.new_empty((B, S, F))
     saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)

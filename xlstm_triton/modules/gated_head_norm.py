@@ -82,12 +82,16 @@ def head_norm_gate_fwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, y_ptr, 
 def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_ptr, rstd_ptr, dy_ptr,
                               dh_ptr, dg_ptr, dxs_ptr, partial_ptr, hdh_ptr,
                               s_hb, s_hs, s_hh, s_gb, s_gs, s_xb, s_xs, s_dg, N, S, NH, rows_per_program, w_offset,
+                              eps,
                               DH: tl.constexpr, BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                               HAS_SKIP: tl.constexpr, SILU: tl.constexpr, HAS_HDH: tl.constexpr):
     """Programs (row block, head). With n = h^ w + bias + skip x_skip (w = weight + w_offset) and dn = dy act(gate):
     d gate = dy n act'(gate); d x_skip = dn skip; d h = 1/std (w dn - mean(w dn) - h^ mean(w dn h^));
     partial sums over the block's rows of dn h^, dn, dn x_skip (d weight, d bias, d skip). HAS_HDH:
-    also h . d h per (row, head), d h as stored (the mLSTM backward's dz reads it)."""
+    also h . d h per (row, head) (the mLSTM backward's dz reads it), as eps rstd^2 sum(w dn h^):
+    with sum h^ = 0 and sum h^2 = DH var rstd^2, the terms of h . d h cancel but for eps's share,
+    so it needs no reduction of its own, and it is not the rounding noise of a dot of stored d h
+    with h that cancels to it."""
     pid, hd = tl.program_id(0), tl.program_id(1)
     d = tl.arange(0, BLOCK)
     mask = d < DH
@@ -131,11 +135,11 @@ def head_norm_gate_bwd_kernel(h_ptr, g_ptr, w_ptr, b_ptr, k_ptr, xs_ptr, mean_pt
             dk += dn * xs
         tl.store(dg_ptr + row * s_dg + col, (dy * n * da).to(dg_ptr.dtype.element_ty), mask=mask)
         wdn = w * dn
-        dh = (wdn - tl.sum(wdn, axis=0) / DH - xhat * (tl.sum(wdn * xhat, axis=0) / DH)) * rstd
-        dh = dh.to(dh_ptr.dtype.element_ty)
-        tl.store(dh_ptr + row * V + col, dh, mask=mask)
+        wdn_xhat = tl.sum(wdn * xhat, axis=0)
+        dh = (wdn - tl.sum(wdn, axis=0) / DH - xhat * (wdn_xhat / DH)) * rstd
+        tl.store(dh_ptr + row * V + col, dh.to(dh_ptr.dtype.element_ty), mask=mask)
         if HAS_HDH:
-            tl.store(hdh_ptr + stat, tl.sum(h * dh.to(tl.float32), axis=0))
+            tl.store(hdh_ptr + stat, eps * rstd * rstd * wdn_xhat)
         dw += dn * xhat
         db += dn
     base = partial_ptr + (3 * pid) * V + col
@@ -189,7 +193,7 @@ def _(h, gate, weight, bias, skip, x_skip, eps, silu, weight_offset=0.0):
 
 
 def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu, d_gate=None, weight_offset=0.0,
-                      h_dot_dh=None):
+                      h_dot_dh=None, eps=0.0):
     B, S, NH, DH = h.shape
     N, V = B * S, NH * DH
     h, gate, x_skip = _unit_last(h), _unit_last(gate), _unit_last(x_skip)
@@ -216,7 +220,7 @@ def _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, silu,
             skip if skip is not None else h, xs, mean, rstd, dy.contiguous(), dh, dg,
             dxs if x_skip is not None else dg, partial, h_dot_dh if h_dot_dh is not None else mean,
             h.stride(0), h.stride(1), h.stride(2), gate.stride(0), gate.stride(1), xs.stride(0), xs.stride(1),
-            dg.stride(1), N, S, NH, rows_per_program, weight_offset,
+            dg.stride(1), N, S, NH, rows_per_program, weight_offset, eps,
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_SKIP=skip is not None, SILU=silu,
             HAS_HDH=h_dot_dh is not None, **_launch_meta(DH, backward=True))
     return dh, dg, dxs, partial.sum(0)
@@ -326,16 +330,21 @@ def head_norm_gate_backward(h: torch.Tensor, gate: torch.Tensor, weight: Optiona
                             bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                             dy: torch.Tensor, *, act: str, skip: Optional[torch.Tensor] = None,
                             x_skip: Optional[torch.Tensor] = None, d_gate: Optional[torch.Tensor] = None,
-                            weight_offset: float = 0.0, h_dot_dh: Optional[torch.Tensor] = None):
+                            weight_offset: float = 0.0, h_dot_dh: Optional[torch.Tensor] = None,
+                            eps: Optional[float] = None):
     """The backward kernel, no autograd: gradients (dh (B, S, NH, DH), d gate, d x_skip (empty
     without a skip), and the float32 sums (3, NH * DH): d weight, d bias, d skip) of y given dy.
     `d_gate`, if given ((B, S, NH * DH), gate's dtype, unit last stride, rows evenly strided), is
     where d gate goes (e.g. a view of the buffer holding the gradient of gate's producer).
-    `h_dot_dh`, if given (contiguous float32 (B, S, NH)), receives sum_d h * dh per row and head
-    (dh as returned, rounded to h's dtype): the mLSTM backward's normalizer term reads it instead
-    of reading h and dh again."""
+    `h_dot_dh`, if given (contiguous float32 (B, S, NH)), receives sum_d h * dh per row and head,
+    which needs the forward's `eps`: the norm makes d h orthogonal to h but for eps's share, and
+    the kernel writes that share, eps rstd^2 sum_d(w dn h^), exact, not a dot of the rounded d h
+    with h (mostly rounding noise at a small eps). The mLSTM backward's normalizer term reads it
+    instead of reading h and dh again."""
+    if h_dot_dh is not None and eps is None:
+        raise ValueError("head_norm_gate_backward: h_dot_dh needs the forward's eps")
     return _backward_kernels(h, gate, weight, bias, skip, x_skip, mean, rstd, dy, act == "silu", d_gate,
-                             float(weight_offset), h_dot_dh)
+                             float(weight_offset), h_dot_dh, float(eps or 0.0))
 
 
 def gated_head_norm_torch(h, o, weight=None, bias=None, eps=1e-6):
