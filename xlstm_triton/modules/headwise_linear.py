@@ -36,8 +36,9 @@ from ..utils import (cdiv, dot_precision, kernel_op, mma, new_empty, next_power_
                      packed_sequence, use_kernels)
 from .causal_conv1d import conv_input_grad, conv_pre_activation
 
-__all__ = ["ConvFirst", "ConvInputGrad", "GateProjection", "gate_column_blocks", "headwise_linear", "headwise_linear_backward",
-           "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs", "MAX_BLOCK"]
+__all__ = ["ConvFirst", "ConvInputGrad", "GateProjection", "gate_column_blocks", "headwise_linear",
+           "headwise_linear_backward", "headwise_linear_forward", "headwise_linear_torch", "weight_grad_programs",
+           "MAX_BLOCK"]
 
 MAX_BLOCK = 8           # larger blocks are real matmuls: the einsum path runs them well
 

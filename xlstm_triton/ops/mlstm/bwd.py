@@ -636,7 +636,9 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     BS = min(GATE_BLOCK, max(16, next_power_of_2(S)))
     blocks = cdiv(S, BS)
     per_program = 1 if cu_seqlens is not None or blocks <= GATE_SPLIT else cdiv(blocks, GATE_SPLIT)
-    groups = cdiv(blocks, per_program) if cu_seqlens is not None else max(1, cdiv(blocks, per_program))
+    groups = cdiv(blocks, per_program)
+    if cu_seqlens is None:
+        groups = max(1, groups)             # one program a row even for S = 0 (it writes nothing)
     chunkwise_bwd_gates_kernel[(B * NH, groups)](
         qdq, kdk, i, f, extra if extra is not None else qdq, *packed, di, df, S, S_pad, B * NH, *i.stride(), *f.stride(),
         NH, 1.0 if soft_cap is None else float(soft_cap), per_program, NKB=nkb, BS=BS,

@@ -427,7 +427,8 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None, h_dot_dh=Non
     i, f as they were in the forward (recomputed), h and saved from it. No autograd (the
     kernels, not the custom op): `out`, optional (dq, dk, dv) tensors (q's, k's, v's shapes,
     unit last stride) to write the gradients into; `h_dot_dh`, optional (B, NH, S) float32,
-    any strides: the sums over DV of h * dh (dh as passed), where the caller formed them."""
+    any strides: the sums over DV of h * dh, where the caller formed them (the head norm's
+    backward writes them exactly, from its own sums)."""
     inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, cu_seqlens = saved
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
