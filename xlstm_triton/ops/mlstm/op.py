@@ -62,9 +62,12 @@ class ChunkwiseConfig:
     dscores: bool = False
 
 
+MAX_CHUNK_SIZE = 128       # the default chunk size's cap (a module constant for tuning runs)
+
+
 def default_chunk_size(S: int) -> int:
-    """Chunk size when none is given: 128, smaller for short sequences."""
-    return max(16, min(128, next_power_of_2(S)))
+    """Chunk size when none is given: MAX_CHUNK_SIZE (128), smaller for short sequences."""
+    return max(16, min(MAX_CHUNK_SIZE, next_power_of_2(S)))
 
 
 def make_config(S: int, DQK: int, DV: int, dtype: torch.dtype, chunk_size: int, walks: int = 0, sms: int = 0,
