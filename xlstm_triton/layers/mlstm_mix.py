@@ -60,12 +60,14 @@ def mix_arguments(layer, xz: Tensor, cu_seqlens: Optional[Tensor]) -> tuple:
 
 
 def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, num_heads: int,
-            cu_seqlens):
+            cu_seqlens, sum_gates: bool = True):
     """x_c = SiLU(conv(x_m)), q, k (headwise of x_c), v (headwise of x_m), each (B, S, F): one
     headwise kernel that reads x_m once, forms x_c in registers (`ConvFirst`) and writes x_c and
-    q, k, v (views of one (3, B, S, F) buffer); the gates i, f (B, S, NH) float32 = igate / fgate
-    of cat(q, k, v), formed inside that kernel while q, k, v are in registers (column-block
-    partial sums, the gate biases among them, added up by one sum: q, k, v are not read again);
+    q, k, v (views of one (3, B, S, F) buffer); the gates [i | f] (B, S, 2 NH) float32 = igate /
+    fgate of cat(q, k, v), formed inside that kernel while q, k, v are in registers (column-block
+    partial sums, the gate biases among them, added up by one sum: q, k, v are not read again;
+    with `sum_gates` False the kernel, the same as the forward's so that q, k, v are the same to
+    the bit, still writes the partial sums, but they are not added up: None);
     and the kernels' arguments that the backward reuses: the weights (conv (F, K), q and k
     stacked, v) in x_m's dtype, the biases, and the `GateProjection`s of the q, k and the v
     columns (igate.weight and fgate.weight as they are, no concatenation)."""
@@ -79,12 +81,12 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     gate_b = (ig_b, fg_b)
     qkv, x_c, partial = headwise_linear_forward(x_m.reshape(N, F), w_qkv, b_qkv, GateProjection(gate_w, 0, gate_b),
                                                 conv=ConvFirst(w_conv, b_conv, 2, S, cu_seqlens))
-    i, f = partial.sum(0).view(B, S, 2 * num_heads).split(num_heads, dim=-1)
+    gates = partial.sum(0).view(B, S, 2 * num_heads) if sum_gates else None
     q, k, v = qkv.view(3, B, S, F)
     gates_qk, gates_v = GateProjection(gate_w, 0), GateProjection(gate_w, 2 * F, gate_b)
     kernel_args = (w_conv, b_conv, w_qkv[:2], w_qkv[2:], None if b_qkv is None else b_qkv[:2],
                    None if b_qkv is None else b_qkv[2:], gates_qk, gates_v)
-    return x_c.view(B, S, F), q, k, v, i, f, kernel_args
+    return x_c.view(B, S, F), q, k, v, gates, kernel_args
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -114,19 +116,22 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
          q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor,
          fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor], norm_b: Optional[Tensor], skip: Tensor,
          num_heads: int, norm_eps: float, norm_offset: float, cu_seqlens: Optional[Tensor]
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out (B, S, F), and what the backward reads: h (B, S, NH, DH), the norm's float32 mean and
-    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay)."""
+    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay, and the gates [i | f]
+    (B, S, 2 NH) float32, which the backward reads instead of adding up its recomputed kernel's
+    partial sums again)."""
     F = xz.shape[-1] // 2
     x_m, z = xz.split(F, dim=-1)
-    x_c, q, k, v, i, f, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
-                                    num_heads, cu_seqlens)
+    x_c, q, k, v, gates, _ = _inputs(x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
+                                     num_heads, cu_seqlens)
+    i, f = gates.split(num_heads, dim=-1)
     h, saved = mlstm_chunkwise_forward(*(_heads(t, num_heads) for t in (q, k, v)), i.transpose(1, 2),
                                        f.transpose(1, 2), cu_seqlens=cu_seqlens)
     h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
     out, mean, rstd = head_norm_gate_forward(h, z, norm_w, norm_b, norm_eps, act="silu", skip=skip, x_skip=x_c,
                                              weight_offset=norm_offset)
-    return (out, h, mean, rstd, *saved[:4])
+    return (out, h, mean, rstd, *saved[:4], gates)
 
 
 @_mix.register_fake
@@ -139,12 +144,13 @@ def _(xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, 
     f32 = dict(dtype=torch.float32)
     return (xz.new_empty(B, S, F), xz.new_empty(B, S, NH, F // NH), xz.new_empty(B, S, NH, **f32),
             xz.new_empty(B, S, NH, **f32), xz.new_empty(B * NH, NC * L, **f32), xz.new_empty(B * NH, NC * L, **f32),
-            xz.new_empty(5, B * NH, NC * L, **f32), xz.new_empty(B * NH, NC, **f32))
+            xz.new_empty(5, B * NH, NC * L, **f32), xz.new_empty(B * NH, NC, **f32),
+            xz.new_empty(B, S, 2 * NH, **f32))
 
 
 @kernel_op("xlstm_triton::mlstm_layer_mix_bwd")
 def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, inv_den: Tensor, zsign: Tensor,
-             gate_steps: Tensor, gate_decay: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor,
+             gate_steps: Tensor, gate_decay: Tensor, gates: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor,
              k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor],
              ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
              norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
@@ -161,11 +167,13 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
     B, S, _ = x_m.shape
     N, NH = B * S, num_heads
     # The same kernels as the forward, gate columns included: the mLSTM's gate gradients take
-    # differences of large sums, so q, k, v should be the forward's to the bit. Saving the gates
-    # and recomputing q, k, v with the kernel built without gate columns moved the gate biases'
-    # gradients by 1.7e-4 in float32 on an H200 (not in the interpreter; bench/NOTES.md).
-    x_c, q, k, v, i, f, (w_conv, b_conv, w_qk, w_v, b_qk, b_v, gates_qk, gates_v) = _inputs(
-        x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens)
+    # differences of large sums, so q, k, v should be the forward's to the bit. Recomputing q, k,
+    # v with the kernel built without gate columns moved the gate biases' gradients by 1.7e-4 in
+    # float32 on an H200 (not in the interpreter; bench/NOTES.md). The gates themselves are the
+    # forward's, kept (0.5 MB a layer at 16k tokens): the partial sums are not added up again.
+    x_c, q, k, v, _, (w_conv, b_conv, w_qk, w_v, b_qk, b_v, gates_qk, gates_v) = _inputs(
+        x_m, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, NH, cu_seqlens, sum_gates=False)
+    i, f = gates.split(NH, dim=-1)
     cell_in = (*(_heads(t, NH) for t in (q, k, v)), i.transpose(1, 2), f.transpose(1, 2))
     d_xz = xz.new_empty(xz.shape)
     d_x_m, d_z = d_xz.split(F, dim=-1)
@@ -209,7 +217,7 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
 
 
 @_mix_bwd.register_fake
-def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
+def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
       v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
     F = xz.shape[-1] // 2
     f32 = dict(dtype=torch.float32)
@@ -251,7 +259,7 @@ def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Opt
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.set_materialize_grads(False)     # the 7 outputs kept for the backward send None, not zeros
+    ctx.set_materialize_grads(False)     # the 8 outputs kept for the backward send None, not zeros
     (xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
      num_heads, norm_eps, norm_offset, cu_seqlens) = inputs
     ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
@@ -260,10 +268,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, d_out, *unused):
-    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params, cu_seqlens = ctx.saved_tensors
+    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, *params, cu_seqlens = ctx.saved_tensors
     if d_out is None:
         d_out = xz.new_zeros(h.shape[:2] + (xz.shape[-1] // 2,))
-    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, *params,
+    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, *params,
                      *ctx.config, cu_seqlens)
     return (grads[0], *_param_grads(grads[1:], params, ctx.config[0]), None, None, None, None)
 
