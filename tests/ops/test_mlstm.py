@@ -269,14 +269,16 @@ def test_checked_offsets_keep_no_index():
     assert not [k for k, v in vars(checked).items() if isinstance(v, torch.Tensor)]
 
 
-def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(device, monkeypatch):
+@pytest.mark.parametrize("once", [False, True], ids=["scores_per_block", "scores_once"])
+def test_packed_sequences_fused_keep_non_finite_values_inside_their_sequence(once, device, monkeypatch):
     """A NaN in one packed sequence's input reaches no other sequence's output (fused path)."""
     from xlstm_triton.utils import use_kernels
     if not use_kernels(torch.zeros(1, device=device)):
         pytest.skip("CPU without TRITON_INTERPRET=1: packed sequences loop over the PyTorch path")
     monkeypatch.setattr(mlstm_op, "_mlstm_packed", lambda *a, **k: pytest.fail("the per-sequence loop ran"))
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_v=16, scores=once))    # two DV blocks
     lengths = [7, 5, 20]
-    x = make_inputs(1, 1, sum(lengths), 16, 16, device)
+    x = make_inputs(1, 1, sum(lengths), 16, 32, device)
     x["v"][0, 0, 9] = float("nan")                      # inside the second sequence (steps 7..11)
     x["f"][0, 0, 10] = float("nan")
     cu = torch.tensor([0] + lengths, device=device).cumsum(0)
@@ -549,11 +551,17 @@ def test_compiled_backward_with_strided_inputs():
 @pytest.mark.parametrize("fn", [mlstm_chunkwise, mlstm_chunkwise_torch], ids=["op", "torch_path"])
 @pytest.mark.parametrize("name", ["q", "k", "v", "i", "f"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_values_reach_only_their_own_and_later_steps(fn, name, value, device):
+@pytest.mark.parametrize("once", [False, True], ids=["scores_per_block", "scores_once"])
+def test_non_finite_values_reach_only_their_own_and_later_steps(fn, name, value, once, device, monkeypatch):
     # A NaN or Inf at step `pos` must leave every earlier output untouched, inside its chunk
     # too: the set of non-finite outputs is the recurrence's, and the finite ones match it.
-    # (f = -inf, "forget everything", gives finite outputs in the recurrence.)
-    B, NH, S, D, L = 2, 2, 40, 16, 16
+    # (f = -inf, "forget everything", gives finite outputs in the recurrence.) The output
+    # kernel's products with v take a second, exact path only where the first is not finite;
+    # with `once` the chunk's scores and the normalizer's dot come from the scores kernel.
+    if once and fn is mlstm_chunkwise_torch:
+        pytest.skip("the config is the kernels'")
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_v=16, scores=once))    # two DV blocks
+    B, NH, S, D, L = 2, 2, 40, 32, 16
     for pos in (0, 7, 16, 17, 39):    # first step, inside a chunk, chunk starts, last step
         x = make_inputs(B, NH, S, D, D, device)
         if name in "qkv":

@@ -168,18 +168,18 @@ def row_products(a_base, ra, s_a, b_base, rb, s_b, S, D: tl.constexpr, BD: tl.co
 @cached_launch
 @triton.jit(do_not_specialize=["NH", "S", "NSEQ", "STEPS"])
 def chunkwise_fwd_scores_kernel(
-    q_ptr, k_ptr, u2_ptr, r2_ptr, cu_ptr, NSEQ, STEPS, p_ptr, nq_ptr,
+    q_ptr, k_ptr, nstates_ptr, u2_ptr, r2_ptr, g_ptr, cu_ptr, NSEQ, STEPS, p_ptr, nq_ptr,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt,
-    NH, S, S_pad,
+    NH, S, S_pad, NC,
     DQK: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """The chunk's weighted scores once, for the output kernel's DV blocks (which otherwise each
     form them again): p[bh, t, s - cL] = W[t, s] (q_t . k_s) for the key tiles of t's chunk up
     to t's tile (0 for s > t and across sequences) in the dtype the product with v takes them
-    in, and their float32 row sums nq[bh, t] (the normalizer's part from inside the chunk, before
-    the scale). p (B*NH, S_pad, L), tiles after the diagonal not written (not read); nq
-    (B*NH, S_pad)."""
+    in; and the normalizer's dot before the scale, nq[bh, t] = g_t (q_t . n_c) (0 where C_c is
+    not t's sequence) + the float32 row sums of p, which the DV blocks would each form again.
+    p (B*NH, S_pad, L), tiles after the diagonal not written (not read); nq (B*NH, S_pad)."""
     tile, bh = tl.program_id(0), tl.program_id(1)
     chunk = tile // (L // BT)
     t = tile * BT + tl.arange(0, BT)
@@ -197,7 +197,27 @@ def chunkwise_fwd_scores_kernel(
         scores = tl.where(causal, scores * tl.exp2(u2[:, None] + r2[None, :]), 0.0)
         nq += tl.sum(scores, axis=1)
         tl.store(p_ptr + (row_base + t)[:, None] * L + (s - chunk * L)[None, :], scores.to(p_ptr.dtype.element_ty))
-    tl.store(nq_ptr + row_base + t, nq)
+    nq_state = _state_normalizer_dot(q_base, nstates_ptr + (bh.to(tl.int64) * NC + chunk) * DQK, t, s_qt, S,
+                                     DQK, BK)
+    g = tl.load(g_ptr + row_base + t)
+    if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
+        nq_state = tl.where(t_first <= chunk * L, nq_state * g, 0.0)
+    else:
+        nq_state = nq_state * g
+    tl.store(nq_ptr + row_base + t, nq_state + nq)
+
+
+@triton.jit
+def _state_normalizer_dot(q_base, n_base, t, s_qt, S, DQK: tl.constexpr, BK: tl.constexpr):
+    """(BT,) float32: q_t . n over DQK, BK at a time (rows t at or past S read as zeros)."""
+    nq = tl.zeros(t.shape, dtype=tl.float32)
+    for kb in range(0, DQK, BK):
+        offs_k = kb + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        q = tl.load(q_base + t[:, None] * s_qt + offs_k[None, :], mask=(t < S)[:, None] & mask_k[None, :], other=0.0)
+        n = tl.load(n_base + offs_k, mask=mask_k, other=0.0)
+        nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+    return nq
 
 
 @cached_launch
@@ -211,8 +231,13 @@ def chunkwise_fwd_output_kernel(
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     VARLEN: tl.constexpr, SCORES: tl.constexpr,
 ):
-    """h of one DV block, and the row statistics. SCORES: the chunk's weighted scores and
-    their row sums from `chunkwise_fwd_scores_kernel` (p_ptr, nqi_ptr) instead of formed here."""
+    """h of one DV block, and the row statistics. SCORES: the chunk's weighted scores and the
+    normalizer's dot from `chunkwise_fwd_scores_kernel` (p_ptr, nqi_ptr) instead of formed here.
+
+    A key tile's product with v runs as is, and again with the exact causal handling of
+    non-finite values (below) only where its result is not all finite (a non-finite v entry
+    makes its whole column non-finite, 0 x Inf being NaN): the same numbers, bit for bit, at a
+    fraction of the instructions when everything is finite."""
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -241,9 +266,10 @@ def chunkwise_fwd_output_kernel(
                     mask=mask_t[:, None] & mask_k[None, :], other=0.0)
         C = tl.load(states_ptr + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
                     mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
         num += tl.dot(q.to(DOT_DTYPE), C.to(DOT_DTYPE), input_precision=PRECISION)
-        nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
+        if not SCORES:
+            n = tl.load(nstates_ptr + state * DQK + offs_k, mask=mask_k, other=0.0)
+            nq += tl.sum(q.to(tl.float32) * n[None, :], axis=1)
     if VARLEN:          # rows of sequences that start inside the chunk: C_c is not theirs (selected out)
         carried = t_first <= chunk * L
         num = tl.where(carried[:, None], num * g[:, None], 0.0)
@@ -272,15 +298,19 @@ def chunkwise_fwd_output_kernel(
             nq += tl.sum(scores, axis=1)
         v = tl.load(v_base + s[:, None] * s_vt + offs_v[None, :],
                     mask=(s < S)[:, None] & mask_v[None, :], other=0.0)
-        finite = tl.abs(v.to(tl.float32)) < float("inf")          # False for NaN and +-Inf
-        reached = tl.dot(tl.where(causal, 1.0, 0.0).to(DOT_DTYPE),
-                         tl.where(finite, 0.0, 1.0).to(DOT_DTYPE), input_precision=PRECISION)
-        num += tl.dot(scores.to(DOT_DTYPE), tl.where(finite, v, 0.0).to(DOT_DTYPE),
-                      input_precision=PRECISION)
-        num = tl.where(reached > 0.5, float("nan"), num)
+        product = tl.dot(scores.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=PRECISION)
+        if tl.sum(tl.sum(product * 0.0, axis=1), axis=0) == 0.0:        # all finite
+            num += product
+        else:
+            finite = tl.abs(v.to(tl.float32)) < float("inf")          # False for NaN and +-Inf
+            reached = tl.dot(tl.where(causal, 1.0, 0.0).to(DOT_DTYPE),
+                             tl.where(finite, 0.0, 1.0).to(DOT_DTYPE), input_precision=PRECISION)
+            num += tl.dot(scores.to(DOT_DTYPE), tl.where(finite, v, 0.0).to(DOT_DTYPE),
+                          input_precision=PRECISION)
+            num = tl.where(reached > 0.5, float("nan"), num)
 
     if SCORES:
-        nq += tl.load(nqi_ptr + row_base + t)
+        nq = tl.load(nqi_ptr + row_base + t)           # the state's and the chunk's parts
     num = num * scale
     nq = nq * scale
     floor = tl.exp(-m)
@@ -358,7 +388,8 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
         p = new_empty((B * NH, S_pad, cfg.chunk_size), intra_dtype(cfg), q.device)
         nq = new_empty((B * NH, S_pad), torch.float32, q.device)
         chunkwise_fwd_scores_kernel[(S_pad // cfg.tile, B * NH)](
-            q, k, gates.u2, gates.r2, *packed, p, nq, *q.stride()[:3], *k.stride()[:3], NH, S, S_pad,
+            q, k, nstates, gates.u2, gates.r2, gates.g, *packed, p, nq, *q.stride()[:3], *k.stride()[:3], NH, S, S_pad,
+            gates.num_chunks,
             DQK=DQK, L=cfg.chunk_size, BT=cfg.tile, BK=cfg.block_k, DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision,
             VARLEN=cu_seqlens is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     grid = (cdiv(DV, cfg.block_v), S_pad // cfg.tile, B * NH)
