@@ -131,7 +131,8 @@ def chunkwise_bwd_dstates_kernel(
             bottom = chain_end(cu_ptr, NSEQ, STEPS, c_top, S, NC, L, False)
             dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
                                    bh, row_base, c_top - 1, bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
-                                   mask_kv, first_v, own_n, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+                                   mask_kv, first_v, own_n, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE,
+                                   PRECISION)
             below = bh.to(tl.int64) * NC + tl.maximum(bottom - 1, 0)
             tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                      mask=tl.where(bottom > 0, mask_kv, False))
@@ -158,13 +159,14 @@ def _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstate
         tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
         decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
         dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC * decay, dn * decay,
-                                own_n, offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
+                                own_n, offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE,
+                                PRECISION)
     return dC, dn
 
 
 @triton.jit
-def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, own_n, offs_k, offs_v, mask_k, mask_v,
-                   s_qt, s_dt, S, scale, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, own_n, offs_k, offs_v, mask_k,
+                   mask_v, s_qt, s_dt, S, scale, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                    PRECISION: tl.constexpr):
     """dC, dn plus chunk c's terms sum_t g_t q^_t dO_t^T and sum_t g_t q^_t dz_t; dn only where
     `own_n` (the first DV block's program, which stores it)."""
