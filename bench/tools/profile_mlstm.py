@@ -78,7 +78,7 @@ def profile(geometry, S, overrides, dtype=torch.bfloat16, tokens=65536):
     res["gates"] = bench(lambda: chunkwise_gates(i, f, None, L))
     states, nstates, _, _ = fwd.chunkwise_fwd_states(k, v, gates, None, None, cfg)
     res["fwd_states"] = bench(lambda: fwd.chunkwise_fwd_states(k, v, gates, None, None, cfg))
-    h, inv_den, zsign = fwd.chunkwise_fwd_output(q, k, v, states, nstates, gates, 1e-6, cfg)
+    h, inv_den, zsign, _ = fwd.chunkwise_fwd_output(q, k, v, states, nstates, gates, 1e-6, cfg)
     # a partial binds the states now (a lambda would read the names the `del` below removes)
     res["fwd_output"] = bench(functools.partial(fwd.chunkwise_fwd_output, q, k, v, states, nstates, gates, 1e-6, cfg))
     del states, nstates

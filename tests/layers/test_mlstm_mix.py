@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import xlstm_triton.layers.mlstm_mix as mix_mod
+import xlstm_triton.ops.mlstm.op as mlstm_op
 from tests.helpers import E, assert_close, weighted_sum_loss
 from xlstm_triton import nn as xnn
 from xlstm_triton.utils import use_kernels
@@ -25,14 +26,24 @@ def _needs_kernels(device):
         pytest.skip("CPU without TRITON_INTERPRET=1: the layer recomputes only where the kernels run")
 
 
+def _scores_once(monkeypatch):
+    """The mLSTM config of the paper LM's heads at this test's sizes: the chunks' weighted scores
+    formed once (kept by the forward for the backward) over two DV blocks."""
+    monkeypatch.setattr(mlstm_op, "CONFIG_OVERRIDES", dict(block_v=16, scores=True, dscores=True))
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["default_config", "scores_once"])
 @pytest.mark.parametrize("through_op", [False, True], ids=["direct", "custom_op"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch, poison):
+def test_recomputing_layer_matches_keeping(bias, through_op, once, device, monkeypatch, poison):
     """mLSTMLayer in training with the recomputation against the same layer keeping everything:
     outputs and the gradients of its input and every parameter, through a plain weighted-sum
     loss (kernel buffers start as NaN: the partial-sum buffers must be written whole). `through_op`: the registered ops (dispatcher, autograd registration), as under
-    torch.compile, instead of the eager direct call."""
+    torch.compile, instead of the eager direct call. `once`: with the mLSTM's scores formed
+    once and the forward's kept for the backward (the paper LM's heads)."""
     _needs_kernels(device)
+    if once:
+        _scores_once(monkeypatch)
     layer = _layer(bias, device)
     x = torch.randn(2, 21, E, device=device)
     forwards = []
@@ -63,11 +74,14 @@ def test_recomputing_layer_matches_keeping(bias, through_op, device, monkeypatch
         assert_close(grads[n], grads_ref[n], 5e-4 if n.endswith("gate.bias") else 1e-4, f"d {n}")
 
 
+@pytest.mark.parametrize("once", [False, True], ids=["default_config", "scores_once"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_ops_pass_opcheck(bias, device):
+def test_ops_pass_opcheck(bias, once, device, monkeypatch):
     """Schema, fake tensors (shapes, strides, dtypes of every output) and the autograd
     registration of the forward op; schema and fakes of the backward op."""
     _needs_kernels(device)
+    if once:
+        _scores_once(monkeypatch)
     layer = _layer(bias, device)
     xz = torch.randn(2, 19, 2 * layer.inner, device=device, requires_grad=True)
     args = mix_mod.mix_arguments(layer, xz, None)

@@ -34,7 +34,7 @@ from ..modules import (ConvFirst, ConvInputGrad, GateProjection, causal_conv1d_b
                        head_norm_gate_forward, headwise_linear_backward, headwise_linear_forward,
                        weight_grad_programs)
 from ..ops.mlstm import mlstm_chunkwise_backward, mlstm_chunkwise_forward
-from ..ops.mlstm.op import default_chunk_size
+from ..ops.mlstm.op import default_chunk_size, saved_scores_like
 from ..utils import as_dtype, is_seq_major, kernel_op, new_empty
 
 __all__ = ["cell_inputs", "mlstm_layer_mix"]
@@ -116,9 +116,10 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
          q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor,
          fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor], norm_b: Optional[Tensor], skip: Tensor,
          num_heads: int, norm_eps: float, norm_offset: float, cu_seqlens: Optional[Tensor]
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out (B, S, F), and what the backward reads: h (B, S, NH, DH), the norm's float32 mean and
-    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay, and the gates [i | f]
+    rstd (B, S, NH), the mLSTM's inv_den, zsign, gate_steps, gate_decay and weighted scores (or
+    their placeholder; `mlstm_chunkwise_forward`), and the gates [i | f]
     (B, S, 2 NH) float32, which the backward reads instead of adding up its recomputed kernel's
     partial sums again)."""
     F = xz.shape[-1] // 2
@@ -131,7 +132,7 @@ def _mix(xz: Tensor, conv_w: Tensor, conv_b: Optional[Tensor], q_w: Tensor, k_w:
     h = h.transpose(1, 2)                       # (B, S, NH, DH): the kernels' seq-major layout
     out, mean, rstd = head_norm_gate_forward(h, z, norm_w, norm_b, norm_eps, act="silu", skip=skip, x_skip=x_c,
                                              weight_offset=norm_offset)
-    return (out, h, mean, rstd, *saved[:4], gates)
+    return (out, h, mean, rstd, *saved[:5], gates)
 
 
 @_mix.register_fake
@@ -145,12 +146,13 @@ def _(xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, 
     return (xz.new_empty(B, S, F), xz.new_empty(B, S, NH, F // NH), xz.new_empty(B, S, NH, **f32),
             xz.new_empty(B, S, NH, **f32), xz.new_empty(B * NH, NC * L, **f32), xz.new_empty(B * NH, NC * L, **f32),
             xz.new_empty(5, B * NH, NC * L, **f32), xz.new_empty(B * NH, NC, **f32),
-            xz.new_empty(B, S, 2 * NH, **f32))
+            saved_scores_like(xz, B * NH, S, F // NH, F // NH, L), xz.new_empty(B, S, 2 * NH, **f32))
 
 
 @kernel_op("xlstm_triton::mlstm_layer_mix_bwd")
 def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, inv_den: Tensor, zsign: Tensor,
-             gate_steps: Tensor, gate_decay: Tensor, gates: Tensor, conv_w: Tensor, conv_b: Optional[Tensor],
+             gate_steps: Tensor, gate_decay: Tensor, scores: Tensor, gates: Tensor, conv_w: Tensor,
+             conv_b: Optional[Tensor],
              q_w: Tensor, k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor],
              ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
              norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
@@ -183,7 +185,8 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
         weight_offset=norm_offset, h_dot_dh=h_dot_dh, eps=norm_eps)
     d_qk = x_m.new_empty((2, B, S, F))                  # d q, d k: one buffer, read as one below
     d_v = x_m.new_empty((B, S, F))
-    saved = (inv_den, zsign, gate_steps, gate_decay, default_chunk_size(S), is_seq_major(cell_in[0]), cu_seqlens)
+    saved = (inv_den, zsign, gate_steps, gate_decay, scores, default_chunk_size(S), is_seq_major(cell_in[0]),
+             cu_seqlens)
     _, _, _, d_i, d_f = mlstm_chunkwise_backward(*cell_in, h.transpose(1, 2), saved, d_h.transpose(1, 2),
                                                  out=(_heads(d_qk[0], NH), _heads(d_qk[1], NH), _heads(d_v, NH)),
                                                  h_dot_dh=h_dot_dh.transpose(1, 2))
@@ -217,8 +220,8 @@ def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, i
 
 
 @_mix_bwd.register_fake
-def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b,
-      v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
+def _(d_out, xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, scores, gates, conv_w, conv_b, q_w, k_w,
+      v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip, num_heads, norm_eps, norm_offset, cu_seqlens):
     F = xz.shape[-1] // 2
     f32 = dict(dtype=torch.float32)
     return [torch.empty_like(xz, memory_format=torch.contiguous_format),
@@ -259,7 +262,7 @@ def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Opt
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.set_materialize_grads(False)     # the 8 outputs kept for the backward send None, not zeros
+    ctx.set_materialize_grads(False)     # the 9 outputs kept for the backward send None, not zeros
     (xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, norm_w, norm_b, skip,
      num_heads, norm_eps, norm_offset, cu_seqlens) = inputs
     ctx.save_for_backward(xz, *output[1:], conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b,
@@ -268,11 +271,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, d_out, *unused):
-    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, *params, cu_seqlens = ctx.saved_tensors
+    xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, scores, gates, *params, cu_seqlens = \
+        ctx.saved_tensors
     if d_out is None:
         d_out = xz.new_zeros(h.shape[:2] + (xz.shape[-1] // 2,))
-    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, gates, *params,
-                     *ctx.config, cu_seqlens)
+    grads = _mix_bwd(d_out.contiguous(), xz, h, mean, rstd, inv_den, zsign, gate_steps, gate_decay, scores, gates,
+                     *params, *ctx.config, cu_seqlens)
     return (grads[0], *_param_grads(grads[1:], params, ctx.config[0]), None, None, None, None)
 
 

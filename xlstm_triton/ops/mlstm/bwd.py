@@ -196,10 +196,12 @@ def chunkwise_bwd_dv_kernel(
     NH, S, S_pad, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr, DSCORES: tl.constexpr,
+    VARLEN: tl.constexpr, DSCORES: tl.constexpr, P_FORWARD: tl.constexpr,
 ):
     """dv of one DV block. DSCORES: the chunk's weighted scores from
-    `chunkwise_bwd_dscores_kernel` (p_ptr, read transposed) instead of formed here over DQK."""
+    `chunkwise_bwd_dscores_kernel` (p_ptr, read transposed) instead of formed here over DQK;
+    P_FORWARD: those of the forward (`chunkwise_fwd_scores_kernel`: W (q . k), without the
+    scale / den_t, which are applied here as they are read)."""
     pid_v, tile, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, hd = bh // NH, bh % NH
     TILES_PER_CHUNK: tl.constexpr = L // BT
@@ -234,6 +236,8 @@ def chunkwise_bwd_dv_kernel(
         mask_t = t < S
         if DSCORES:
             scores_t = tl.load(p_ptr + (row_base + t)[None, :] * L + (s - chunk * L)[:, None])     # [s, t]
+            if P_FORWARD:
+                scores_t = scores_t.to(tl.float32) * (scale * tl.load(inv_den_ptr + row_base + t))[None, :]
         else:
             scores_t = row_products(k_base, s, s_kt, q_base, t, s_qt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)  # [s, t]
             u2 = tl.load(u2_ptr + row_base + t)
@@ -260,12 +264,14 @@ def chunkwise_bwd_dscores_kernel(
     NH, S, S_pad, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr,
+    FORM_P: tl.constexpr,
 ):
     """The chunk's intra-chunk matrices once, for the kernels that otherwise each form them again
     for every feature block: ds[bh, t, s - cL] = W[t, s] dS[t, s] (module docstring; for dq and
-    dk) and p[bh, t, s - cL] = W[t, s] scale (q_t . k_s) / den_t (for dv), for the key tiles of
-    t's chunk up to t's tile (0 for s > t and across sequences), in the dtype the products take
-    them in. ds, p (B*NH, S_pad, L); tiles after the diagonal are not written (not read)."""
+    dk) and, with FORM_P (where the forward's are not at hand), p[bh, t, s - cL] = W[t, s] scale
+    (q_t . k_s) / den_t (for dv), for the key tiles of t's chunk up to t's tile (0 for s > t
+    and across sequences), in the dtype the products take them in. ds, p (B*NH, S_pad, L);
+    tiles after the diagonal are not written (not read)."""
     tile, bh = tl.program_id(0), tl.program_id(1)
     chunk = tile // (L // BT)
     t = tile * BT + tl.arange(0, BT)
@@ -279,17 +285,18 @@ def chunkwise_bwd_dscores_kernel(
     for j in range(chunk * (L // BT), tile + 1):
         s = j * BT + tl.arange(0, BT)
         dS = row_products(dh_base, t, s_dt, v_base, s, s_vt, S, DV, BV, BT, DOT_DTYPE, PRECISION)        # [t, s]
-        scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)   # [t, s]
         r2 = tl.load(r2_ptr + row_base + s)
         weight = tl.exp2(u2[:, None] + r2[None, :])
         # Selected, not multiplied by a zero weight: a non-finite entry stays out of the products.
         inside = (s[None, :] <= t[:, None]) & \
             same_sequence(t_first, segment_first(cu_ptr, NSEQ, STEPS, s, S, VARLEN), VARLEN)
         dS = tl.where(inside, (dS * inv_den[:, None] + dz[:, None]) * weight, 0.0)
-        scores = tl.where(inside, scores * weight * (scale * inv_den)[:, None], 0.0)
         out = (row_base + t)[:, None] * L + (s - chunk * L)[None, :]
         tl.store(ds_ptr + out, dS.to(ds_ptr.dtype.element_ty))
-        tl.store(p_ptr + out, scores.to(p_ptr.dtype.element_ty))
+        if FORM_P:
+            scores = row_products(q_base, t, s_qt, k_base, s, s_kt, S, DQK, BK, BT, DOT_DTYPE, PRECISION)  # [t, s]
+            scores = tl.where(inside, scores * weight * (scale * inv_den)[:, None], 0.0)
+            tl.store(p_ptr + out, scores.to(p_ptr.dtype.element_ty))
 
 
 @cached_launch
@@ -547,8 +554,12 @@ def _store_gate_grads(d_logf, kdk, t, i_row, f_row, row, di_ptr, df_ptr, S, s_it
 
 
 def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates, inv_den, zsign, cfg,
-                  seq_major=False, soft_cap=None, out=None, cu_seqlens=None, h_dot_dh=None):
+                  seq_major=False, soft_cap=None, out=None, cu_seqlens=None, h_dot_dh=None, scores=None):
     """Gradients of q, k, v, i, f, c_initial, n_initial.
+
+    `scores`: the forward's weighted scores (`chunkwise_fwd_output`'s, (B*NH, S_pad, L)) or
+    None (or the forward op's one-element placeholder): with `cfg.dscores` the dv kernel reads
+    them (scaled as it reads them) instead of the backward forming them again over DQK.
 
     `h_dot_dh`: optional (B, NH, S) float32 (any strides): h_t . dh_t per step and head, where
     the caller formed it with dh; h and dh are then not read for it.
@@ -588,11 +599,16 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     dq = dq_out if dq_out is not None else new_empty_bhsd(B, NH, S, DQK, q.dtype, dev, seq_major)
     qdq = new_empty((nkb, B * NH, S_pad), torch.float32, dev)
     ds = p = gates.u2                             # unread without cfg.dscores
+    p_forward = cfg.dscores and scores is not None and scores.shape == (B * NH, S_pad, L)
     if cfg.dscores:
-        ds, p = new_empty((2, B * NH, S_pad, L), intra_dtype(cfg), dev).unbind(0)
+        if p_forward:
+            ds, p = new_empty((B * NH, S_pad, L), intra_dtype(cfg), dev), scores
+        else:
+            ds, p = new_empty((2, B * NH, S_pad, L), intra_dtype(cfg), dev).unbind(0)
         chunkwise_bwd_dscores_kernel[(S_pad // BT, B * NH)](
             q, k, v, dh, gates.u2, gates.r2, inv_den, dz, *packed, ds, p, *q_st, *k_st, *v_st, *dh_st,
-            NH, S, S_pad, scale, DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad, **common)
+            NH, S, S_pad, scale, DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k_grad, BV=cfg.block_v_grad,
+            FORM_P=not p_forward, **common)
     chunkwise_bwd_dq_kernel[(nkb, S_pad // BT, B * NH)](
         q, k, v, dh, states, nstates, gates.u2, gates.r2, gates.g, inv_den, dz, *packed, ds, dq, qdq,
         *q_st, *k_st, *v_st, *dh_st, *dq.stride()[:3], NH, S, S_pad, NC, scale,
@@ -618,7 +634,8 @@ def chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, 
     chunkwise_bwd_dv_kernel[(cdiv(DV, cfg.block_v), S_pad // BT, B * NH)](
         q, k, dh, dstates, gates.u2, gates.r2, gates.w, inv_den, *packed, p, dv,
         *q_st, *k_st, *dh_st, *dv.stride()[:3], NH, S, S_pad, NC, scale,
-        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, DSCORES=cfg.dscores, **common)
+        DQK=DQK, DV=DV, L=L, BT=BT, BK=cfg.block_k, BV=cfg.block_v, DSCORES=cfg.dscores, P_FORWARD=p_forward,
+        **common)
 
     dk = dk_out if dk_out is not None else new_empty_bhsd(B, NH, S, DQK, k.dtype, dev, seq_major)
     kdk = new_empty((nkb, B * NH, S_pad), torch.float32, dev)

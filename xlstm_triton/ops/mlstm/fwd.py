@@ -373,8 +373,10 @@ def chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens=None
 
 
 def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=False, cu_seqlens=None):
-    """Outputs h (B, NH, S, DV) in q's dtype (laid out as (B, S, NH, DV) if `seq_major`), and
-    the row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32. `cu_seqlens`
+    """Outputs h (B, NH, S, DV) in q's dtype (laid out as (B, S, NH, DV) if `seq_major`), the
+    row statistics 1/den and the normalizer sign, each (B*NH, S_pad) float32, and with
+    `cfg.scores` the chunks' weighted scores p (B*NH, S_pad, L) (`chunkwise_fwd_scores_kernel`;
+    the backward can read them instead of forming them again), else None. `cu_seqlens`
     (packed sequences: offsets (N + 1,) int32 on q's device): keys of other sequences in a chunk are masked out."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
@@ -384,8 +386,9 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
     zsign = new_empty((B * NH, S_pad), torch.float32, q.device)
     packed = packed_kernel_args(cu_seqlens, gates.m)
     p = nq = gates.m                                  # unread without cfg.scores
+    scores = None
     if cfg.scores:
-        p = new_empty((B * NH, S_pad, cfg.chunk_size), intra_dtype(cfg), q.device)
+        p = scores = new_empty((B * NH, S_pad, cfg.chunk_size), intra_dtype(cfg), q.device)
         nq = new_empty((B * NH, S_pad), torch.float32, q.device)
         chunkwise_fwd_scores_kernel[(S_pad // cfg.tile, B * NH)](
             q, k, nstates, gates.u2, gates.r2, gates.g, *packed, p, nq, *q.stride()[:3], *k.stride()[:3], NH, S, S_pad,
@@ -401,4 +404,4 @@ def chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major=Fa
         DOT_DTYPE=cfg.dot_dtype, PRECISION=cfg.precision, VARLEN=cu_seqlens is not None, SCORES=cfg.scores,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages_output,
     )
-    return h, inv_den, zsign
+    return h, inv_den, zsign, scores

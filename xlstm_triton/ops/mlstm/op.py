@@ -22,7 +22,7 @@ from ...utils import (cdiv, is_seq_major, kernel_op, new_empty_bhsd, next_power_
                       triton_interpret, use_kernels)
 from .bwd import chunkwise_bwd
 from .context_parallel import mlstm_context_parallel
-from .fwd import chunkwise_fwd_output, chunkwise_fwd_states
+from .fwd import chunkwise_fwd_output, chunkwise_fwd_states, intra_dtype
 from .gates import ChunkGates, chunkwise_gates
 from .step import mlstm_step_torch, mlstm_step_triton
 from .torch_path import mlstm_chunkwise_torch
@@ -126,8 +126,13 @@ _CONFIGS: dict = {}         # make_config's results by their arguments (host tim
 
 
 def _config(q, v, chunk_size):
-    sms = num_sms(q.device) if q.is_cuda else 0
-    key = (q.shape[2], q.shape[3], v.shape[3], q.dtype, chunk_size, q.shape[0] * q.shape[1], sms,
+    return _config_for(q.shape[0] * q.shape[1], q.shape[2], q.shape[3], v.shape[3], q.dtype, q.device, chunk_size)
+
+
+def _config_for(rows, S, DQK, DV, dtype, device, chunk_size):
+    """`make_config`'s result for B * NH = rows heads of (DQK, DV) over S steps on `device`."""
+    sms = num_sms(device) if device.type == "cuda" else 0
+    key = (S, DQK, DV, dtype, chunk_size, rows, sms,
            tuple(sorted(CONFIG_OVERRIDES.items())), triton_interpret(),
            torch.backends.cuda.matmul.allow_tf32)      # everything make_config reads
     cfg = _CONFIGS.get(key)
@@ -147,16 +152,21 @@ def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          eps: float, chunk_size: int, seq_major: bool, gate_soft_cap: Optional[float],
                          cu_seqlens: Optional[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                                    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """h, the final state (c, n, m), and what the backward reads: the row statistics inv_den,
-    zsign and the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
-    of recomputed). `cu_seqlens`: packed sequences' offsets (N + 1,) int32 on q's device, zero
-    initial states; the final state is then meaningless (not returned by `mlstm_chunkwise`)."""
+    zsign, the gate arrays (`ChunkGates.pack`: ~20 bytes per step and head, kept instead
+    of recomputed) and, where the config forms them once (`scores`), the chunks' weighted
+    scores (B*NH, S_pad, L) (`saved_scores_like`), which spare the backward a product over DQK.
+    `cu_seqlens`: packed sequences' offsets (N + 1,) int32 on q's device, zero initial states;
+    the final state is then meaningless (not returned by `mlstm_chunkwise`)."""
     cfg = _config(q, v, chunk_size)
     gates = chunkwise_gates(i, f, m_initial, chunk_size, gate_soft_cap, cu_seqlens)
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens)
-    h, inv_den, zsign = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major, cu_seqlens)
-    return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack())
+    h, inv_den, zsign, scores = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major,
+                                                     cu_seqlens)
+    if scores is None:
+        scores = q.new_empty(1, dtype=torch.float32)       # a placeholder (outputs are tensors)
+    return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack(), scores)
 
 
 @_mlstm_chunkwise_fwd.register_fake
@@ -168,7 +178,18 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major
     f32 = dict(dtype=torch.float32, device=q.device)
     return (new_empty_bhsd(B, NH, S, DV, q.dtype, q.device, seq_major), q.new_empty(B, NH, DQK, DV, **f32),
             q.new_empty(B, NH, DQK, **f32), q.new_empty(B, NH, 1, **f32), q.new_empty(B * NH, S_pad, **f32),
-            q.new_empty(B * NH, S_pad, **f32), q.new_empty(5, B * NH, S_pad, **f32), q.new_empty(B * NH, NC, **f32))
+            q.new_empty(B * NH, S_pad, **f32), q.new_empty(5, B * NH, S_pad, **f32), q.new_empty(B * NH, NC, **f32),
+            saved_scores_like(q, B * NH, S, DQK, DV, chunk_size))
+
+
+def saved_scores_like(like, rows, S, DQK, DV, chunk_size):
+    """An empty tensor (on `like`'s device) of the shape and dtype of the forward's kept scores
+    for B * NH = rows heads of (DQK, DV) over S steps in `like`'s dtype: (rows, S_pad, L) where
+    the config forms them once, else the (1,) float32 placeholder (for the ops' fakes)."""
+    cfg = _config_for(rows, S, DQK, DV, like.dtype, like.device, chunk_size)
+    if not cfg.scores:
+        return like.new_empty(1, dtype=torch.float32)
+    return like.new_empty(rows, -(-S // chunk_size) * chunk_size, chunk_size, dtype=intra_dtype(cfg))
 
 
 @kernel_op("xlstm_triton::mlstm_chunkwise_bwd")
@@ -176,7 +197,7 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
                          f: torch.Tensor, c_initial: Optional[torch.Tensor],
                          n_initial: Optional[torch.Tensor],
                          h: torch.Tensor, inv_den: torch.Tensor, zsign: torch.Tensor,
-                         gate_steps: torch.Tensor, gate_decay: torch.Tensor,
+                         gate_steps: torch.Tensor, gate_decay: torch.Tensor, scores: torch.Tensor,
                          dh: torch.Tensor, dc_last: Optional[torch.Tensor],
                          dn_last: Optional[torch.Tensor], chunk_size: int, seq_major: bool,
                          gate_soft_cap: Optional[float], cu_seqlens: Optional[torch.Tensor]
@@ -189,11 +210,11 @@ def _mlstm_chunkwise_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     # Upstream gradients may be broadcast views (the gradient of .sum() has stride 0).
     dc_last, dn_last = (None if t is None else t.contiguous() for t in (dc_last, dn_last))
     return chunkwise_bwd(q, k, v, i, f, h, dh, dc_last, dn_last, c_initial, n_initial, gates,
-                         inv_den, zsign, cfg, seq_major, gate_soft_cap, cu_seqlens=cu_seqlens)
+                         inv_den, zsign, cfg, seq_major, gate_soft_cap, cu_seqlens=cu_seqlens, scores=scores)
 
 
 @_mlstm_chunkwise_bwd.register_fake
-def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh, dc_last,
+def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, scores, dh, dc_last,
       dn_last, chunk_size, seq_major, gate_soft_cap, cu_seqlens):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
@@ -209,21 +230,23 @@ def _(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_d
 def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)     # unused outputs send None, not zero tensors
     q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major, gate_soft_cap, cu_seqlens = inputs
-    h, _, _, _, inv_den, zsign, gate_steps, gate_decay = output
-    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, cu_seqlens)
+    h, _, _, _, inv_den, zsign, gate_steps, gate_decay, scores = output
+    ctx.save_for_backward(q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, scores,
+                          cu_seqlens)
     ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap = chunk_size, seq_major, gate_soft_cap
     ctx.state_dtypes = (None if c_initial is None else c_initial.dtype,
                         None if n_initial is None else n_initial.dtype)
 
 
-def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay):
-    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, dh, dc_last, dn_last, dm_last, d_inv_den, d_zsign, d_gate_steps, d_gate_decay, d_scores):
+    q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, scores, cu_seqlens = \
+        ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(h)
     if cu_seqlens is not None:
         dc_last = dn_last = None             # packed sequences: no final state is returned
     dq, dk, dv, di, df, dc0, dn0 = _mlstm_chunkwise_bwd(
-        q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, dh,
+        q, k, v, i, f, c_initial, n_initial, h, inv_den, zsign, gate_steps, gate_decay, scores, dh,
         dc_last, dn_last, ctx.chunk_size, ctx.seq_major, ctx.gate_soft_cap, cu_seqlens)
     c_dtype, n_dtype = ctx.state_dtypes
     dc0 = None if c_dtype is None else dc0.to(c_dtype)
@@ -416,8 +439,9 @@ def mlstm_chunkwise_forward(q, k, v, i, f, eps=1e-6, chunk_size=None, cu_seqlens
     instead of keeping them (it owns the autograd): no autograd, Triton path only, zero
     initial state. Same arguments as `mlstm_chunkwise`; packed sequences as `cu_seqlens` (N + 1,)
     int32 on q's device (`checks.checked_cu_seqlens`). Returns h and `saved`,
-    what `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the
-    chunk size, the layout and cu_seqlens)."""
+    what `mlstm_chunkwise_backward` needs besides the inputs (float32 row statistics, the gate
+    arrays, the weighted scores where the config keeps them, the chunk size, the layout and
+    cu_seqlens)."""
     chunk_size = default_chunk_size(q.shape[2]) if chunk_size is None else chunk_size
     seq_major = is_seq_major(q)
     h, _, _, _, *saved = _mlstm_chunkwise_fwd(q, k, v, i, f, None, None, None, float(eps), chunk_size,
@@ -432,12 +456,12 @@ def mlstm_chunkwise_backward(q, k, v, i, f, h, saved, dh, out=None, h_dot_dh=Non
     unit last stride) to write the gradients into; `h_dot_dh`, optional (B, NH, S) float32,
     any strides: the sums over DV of h * dh, where the caller formed them (the head norm's
     backward writes them exactly, from its own sums)."""
-    inv_den, zsign, gate_steps, gate_decay, chunk_size, seq_major, cu_seqlens = saved
+    inv_den, zsign, gate_steps, gate_decay, scores, chunk_size, seq_major, cu_seqlens = saved
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
     return chunkwise_bwd(q, k, v, i, f, h, dh, None, None, None, None,
                          ChunkGates.unpack(gate_steps, gate_decay), inv_den, zsign,
-                         _config(q, v, chunk_size), seq_major, None, out, cu_seqlens, h_dot_dh)[:5]
+                         _config(q, v, chunk_size), seq_major, None, out, cu_seqlens, h_dot_dh, scores)[:5]
 
 
 def mlstm_step(q, k, v, i, f, c, n, m, eps=1e-6, inplace=False, gate_soft_cap=None):
