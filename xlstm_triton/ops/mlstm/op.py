@@ -164,9 +164,8 @@ def _mlstm_chunkwise_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: t
     states, nstates, c_last, n_last = chunkwise_fwd_states(k, v, gates, c_initial, n_initial, cfg, cu_seqlens)
     h, inv_den, zsign, scores = chunkwise_fwd_output(q, k, v, states, nstates, gates, eps, cfg, seq_major,
                                                      cu_seqlens)
-    if scores is None:
-        scores = q.new_empty(1, dtype=torch.float32)       # a placeholder (outputs are tensors)
-    return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack(), scores)
+    return (h, c_last, n_last, gates.m_last.float(), inv_den, zsign, *gates.pack(),
+            _no_scores(q) if scores is None else scores)
 
 
 @_mlstm_chunkwise_fwd.register_fake
@@ -182,13 +181,19 @@ def _(q, k, v, i, f, c_initial, n_initial, m_initial, eps, chunk_size, seq_major
             saved_scores_like(q, B * NH, S, DQK, DV, chunk_size))
 
 
+def _no_scores(like):
+    """The forward op's output in place of the weighted scores where the config forms none:
+    one float32 element (custom-op outputs are tensors; the backward tells it by its shape)."""
+    return like.new_empty(1, dtype=torch.float32)
+
+
 def saved_scores_like(like, rows, S, DQK, DV, chunk_size):
     """An empty tensor (on `like`'s device) of the shape and dtype of the forward's kept scores
     for B * NH = rows heads of (DQK, DV) over S steps in `like`'s dtype: (rows, S_pad, L) where
     the config forms them once, else the (1,) float32 placeholder (for the ops' fakes)."""
     cfg = _config_for(rows, S, DQK, DV, like.dtype, like.device, chunk_size)
     if not cfg.scores:
-        return like.new_empty(1, dtype=torch.float32)
+        return _no_scores(like)
     return like.new_empty(rows, -(-S // chunk_size) * chunk_size, chunk_size, dtype=intra_dtype(cfg))
 
 
