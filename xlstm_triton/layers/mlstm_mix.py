@@ -152,11 +152,10 @@ def _(xz, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_b, fg_w, fg_b, 
 @kernel_op("xlstm_triton::mlstm_layer_mix_bwd")
 def _mix_bwd(d_out: Tensor, xz: Tensor, h: Tensor, mean: Tensor, rstd: Tensor, inv_den: Tensor, zsign: Tensor,
              gate_steps: Tensor, gate_decay: Tensor, scores: Tensor, gates: Tensor, conv_w: Tensor,
-             conv_b: Optional[Tensor],
-             q_w: Tensor, k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor], k_b: Optional[Tensor], v_b: Optional[Tensor],
-             ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor, norm_w: Optional[Tensor],
-             norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float, norm_offset: float,
-             cu_seqlens: Optional[Tensor]) -> list[Tensor]:
+             conv_b: Optional[Tensor], q_w: Tensor, k_w: Tensor, v_w: Tensor, q_b: Optional[Tensor],
+             k_b: Optional[Tensor], v_b: Optional[Tensor], ig_w: Tensor, ig_b: Tensor, fg_w: Tensor, fg_b: Tensor,
+             norm_w: Optional[Tensor], norm_b: Optional[Tensor], skip: Tensor, num_heads: int, norm_eps: float,
+             norm_offset: float, cu_seqlens: Optional[Tensor]) -> list[Tensor]:
     """The gradient of xz and the parameters' gradients in a few buffers, which `_backward`
     cuts into the parameters' (views, not copies): d conv weight (F, K) and d conv bias (F,)
     (`_absent` without one) in the conv weight's dtype; float32 sums: one buffer of the d q, k, v
