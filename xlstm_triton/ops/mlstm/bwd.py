@@ -100,7 +100,6 @@ def chunkwise_bwd_dstates_kernel(
     dh_base = dh_ptr + b.to(tl.int64) * s_db + hd.to(tl.int64) * s_dh
     row_base = bh.to(tl.int64) * S_pad
     first_v = (offs_k * 0 + pid_v) == 0      # one column block owns dn
-    own_n = pid_v == 0                       # and only it forms dn
 
     dC = tl.zeros((BK, BV), dtype=tl.float32)
     dn = tl.zeros((BK,), dtype=tl.float32)
@@ -124,15 +123,14 @@ def chunkwise_bwd_dstates_kernel(
             tl.store(dstates_ptr + chunk * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                      mask=tl.where(top_row, mask_kv, False))
             tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=tl.where(top_row, mask_k & first_v, False))
-            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c_top, dC, dn, own_n, offs_k,
+            dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c_top, dC, dn, offs_k,
                                     offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
             # The chunks below the top carry: the batch walk's steps, then dstates[bottom - 1],
             # the gradient of C_bottom, the top of the chain below.
             bottom = chain_end(cu_ptr, NSEQ, STEPS, c_top, S, NC, L, False)
             dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
                                    bh, row_base, c_top - 1, bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
-                                   mask_kv, first_v, own_n, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE,
-                                   PRECISION)
+                                   mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
             below = bh.to(tl.int64) * NC + tl.maximum(bottom - 1, 0)
             tl.store(dstates_ptr + below * DQK * DV + kv_offs, dC.to(dstates_ptr.dtype.element_ty),
                      mask=tl.where(bottom > 0, mask_kv, False))
@@ -140,14 +138,14 @@ def chunkwise_bwd_dstates_kernel(
     else:
         dC, dn = _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr,
                                bh, row_base, NC - 1, 0, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v,
-                               mask_kv, first_v, own_n, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
+                               mask_kv, first_v, s_qt, s_dt, S, NC, scale, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
         tl.store(dc0_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, dC, mask=mask_kv)
         tl.store(dn0_ptr + bh.to(tl.int64) * DQK + offs_k, dn, mask=mask_k & first_v)
 
 
 @triton.jit
 def _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstates_ptr, dnstates_ptr, bh, row_base,
-                  c_top, c_bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, own_n, s_qt, s_dt,
+                  c_top, c_bottom, dC, dn, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, s_qt, s_dt,
                   S, NC, scale, DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """Chunks c_top down to c_bottom: store dstates[c] (the gradient of C_{c+1}), then
@@ -159,17 +157,15 @@ def _dstates_walk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, decay_ptr, dstate
         tl.store(dnstates_ptr + chunk * DQK + offs_k, dn, mask=mask_k & first_v)
         decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
         dC, dn = _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC * decay, dn * decay,
-                                own_n, offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE,
-                                PRECISION)
+                                offs_k, offs_v, mask_k, mask_v, s_qt, s_dt, S, scale, L, BT, DOT_DTYPE, PRECISION)
     return dC, dn
 
 
 @triton.jit
-def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, own_n, offs_k, offs_v, mask_k,
-                   mask_v, s_qt, s_dt, S, scale, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC, dn, offs_k, offs_v, mask_k, mask_v,
+                   s_qt, s_dt, S, scale, L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                    PRECISION: tl.constexpr):
-    """dC, dn plus chunk c's terms sum_t g_t q^_t dO_t^T and sum_t g_t q^_t dz_t; dn only where
-    `own_n` (the first DV block's program, which stores it)."""
+    """dC, dn plus chunk c's terms sum_t g_t q^_t dO_t^T and sum_t g_t q^_t dz_t."""
     for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
         t = c * L + tt * BT + tl.arange(0, BT)
         mask_t = t < S
@@ -181,8 +177,7 @@ def _dstates_chunk(q_base, dh_base, g_ptr, inv_den_ptr, dz_ptr, row_base, c, dC,
         coef = gq * tl.load(inv_den_ptr + row_base + t)          # dO_t = dh_t / den_t
         dhw = (dh.to(tl.float32) * coef[:, None]).to(DOT_DTYPE)    # scale dh, not q (as in fwd)
         dC = tl.dot(tl.trans(q.to(DOT_DTYPE)), dhw, acc=dC, input_precision=PRECISION)
-        if own_n:
-            dn += tl.sum(q.to(tl.float32) * (gq * tl.load(dz_ptr + row_base + t))[:, None], axis=0)
+        dn += tl.sum(q.to(tl.float32) * (gq * tl.load(dz_ptr + row_base + t))[:, None], axis=0)
     return dC, dn
 
 

@@ -58,7 +58,6 @@ def chunkwise_fwd_states_kernel(
     v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
     row_base = bh.to(tl.int64) * S_pad
     first_v = (offs_k * 0 + pid_v) == 0       # one column block owns the normalizer state n
-    own_n = pid_v == 0                        # and only it forms n
 
     C = tl.zeros((BK, BV), dtype=tl.float32)
     n = tl.zeros((BK,), dtype=tl.float32)
@@ -85,13 +84,13 @@ def chunkwise_fwd_states_kernel(
             tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty),
                      mask=tl.where(c0 == 0, mask_kv, False))
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(c0 == 0, mask_k & first_v, False))
-            C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c0, lo, C, n, own_n, offs_k, offs_v, mask_k, mask_v,
+            C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c0, lo, C, n, offs_k, offs_v, mask_k, mask_v,
                                  s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
             # The rest of the chain carries: the batch walk's steps, then C_{last+1}, the first
             # state of the next chain.
             last = chain_end(cu_ptr, NSEQ, STEPS, c0, S, NC, L, True)
             C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, c0 + 1,
-                                last + 1, C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, own_n,
+                                last + 1, C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
                                 s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
             chunk = bh.to(tl.int64) * NC + last + 1
             more = last + 1 < NC
@@ -100,7 +99,7 @@ def chunkwise_fwd_states_kernel(
             tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=tl.where(more, mask_k & first_v, False))
     else:
         C, n = _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, 0, NC,
-                            C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, own_n,
+                            C, n, kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v,
                             s_kt, s_vt, S, NC, DQK, DV, L, BT, DOT_DTYPE, PRECISION)
         tl.store(c_last_ptr + bh.to(tl.int64) * DQK * DV + kv_offs, C, mask=mask_kv)
         tl.store(n_last_ptr + bh.to(tl.int64) * DQK + offs_k, n, mask=mask_k & first_v)
@@ -108,7 +107,7 @@ def chunkwise_fwd_states_kernel(
 
 @triton.jit
 def _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, row_base, c_from, c_to, C, n,
-                 kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, own_n, s_kt, s_vt, S, NC,
+                 kv_offs, offs_k, offs_v, mask_k, mask_v, mask_kv, first_v, s_kt, s_vt, S, NC,
                  DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
                  DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """Chunks c_from .. c_to - 1: store C_c, then C_{c+1} = decay_c C_c + chunk c's terms. The
@@ -118,16 +117,15 @@ def _states_walk(k_base, v_base, w_ptr, decay_ptr, states_ptr, nstates_ptr, bh, 
         tl.store(states_ptr + chunk * DQK * DV + kv_offs, C.to(states_ptr.dtype.element_ty), mask=mask_kv)
         tl.store(nstates_ptr + chunk * DQK + offs_k, n, mask=mask_k & first_v)
         decay = tl.load(decay_ptr + bh.to(tl.int64) * NC + c)
-        C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c, 0, C * decay, n * decay, own_n, offs_k, offs_v,
+        C, n = _states_chunk(k_base, v_base, w_ptr, row_base, c, 0, C * decay, n * decay, offs_k, offs_v,
                              mask_k, mask_v, s_kt, s_vt, S, L, BT, DOT_DTYPE, PRECISION)
     return C, n
 
 
 @triton.jit
-def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, own_n, offs_k, offs_v, mask_k, mask_v, s_kt, s_vt, S,
+def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, offs_k, offs_v, mask_k, mask_v, s_kt, s_vt, S,
                   L: tl.constexpr, BT: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """C + sum_s w_s k_s v_s^T and n + sum_s w_s k_s over chunk c's steps s >= lo (and < S); n only
-    where `own_n` (the program of the first DV block, which stores it: the others keep n as given)."""
+    """C + sum_s w_s k_s v_s^T and n + sum_s w_s k_s over chunk c's steps s >= lo (and < S)."""
     for tt in tl.static_range(L // BT):    # unrolled: the chunk loop is the pipelined one
         t = c * L + tt * BT + tl.arange(0, BT)
         mask_t = (t < S) & (t >= lo)
@@ -138,8 +136,7 @@ def _states_chunk(k_base, v_base, w_ptr, row_base, c, lo, C, n, own_n, offs_k, o
         # faster on H100 than scaling k, bench/NOTES.md).
         vw = (v.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
         C = tl.dot(tl.trans(k.to(DOT_DTYPE)), vw, acc=C, input_precision=PRECISION)
-        if own_n:
-            n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
+        n += tl.sum(k.to(tl.float32) * w[:, None], axis=0)
     return C, n
 
 
