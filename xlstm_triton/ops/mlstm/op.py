@@ -194,7 +194,7 @@ def saved_scores_like(like, rows, S, DQK, DV, chunk_size):
     cfg = _config_for(rows, S, DQK, DV, like.dtype, like.device, chunk_size)
     if not cfg.scores:
         return _no_scores(like)
-    return like.new_empty(rows, -(-S // chunk_size) * chunk_size, chunk_size, dtype=intra_dtype(cfg))
+    return like.new_empty(rows, cdiv(S, chunk_size) * chunk_size, chunk_size, dtype=intra_dtype(cfg))
 
 
 @kernel_op("xlstm_triton::mlstm_chunkwise_bwd")
