@@ -6,6 +6,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+import xlstm_triton.launch as launch_module
 
 from xlstm_triton.launch import CachedLaunch, cached_launch
 
@@ -43,6 +46,78 @@ def test_results_equal_reference(device):
     x = torch.randn(1000, device=device)
     torch.testing.assert_close(_launch(x), _expected(x))
     torch.testing.assert_close(_launch(x, negate=True), _expected(x, negate=True))
+
+
+def _compiled_wrapper():
+    """`axpb_kernel` as a wrapper of a compiled jit function, also under TRITON_INTERPRET=1."""
+    return CachedLaunch(JITFunction(axpb_kernel.fn))
+
+
+def test_layout_fills_parameters_in_signature_order():
+    w = _compiled_wrapper()
+    assert w.constexprs == {"BLOCK", "NEGATE"}
+    absent, tail = w._layout(5, dict(num_warps=4, BLOCK=128))
+    assert absent == {"NEGATE": False}
+    assert tail({**absent, "num_warps": 4, "BLOCK": 128}) == (128, False)
+    absent, tail = w._layout(5, dict(NEGATE=True, num_warps=8, BLOCK=64))
+    assert absent == {} and tail(dict(NEGATE=True, num_warps=8, BLOCK=64)) == (64, True)
+    absent, tail = w._layout(7, {})                     # everything positional
+    assert absent == {} and tail({}) == ()
+    assert w._layout(4, dict(shift=3, BLOCK=128)) is False       # a parameter that is not a constexpr
+    assert w._layout(5, dict(BLOCK=128, grid=1)) is False         # neither a parameter nor an option
+    assert w._layout(6, dict(BLOCK=128)) is False                 # BLOCK given twice
+    assert w._layout(5, dict(num_warps=4)) is False               # BLOCK without a value
+
+
+class _FakeCompiled:
+    """Stands in for a compiled kernel: records what its launcher is given."""
+    function = packed_metadata = None
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, *args):
+        self.calls.append(args)
+
+
+class _FakeJit:
+    """Stands in for the jit function's own launch: returns one fake compiled kernel, counts launches."""
+
+    def __init__(self):
+        self.compiled, self.launches = _FakeCompiled(), 0
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.launches += 1
+            return self.compiled
+        return run
+
+
+def test_cached_path_hands_the_launcher_every_parameter_in_order(monkeypatch):
+    """The cached path (here without a GPU: the launcher and the stream stubbed) gives the
+    compiled kernel's launcher the grid and every parameter in signature order, defaults
+    included, and misses on a new alignment, integer or constexpr."""
+    w = _compiled_wrapper()
+    fake = _FakeJit()
+    w.kernel = fake
+    monkeypatch.setattr(launch_module, "_runtime_knobs",
+                        lambda: type("Knobs", (), dict(launch_enter_hook=None, launch_exit_hook=None))())
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+    buf = torch.zeros(300)
+    x, y = buf[:128], buf[128:256]
+    w.launch((3,), (x, y, 128, 2.0, 3), dict(BLOCK=128, num_warps=4), 0)        # a miss: Triton's path
+    w.launch((3,), (x, y, 128, 2.0, 3), dict(BLOCK=128, num_warps=4), 0)        # a hit
+    assert fake.launches == 1
+    (call,) = fake.compiled.calls
+    assert call[:4] == (3, 1, 1, 1234)
+    assert call[9:11] == (x, y) and call[11:] == (128, 2.0, 3, 128, False)
+    for args, meta in (((buf[1:129], y, 128, 2.0, 3), dict(BLOCK=128, num_warps=4)),     # 4-byte offset
+                       ((x, y, 127, 2.0, 3), dict(BLOCK=128, num_warps=4)),             # another n
+                       ((x, y, 128, 2.0, 3), dict(BLOCK=128, NEGATE=True, num_warps=4)),  # a constexpr
+                       ((x, y, 128, 2.0, 3), dict(BLOCK=128, num_warps=8))):             # an option
+        before = fake.launches
+        w.launch((3,), args, meta, 0)
+        assert fake.launches == before + 1
 
 
 class _NoTritonLaunch:

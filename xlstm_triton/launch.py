@@ -7,14 +7,17 @@ An eager training step launches hundreds of kernels, and its GPU work is shorter
 time. `cached_launch` wraps a jit function; `wrapped[grid](*args, **meta)` looks the compiled
 kernel up by a cheaper key and calls its launcher directly.
 
-The key holds, for every kernel argument in signature order, a tensor's dtype and its address
-modulo 16, an int's value, and any other argument's type and value (a constexpr's too); then the
-launch options (num_warps, ...). That is at least as fine as Triton's own specialization
-(pointer dtype and 16-byte alignment, integers' value 1, divisibility by 16 and width,
-constexpr values), so one key never meets two Triton specializations: a key seen before maps to
-the compiled kernel Triton chose for it, by Triton's own launch the first time. Integer values
-(sizes, strides) in the key make a new shape a new entry: a training loop's few shapes hit; more
-than `MAX_ENTRIES` keys clear a kernel's table.
+The key holds, for every positional argument, a tensor's dtype and its address modulo 16, an
+int's value, and any other argument's type and value; the keywords' names and values (constexprs
+and launch options: num_warps, ...); and the number of positional arguments. That is at least as
+fine as Triton's own specialization (pointer dtype and 16-byte alignment, integers' value 1,
+divisibility by 16 and width, constexpr values), so one key never meets two Triton
+specializations: a key seen before maps to the compiled kernel Triton chose for it, by Triton's
+own launch the first time. (A keyword is keyed by its value alone: a call site that passed a
+constexpr as 1 and later as 1.0 or True would reuse the first kernel; ours pass one type each.)
+Integer values (sizes, strides) in the key make a new shape a new entry: a training loop's few
+shapes hit; more than `MAX_ENTRIES` keys clear a kernel's table. How a call's keywords fill the
+parameters is worked out once per set of keyword names (`CachedLaunch._layout`).
 
 Every launch runs on the device of its first tensor argument (the current device is switched
 for it if need be).
@@ -27,6 +30,7 @@ for callable grids and for keyword arguments that are not kernel parameters or l
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 
 import torch
@@ -63,6 +67,8 @@ class CachedLaunch:
         # Under TRITON_INTERPRET=1 (at decoration time) triton.jit made an interpreted function:
         # no compiled kernels to cache.
         self.compiles = isinstance(kernel, JITFunction)
+        self.constexprs = frozenset(p.name for p in kernel.params if p.is_constexpr) if self.compiles else frozenset()
+        self.layouts = {}
         self.__doc__, self.__name__ = kernel.fn.__doc__, kernel.fn.__name__
 
     def __getattr__(self, name):
@@ -90,18 +96,20 @@ class CachedLaunch:
         if (not ENABLED or not self.compiles or type(grid) is not tuple or knobs is None
                 or _hook_set(knobs.launch_enter_hook) or _hook_set(knobs.launch_exit_hook)):
             return kernel[grid](*args, **meta)
-        names, n = self.arg_names, len(args)
-        try:
-            values = args + tuple(meta[k] if k in meta else self.defaults[k] for k in names[n:])
-            options = tuple((k, v) for k, v in meta.items() if k not in self.param_names)
-        except KeyError:            # a missing argument: Triton's own error
+        n = len(args)
+        layout_key = (n, *meta)
+        layout = self.layouts.get(layout_key)
+        if layout is None:
+            layout = self.layouts[layout_key] = self._layout(n, meta)
+        if layout is False:         # a missing argument or an unknown keyword: Triton's own path
             return kernel[grid](*args, **meta)
-        if any(k not in _LAUNCH_OPTIONS for k, _ in options):
-            return kernel[grid](*args, **meta)
+        absent, tail = layout
         if device < 0:
             device = torch.cuda.current_device()
-        key = (device, options, tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15)
-                                        if isinstance(a, torch.Tensor) else (type(a), a) for a in values]))
+        # keyword arguments are constexprs and launch options (`_layout`): keyed by value
+        key = (device, layout_key, tuple(meta.values()), tuple([
+            a if type(a) is int else (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor) else (type(a), a)
+            for a in args]))
         try:
             compiled = self.table.get(key)
         except TypeError:           # an unhashable argument
@@ -113,10 +121,29 @@ class CachedLaunch:
                     self.table.clear()
                 self.table[key] = compiled
             return compiled
+        values = args + tail({**absent, **meta}) if absent else args + tail(meta)
         g = grid + (1, 1)
         compiled.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(device), compiled.function,
                      compiled.packed_metadata, None, None, None, *values)
         return compiled
+
+    def _layout(self, n: int, meta: dict):
+        """How a call with `n` positional arguments and `meta`'s keywords fills the kernel's
+        parameters: (the defaults it leaves to the signature, a function of the keywords giving
+        the parameters after the n-th in order), or False where the cached path does not apply:
+        a parameter without a value, a keyword that is neither a constexpr after the n-th
+        parameter nor a launch option (a tensor by keyword would be keyed by value)."""
+        rest = self.arg_names[n:]
+        for k in meta:
+            if not (k in _LAUNCH_OPTIONS or (k in self.constexprs and k in rest)):
+                return False
+        if any(k not in meta and k not in self.defaults for k in rest):
+            return False
+        absent = {k: self.defaults[k] for k in rest if k not in meta}
+        if not rest:
+            return absent, lambda m: ()
+        pick = operator.itemgetter(*rest)
+        return absent, (pick if len(rest) > 1 else lambda m: (pick(m),))
 
 
 def cached_launch(kernel) -> CachedLaunch:
