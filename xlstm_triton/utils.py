@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 _POISON_OUTPUTS = False
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_PLAIN_TENSORS = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
 class KernelOp:
@@ -53,12 +53,15 @@ class KernelOp:
             forward=staticmethod(forward), backward=staticmethod(backward)))
 
     def __call__(self, *args):
-        direct = not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0 and all(
-            type(a) in _PLAIN_TENSORS for a in args if isinstance(a, torch.Tensor))
-        if not direct:
+        if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
             return self.op(*args)
-        if self._function is not None and torch.is_grad_enabled() and any(
-                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        grad = False                 # one pass over the arguments (a training step makes ~150 calls)
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                if type(a) not in _PLAIN_TENSORS:
+                    return self.op(*args)
+                grad = grad or a.requires_grad
+        if grad and self._function is not None and torch.is_grad_enabled():
             return self._function.apply(*args)
         return self.fn(*args)
 

@@ -68,9 +68,10 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     partial sums, the gate biases among them, added up by one sum: q, k, v are not read again;
     with `sum_gates` False the kernel, the same as the forward's so that q, k, v are the same to
     the bit, still writes the partial sums, but they are not added up: None);
-    and the kernels' arguments that the backward reuses: the weights (conv (F, K), q and k
-    stacked, v) in x_m's dtype, the biases, and the `GateProjection`s of the q, k and the v
-    columns (igate.weight and fgate.weight as they are, no concatenation)."""
+    and, without `sum_gates` (the backward), the kernels' arguments that the backward reuses
+    (else None): the weights (conv (F, K), q and k stacked, v) in x_m's dtype, the biases, and
+    the `GateProjection`s of the q, k and the v columns (igate.weight and fgate.weight as they
+    are, no concatenation)."""
     B, S, F = x_m.shape
     N, dtype = B * S, x_m.dtype
     w_conv = as_dtype(conv_w[:, 0, :], dtype).contiguous()
@@ -81,12 +82,13 @@ def _inputs(x_m: Tensor, conv_w, conv_b, q_w, k_w, v_w, q_b, k_b, v_b, ig_w, ig_
     gate_b = (ig_b, fg_b)
     qkv, x_c, partial = headwise_linear_forward(x_m.reshape(N, F), w_qkv, b_qkv, GateProjection(gate_w, 0, gate_b),
                                                 conv=ConvFirst(w_conv, b_conv, 2, S, cu_seqlens))
-    gates = partial.sum(0).view(B, S, 2 * num_heads) if sum_gates else None
     q, k, v = qkv.view(3, B, S, F)
+    if sum_gates:
+        return x_c.view(B, S, F), q, k, v, partial.sum(0).view(B, S, 2 * num_heads), None
     gates_qk, gates_v = GateProjection(gate_w, 0), GateProjection(gate_w, 2 * F, gate_b)
     kernel_args = (w_conv, b_conv, w_qkv[:2], w_qkv[2:], None if b_qkv is None else b_qkv[:2],
                    None if b_qkv is None else b_qkv[2:], gates_qk, gates_v)
-    return x_c.view(B, S, F), q, k, v, gates, kernel_args
+    return x_c.view(B, S, F), q, k, v, None, kernel_args
 
 
 def _heads(t: Tensor, num_heads: int) -> Tensor:
@@ -257,7 +259,7 @@ def _param_grads(grads: list[Tensor], params: tuple, num_heads: int) -> list[Opt
     d_gate_w, d_gate_b = d_weights[n_w:n_w + G * 3 * F].view(G, 3 * F), d_weights[n_w + G * 3 * F:]
     cuts = (d_w_conv[:, None, :], d_b_conv, d_w[0], d_w[1], d_w[2], *(d_b if d_b.dim() == 2 else (None,) * 3),
             d_gate_w[:NH], d_gate_b[:NH], d_gate_w[NH:], d_gate_b[NH:], *d_norm)
-    return [None if p is None else d.to(p.dtype) for p, d in zip(params, cuts)]
+    return [None if p is None else as_dtype(d, p.dtype) for p, d in zip(params, cuts)]
 
 
 def _setup_context(ctx, inputs, output):
