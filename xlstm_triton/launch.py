@@ -61,7 +61,6 @@ class CachedLaunch:
         self.kernel = kernel
         params = inspect.signature(kernel.fn).parameters
         self.arg_names = tuple(params)
-        self.param_names = frozenset(params)
         self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
         self.table = {}
         # Under TRITON_INTERPRET=1 (at decoration time) triton.jit made an interpreted function:
