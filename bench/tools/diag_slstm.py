@@ -97,7 +97,7 @@ def timing(NH, DH, **over):
             backward = lambda: slstm_bwd_head(dh, dl, R, h, s0, coef, cfg)   # noqa: E731
         bw = triton.testing.do_bench(backward, warmup=5, rep=50, return_mode="median")
         dwx = backward()[0]
-        dr = triton.testing.do_bench(lambda: slstm_dr_db(dwx, h, s0, R), warmup=5, rep=50,
+        dr = triton.testing.do_bench(lambda: slstm_dr_db(dwx, h, s0), warmup=5, rep=50,
                                      return_mode="median")
     return (f"{NH}x{DH} {over or 'default'} cfg={cfg} fw={fw:.3f} ms ({fw / 1024 * 1e3:.2f} us/step) "
             f"fwbw={fb:.3f} ms | training fw {fs:.3f} coefficients {rc:.3f} bwd {bw:.3f} (dR/db {dr:.3f})")

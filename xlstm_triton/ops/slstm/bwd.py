@@ -19,14 +19,16 @@ multiply-adds.
 Split heads (NCB > 1), slstm_bwd_kernel: the forward's program decomposition; a program owns BB
 batch rows and BO columns of one head, reads pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH)
 saved by the forward as fused (BB, 4 * BO) tiles, recomputes the step, and computes dpre for its
-columns. The recurrent term for its columns needs dpre_{t+1} of the whole head: it is read back
-from dwx in global memory after a per-group barrier (or one launch per step, see fwd.py) and
-multiplied per gate, the four gates as a batch spread over warps (4, BB, K) @ (4, K, BO), summed.
+columns. The recurrent term (R^T dpre_{t+1})[own columns] needs dpre of the whole head; instead of
+reading all of it (4 * DH values a row, in every program), each program multiplies its own dpre
+(BB, 4 * BO) by its rows of R (4 * BO, DH), stores that share for every input of the head into a
+partials buffer (2 slots by the step's parity, in dpre's dtype), and after a per-group barrier
+(or one launch per step, see fwd.py) sums the NCB shares of its own columns: a reduce-scatter,
+DH values a row read instead of 4 * DH, and a product with K = 4 * BO (short tensor-core chains).
 
 dR_g = sum_{b,t} dpre_g[b, t]^T h_{t-1}[b] and db_g = sum_{b,t} dpre_g[b, t] are not on the
-sequential path: slstm_dr_db_kernel computes them afterwards from dwx and h as a parallel matmul
-over the B*T rows, float32 accumulation (split over batch rows and time with float32 atomic adds,
-so the summation order, and the last bits, can vary from run to run).
+sequential path: slstm_dr_db computes them afterwards from dwx and h as one batched matmul per
+gate over the B*T rows (cuBLAS, float32 accumulation, the result rounded once to wx's dtype).
 """
 
 from __future__ import annotations
@@ -36,57 +38,51 @@ import triton
 import triton.language as tl
 
 from ...launch import cached_launch
-from ...utils import cdiv, new_empty, next_power_of_2, num_sms
+from ...utils import cdiv, new_empty
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
                   group_wait, mask_if, mma, split_gates, use_sync)
 
 
 @triton.jit
-def load_r_gates(R_ptr, head, col0, k0, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr,
-                 K: tl.constexpr):
-    """R for the gradient of the own columns, the four gates as a batch: (4, K, BO),
-    [g, k, j] = R[g, head, k0 + k, col0 + j] (zero for k0 + k >= DH or col0 + j >= DH)."""
-    g = tl.arange(0, 4)[:, None, None]
-    k = k0 + tl.arange(0, K)[None, :, None]
-    i = col0 + tl.arange(0, BO)[None, None, :]
-    return tl.load(R_ptr + g * (NH * DH * DH) + head * DH * DH + k * DH + i,
-                   mask=(k < DH) & (i < DH), other=0.0)
+def load_r_own(R_ptr, head, col0, i0, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr, N: tl.constexpr):
+    """The own columns' rows of R for the inputs i0 <= i < i0 + N, transposed: (N, 4 * BO),
+    [i, g * BO + j] = R[g, head, col0 + j, i0 + i] (zero for i0 + i >= DH)."""
+    i = i0 + tl.arange(0, N)[:, None]
+    c = tl.arange(0, 4 * BO)[None, :]
+    return tl.load(R_ptr + (c // BO) * (NH * DH * DH) + head * DH * DH + (col0 + c % BO) * DH + i,
+                   mask=(i < DH) & (col0 + c % BO < DH), other=0.0)
 
 
 @triton.jit
-def load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, k0, NH: tl.constexpr, DH: tl.constexpr,
-              K: tl.constexpr):
-    """dpre_{t_next} (4, BB, K) of the head's columns k0 <= k < k0 + K, read back from dwx (zero
-    when t_next == T). Bypasses L1: other SMs wrote it."""
+def store_partial(part_slot, dp4, RpT, i0, rb64, mask_b, NH: tl.constexpr, DH: tl.constexpr, N: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
+    """This program's share of R^T dpre for the inputs i0 <= i < i0 + N: RpT (N, 4 * BO) @ its
+    dpre transposed (4 * BO, BB) (N a multiple of 64: a warpgroup product with R from shared
+    memory), stored in dpre's dtype into its partial slot part_slot (B, NH, DH) (head offset
+    applied)."""
     HD: tl.constexpr = NH * DH
-    g = tl.arange(0, 4)[:, None, None]
-    k = k0 + tl.arange(0, K)[None, None, :]
-    p = (dwx_ptr + tl.cast(t_next, tl.int64) * (4 * HD) + rb64[None, :, None] * (tl.cast(T, tl.int64) * (4 * HD))
-         + g * HD + head * DH + k)
-    m = mask_if(mask_b[None, :, None] & (k < DH), t_next < T)
-    return tl.load(p, mask=m, other=0.0, cache_modifier=".cg")
+    part = mma(RpT, tl.trans(dp4), tl.zeros((N, dp4.shape[0]), dtype=tl.float32), DOT_PREC)   # (N, BB)
+    i = i0 + tl.arange(0, N)
+    tl.store(part_slot + rb64[None, :] * HD + i[:, None], part.to(dp4.dtype), mask=mask_b[None, :] & (i < DH)[:, None])
 
 
 @triton.jit
-def bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_next, T, rb64, mask_b, head, col0,
-                        NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr,
-                        KA: tl.constexpr, KB: tl.constexpr, BK: tl.constexpr,
-                        RESIDENT: tl.constexpr, DOT_PREC: tl.constexpr):
-    """sum_g dpre_g,t_next @ R_g[:, cols] (BB x BO), dpre of the whole head read from dwx; one
-    product per gate (the gates spread over warps), summed at the end. R held as two row blocks
-    (RESIDENT) or streamed from L2 in BK-row chunks."""
-    acc = tl.zeros((4, BB, BO), dtype=tl.float32)
-    if RESIDENT:
-        acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, 0, NH, DH, KA), R_a, acc, DOT_PREC)
-        if KB > 0:
-            acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, KA, NH, DH, KB), R_b, acc,
-                      DOT_PREC)
-    else:
-        for k0 in range(0, DH, BK):
-            acc = mma(load_dpre(dwx_ptr, t_next, T, rb64, mask_b, head, k0, NH, DH, BK),
-                      load_r_gates(R_ptr, head, col0, k0, NH, DH, BO, BK), acc, DOT_PREC)
-    return tl.sum(acc, axis=0)
+def sum_partials(part_ptr, t, B, rb64, mask_b, head, col0, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr,
+                 NCB: tl.constexpr):
+    """(R^T dpre_t)[rows, own columns], float32 (BB, BO): the sum of the head's NCB partials of
+    step t in part (2, NCB, B, NH, DH) (slot t % 2), NCB independent (BB, BO) loads (unrolled:
+    one tile of all of them would take hundreds of registers of addresses). Bypasses L1: other
+    SMs wrote them."""
+    HD: tl.constexpr = NH * DH
+    s_part = tl.cast(B, tl.int64) * HD
+    j = col0 + tl.arange(0, BO)[None, :]
+    mask = mask_b[:, None] & (j < DH)
+    p = part_ptr + tl.cast(t % 2, tl.int64) * (NCB * s_part) + rb64[:, None] * HD + head * DH + j
+    acc = tl.load(p, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    for q in tl.static_range(1, NCB):
+        acc += tl.load(p + q * s_part, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    return acc
 
 
 @triton.jit
@@ -112,7 +108,7 @@ def load_step_inputs(pre_ptr, cnm_ptr, state0_ptr, dh_ptr, t, s_state, off4, mas
 @cached_launch
 @triton.jit(do_not_specialize=["B", "T", "t_lo", "t_hi"])
 def slstm_bwd_kernel(
-    R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, sync_ptr,
+    R_ptr, pre_ptr, cnm_ptr, state0_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, part_ptr, sync_ptr,
     B, T, t_lo, t_hi,
     NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, NCB: tl.constexpr,
     KA: tl.constexpr, KB: tl.constexpr, BK: tl.constexpr,
@@ -126,6 +122,8 @@ def slstm_bwd_kernel(
     added at t == T - 1. dwx (B, T, 4, NH, DH) output. dstate_out (4, B, NH, DH) float32: the
     (dc, dn) carry after step t_lo and, with FINALIZE (t_lo == 0), the gradient of the initial
     state (dh, dc, dn, 0). Either buffer may be the same (each program touches its own tile).
+    part (2, NCB, B, NH, DH) in dpre's dtype: each program's share of R^T dpre of a step, slot by
+    the step's parity.
     """
     pid = tl.program_id(0)
     cb = pid % NCB
@@ -146,10 +144,11 @@ def slstm_bwd_kernel(
 
     col0 = cb * BO
     R_a, R_b = 0, 0  # placeholders when R is streamed
-    if RESIDENT:  # R_g[o, own i] for all o, gates batched, two row blocks of o
-        R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
+    if RESIDENT:  # the own columns' rows of R, inputs as two blocks [0, KA) and [KA, KA + KB)
+        R_a = load_r_own(R_ptr, head, col0, 0, NH, DH, BO, KA)
         if KB > 0:
-            R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
+            R_b = load_r_own(R_ptr, head, col0, KA, NH, DH, BO, KB)
+    part_own = part_ptr + cb * (tl.cast(B, tl.int64) * HD) + head * DH
 
     dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
     dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
@@ -171,13 +170,12 @@ def slstm_bwd_kernel(
                                                  off4, mask_if(mask4, t - 1 >= t_lo), off_dh,
                                                  mask_if(mask, t - 1 >= t_lo), HD, BO)
 
-        # recurrent gradient R^T dpre_{t+1} for the own columns
+        # recurrent gradient (R^T dpre_{t+1})[own columns]: the sum of the programs' partials
+        dh = dh_out.to(tl.float32) + tl.where(t == T - 1, dh_last, 0.0)
         if SYNC:
             group_wait(sync_ptr + group, k * NCB)
-        dh = dh_out.to(tl.float32) + bwd_recurrent_split(
-            dwx_ptr, R_ptr, R_a, R_b, t + 1, T, rb64, mask_b, head, col0,
-            NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
-        dh = dh + tl.where(t == T - 1, dh_last, 0.0)
+        if t + 1 < T:
+            dh += sum_partials(part_ptr, t + 1, B, rb64, mask_b, head, col0, NH, DH, BO, NCB)
 
         pre_i, pre_f, pre_z, pre_o = split_gates(pre4, BB, BO)
         c_p, n_p, m_p, _unused = split_gates(cnm4, BB, BO)
@@ -196,6 +194,16 @@ def slstm_bwd_kernel(
         dn = dn * f_act
 
         dp4 = join_gates(g_i, g_f, g_z, g_o, BB, BO).to(dtype)
+        # this program's share of R^T dpre_t for every input of the head
+        part_slot = part_own + tl.cast(t % 2, tl.int64) * (NCB * tl.cast(B, tl.int64) * HD)
+        if RESIDENT:
+            store_partial(part_slot, dp4, R_a, 0, rb64, mask_b, NH, DH, KA, DOT_PREC)
+            if KB > 0:
+                store_partial(part_slot, dp4, R_b, KA, rb64, mask_b, NH, DH, KB, DOT_PREC)
+        else:
+            for i0 in range(0, DH, BK):
+                store_partial(part_slot, dp4, load_r_own(R_ptr, head, col0, i0, NH, DH, BO, BK), i0, rb64, mask_b,
+                              NH, DH, BK, DOT_PREC)
         tl.store(dwx_ptr + off_dwx4 + tl.cast(t, tl.int64) * (4 * HD), dp4, mask=mask4)
         if SYNC:
             group_arrive(sync_ptr + group)
@@ -205,12 +213,7 @@ def slstm_bwd_kernel(
     if FINALIZE:  # gradient of the initial h: R^T dpre_0
         if SYNC:
             group_wait(sync_ptr + group, (t_hi - t_lo) * NCB)
-        if RESIDENT:
-            R_a = load_r_gates(R_ptr, head, col0, 0, NH, DH, BO, KA)
-            if KB > 0:
-                R_b = load_r_gates(R_ptr, head, col0, KA, NH, DH, BO, KB)
-        dh0 = bwd_recurrent_split(dwx_ptr, R_ptr, R_a, R_b, t_lo, T, rb64, mask_b, head, col0,
-                                  NH, DH, BB, BO, KA, KB, BK, RESIDENT, DOT_PREC)
+        dh0 = sum_partials(part_ptr, t_lo, B, rb64, mask_b, head, col0, NH, DH, BO, NCB)
         tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
@@ -320,72 +323,22 @@ def slstm_bwd_head_kernel(
     tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
 
-@cached_launch
-@triton.jit(do_not_specialize=["B", "T", "t_per_split"])
-def slstm_dr_db_kernel(
-    dwx_ptr, h_ptr, state0_ptr, dR_ptr, db_ptr, B, T, t_per_split,
-    NH: tl.constexpr, DH: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
-):
-    """dR[g, head, o, i] += sum_t dwx[b, t, g, head, o] h_{t-1}[b, head, i] and
-    db[g, head, o] += sum_t dwx[b, t, g, head, o] over one batch row b and one range of t.
-    grid: (4 * NH, o blocks * i blocks, B * time splits); dR (4, NH, DH, DH) and db (4, NH, DH)
-    float32, zeroed before. h_{t-1} is the output h (B, T, NH, DH) at t - 1, or the initial
-    state's h (float32, (B, NH, DH)) at t == 0."""
-    g = tl.program_id(0) // NH
-    head = tl.program_id(0) % NH
-    n_i_blocks: tl.constexpr = (DH + BLOCK_I - 1) // BLOCK_I
-    ob = tl.program_id(1) // n_i_blocks
-    ib = tl.program_id(1) % n_i_blocks
-    n_splits = tl.cdiv(T, t_per_split)
-    b = tl.program_id(2) // n_splits
-    t_start = (tl.program_id(2) % n_splits) * t_per_split
-    t_end = tl.minimum(t_start + t_per_split, T)
-    HD: tl.constexpr = NH * DH
-    b64 = tl.cast(b, tl.int64)
-    T64 = tl.cast(T, tl.int64)
-    dwx_b = dwx_ptr + b64 * T64 * (4 * HD) + g * HD + head * DH  # this batch row, gate and head
-    h_b = h_ptr + b64 * T64 * HD + head * DH
-    h0_b = state0_ptr + b64 * HD + head * DH
-    o = ob * BLOCK_O + tl.arange(0, BLOCK_O)
-    i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
-    mo = o < DH
-    mi = i < DH
-    acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    for t0 in range(t_start, t_end, BLOCK_N):
-        t = t0 + tl.arange(0, BLOCK_N)
-        mt = t < t_end
-        a = tl.load(dwx_b + t[:, None] * (4 * HD) + o[None, :], mask=mt[:, None] & mo[None, :], other=0.0)
-        mh = mt[:, None] & mi[None, :]
-        hp = tl.load(h_b + (t[:, None] - 1) * HD + i[None, :], mask=mh & (t[:, None] > 0), other=0.0)
-        h0 = tl.load(h0_b + i[None, :] + 0 * t[:, None], mask=mh & (t[:, None] == 0), other=0.0)
-        hp = tl.where(t[:, None] > 0, hp, h0.to(hp.dtype))
-        acc = mma(tl.trans(a), hp, acc, DOT_PREC)
-        acc_b += tl.sum(a.to(tl.float32), axis=0)
-    gh = g * NH + head
-    tl.atomic_add(dR_ptr + gh * DH * DH + o[:, None] * DH + i[None, :], acc,
-                  mask=mo[:, None] & mi[None, :], sem="relaxed")
-    tl.atomic_add(db_ptr + gh * DH + o, acc_b, mask=mask_if(mo, ib == 0), sem="relaxed")
-
-
-def slstm_dr_db(dwx, h, state0, R):
+def slstm_dr_db(dwx, h, state0):
     """dR (4, NH, DH, DH) and db (4, NH, DH), float32, from dwx (B, T, 4, NH, DH), h (B, T, NH, DH)
-    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32."""
+    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32:
+        dR[g, n, o, i] = sum_{b,t} dwx[b, t, g, n, o] h_{t-1}[b, n, i],  db = dwx summed over (b, t).
+    Not on the sequential path: per gate one batched matmul over the heads (cuBLAS; float32
+    accumulation, rounded once to the inputs' dtype as a linear layer's weight gradient is) with
+    the B*T rows as its reduction dimension."""
     B, T, _, NH, DH = dwx.shape
-    dR = torch.zeros((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
-    db = torch.zeros((4, NH, DH), dtype=torch.float32, device=dwx.device)
-    block = min(64, next_power_of_2(DH))
-    block_n = 64 if dwx.is_cuda else 16
-    tiles = 4 * NH * cdiv(DH, block) ** 2
-    # about two waves of programs on the GPU; each split at least 4 row blocks
-    want = cdiv(2 * num_sms(dwx.device), tiles * B) if dwx.is_cuda else 2
-    splits = max(1, min(want, cdiv(T, 4 * block_n)))
-    t_per_split = cdiv(cdiv(T, splits), block_n) * block_n
-    splits = cdiv(T, t_per_split)
-    slstm_dr_db_kernel[(4 * NH, cdiv(DH, block) ** 2, B * splits)](
-        dwx, h, state0, dR, db, B, T, t_per_split, NH=NH, DH=DH, BLOCK_O=block, BLOCK_I=block,
-        BLOCK_N=block_n, DOT_PREC=dot_precision(dwx.dtype, dwx.device), num_warps=4)
+    # h_{t-1}: the initial state's h at t == 0, then h shifted by one step; a (NH, B*T, DH) view
+    h_prev = torch.cat([state0[0, :, None].to(h.dtype), h[:, :-1]], dim=1)
+    h_prev = h_prev.view(B * T, NH, DH).transpose(0, 1)
+    d = dwx.view(B * T, 4, NH, DH)
+    dR = torch.empty((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
+    for g in range(4):
+        dR[g] = torch.bmm(d[:, g].permute(1, 2, 0), h_prev)  # (NH, DH, B*T) @ (NH, B*T, DH)
+    db = dwx.sum(dim=(0, 1), dtype=torch.float32)
     return dR, db
 
 
@@ -405,13 +358,14 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     grid = NH * cfg.ncb * cdiv(B, BATCH_BLOCK)
     sync = use_sync(cfg, grid, dev)
     counters = torch.zeros(grid // cfg.ncb if sync else 1, dtype=torch.int32, device=dev)
+    partials = new_empty((2, cfg.ncb, B, NH, DH), dtype, dev)   # every element written before it is read
     meta = dict(NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, NCB=cfg.ncb, KA=cfg.ka, KB=cfg.kb, BK=cfg.bk,
                 RESIDENT=cfg.resident, DOT_PREC=dot_precision(dtype, dev), FAST_MATH=fast_math(dev),
                 num_warps=cfg.bwd_num_warps)
 
     def run(dstate_in, t_lo, t_hi, sync_flag, finalize, **extra):
         slstm_bwd_kernel[(grid,)](
-            R, pre, cnm, state0, dh, dstate_in, dwx, dstate0, counters, B, T, t_lo, t_hi,
+            R, pre, cnm, state0, dh, dstate_in, dwx, dstate0, partials, counters, B, T, t_lo, t_hi,
             SYNC=sync_flag, FINALIZE=finalize, **meta, **extra)
 
     if sync:
@@ -421,7 +375,7 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
         for t in range(T - 1, -1, -1):
             run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)
         run(dstate0, 0, 0, False, True)
-    dR, db = slstm_dr_db(dwx, h, state0, R)
+    dR, db = slstm_dr_db(dwx, h, state0)
     return dwx, dR, db, dstate0
 
 
@@ -437,5 +391,5 @@ def slstm_bwd_head(dh, dlast, R, h, state0, coef, cfg: SLSTMConfig):
     slstm_bwd_head_kernel[(NH * cdiv(B, BATCH_BLOCK),)](
         R, coef, dh, dlast, dwx, dstate0, B, T, NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo,
         DOT_PREC=dot_precision(dtype, dev), num_warps=cfg.bwd_num_warps)
-    dR, db = slstm_dr_db(dwx, h, state0, R)
+    dR, db = slstm_dr_db(dwx, h, state0)
     return dwx, dR, db, dstate0
