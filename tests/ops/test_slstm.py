@@ -192,6 +192,7 @@ CASES = [
     (3, 7, 1, 64, torch.bfloat16, dict(bo=32, resident=True), False),  # R held, one block
     (17, 7, 1, 32, torch.bfloat16, dict(bo=16, bk=16), True),
     (2, 1, 1, 32, torch.float32, dict(bo=16, bk=16), True),
+    (2, 5, 1, 144, torch.float32, dict(bo=16, bk=16), True),           # 9 column blocks; dR/db on cuBLAS
 ]
 
 
@@ -202,6 +203,25 @@ def test_matches_reference(B, T, NH, DH, dtype, override, states, device, poison
     inputs = make_inputs(B, T, NH, DH, dtype, device, states=states, fresh_fraction=0.2 if states else 0)
     with config_override(**(override or {})):
         check_against_reference(inputs, dtype)
+
+
+@pytest.mark.parametrize("DH", [32, 144], ids=["kernel", "cublas"])   # the two paths (dr_db.py)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dr_db_both_paths_match_float64(DH, dtype, device):
+    from xlstm_triton.ops.slstm.dr_db import SMALL_HEAD, slstm_dr_db
+    assert (DH <= SMALL_HEAD) == (DH == 32)
+    B, T, NH = 3, 37, 2
+    dwx = torch.randn(B, T, 4, NH, DH, device=device).to(dtype)
+    h = torch.randn(B, T, NH, DH, device=device).to(dtype)
+    state0 = torch.randn(4, B, NH, DH, device=device)
+    dR, db = slstm_dr_db(dwx, h, state0)
+    assert dR.dtype == db.dtype == torch.float32
+    h_prev = torch.cat([state0[0].to(dtype)[:, None], h[:, :-1]], 1).double()
+    ref_R = torch.einsum("btgno,btni->gnoi", dwx.double(), h_prev)
+    ref_b = dwx.double().sum((0, 1))
+    tol = TOL[dtype][0]
+    assert (dR.double() - ref_R).norm() / ref_R.norm() < tol
+    assert (db.double() - ref_b).norm() / ref_b.norm() < tol
 
 
 def test_strong_recurrent_weights(device, poison):
@@ -557,9 +577,10 @@ def test_gpu_no_recompile_across_batch_sizes(NH, DH):
     their column block from how many batch blocks fit the SMs, so a much larger batch may compile
     one more variant (bounded: column blocks of 16, 32 or 64), never one per batch size."""
     from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel
+    from xlstm_triton.ops.slstm.dr_db import slstm_dr_db_kernel
     from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
 
-    kernels = (slstm_fwd_kernel, slstm_bwd_kernel)
+    kernels = (slstm_fwd_kernel, slstm_bwd_kernel, slstm_dr_db_kernel)
 
     def n_compiled():  # device_caches[device] = (kernel_cache, ...) in Triton 3.x
         return [sum(len(v[0]) for v in k.device_caches.values()) for k in kernels]

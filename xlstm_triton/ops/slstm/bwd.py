@@ -27,8 +27,8 @@ partials buffer (2 slots by the step's parity, in dpre's dtype), and after a per
 DH values a row read instead of 4 * DH, and a product with K = 4 * BO (short tensor-core chains).
 
 dR_g = sum_{b,t} dpre_g[b, t]^T h_{t-1}[b] and db_g = sum_{b,t} dpre_g[b, t] are not on the
-sequential path: slstm_dr_db computes them afterwards from dwx and h as one batched matmul per
-gate over the B*T rows (cuBLAS, float32 accumulation, the result rounded once to wx's dtype).
+sequential path: dr_db.py computes them afterwards from dwx and h as a product over the B*T
+rows.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ...launch import cached_launch
 from ...utils import cdiv, new_empty
+from .dr_db import slstm_dr_db
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
                   group_wait, mask_if, mma, split_gates, use_sync)
@@ -321,25 +322,6 @@ def slstm_bwd_head_kernel(
     tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
     tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
     tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
-
-
-def slstm_dr_db(dwx, h, state0):
-    """dR (4, NH, DH, DH) and db (4, NH, DH), float32, from dwx (B, T, 4, NH, DH), h (B, T, NH, DH)
-    (contiguous, same dtype) and the initial state (4, B, NH, DH) float32:
-        dR[g, n, o, i] = sum_{b,t} dwx[b, t, g, n, o] h_{t-1}[b, n, i],  db = dwx summed over (b, t).
-    Not on the sequential path: per gate one batched matmul over the heads (cuBLAS; float32
-    accumulation, rounded once to the inputs' dtype as a linear layer's weight gradient is) with
-    the B*T rows as its reduction dimension."""
-    B, T, _, NH, DH = dwx.shape
-    # h_{t-1}: the initial state's h at t == 0, then h shifted by one step; a (NH, B*T, DH) view
-    h_prev = torch.cat([state0[0, :, None].to(h.dtype), h[:, :-1]], dim=1)
-    h_prev = h_prev.view(B * T, NH, DH).transpose(0, 1)
-    d = dwx.view(B * T, 4, NH, DH)
-    dR = torch.empty((4, NH, DH, DH), dtype=torch.float32, device=dwx.device)
-    for g in range(4):
-        dR[g] = torch.bmm(d[:, g].permute(1, 2, 0), h_prev)  # (NH, DH, B*T) @ (NH, B*T, DH)
-    db = dwx.sum(dim=(0, 1), dtype=torch.float32)
-    return dR, db
 
 
 def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
