@@ -163,7 +163,8 @@ def _runner(get_model, prefill, decode_step, graph: bool):
         if case["phase"] == "prefill":
             return _Call(lambda: prefill(model, ids), case)
         step, state = decode_step(model, ids, dtype)
-        return _Call(_graphed(step) if graph else step, case, keep=(state, ids))
+        # the graph reads what step closes over (the model, its buffers): keep step alive with it
+        return _Call(_graphed(step) if graph else step, case, keep=(state, ids, step))
     return setup
 
 

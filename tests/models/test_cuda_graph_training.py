@@ -57,3 +57,48 @@ def test_replayed_step_equals_eager(build):
             assert_close(g, p.grad, 1e-4, f"d {name}")
         for p, g in zip(params, grads):                 # back to the graph's gradient buffers
             p.grad = g
+
+
+def test_replay_keeps_the_captured_inputs_alive(monkeypatch):
+    """The graph reads its input tensors' memory on every replay: `replay` must keep them alive
+    when the caller drops its own references (a step built inside a setup function: the token
+    ids' block, freed after capture, went to the optimizer's state and the next replay gathered
+    embeddings at float bits read as ids). CUDA's stream and graph calls are stubbed: what is
+    tested is who holds the tensors."""
+    import contextlib
+    import gc
+    import weakref
+
+    class Stub:
+        def __init__(self, *a, **k):
+            self.replays = 0
+
+        def wait_stream(self, other):
+            pass
+
+        def replay(self):
+            self.replays += 1
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stub)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stub())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Stub)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, **k: contextlib.nullcontext())
+
+    def build():   # the caller's references end with this function
+        weight = torch.nn.Parameter(torch.randn(5, 3))
+        tokens = torch.randint(0, 5, (2, 4))
+
+        def fwd_bwd():
+            loss = weight[tokens].sum()
+            loss.backward()
+            return loss
+        return capture_step(fwd_bwd, [weight]), weakref.ref(tokens), weakref.ref(weight)
+
+    replay, tokens_ref, weight_ref = build()
+    gc.collect()
+    assert tokens_ref() is not None and weight_ref() is not None
+    replay()
+    del replay
+    gc.collect()
+    assert tokens_ref() is None          # and nothing holds them beyond replay

@@ -52,7 +52,12 @@ def capture_step(fwd_bwd: Callable[[], object], params: Iterable[torch.nn.Parame
     `.grad` become the graph's static buffers: call the optimizer after each replay and leave
     the gradients in place (each replay writes them afresh, it does not accumulate). Change the
     inputs by copying into the captured tensors. Needs a step without host syncs (set
-    `model.check_token_range = False`)."""
+    `model.check_token_range = False`).
+
+    `replay` holds `fwd_bwd`, and with it what fwd_bwd closes over (the model, the input
+    tensors): the graph reads those tensors' memory on every replay, and a tensor freed after
+    the capture would hand its block to the next allocation (the optimizer's state, say) while
+    the graph goes on reading it."""
     params = list(params)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -71,4 +76,5 @@ def capture_step(fwd_bwd: Callable[[], object], params: Iterable[torch.nn.Parame
     def replay():
         graph.replay()
         return out
+    replay.fwd_bwd = fwd_bwd    # keeps the graph's inputs alive as long as replay
     return replay
