@@ -59,9 +59,10 @@ def load_r_own(R_ptr, head, col0, i0, NH: tl.constexpr, DH: tl.constexpr, BO: tl
 def store_partial(part_slot, dp4, RpT, i0, rb64, mask_b, NH: tl.constexpr, DH: tl.constexpr, N: tl.constexpr,
                   DOT_PREC: tl.constexpr):
     """This program's share of R^T dpre for the inputs i0 <= i < i0 + N: RpT (N, 4 * BO) @ its
-    dpre transposed (4 * BO, BB) (N a multiple of 64: a warpgroup product with R from shared
-    memory), stored in dpre's dtype into its partial slot part_slot (B, NH, DH) (head offset
-    applied)."""
+    dpre transposed (4 * BO, BB), stored in dpre's dtype into its partial slot part_slot
+    (B, NH, DH) (head offset applied). R on the left: where N is a multiple of 64 the sm_90 code
+    is a warpgroup product with R from shared memory (with R on the right, M = BB = 16, Triton
+    kept R in registers and spilled)."""
     HD: tl.constexpr = NH * DH
     part = mma(RpT, tl.trans(dp4), tl.zeros((N, dp4.shape[0]), dtype=tl.float32), DOT_PREC)   # (N, BB)
     i = i0 + tl.arange(0, N)
