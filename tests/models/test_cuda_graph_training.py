@@ -71,13 +71,13 @@ def test_replay_keeps_the_captured_inputs_alive(monkeypatch):
 
     class Stub:
         def __init__(self, *a, **k):
-            self.replays = 0
+            pass
 
         def wait_stream(self, other):
             pass
 
         def replay(self):
-            self.replays += 1
+            pass
 
     monkeypatch.setattr(torch.cuda, "Stream", Stub)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stub())

@@ -150,7 +150,7 @@ def slstm_bwd_kernel(
         R_a = load_r_own(R_ptr, head, col0, 0, NH, DH, BO, KA)
         if KB > 0:
             R_b = load_r_own(R_ptr, head, col0, KA, NH, DH, BO, KB)
-    part_own = part_ptr + cb * (tl.cast(B, tl.int64) * HD) + head * DH
+    part_own = part_ptr + cb * s_state + head * DH   # a partial has the state's (B, NH, DH) shape
 
     dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
     dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
@@ -197,7 +197,7 @@ def slstm_bwd_kernel(
 
         dp4 = join_gates(g_i, g_f, g_z, g_o, BB, BO).to(dtype)
         # this program's share of R^T dpre_t for every input of the head
-        part_slot = part_own + tl.cast(t % 2, tl.int64) * (NCB * tl.cast(B, tl.int64) * HD)
+        part_slot = part_own + tl.cast(t % 2, tl.int64) * (NCB * s_state)
         if RESIDENT:
             store_partial(part_slot, dp4, R_a, 0, rb64, mask_b, NH, DH, KA, DOT_PREC)
             if KB > 0:
