@@ -61,7 +61,8 @@ def _rank(rank, world, family, mode, path, backend):
     mode, _, compiled = mode.partition("+")
     if compiled:            # the blocks compiled first, then wrapped (FSDP gathers around them)
         compile_blocks(model.double())
-    wrapped = shard_blocks(model) if mode == "fsdp" else data_parallel(model)
+    wrapped = (shard_blocks(model) if mode == "fsdp" else shard_blocks(model, reshard_after_forward=False)
+               if mode == "fsdp_keep" else data_parallel(model))
     losses = _train(wrapped, idx, wrapped.parameters())
     dist.all_reduce(losses)
     params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
@@ -74,10 +75,12 @@ def _rank(rank, world, family, mode, path, backend):
 @pytest.mark.parametrize("backend, world", [("gloo", 2), ("nccl", 2), ("nccl", 4)],
                          ids=["gloo-2", "nccl-2", "nccl-4"])
 @pytest.mark.parametrize("family, mode", [("large", "fsdp"), ("paper", "fsdp"), ("large", "ddp"),
-                                          ("large", "fsdp+compiled"), ("paper", "ddp+compiled")])
+                                          ("large", "fsdp_keep"), ("large", "fsdp+compiled"),
+                                          ("paper", "ddp+compiled")])
 def test_ranks_train_as_one_process(family, mode, backend, world, tmp_path, monkeypatch):
-    """`mode`: fsdp or ddp, "+compiled": with the blocks under torch.compile (`compile_blocks`,
-    before the wrapping)."""
+    """`mode`: fsdp (`shard_blocks` as given), fsdp_keep (nothing resharded after the forward)
+    or ddp, "+compiled": with the blocks under torch.compile (`compile_blocks`, before the
+    wrapping)."""
     if backend == "gloo" and mode == "ddp+compiled":
         pytest.skip("CPU ranks compile for minutes: on CPUs the FSDP case covers compiled blocks; "
                     "DDP with compiled blocks runs with the NCCL ranks")
@@ -117,6 +120,43 @@ def test_shard_blocks_needs_blocks():
     from xlstm_triton.models import shard_blocks
     with pytest.raises(ValueError, match="shard_blocks: Linear has no blocks with forward_residual"):
         shard_blocks(torch.nn.Linear(2, 2))
+
+
+def _reshard_rank(rank, world, path, family):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from torch.distributed.tensor import DTensor
+
+    from xlstm_triton.models import shard_blocks
+    from xlstm_triton.models.training import model_blocks
+    model = _model(family)
+    shard_blocks(model)
+    idx = _batch(model).chunk(world)[rank]
+    loss = model(idx, labels=idx)
+
+    # after a forward FSDP registers the shards again where it resharded, else the gathered tensors
+    blocks = model_blocks(model)
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    after_forward = dict(blocks=[all(isinstance(p, DTensor) for p in b.parameters()) for b in blocks],
+                         root=[isinstance(p, DTensor) for p in model.parameters() if id(p) not in in_blocks])
+    loss.backward()
+    after_backward = all(isinstance(p, DTensor) for p in model.parameters())
+    if rank == 0:
+        torch.save(dict(after_forward, after_backward=after_backward), f"{path}/result.pt")
+    end_process_group()
+
+
+@pytest.mark.parametrize("family", ["large", "paper"])
+def test_shard_blocks_keeps_the_last_block_gathered(family, tmp_path):
+    """`shard_blocks`' default: after the forward every block's parameters are shards again
+    but the last block's and the model's own (the embedding and head), which the backward
+    needs first; after the backward all are shards (2 gloo ranks)."""
+    mp.start_processes(_reshard_rank, args=(2, str(tmp_path), family), nprocs=2, start_method="spawn")
+    got = torch.load(tmp_path / "result.pt")
+    assert len(got["blocks"]) >= 2
+    assert got["blocks"] == [True] * (len(got["blocks"]) - 1) + [False]
+    assert got["root"] and not any(got["root"])
+    assert got["after_backward"]
 
 
 def _mesh_rank(rank, world, path, pieces, eps):

@@ -25,13 +25,20 @@ from ..ops.mlstm.context_parallel import pieces_checked, twin_group
 from .training import model_blocks
 
 
-def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: bool = True,
+def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: Optional[bool] = None,
                  **fsdp_kwargs) -> nn.Module:
     """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group, on the
     device type of the model's parameters): each block a unit, then the model. mp_policy: a
     `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32 gradient reduction). Returns
     `model` (its parameters now `DTensor` shards). The batch each rank passes is its own;
-    gradients are averaged over the ranks."""
+    gradients are averaged over the ranks.
+
+    reshard_after_forward: None (default) frees every block's gathered parameters after its
+    forward but the last block's and the model's own (embedding, norm, head): the backward
+    starts with those, so freeing them would only gather them again at once (one block and the
+    head held through the backward). True or False: every unit alike (False keeps all of them
+    gathered from forward to backward: no all-gather in the backward, the whole model's
+    parameters held on each rank)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = model_blocks(model)
@@ -44,14 +51,16 @@ def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forw
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         mesh = init_device_mesh(next(model.parameters()).device.type, (dist.get_world_size(),))
-    kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
+    kwargs = dict(mesh=mesh, **fsdp_kwargs)
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
-    for block in blocks:
-        fully_shard(block, **kwargs)
+    for n, block in enumerate(blocks):
+        last = n == len(blocks) - 1
+        fully_shard(block, reshard_after_forward=not last if reshard_after_forward is None else reshard_after_forward,
+                    **kwargs)
         # The models call a block's forward_residual, not its forward: FSDP gathers for it too.
         register_fsdp_forward_method(block, "forward_residual")
-    fully_shard(model, **kwargs)
+    fully_shard(model, reshard_after_forward=bool(reshard_after_forward), **kwargs)
     return model
 
 
