@@ -87,14 +87,16 @@ def _setup(wrap: str):
     return setup
 
 
-def _spawn(case, wrap, dtype_name, cuda) -> dict:
-    """Runs the case's ranks; returns rank 0's result dict (or raises what a rank reported)."""
+def _spawn(case, wrap, dtype_name, cuda, task=None, all_ranks: bool = False):
+    """Runs the case's ranks, each calling task(case, wrap, dtype, device, world) -> dict
+    (default `_measure_rank`); returns rank 0's dict, or with `all_ranks` every rank's (or
+    raises what a rank reported)."""
     import torch.multiprocessing as mp
 
     world = case["world"]
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_rank, args=(world, case, wrap, dtype_name, cuda, tmp), nprocs=world,
-                                 join=False, start_method="spawn")
+        ctx = mp.start_processes(_rank, args=(world, case, wrap, dtype_name, cuda, tmp, task or _measure_rank),
+                                 nprocs=world, join=False, start_method="spawn")
         deadline = time.monotonic() + 1200
         try:
             while not ctx.join(timeout=5):
@@ -112,12 +114,13 @@ def _spawn(case, wrap, dtype_name, cuda) -> dict:
             # every rank measured and wrote its result, then one died while exiting (gloo's
             # threads can abort the process at teardown): the measurement stands
             print(f"note: a rank exited badly after its result was written: {e}", file=sys.stderr)
-        result = _read(f"{tmp}/rank0.json")
+        results = [_read(f"{tmp}/rank{r}.json") for r in range(world)]
+    result = results[0]
     if result is None or result.get("status") != "ok":
         if result and result.get("status") == "oom":
             raise torch.cuda.OutOfMemoryError("a rank ran out of memory")
         raise RuntimeError(f"rank 0: {result}")
-    return result
+    return results if all_ranks else result
 
 
 def _read(path):
@@ -128,8 +131,8 @@ def _read(path):
         return None
 
 
-def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
-    """One rank of a case (a spawned process)."""
+def _rank(rank, world, case, wrap, dtype_name, cuda, tmp, task):
+    """One rank of a case (a spawned process): task's dict, with a status, into rank<r>.json."""
     import torch.distributed as dist
 
     if not cuda:
@@ -143,8 +146,7 @@ def _rank(rank, world, case, wrap, dtype_name, cuda, tmp):
         torch.cuda.set_device(device)
     out = f"{tmp}/rank{rank}.json"
     try:
-        ms, host_ms, peak, requested = _measure_rank(case, wrap, getattr(torch, dtype_name), device, world)
-        result = dict(status="ok", ms=ms, host_ms=host_ms, peak_mib=peak, peak_requested_mib=requested)
+        result = dict(status="ok", **task(case, wrap, getattr(torch, dtype_name), device, world))
     except Exception as e:   # noqa: BLE001 - recorded for the parent
         # cuBLAS reports a full device as its own allocation failure, not as torch's OOM error
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "CUBLAS_STATUS_ALLOC_FAILED" in str(e)
@@ -213,17 +215,25 @@ def _transformer_step(case, dtype, device, world):
     return step
 
 
-def _measure_rank(case, wrap, dtype, device, world):
+def _measure_rank(case, wrap, dtype, device, world) -> dict:
+    """One rank's measurement of the case (`_time_steps`), as the dict `_rank` writes."""
+    step = make_step(case, wrap, dtype, device, world)
+    try:
+        ms, host_ms, peak, requested = _time_steps(step, case, device)
+    finally:
+        step.close()
+    return dict(ms=ms, host_ms=host_ms, peak_mib=peak, peak_requested_mib=requested)
+
+
+def make_step(case, wrap, dtype, device, world):
+    """This rank's training step of the case under `wrap` (ddp, fsdp, fsdp_keep, cp,
+    transformer): a callable with a `close()` for what it holds open. Inside a process group."""
     import torch.distributed as dist
 
     from xlstm_triton.models import context_parallel, data_parallel, shard_blocks, xLSTMLarge
 
     if wrap == "transformer":
-        step = _transformer_step(case, dtype, device, world)
-        try:
-            return _time_steps(step, case, device)
-        finally:
-            step.close()
+        return _transformer_step(case, dtype, device, world)
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -249,7 +259,8 @@ def _measure_rank(case, wrap, dtype, device, world):
         loss = run(tokens, labels=tokens, **extra)
         loss.backward()     # context parallel: the wrapper sums the gradients over the group
         optimizer.step()
-    return _time_steps(step, case, device)
+    step.close = lambda: None
+    return step
 
 
 def _time_steps(step, case, device):

@@ -311,6 +311,20 @@ def test_distributed_quick_rows():
     assert got[("xlstm_large.fsdp", 2)]["columns"]["scaling"] > 0
 
 
+def test_profile_distributed_quick():
+    """`bench.tools.profile_distributed --quick`: FSDP steps on 2 gloo ranks profiled, a row per
+    rank with the host time in FSDP's hooks (the GPU columns are 0 on CPU ranks); the union of
+    nested or overlapping intervals counts each moment once."""
+    from bench.tools import profile_distributed as tool
+    assert tool._union_us([(5, 6), (0, 2), (1, 3), (1.5, 2.5)]) == 4
+    rows = tool.main(["fsdp", "--world", "2", "--quick", "--steps", "2"])
+    assert len(rows) == 2
+    for row in rows:
+        assert row["status"] == "ok"
+        assert 0 < row["fsdp_hooks_ms"] < row["wall_ms"]
+        assert row["compute_ms"] == row["nccl_ms"] == row["gpu_busy_ms"] == 0
+
+
 def test_transformer_shard_arguments_give_the_same_loss():
     """What PyTorch's context parallelism hands the Transformer baseline (`bench distributed`,
     transformer.cp): its positions and the labels already shifted give the loss of the plain call."""
