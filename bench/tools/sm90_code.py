@@ -42,16 +42,21 @@ def kernels() -> dict:
                   FINALIZE=True, DOT_PREC="ieee", FAST_MATH=True)
         return slstm_bwd_kernel, sig, ce, 8
 
-    def bwd_head(DH, num_warps):
+    def bwd_head(DH, num_warps, batch_last=False):
         sig = dict(R_ptr=P16, coef_ptr=F32, dh_ptr=P16, dstate_in_ptr=F32, dwx_ptr=P16, dstate_out_ptr=F32,
                    B="i32", T="i32")
-        return slstm_bwd_head_kernel, sig, dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee"), num_warps
+        ce = dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee", BATCH_LAST=batch_last)
+        return slstm_bwd_head_kernel, sig, ce, num_warps
 
     return {
         "fwd_head_128": fwd(128, 128, 1, 128, 0, 8, False),
         "fwd_head_64": fwd(64, 64, 1, 64, 0, 8, False),
         "bwd_head_128": bwd_head(128, 8),
         "bwd_head_64": bwd_head(64, 8),
+        "bwd_head_128_batch_last": bwd_head(128, 8, True),
+        "bwd_head_64_batch_last": bwd_head(64, 4, True),
+        "bwd_head_64_batch_last_w8": bwd_head(64, 8, True),
+        "bwd_head_32_batch_last": bwd_head(32, 4, True),
         "fwd_split_256": fwd(256, 16, 16, 256, 0, 4, False),
         "fwd_split_768": fwd(768, 16, 48, 512, 256, 4, False),
         "bwd_split_256": bwd_split(256, 16, 16, 256, 0),

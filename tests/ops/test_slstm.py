@@ -4,6 +4,8 @@ On CPU the Triton kernels run in the interpreter (small shapes; the split-head m
 with `config_override`); tests marked gpu run the real kernels at the benchmark's head sizes.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -315,6 +317,22 @@ def test_inference_saves_nothing_for_backward(device, monkeypatch):
     assert recomputes == [1]
 
 
+@pytest.mark.parametrize("B, T, NH, DH, dtype", [(20, 5, 1, 48, torch.float32), (3, 7, 2, 16, torch.bfloat16),
+                                                 (16, 4, 2, 32, torch.float32)])
+def test_whole_head_batch_last_backward(B, T, NH, DH, dtype, device, poison):
+    """The whole-head backward's batch-last variant (config bwd_batch_last: transposed tiles, the
+    product as R_g^T @ dpre_g^T, per-step tensors (T, ., NH, DH, Bp)) against float64: a batch
+    padded to the next 16 (20 -> 32, 3 -> 16) and not (16), head sizes padded to powers of 2
+    (48 -> 64), initial states with fresh elements (n = 0), every gradient."""
+    from xlstm_triton.ops.slstm.fwd import pick_config
+    x = make_inputs(B, T, NH, DH, dtype, device, states=True, fresh_fraction=0.2)
+    with config_override(bwd_batch_last=True):
+        assert pick_config(NH, DH, B, dtype, torch.device(device)).bwd_batch_last
+        check_against_reference(x, dtype)
+    with pytest.raises(ValueError, match="bwd_batch_last is for whole heads"), config_override(bo=16, bwd_batch_last=True):
+        slstm(**make_inputs(2, 3, 1, 32, torch.float32, device))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_recomputed_steps_equal_what_the_forward_stores(dtype, device):
     """The whole-head backward's first stage: the gate pre-activations recomputed from wx and h
@@ -346,6 +364,15 @@ def test_recomputed_steps_equal_what_the_forward_stores(dtype, device):
     want = torch.stack([a, a * c / n, a * c * (1 - o), z * i, i, i * (1 - z * z), c_p * s, n_p * s, f], 1)
     for slot, name in enumerate(["A", "Q", "P", "D", "I", "F", "G", "H", "FG"]):
         assert_close(coef[:, slot], want[:, slot], 1e-4, name)
+
+    # the batch-last layouts (T, ., NH, DH, Bp) of the same values; the padding rows finite
+    cfg_last = dataclasses.replace(cfg, bwd_batch_last=True)
+    pre_last = recompute_pre(x["wx"], x["R"], x["b"], h, state0, cfg_last)
+    coef_last = step_coefficients(pre_last, state0, batch_last=True)
+    assert pre_last.shape == (T, 4, NH, DH, 16) and coef_last.shape == (T, 9, NH, DH, 16)
+    assert torch.isfinite(pre_last).all() and torch.isfinite(coef_last).all()
+    assert_close(pre_last[..., :B].permute(0, 1, 4, 2, 3), pre, 1e-5, "batch-last pre")
+    assert_close(coef_last[..., :B].permute(0, 1, 4, 2, 3).double(), coef, 1e-6, "batch-last coefficients")
 
 
 def test_noncontiguous_and_mixed_dtype_inputs(device, poison):
@@ -485,6 +512,33 @@ def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
         assert info[name]["shared"] <= 227 * 1024, (name, info[name])
         if info[name]["local_bytes"] is not None:  # register spills go to local memory
             assert info[name]["local_bytes"] <= 64, (name, info[name])
+
+
+def test_batch_last_head_backward_compiles_for_sm90_with_warpgroup_products():
+    """The whole-head backward's batch-last variant compiled for sm_90 on this machine
+    (`bench.tools.sm90_code`, a subprocess without TRITON_INTERPRET): its recurrent product is
+    warpgroup products (the variant's point), no register spills, shared memory within an H100's
+    227 KB (R held: 128 KB at DH = 128)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    names = ["bwd_head_128_batch_last", "bwd_head_64_batch_last"]
+    r = subprocess.run([sys.executable, "-m", "bench.tools.sm90_code", *names], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines() if line.split(" ", 1)[0] in names)
+    assert sorted(got) == sorted(names), r.stdout
+    for name, line in got.items():
+        info = json.loads(line)
+        assert info["loop"]["wgmma"] > 0 and info["loop"]["hmma"] == 0, (name, info)
+        assert info["spill_bytes"] == 0 and info["shared"] <= 227 * 1024, (name, info)
 
 
 # ---------------------------------------------------------------------------------- bad inputs

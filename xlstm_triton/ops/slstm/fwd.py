@@ -354,7 +354,8 @@ class SLSTMConfig:
     contraction, ka and kb rows (powers of 2, ka + kb >= DH, kb may be 0); otherwise streamed from
     L2 in chunks of bk rows. sync: allow the persistent barrier path (GPU, co-resident grid) in
     split mode; else one launch per step. num_warps / bwd_num_warps: of the forward and the
-    backward kernel."""
+    backward kernel. bwd_batch_last (whole heads): the backward's per-step tensors batch-last,
+    (T, ., NH, DH, B padded to 16), and its recurrent product as R_g^T @ dpre_g^T (bwd.py)."""
 
     ncb: int
     bo: int
@@ -365,6 +366,7 @@ class SLSTMConfig:
     num_warps: int
     sync: bool = True
     bwd_num_warps: int = 8
+    bwd_batch_last: bool = False
 
     @property
     def saves_steps(self) -> bool:
@@ -380,7 +382,7 @@ class SLSTMConfig:
 
     @classmethod
     def from_ints(cls, values) -> "SLSTMConfig":
-        return cls(**{f.name: (bool(v) if f.name in ("resident", "sync") else int(v))
+        return cls(**{f.name: (bool(v) if f.name in ("resident", "sync", "bwd_batch_last") else int(v))
                       for f, v in zip(fields(cls), values)})
 
 
@@ -407,16 +409,27 @@ def contraction_blocks(DH: int) -> tuple[int, int]:
 SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
 
 
-def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None):
+def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None, bwd_batch_last=False):
     dhp = next_power_of_2(DH)
     if bo >= dhp:  # whole head: R held, one block of the padded head size
         nw = num_warps or (4 if dhp <= 32 else 8)
+        # the batch-last backward: a warpgroup (4 warps) per 64 columns (bench.tools.sm90_code:
+        # at DH = 64, 4 warps 5 barriers a step, 8 warps 10)
+        bwd_nw = bwd_num_warps or ((8 if dhp >= 128 else 4) if bwd_batch_last else nw)
         return SLSTMConfig(ncb=1, bo=dhp, ka=dhp, kb=0, bk=dhp, resident=True, num_warps=nw,
-                           sync=sync, bwd_num_warps=bwd_num_warps or nw)
+                           sync=sync, bwd_num_warps=bwd_nw, bwd_batch_last=bwd_batch_last)
+    if bwd_batch_last:
+        raise ValueError("config override: bwd_batch_last is for whole heads (bo >= DH)")
     ka, kb = contraction_blocks(DH) if resident else (0, 0)
     return SLSTMConfig(ncb=DH // bo, bo=bo, ka=ka, kb=kb, bk=bk or _largest_pow2_divisor(DH, 64),
                        resident=resident, num_warps=num_warps or 4, sync=sync,
                        bwd_num_warps=bwd_num_warps or 8)
+
+
+def padded_batch(B: int) -> int:
+    """The batch of the whole-head backward's batch-last layouts (`SLSTMConfig.bwd_batch_last`):
+    B rounded up to a multiple of BATCH_BLOCK."""
+    return cdiv(B, BATCH_BLOCK) * BATCH_BLOCK
 
 
 def r_bytes(DH: int, bo: int, dtype: torch.dtype) -> int:

@@ -44,7 +44,8 @@ __all__ = ["slstm", "slstm_step", "config_override"]
 def config_override(**kw):
     """Force the kernels' program decomposition (tests, tuning): bo (columns per program; less
     than DH splits the head), bk (rows of R per chunk when streamed), resident (hold R on chip),
-    num_warps, bwd_num_warps, sync (allow the persistent barrier path)."""
+    num_warps, bwd_num_warps, sync (allow the persistent barrier path), bwd_batch_last (whole
+    heads: the backward's batch-last variant, bwd.py)."""
     # No keywords: no override (the heuristic decides), not an empty one that forces a whole head.
     token = CONFIG_OVERRIDE.set(dict(kw) if kw else None)
     try:

@@ -14,7 +14,9 @@ wx), and the backward first rebuilds what it needs here, on every SM:
 
 Both use the forward's own code (the product's operands and precision, `gate_activations` with
 the same fast math), so the values match what the forward computed up to float32 summation order.
-Shapes as in fwd.py.
+Shapes as in fwd.py; for a config with `bwd_batch_last`, pre and the coefficients are batch-last
+instead, (T, 4 or COEFFICIENTS, NH, DH, Bp) with the batch padded to Bp, a multiple of
+BATCH_BLOCK (the padding rows computed from zero inputs and a zero state: finite, unused).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import triton.language as tl
 from ...launch import cached_launch
 from ...utils import cdiv, dot_precision, mma, new_empty
 from .fwd import (BATCH_BLOCK, SLSTMConfig, fast_math, fast_rcp, fast_sigmoid, gate_activations,
-                  load_h_prev, load_rt)
+                  load_h_prev, load_rt, padded_batch)
 
 TIME_BLOCK = 16      # steps per program of slstm_pre_kernel
 ELEMENT_BLOCK = 32   # elements per program (one warp) of slstm_coef_kernel: a scan is latency-bound, many warps hide it
@@ -38,11 +40,12 @@ def slstm_pre_kernel(
     wx_ptr, R_ptr, b_ptr, h0_ptr, h_ptr, pre_ptr, B, T,
     s_wx_b, s_wx_t, s_wx_g, s_wx_h,
     NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, BT: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, BATCH_LAST: tl.constexpr,
 ):
     """pre[t] = wx[:, t] + b + h_{t-1} @ RT for BT steps of one (batch block, head), as the
     whole-head forward computes it (BO: the padded head size). grid: (batch blocks * NH, time
-    blocks). h0 (B, NH, DH) is the initial h in the matmul dtype."""
+    blocks). h0 (B, NH, DH) is the initial h in the matmul dtype. BATCH_LAST: pre is
+    (T, 4, NH, DH, Bp), the padding rows written too."""
     group = tl.program_id(0)
     head = group % NH
     rb = (group // NH) * BB + tl.arange(0, BB)
@@ -56,7 +59,14 @@ def slstm_pre_kernel(
     mask4 = mask_b[:, None] & (o4 < DH)[None, :]
     bias = tl.load(b_ptr + g4 * HD + head * DH + o4, mask=o4 < DH, other=0.0).to(tl.float32)[None, :]
     RT = load_rt(R_ptr, head, 0, 0, NH, DH, BO, BO)
-    off_pre = rb[:, None] * HD + g4[None, :] * s_state + head * DH + o4[None, :]
+    if BATCH_LAST:
+        Bp = tl.cdiv(B, BB) * BB
+        s_state = tl.cast(Bp, tl.int64) * HD
+        off_pre = (head * DH + o4[None, :]) * Bp + g4[None, :] * s_state + rb[:, None]
+        mask_pre = (rb < Bp)[:, None] & (o4 < DH)[None, :]
+    else:
+        off_pre = rb[:, None] * HD + g4[None, :] * s_state + head * DH + o4[None, :]
+        mask_pre = mask4
     off_wx = rb64[:, None] * s_wx_b + g4[None, :] * s_wx_g + head * s_wx_h + o4[None, :]
     k = tl.arange(0, BO)
     t0 = tl.program_id(1) * BT
@@ -66,7 +76,7 @@ def slstm_pre_kernel(
         hp = load_h_prev(h_ptr, h0_ptr, t, T, rb64[:, None], mask_b[:, None], k[None, :],
                          (k < DH)[None, :], NH, DH, head, False)
         acc = mma(hp, RT, acc, DOT_PREC)
-        tl.store(pre_ptr + t64 * (4 * s_state) + off_pre, acc, mask=mask4)
+        tl.store(pre_ptr + t64 * (4 * s_state) + off_pre, acc, mask=mask_pre)
 
 
 # Slots of the per-step coefficients (coef (T, COEFFICIENTS, B, NH, DH), float32) that turn one
@@ -84,15 +94,26 @@ COEFFICIENTS = 9
 @cached_launch
 @triton.jit(do_not_specialize=["B", "T"])
 def slstm_coef_kernel(pre_ptr, state0_ptr, coef_ptr, B, T, NH: tl.constexpr, DH: tl.constexpr,
-                      BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
-    """coef[t] (slots above) for BLOCK of the B * NH * DH elements: the forward's (c, n, m) run
+                      BLOCK: tl.constexpr, FAST_MATH: tl.constexpr, BATCH_LAST: tl.constexpr, BB: tl.constexpr):
+    """coef[t] (slots above) for BLOCK of the elements of a step, (B, NH, DH) flat or with
+    BATCH_LAST (NH, DH, Bp) flat (Bp: B padded to a multiple of BB): the forward's (c, n, m) run
     again from pre and the initial state (4, B, NH, DH) float32 (slots h, c, n, m)."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    n_el = tl.cast(B, tl.int64) * (NH * DH)
-    mask = e < n_el
-    c = tl.load(state0_ptr + n_el + e, mask=mask, other=0.0)
-    n = tl.load(state0_ptr + 2 * n_el + e, mask=mask, other=0.0)
-    m = tl.load(state0_ptr + 3 * n_el + e, mask=mask, other=0.0)
+    n_b = tl.cast(B, tl.int64) * (NH * DH)            # elements of a slot of the initial state
+    if BATCH_LAST:
+        Bp = tl.cdiv(B, BB) * BB
+        n_el = tl.cast(Bp, tl.int64) * (NH * DH)
+        mask = e < n_el
+        st = (e % Bp) * (NH * DH) + e // Bp              # the element's place in the initial state
+        mask_st = mask & (e % Bp < B)
+    else:
+        n_el = n_b
+        mask = e < n_el
+        st = e
+        mask_st = mask
+    c = tl.load(state0_ptr + n_b + st, mask=mask_st, other=0.0)
+    n = tl.load(state0_ptr + 2 * n_b + st, mask=mask_st, other=0.0)
+    m = tl.load(state0_ptr + 3 * n_b + st, mask=mask_st, other=0.0)
     # the loads do not depend on the carry: pipelined several steps ahead of the latency-bound scan
     for t in tl.range(0, T, num_stages=8):
         p = pre_ptr + tl.cast(t, tl.int64) * (4 * n_el) + e
@@ -128,26 +149,30 @@ def recompute_pre(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
     dev, dtype = wx.device, wx.dtype
     if cfg.ncb != 1:
         raise ValueError(f"recompute_pre: whole-head configs only (ncb == 1), got {cfg}")
-    pre = new_empty((T, 4, B, NH, DH), torch.float32, dev)
+    shape = (T, 4, NH, DH, padded_batch(B)) if cfg.bwd_batch_last else (T, 4, B, NH, DH)
+    pre = new_empty(shape, torch.float32, dev)
     h0 = state0[0].to(dtype)   # the forward multiplies the initial h in the matmul dtype
     slstm_pre_kernel[(cdiv(B, BATCH_BLOCK) * NH, cdiv(T, TIME_BLOCK))](
         wx, R, b, h0, h, pre, B, T, wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3),
         NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, BT=TIME_BLOCK, DOT_PREC=dot_precision(dtype, dev),
-        num_warps=cfg.num_warps)
+        BATCH_LAST=cfg.bwd_batch_last, num_warps=cfg.num_warps)
     return pre
 
 
-def step_coefficients(pre: torch.Tensor, state0: torch.Tensor) -> torch.Tensor:
+def step_coefficients(pre: torch.Tensor, state0: torch.Tensor, batch_last: bool = False) -> torch.Tensor:
     """coef (T, COEFFICIENTS, B, NH, DH) float32 from pre (T, 4, B, NH, DH) float32 and the
-    initial state (4, B, NH, DH) float32, both contiguous."""
-    T, _, B, NH, DH = pre.shape
-    coef = new_empty((T, COEFFICIENTS, B, NH, DH), torch.float32, pre.device)
+    initial state (4, B, NH, DH) float32, both contiguous; `batch_last`: pre and coef are
+    (T, ., NH, DH, Bp)."""
+    _, B, NH, DH = state0.shape
+    T, el = pre.shape[0], pre[0, 0].numel()
+    coef = new_empty((T, COEFFICIENTS) + tuple(pre.shape[2:]), torch.float32, pre.device)
     block = ELEMENT_BLOCK if pre.is_cuda else 1024     # the interpreter: few wide programs
-    slstm_coef_kernel[(cdiv(B * NH * DH, block),)](
-        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=block, FAST_MATH=fast_math(pre.device), num_warps=1)
+    slstm_coef_kernel[(cdiv(el, block),)](
+        pre, state0, coef, B, T, NH=NH, DH=DH, BLOCK=block, FAST_MATH=fast_math(pre.device),
+        BATCH_LAST=batch_last, BB=BATCH_BLOCK, num_warps=1)
     return coef
 
 
 def slstm_step_coefficients(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
     """`step_coefficients` of `recompute_pre`: what the whole-head backward reads."""
-    return step_coefficients(recompute_pre(wx, R, b, h, state0, cfg), state0)
+    return step_coefficients(recompute_pre(wx, R, b, h, state0, cfg), state0, cfg.bwd_batch_last)
