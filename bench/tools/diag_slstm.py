@@ -77,7 +77,8 @@ def timing(NH, DH, **over):
         # the stages alone: the training forward (split heads save their steps), the backward's
         # recomputation of the step coefficients (whole heads), the sequential backward + dR/db,
         # dR/db alone
-        from xlstm_triton.ops.slstm.bwd import slstm_bwd, slstm_bwd_head
+        from xlstm_triton.ops.slstm.bwd import slstm_bwd
+        from xlstm_triton.ops.slstm.bwd_head import slstm_bwd_head
         from xlstm_triton.ops.slstm.dr_db import slstm_dr_db
         from xlstm_triton.ops.slstm.fwd import slstm_fwd
         from xlstm_triton.ops.slstm.recompute import slstm_step_coefficients

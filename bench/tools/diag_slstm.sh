@@ -13,3 +13,4 @@ done
 run 90 errors 16 64 6 128 bfloat16 '{"bwd_batch_last": true}'
 run 90 errors 20 64 12 64 float32 '{"bwd_batch_last": true}'
 run 90 errors 16 64 6 128 bfloat16 '{"bo": 16}'
+run 90 timing 12 64 '{"bwd_batch_last": true, "bwd_num_warps": 8}'

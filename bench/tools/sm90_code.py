@@ -24,7 +24,8 @@ F32 = "*fp32"
 
 def kernels() -> dict:
     """name -> (jit function, signature, constexprs, num_warps) of the shapes we look at."""
-    from xlstm_triton.ops.slstm.bwd import slstm_bwd_head_kernel, slstm_bwd_kernel
+    from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel
+    from xlstm_triton.ops.slstm.bwd_head import slstm_bwd_head_batch_last_kernel, slstm_bwd_head_kernel
     from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
 
     def fwd(DH, BO, NCB, KA, KB, num_warps, save):
@@ -43,10 +44,10 @@ def kernels() -> dict:
         return slstm_bwd_kernel, sig, ce, 8
 
     def bwd_head(DH, num_warps, batch_last=False):
-        sig = dict(R_ptr=P16, coef_ptr=F32, dh_ptr=P16, dstate_in_ptr=F32, dwx_ptr=P16, dstate_out_ptr=F32,
-                   B="i32", T="i32")
-        ce = dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee", BATCH_LAST=batch_last)
-        return slstm_bwd_head_kernel, sig, ce, num_warps
+        sig = dict(R_ptr=P16, coef_ptr=F32, dh_ptr=F32 if batch_last else P16, dstate_in_ptr=F32,
+                   **{"dpre_ptr" if batch_last else "dwx_ptr": P16}, dstate_out_ptr=F32, B="i32", T="i32")
+        kernel = slstm_bwd_head_batch_last_kernel if batch_last else slstm_bwd_head_kernel
+        return kernel, sig, dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee"), num_warps
 
     return {
         "fwd_head_128": fwd(128, 128, 1, 128, 0, 8, False),

@@ -329,8 +329,9 @@ def test_whole_head_batch_last_backward(B, T, NH, DH, dtype, device, poison):
     with config_override(bwd_batch_last=True):
         assert pick_config(NH, DH, B, dtype, torch.device(device)).bwd_batch_last
         check_against_reference(x, dtype)
-    with pytest.raises(ValueError, match="bwd_batch_last is for whole heads"), config_override(bo=16, bwd_batch_last=True):
-        slstm(**make_inputs(2, 3, 1, 32, torch.float32, device))
+    with pytest.raises(ValueError, match="bwd_batch_last is for whole heads"):
+        with config_override(bo=16, bwd_batch_last=True):
+            slstm(**make_inputs(2, 3, 1, 32, torch.float32, device))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -601,6 +602,17 @@ GPU_HEADS = [(12, 64), (4, 16), (4, 32), (6, 128), (4, 128), (3, 256), (1, 768),
 def test_gpu_head_sizes(NH, DH, dtype, poison):
     inputs = make_inputs(16, 64, NH, DH, dtype, "cuda", states=True, fresh_fraction=0.1)
     check_against_reference(inputs, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("B, NH, DH", [(16, 12, 64), (20, 6, 128), (16, 4, 128), (5, 4, 16), (33, 4, 32)])
+def test_gpu_whole_head_batch_last_backward(B, NH, DH, dtype, poison):
+    """The batch-last whole-head backward (config bwd_batch_last) on the GPU: the warpgroup
+    products, the pipelined batch-last loads, batches padded (20 -> 32, 5 -> 16, 33 -> 48)."""
+    inputs = make_inputs(B, 64, NH, DH, dtype, "cuda", states=True, fresh_fraction=0.1)
+    with config_override(bwd_batch_last=True):
+        check_against_reference(inputs, dtype)
 
 
 @pytest.mark.gpu

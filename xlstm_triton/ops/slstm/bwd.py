@@ -10,18 +10,7 @@ R^T dpre_{t+1}):
     dc_{t-1} = dc f';  dn_{t-1} = dn f'          (m carries no gradient)
 The gate gradients dpre_t are dwx[:, t]. After step 0, dh_init = R^T dpre_0.
 
-Whole heads (NCB == 1), slstm_bwd_head_kernel: one program per (batch block, head) owns the
-chain. Everything of a step that does not depend on dh (the activations, c_t, 1 / n_t, and their
-products) comes precomputed as nine coefficients per element and step (recompute.py), so the
-chain is the recurrent term, four (BB, BO) @ (BO, BO) products with R_g held on chip, and a few
-multiply-adds. Its batch-last variant (config bwd_batch_last) holds every tile transposed,
-(BO, BB), and forms the term as sum_g R_g^T @ dpre_g^T: M = BO, which the sm_90 code runs as
-warpgroup products reading R from shared memory, where the (BB, BO) form is a chain of
-warp-level products whose left operand, the step's whole dpre, each warp gathers from all the
-others (a layout conversion through shared memory, two barriers, per gate). Its per-step tensors
-(coefficients, dh, dpre) are batch-last, (T, ., NH, DH, Bp) with the batch padded to Bp, so a
-(BO, BB) tile is rows of BB contiguous values (vector loads and stores, no batch mask); dh is
-transposed into that layout before and dpre back into dwx after (B * T * 4 * NH * DH values).
+Whole heads (NCB == 1) run bwd_head.py's kernels (the step from precomputed coefficients).
 
 Split heads (NCB > 1), slstm_bwd_kernel: the forward's program decomposition; a program owns BB
 batch rows and BO columns of one head, reads pre (T, 4, B, NH, DH) and cnm (T, 3, B, NH, DH)
@@ -49,7 +38,7 @@ from ...utils import cdiv, new_empty
 from .dr_db import slstm_dr_db
 from .fwd import (BATCH_BLOCK, SLSTMConfig, check_barrier, cooperative_launch_kwargs,
                   dot_precision, fast_math, fast_rcp, fast_sigmoid, gate_activations, group_arrive,
-                  group_wait, mask_if, mma, padded_batch, split_gates, use_sync)
+                  group_wait, mask_if, mma, split_gates, use_sync)
 
 
 @triton.jit
@@ -227,149 +216,6 @@ def slstm_bwd_kernel(
         tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros((BB, BO), dtype=tl.float32), mask=mask)
 
 
-@triton.jit
-def load_r_gate(R_ptr, g: tl.constexpr, head, NH: tl.constexpr, DH: tl.constexpr, BO: tl.constexpr,
-                TRANSPOSED: tl.constexpr):
-    """Whole-head mode: R_g of the head as (BO, BO), [o, i] = R[g, head, o, i], or TRANSPOSED
-    [i, o] (zero outside DH)."""
-    if TRANSPOSED:   # index tensors built in their place (a transposed arange loses its contiguity)
-        o = tl.arange(0, BO)[None, :]
-        i = tl.arange(0, BO)[:, None]
-    else:
-        o = tl.arange(0, BO)[:, None]
-        i = tl.arange(0, BO)[None, :]
-    return tl.load(R_ptr + g * (NH * DH * DH) + head * DH * DH + o * DH + i,
-                   mask=(o < DH) & (i < DH), other=0.0)
-
-
-@triton.jit
-def recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, DOT_PREC: tl.constexpr, BATCH_LAST: tl.constexpr):
-    """sum_g dpre_g @ R_g (BB, BO) float32: the recurrent term of the whole-head backward from
-    dpre_g (BB, BO) and R_g; BATCH_LAST: its transpose (BO, BB) as sum_g R_g^T @ dpre_g^T from
-    dpre_g^T (BO, BB) and R_g^T (load_r_gate TRANSPOSED). (Written as four products into one
-    accumulator or as four sums, the sm_90 code is the same chain: the compiler merges them.)"""
-    if BATCH_LAST:
-        acc = mma(R_i, p_i, tl.zeros(p_i.shape, dtype=tl.float32), DOT_PREC)
-        acc = mma(R_f, p_f, acc, DOT_PREC)
-        acc = mma(R_z, p_z, acc, DOT_PREC)
-        acc = mma(R_o, p_o, acc, DOT_PREC)
-    else:
-        acc = mma(p_i, R_i, tl.zeros(p_i.shape, dtype=tl.float32), DOT_PREC)
-        acc = mma(p_f, R_f, acc, DOT_PREC)
-        acc = mma(p_z, R_z, acc, DOT_PREC)
-        acc = mma(p_o, R_o, acc, DOT_PREC)
-    return acc
-
-
-@triton.jit
-def load_coefficients(coef_ptr, t, s_step, off, mask):
-    """The nine coefficient tiles of step t (recompute.py, COEFFICIENTS); s_step: the elements
-    of one slot of one step."""
-    q = coef_ptr + tl.cast(t, tl.int64) * (9 * s_step) + off
-    return (tl.load(q, mask=mask, other=0.0), tl.load(q + s_step, mask=mask, other=0.0),
-            tl.load(q + 2 * s_step, mask=mask, other=0.0), tl.load(q + 3 * s_step, mask=mask, other=0.0),
-            tl.load(q + 4 * s_step, mask=mask, other=0.0), tl.load(q + 5 * s_step, mask=mask, other=0.0),
-            tl.load(q + 6 * s_step, mask=mask, other=0.0), tl.load(q + 7 * s_step, mask=mask, other=0.0),
-            tl.load(q + 8 * s_step, mask=mask, other=0.0))
-
-
-@cached_launch
-@triton.jit(do_not_specialize=["B", "T"])
-def slstm_bwd_head_kernel(
-    R_ptr, coef_ptr, dh_ptr, dstate_in_ptr, dwx_ptr, dstate_out_ptr, B, T,
-    NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr, DOT_PREC: tl.constexpr,
-    BATCH_LAST: tl.constexpr,
-):
-    """The whole backward of one (batch block, head) in whole-head mode, t = T - 1 down to 0,
-    from the step coefficients coef (T, 9, B, NH, DH) float32 (recompute.py): per step the
-    recurrent term sum_g dpre_g,t+1 @ R_g (four products, R held on chip) and multiply-adds.
-
-    dh (B, T, NH, DH): gradient of the output h. dstate_in (4, B, NH, DH) float32: gradient of
-    the last state (its dh slot is added at t == T - 1). dwx (B, T, 4, NH, DH) output.
-    dstate_out (4, B, NH, DH) float32: the gradient of the initial state (dh, dc, dn, 0).
-    BATCH_LAST (the module docstring): tiles (BO, BB); coef (T, 9, NH, DH, Bp), dh
-    (T, NH, DH, Bp) and the dpre output in dwx_ptr (T, 4, NH, DH, Bp); the states as above."""
-    group = tl.program_id(0)
-    head = group % NH
-    rb = (group // NH) * BB + tl.arange(0, BB)
-    cols = tl.arange(0, BO)
-    dtype = R_ptr.dtype.element_ty
-    HD: tl.constexpr = NH * DH
-    s_state = tl.cast(B, tl.int64) * HD
-    # offsets of the state tiles and of the per-step tiles (index tensors built in their place:
-    # a transposed arange loses its contiguity), the per-step tensors' strides of a step (s_t)
-    # and of a gate or coefficient slot (s_g)
-    if BATCH_LAST:
-        Bp = tl.cdiv(B, BB) * BB
-        mask = (rb < B)[None, :] & (cols < DH)[:, None]
-        off_st = rb[None, :] * HD + head * DH + cols[:, None]
-        off_step = (head * DH + cols[:, None]) * Bp + rb[None, :]
-        mask_step = (cols < DH)[:, None] & (rb < Bp)[None, :]     # padded rows exist: no batch mask
-        s_g = tl.cast(Bp, tl.int64) * HD
-        s_dh, s_dwx = s_g, 4 * s_g
-        off_dh, off_dwx = off_step, off_step
-    else:
-        rb64 = rb.to(tl.int64)
-        T64 = tl.cast(T, tl.int64)
-        mask = (rb < B)[:, None] & (cols < DH)[None, :]
-        off_st = rb[:, None] * HD + head * DH + cols[None, :]
-        off_step, mask_step, s_g = off_st, mask, s_state
-        off_dh = rb64[:, None] * (T64 * HD) + head * DH + cols[None, :]
-        off_dwx = rb64[:, None] * (T64 * 4 * HD) + head * DH + cols[None, :]
-        s_dh, s_dwx = HD, 4 * HD
-
-    R_i = load_r_gate(R_ptr, 0, head, NH, DH, BO, BATCH_LAST)
-    R_f = load_r_gate(R_ptr, 1, head, NH, DH, BO, BATCH_LAST)
-    R_z = load_r_gate(R_ptr, 2, head, NH, DH, BO, BATCH_LAST)
-    R_o = load_r_gate(R_ptr, 3, head, NH, DH, BO, BATCH_LAST)
-    dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
-    dn = tl.load(dstate_in_ptr + 2 * s_state + off_st, mask=mask, other=0.0)
-    dh_last = tl.load(dstate_in_ptr + off_st, mask=mask, other=0.0)
-    # dpre_{t+1} of the four gates (zero before the first step), in the matmul dtype
-    p_i = tl.zeros(dc.shape, dtype=dtype)
-    p_f = tl.zeros(dc.shape, dtype=dtype)
-    p_z = tl.zeros(dc.shape, dtype=dtype)
-    p_o = tl.zeros(dc.shape, dtype=dtype)
-    if BATCH_LAST:   # the four gates' dpre stored as one (BO, BB, 2, 2) tile, [..., v, u] gate 2 v + u
-        gate4 = 2 * tl.arange(0, 2)[None, None, :, None] + tl.arange(0, 2)[None, None, None, :]
-        off_dwx4 = off_dwx[:, :, None, None] + gate4 * s_g
-        mask4 = mask_step[:, :, None, None] & (gate4 < 4)
-
-    # the step's inputs do not depend on the chain: software-pipelined ahead of it
-    for k in tl.range(0, T, num_stages=2):
-        t = T - 1 - k
-        a, q, p, d, i_act, f_z, g_c, g_n, f_act = load_coefficients(coef_ptr, t, s_g, off_step, mask_step)
-        dh_out = tl.load(dh_ptr + off_dh + tl.cast(t, tl.int64) * s_dh, mask=mask_step, other=0.0)
-
-        dh = dh_out.to(tl.float32) + recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, DOT_PREC, BATCH_LAST)
-        dh += tl.where(t == T - 1, dh_last, 0.0)
-        dc = dc + dh * a
-        dn = dn - dh * q
-        g_o = dh * p
-        g_i = dc * d + dn * i_act
-        g_z = dc * f_z
-        g_f = dc * g_c + dn * g_n
-        dc = dc * f_act
-        dn = dn * f_act
-
-        p_i, p_f, p_z, p_o = g_i.to(dtype), g_f.to(dtype), g_z.to(dtype), g_o.to(dtype)
-        w = dwx_ptr + tl.cast(t, tl.int64) * s_dwx
-        if BATCH_LAST:   # one store, one layout conversion (four would take a barrier pair each)
-            tl.store(w + off_dwx4, tl.join(tl.join(p_i, p_z), tl.join(p_f, p_o)), mask=mask4)
-        else:
-            tl.store(w + off_dwx, p_i, mask=mask)
-            tl.store(w + off_dwx + HD, p_f, mask=mask)
-            tl.store(w + off_dwx + 2 * HD, p_z, mask=mask)
-            tl.store(w + off_dwx + 3 * HD, p_o, mask=mask)
-
-    # gradient of the initial state: (R^T dpre_0, dc, dn, 0)
-    dh0 = recurrent_head(p_i, p_f, p_z, p_o, R_i, R_f, R_z, R_o, DOT_PREC, BATCH_LAST)
-    tl.store(dstate_out_ptr + off_st, dh0, mask=mask)
-    tl.store(dstate_out_ptr + s_state + off_st, dc, mask=mask)
-    tl.store(dstate_out_ptr + 2 * s_state + off_st, dn, mask=mask)
-    tl.store(dstate_out_ptr + 3 * s_state + off_st, tl.zeros(dc.shape, dtype=tl.float32), mask=mask)
-
-
 def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
     """Gradients of the sLSTM, split-head configs (cfg.ncb > 1). dh (B, T, NH, DH) gradient of
     the output (contiguous, wx's dtype); dlast (4, B, NH, DH) float32 gradient of the last state;
@@ -403,28 +249,5 @@ def slstm_bwd(dh, dlast, R, h, state0, pre, cnm, cfg: SLSTMConfig):
         for t in range(T - 1, -1, -1):
             run(dlast if t == T - 1 else dstate0, t, t + 1, False, False)
         run(dstate0, 0, 0, False, True)
-    dR, db = slstm_dr_db(dwx, h, state0)
-    return dwx, dR, db, dstate0
-
-
-def slstm_bwd_head(dh, dlast, R, h, state0, coef, cfg: SLSTMConfig):
-    """Gradients of the sLSTM, whole-head configs (cfg.ncb == 1), from the step coefficients
-    (recompute.py, in the layout of cfg.bwd_batch_last). Arguments and results as `slstm_bwd`."""
-    B, T, NH, DH = h.shape
-    dev, dtype = h.device, h.dtype
-    if cfg.ncb != 1:
-        raise ValueError(f"slstm_bwd_head: whole-head configs only (ncb == 1), got {cfg}")
-    dstate0 = new_empty((4, B, NH, DH), torch.float32, dev)
-    if cfg.bwd_batch_last:   # dh in, dpre out batch-last (T, ., NH, DH, Bp)
-        Bp = padded_batch(B)
-        dh_in = dh.new_zeros((T, NH, DH, Bp))
-        dh_in[..., :B] = dh.permute(1, 2, 3, 0)
-        dpre = new_empty((T, 4, NH, DH, Bp), dtype, dev)
-    else:
-        dh_in, dpre = dh, new_empty((B, T, 4, NH, DH), dtype, dev)
-    slstm_bwd_head_kernel[(NH * cdiv(B, BATCH_BLOCK),)](
-        R, coef, dh_in, dlast, dpre, dstate0, B, T, NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo,
-        DOT_PREC=dot_precision(dtype, dev), BATCH_LAST=cfg.bwd_batch_last, num_warps=cfg.bwd_num_warps)
-    dwx = dpre[..., :B].permute(4, 0, 1, 2, 3).contiguous() if cfg.bwd_batch_last else dpre
     dR, db = slstm_dr_db(dwx, h, state0)
     return dwx, dR, db, dstate0

@@ -31,7 +31,8 @@ import torch
 
 from ...checks import check_cu_seqlens, check_tensor, host_offsets
 from ...utils import kernel_op, packed_sequence_ids, use_kernels
-from .bwd import slstm_bwd, slstm_bwd_head
+from .bwd import slstm_bwd
+from .bwd_head import slstm_bwd_head
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
 from .recompute import slstm_step_coefficients
 from .step import slstm_step_fwd

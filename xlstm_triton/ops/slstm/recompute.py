@@ -80,7 +80,7 @@ def slstm_pre_kernel(
 
 
 # Slots of the per-step coefficients (coef (T, COEFFICIENTS, B, NH, DH), float32) that turn one
-# backward step of an element into multiply-adds (bwd.py, slstm_bwd_head_kernel):
+# backward step of an element into multiply-adds (bwd_head.py):
 #   A = o / n_t            dc += dh A
 #   Q = A c_t / n_t        dn -= dh Q
 #   P = A c_t (1 - o)      do~ = dh P
