@@ -27,6 +27,7 @@ def kernels() -> dict:
     from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel
     from xlstm_triton.ops.slstm.bwd_head import slstm_bwd_head_batch_last_kernel, slstm_bwd_head_kernel
     from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
+    from xlstm_triton.ops.slstm.fwd_head import slstm_fwd_head_batch_last_kernel
 
     def fwd(DH, BO, NCB, KA, KB, num_warps, save):
         sig = dict(wx_ptr=P16, R_ptr=P16, b_ptr=P16, state_in_ptr=F32, h0_ptr=P16 if NCB > 1 else F32, h_ptr=P16,
@@ -49,8 +50,17 @@ def kernels() -> dict:
         kernel = slstm_bwd_head_batch_last_kernel if batch_last else slstm_bwd_head_kernel
         return kernel, sig, dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee"), num_warps
 
+    def fwd_head_batch_last(DH, num_warps):
+        sig = dict(wx_ptr=P16, R_ptr=P16, b_ptr=P16, state_in_ptr=F32, h_ptr=P16, state_out_ptr=F32,
+                   B="i32", T="i32")
+        ce = dict(NH=6, DH=DH, BB=16, BO=DH, DOT_PREC="ieee", FAST_MATH=True)
+        return slstm_fwd_head_batch_last_kernel, sig, ce, num_warps
+
     return {
         "fwd_head_128": fwd(128, 128, 1, 128, 0, 8, False),
+        "fwd_head_128_batch_last": fwd_head_batch_last(128, 8),
+        "fwd_head_64_batch_last": fwd_head_batch_last(64, 8),
+        "fwd_head_64_batch_last_w4": fwd_head_batch_last(64, 4),
         "fwd_head_64": fwd(64, 64, 1, 64, 0, 8, False),
         "bwd_head_128": bwd_head(128, 8),
         "bwd_head_64": bwd_head(64, 8),

@@ -319,18 +319,22 @@ def test_inference_saves_nothing_for_backward(device, monkeypatch):
 
 @pytest.mark.parametrize("B, T, NH, DH, dtype", [(20, 5, 1, 48, torch.float32), (3, 7, 2, 16, torch.bfloat16),
                                                  (16, 4, 2, 32, torch.float32)])
-def test_whole_head_batch_last_backward(B, T, NH, DH, dtype, device, poison):
-    """The whole-head backward's batch-last variant (config bwd_batch_last: transposed tiles, the
-    product as R_g^T @ dpre_g^T, per-step tensors (T, ., NH, DH, Bp)) against float64: a batch
-    padded to the next 16 (20 -> 32, 3 -> 16) and not (16), head sizes padded to powers of 2
-    (48 -> 64), initial states with fresh elements (n = 0), every gradient."""
+@pytest.mark.parametrize("variant", ["fwd_batch_last", "bwd_batch_last", "both"])
+def test_whole_head_batch_last_kernels(variant, B, T, NH, DH, dtype, device, poison):
+    """The whole-head batch-last kernels (configs fwd_batch_last, bwd_batch_last: transposed
+    tiles, R on the left of the product, per-step tensors (T, ., NH, DH, Bp)), alone and
+    together, against float64: a batch padded to the next 16 (20 -> 32, 3 -> 16) and not (16),
+    head sizes padded to powers of 2 (48 -> 64), initial states with fresh elements (n = 0), the
+    output, the last state, every gradient."""
     from xlstm_triton.ops.slstm.fwd import pick_config
+    flags = dict(fwd_batch_last=True, bwd_batch_last=True) if variant == "both" else {variant: True}
     x = make_inputs(B, T, NH, DH, dtype, device, states=True, fresh_fraction=0.2)
-    with config_override(bwd_batch_last=True):
-        assert pick_config(NH, DH, B, dtype, torch.device(device)).bwd_batch_last
+    with config_override(**flags):
+        cfg = pick_config(NH, DH, B, dtype, torch.device(device))
+        assert (cfg.fwd_batch_last, cfg.bwd_batch_last) == (variant != "bwd_batch_last", variant != "fwd_batch_last")
         check_against_reference(x, dtype)
-    with pytest.raises(ValueError, match="bwd_batch_last is for whole heads"):
-        with config_override(bo=16, bwd_batch_last=True):
+    with pytest.raises(ValueError, match="are for whole heads"):
+        with config_override(bo=16, **flags):
             slstm(**make_inputs(2, 3, 1, 32, torch.float32, device))
 
 
@@ -515,8 +519,8 @@ def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
             assert info[name]["local_bytes"] <= 64, (name, info[name])
 
 
-def test_batch_last_head_backward_compiles_for_sm90_with_warpgroup_products():
-    """The whole-head backward's batch-last variant compiled for sm_90 on this machine
+def test_batch_last_head_kernels_compile_for_sm90_with_warpgroup_products():
+    """The whole-head batch-last forward and backward compiled for sm_90 on this machine
     (`bench.tools.sm90_code`, a subprocess without TRITON_INTERPRET): its recurrent product is
     warpgroup products (the variant's point), no register spills, shared memory within an H100's
     227 KB (R held: 128 KB at DH = 128)."""
@@ -530,7 +534,8 @@ def test_batch_last_head_backward_compiles_for_sm90_with_warpgroup_products():
         pytest.skip("Triton's NVIDIA backend is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    names = ["bwd_head_128_batch_last", "bwd_head_64_batch_last"]
+    names = ["bwd_head_128_batch_last", "bwd_head_64_batch_last", "fwd_head_128_batch_last",
+             "fwd_head_64_batch_last_w4"]
     r = subprocess.run([sys.executable, "-m", "bench.tools.sm90_code", *names], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -607,11 +612,12 @@ def test_gpu_head_sizes(NH, DH, dtype, poison):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("B, NH, DH", [(16, 12, 64), (20, 6, 128), (16, 4, 128), (5, 4, 16), (33, 4, 32)])
-def test_gpu_whole_head_batch_last_backward(B, NH, DH, dtype, poison):
-    """The batch-last whole-head backward (config bwd_batch_last) on the GPU: the warpgroup
-    products, the pipelined batch-last loads, batches padded (20 -> 32, 5 -> 16, 33 -> 48)."""
+def test_gpu_whole_head_batch_last_kernels(B, NH, DH, dtype, poison):
+    """The batch-last whole-head forward and backward (configs fwd_batch_last, bwd_batch_last)
+    on the GPU: the warpgroup products, the pipelined batch-last loads, batches padded (20 -> 32,
+    5 -> 16, 33 -> 48)."""
     inputs = make_inputs(B, 64, NH, DH, dtype, "cuda", states=True, fresh_fraction=0.1)
-    with config_override(bwd_batch_last=True):
+    with config_override(fwd_batch_last=True, bwd_batch_last=True):
         check_against_reference(inputs, dtype)
 
 

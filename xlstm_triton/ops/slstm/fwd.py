@@ -354,8 +354,9 @@ class SLSTMConfig:
     contraction, ka and kb rows (powers of 2, ka + kb >= DH, kb may be 0); otherwise streamed from
     L2 in chunks of bk rows. sync: allow the persistent barrier path (GPU, co-resident grid) in
     split mode; else one launch per step. num_warps / bwd_num_warps: of the forward and the
-    backward kernel. bwd_batch_last (whole heads): the backward's per-step tensors batch-last,
-    (T, ., NH, DH, B padded to 16), and its recurrent product as R_g^T @ dpre_g^T (bwd.py)."""
+    backward kernel. fwd_batch_last / bwd_batch_last (whole heads): the forward's / backward's
+    batch-last kernel, tiles (BO, BB) and per-step tensors (T, ., NH, DH, B padded to 16), the
+    recurrent product with R on the left (fwd_head.py, bwd_head.py)."""
 
     ncb: int
     bo: int
@@ -366,6 +367,7 @@ class SLSTMConfig:
     num_warps: int
     sync: bool = True
     bwd_num_warps: int = 8
+    fwd_batch_last: bool = False
     bwd_batch_last: bool = False
 
     @property
@@ -382,8 +384,7 @@ class SLSTMConfig:
 
     @classmethod
     def from_ints(cls, values) -> "SLSTMConfig":
-        return cls(**{f.name: (bool(v) if f.name in ("resident", "sync", "bwd_batch_last") else int(v))
-                      for f, v in zip(fields(cls), values)})
+        return cls(**{f.name: (bool(v) if f.type in (bool, "bool") else int(v)) for f, v in zip(fields(cls), values)})
 
 
 # Test and tuning hook, set by op.config_override for the code inside its `with` block (a context
@@ -409,17 +410,18 @@ def contraction_blocks(DH: int) -> tuple[int, int]:
 SMEM_FOR_R = 160 * 1024  # bytes of shared memory a program may spend on its slice of R
 
 
-def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None, bwd_batch_last=False):
+def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=None, fwd_batch_last=False,
+            bwd_batch_last=False):
     dhp = next_power_of_2(DH)
     if bo >= dhp:  # whole head: R held, one block of the padded head size
-        nw = num_warps or (4 if dhp <= 32 else 8)
-        # the batch-last backward: a warpgroup (4 warps) per 64 columns (bench.tools.sm90_code:
-        # at DH = 64, 4 warps 5 barriers a step, 8 warps 10)
-        bwd_nw = bwd_num_warps or ((8 if dhp >= 128 else 4) if bwd_batch_last else nw)
-        return SLSTMConfig(ncb=1, bo=dhp, ka=dhp, kb=0, bk=dhp, resident=True, num_warps=nw,
-                           sync=sync, bwd_num_warps=bwd_nw, bwd_batch_last=bwd_batch_last)
-    if bwd_batch_last:
-        raise ValueError("config override: bwd_batch_last is for whole heads (bo >= DH)")
+        # the batch-last kernels: a warpgroup (4 warps) per 64 columns (bench.tools.sm90_code: at
+        # DH = 64, 3 barriers a step with 4 warps, 6 with 8)
+        nw = num_warps or ((8 if dhp >= 128 else 4) if fwd_batch_last else (4 if dhp <= 32 else 8))
+        bwd_nw = bwd_num_warps or ((8 if dhp >= 128 else 4) if bwd_batch_last else (4 if dhp <= 32 else 8))
+        return SLSTMConfig(ncb=1, bo=dhp, ka=dhp, kb=0, bk=dhp, resident=True, num_warps=nw, sync=sync,
+                           bwd_num_warps=bwd_nw, fwd_batch_last=fwd_batch_last, bwd_batch_last=bwd_batch_last)
+    if fwd_batch_last or bwd_batch_last:
+        raise ValueError("config override: fwd_batch_last and bwd_batch_last are for whole heads (bo >= DH)")
     ka, kb = contraction_blocks(DH) if resident else (0, 0)
     return SLSTMConfig(ncb=DH // bo, bo=bo, ka=ka, kb=kb, bk=bk or _largest_pow2_divisor(DH, 64),
                        resident=resident, num_warps=num_warps or 4, sync=sync,

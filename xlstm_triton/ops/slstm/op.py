@@ -34,6 +34,7 @@ from ...utils import kernel_op, packed_sequence_ids, use_kernels
 from .bwd import slstm_bwd
 from .bwd_head import slstm_bwd_head
 from .fwd import CONFIG_OVERRIDE, SLSTMConfig, pick_config, slstm_fwd
+from .fwd_head import slstm_fwd_head_batch_last
 from .recompute import slstm_step_coefficients
 from .step import slstm_step_fwd
 from .torch_path import slstm_step_torch, slstm_torch
@@ -45,8 +46,9 @@ __all__ = ["slstm", "slstm_step", "config_override"]
 def config_override(**kw):
     """Force the kernels' program decomposition (tests, tuning): bo (columns per program; less
     than DH splits the head), bk (rows of R per chunk when streamed), resident (hold R on chip),
-    num_warps, bwd_num_warps, sync (allow the persistent barrier path), bwd_batch_last (whole
-    heads: the backward's batch-last variant, bwd.py)."""
+    num_warps, bwd_num_warps, sync (allow the persistent barrier path), fwd_batch_last and
+    bwd_batch_last (whole heads: the batch-last forward and backward, fwd_head.py and
+    bwd_head.py)."""
     # No keywords: no override (the heuristic decides), not an empty one that forces a whole head.
     token = CONFIG_OVERRIDE.set(dict(kw) if kw else None)
     try:
@@ -75,6 +77,15 @@ def _config(NH, DH, B, dtype, device) -> list[int]:
     return pick_config(NH, DH, B, dtype, device).as_ints()
 
 
+def forward(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
+    """The forward kernel of `cfg`: h, the last state and, when `save` and the config stores them,
+    the steps for the backward (fwd.py's `slstm_fwd`; whole heads with fwd_batch_last: fwd_head.py,
+    which stores nothing, as whole heads do not)."""
+    if cfg.ncb == 1 and cfg.fwd_batch_last:
+        return (*slstm_fwd_head_batch_last(wx, R, b, state0, cfg), None, None)
+    return slstm_fwd(wx, R, b, state0, cfg, save=save and cfg.saves_steps)
+
+
 # ------------------------------------------------------------------------------------ custom ops
 # The Triton path as `torch.library` custom ops (forward, backward, step) with fake
 # implementations: torch.compile(fullgraph=True) treats them as opaque calls. Inputs as prepared
@@ -89,8 +100,7 @@ def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch
     """h, last state, and (when `save` and the config stores them, `SLSTMConfig.saves_steps`)
     the pre-activations and (c, n, m) of every step for the backward; else those two are empty
     (the backward recomputes them from wx). `config`: SLSTMConfig.as_ints()."""
-    cfg = SLSTMConfig.from_ints(config)
-    h, last, pre, cnm = slstm_fwd(wx, R, b, state0, cfg, save=save and cfg.saves_steps)
+    h, last, pre, cnm = forward(wx, R, b, state0, SLSTMConfig.from_ints(config), save)
     if pre is None:
         pre, cnm = wx.new_empty(0, dtype=torch.float32), wx.new_empty(0, dtype=torch.float32)
     return h, last, pre, cnm
