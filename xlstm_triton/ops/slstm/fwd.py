@@ -456,6 +456,11 @@ def pick_config(NH: int, DH: int, B: int, dtype: torch.dtype, device: torch.devi
         bo = o.pop("bo", dhp)
         if bo < dhp and DH % bo:
             raise ValueError(f"config override: bo={bo} must divide DH={DH}")
+        if (o.get("fwd_batch_last") or o.get("bwd_batch_last")) and device.type == "cuda" and dtype.itemsize != 2:
+            # float32's 3xTF32 keeps two parts of R and of the operand: 560 KB of shared memory
+            # at DH = 128, spills at 64 (bench.tools.sm90_code)
+            raise ValueError(f"config override: fwd_batch_last / bwd_batch_last take 16-bit inputs on the GPU, "
+                             f"got {dtype}")
         return _config(DH, bo, o.pop("resident", bo >= dhp), **o)
     if dhp <= 128 and r_bytes(dhp, dhp, dtype) <= SMEM_FOR_R:
         return _config(DH, dhp, True)
