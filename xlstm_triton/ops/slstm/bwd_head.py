@@ -199,7 +199,7 @@ def slstm_bwd_head_batch_last_kernel(
     mask_step = (cols < DH)[:, None] & (rb < Bp)[None, :]      # padded rows exist: no batch mask
     gate4 = 2 * tl.arange(0, 2)[None, None, :, None] + tl.arange(0, 2)[None, None, None, :]
     off_dpre4 = off_step[:, :, None, None] + gate4 * s_slot    # stack_gates' (BO, BB, 2, 2) order
-    mask4 = mask_step[:, :, None, None] & (gate4 < 4)
+    mask4 = tl.broadcast_to(mask_step[:, :, None, None], (BO, BB, 2, 2))
 
     R_t = load_r_stack_t(R_ptr, head, NH, DH, BO)
     dc = tl.load(dstate_in_ptr + s_state + off_st, mask=mask, other=0.0)
