@@ -61,6 +61,18 @@ def ours(case, mode, dtype):
     return _runner(lambda wx, R, b: slstm(wx, R, b), case, mode, dtype)
 
 
+def ours_batch_last(case, mode, dtype):
+    """xlstm_triton's slstm with the whole-head batch-last kernels (fwd_head.py, bwd_head.py;
+    config flags, not yet the default)."""
+    from xlstm_triton import slstm
+    from xlstm_triton.ops.slstm import config_override
+
+    def call(wx, R, b):
+        with config_override(fwd_batch_last=True, bwd_batch_last=True):   # the backward keeps the forward's config
+            return slstm(wx, R, b)
+    return _runner(call, case, mode, dtype)
+
+
 def _cudnn_lstm(case, mode, dtype):
     H = case["hidden"]
     lstm = torch.nn.LSTM(H, H, batch_first=True).to(device="cuda", dtype=dtype)
@@ -72,6 +84,8 @@ def _cudnn_lstm(case, mode, dtype):
 def providers() -> list[Provider]:
     return [
         Provider("xlstm_triton", ours),
+        Provider("xlstm_triton.batch_last", ours_batch_last,
+                 skip=lambda c: None if c["DH"] <= 128 else "whole heads only (DH <= 128)"),
         Provider("flashrnn.triton_fused", flashrnn_backend("triton_fused")),
         # Builds its CUDA extension with nvcc at first call; give the build its time.
         Provider("flashrnn.cuda_fused", flashrnn_backend("cuda_fused"), timeout_s=600,

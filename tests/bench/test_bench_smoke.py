@@ -159,6 +159,19 @@ def test_tirex_quick_rows():
         assert row["mode"] == "forecast" and row["ms"] > 0 and row["columns"]["series_per_s"] > 0
 
 
+def test_slstm_batch_last_provider_rows():
+    """`bench slstm`'s xlstm_triton.batch_last (the whole-head batch-last kernels) measures whole
+    heads, forward and forward+backward, and skips split heads with the reason."""
+    from bench.suites import slstm as suite_slstm
+    cases = [dict(B=2, T=4, NH=2, DH=16, hidden=32), dict(B=2, T=4, NH=1, DH=256, hidden=256)]
+    rows = _run(suite_slstm, ["xlstm_triton.batch_last"], cases)
+    whole = [r for r in rows if r["case"]["DH"] == 16]
+    assert sorted(r["mode"] for r in whole) == ["fw", "fwbw"]
+    assert all(r["status"] == "ok" and r["ms"] > 0 for r in whole)
+    split = [r for r in rows if r["case"]["DH"] == 256]
+    assert split and all(r["status"] == "skipped" and "whole heads only" in r["error"] for r in split)
+
+
 def test_slstm_cases_have_the_model_shapes():
     from bench.suites import slstm as suite_slstm
     shapes = {(c["NH"], c["DH"], c["B"], c["T"]) for c in suite_slstm.cases()}
