@@ -3,8 +3,10 @@
 Data parallel (providers xlstm_large.ddp, xlstm_large.fsdp, xlstm_large.fsdp_keep): xLSTMLarge at
 E=2048, 24 blocks, 8 heads, context 4096, B=4 per GPU (16,384 tokens per GPU and step: weak
 scaling), bf16, fused AdamW. `fsdp`: `shard_blocks` as a user gets it (blocks resharded after
-their forward but the last); `fsdp_keep`: nothing resharded after the forward (no all-gather in
-the backward, every parameter held gathered from forward to backward).
+their forward but the last, the next block's all-gather issued ahead); `fsdp_keep`: nothing
+resharded after the forward (no all-gather in the backward, every parameter held gathered from
+forward to backward); `fsdp_plain`: every unit resharded, no explicit prefetch (FSDP's own
+defaults).
 Column `scaling`: tokens/s of the group / (GPUs x tokens/s of one GPU in the same run).
 Context parallel (xlstm_large.cp): one sequence of 32k to 256k tokens, split in equal pieces over
 the GPUs (`cp_group`), the same model; column `speedup`: tokens/s / one GPU's in the same run
@@ -244,6 +246,7 @@ def make_step(case, wrap, dtype, device, world):
     rank, group = dist.get_rank(), dist.group.WORLD
     run = (data_parallel(model) if wrap == "ddp" else shard_blocks(model) if wrap == "fsdp"
            else shard_blocks(model, reshard_after_forward=False) if wrap == "fsdp_keep"
+           else shard_blocks(model, reshard_after_forward=True, prefetch=0) if wrap == "fsdp_plain"
            else context_parallel(model, group) if world > 1 else model)
     # fused AdamW on GPUs, FSDP's DTensor shards included (one kernel a parameter group)
     optimizer = torch.optim.AdamW(run.parameters(), lr=1e-6, fused=device.type == "cuda")
@@ -308,6 +311,7 @@ def providers() -> list[Provider]:
         Provider("xlstm_large.ddp", _setup("ddp"), **dp),
         Provider("xlstm_large.fsdp", _setup("fsdp"), **dp),
         Provider("xlstm_large.fsdp_keep", _setup("fsdp_keep"), **dp),
+        Provider("xlstm_large.fsdp_plain", _setup("fsdp_plain"), **dp),
         Provider("xlstm_large.cp", _setup("cp"), **cp),
         Provider("transformer.cp", _setup("transformer"), **cp),
     ]

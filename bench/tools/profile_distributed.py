@@ -80,7 +80,7 @@ def profile_rank(case, wrap, dtype, device, world) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("wrap", choices=["ddp", "fsdp", "fsdp_keep", "cp"])
+    ap.add_argument("wrap", choices=["ddp", "fsdp", "fsdp_keep", "fsdp_plain", "cp"])
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--ctx", type=int, help="tokens per sequence (default: the suite's)")
     ap.add_argument("--steps", type=int, default=3)

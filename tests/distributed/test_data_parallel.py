@@ -120,6 +120,43 @@ def test_shard_blocks_needs_blocks():
     from xlstm_triton.models import shard_blocks
     with pytest.raises(ValueError, match="shard_blocks: Linear has no blocks with forward_residual"):
         shard_blocks(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="prefetch must be an int >= 0, got -1"):
+        shard_blocks(_model("large"), prefetch=-1)
+
+
+def _prefetch_rank(rank, world, path):
+    os.environ["TRITON_INTERPRET"] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{path}/store", rank=rank, world_size=world)
+    from torch.distributed.fsdp import FSDPModule
+
+    from xlstm_triton.models import shard_blocks
+    from xlstm_triton.models.training import model_blocks
+    calls = []
+    real = FSDPModule.set_modules_to_forward_prefetch
+    FSDPModule.set_modules_to_forward_prefetch = lambda self, mods: calls.append((self, list(mods))) or real(self, mods)
+    got = {}
+    for prefetch in (1, 2, 0):
+        calls.clear()
+        model = _model("large", num_blocks=4)
+        blocks = model_blocks(model)
+        shard_blocks(model, prefetch=prefetch)
+        index = {id(m): n for n, m in enumerate(blocks)}
+        got[prefetch] = [("model" if m is model else index[id(m)], [index[id(x)] for x in mods]) for m, mods in calls]
+        x = _batch(model).chunk(world)[rank]
+        model(x, labels=x).backward()                                   # a step runs with them
+    if rank == 0:
+        torch.save(got, f"{path}/result.pt")
+    end_process_group()
+
+
+def test_shard_blocks_prefetches_the_next_blocks(tmp_path):
+    """`shard_blocks(prefetch=k)`: the model's unit prefetches the first k blocks' all-gathers,
+    each block the next k (2 gloo ranks, 4 blocks; a step runs); prefetch=0 sets none."""
+    mp.start_processes(_prefetch_rank, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
+    got = torch.load(tmp_path / "result.pt")
+    assert got[1] == [("model", [0]), (0, [1]), (1, [2]), (2, [3])]
+    assert got[2] == [("model", [0, 1]), (0, [1, 2]), (1, [2, 3]), (2, [3])]
+    assert got[0] == []
 
 
 def _reshard_rank(rank, world, path, family):

@@ -26,7 +26,7 @@ from .training import model_blocks
 
 
 def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forward: Optional[bool] = None,
-                 **fsdp_kwargs) -> nn.Module:
+                 prefetch: int = 1, **fsdp_kwargs) -> nn.Module:
     """FSDP2 over `mesh` (a 1-D `DeviceMesh`; None: all ranks of the default group, on the
     device type of the model's parameters): each block a unit, then the model. mp_policy: a
     `MixedPrecisionPolicy` (e.g. bfloat16 parameters, float32 gradient reduction). Returns
@@ -38,13 +38,21 @@ def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forw
     starts with those, so freeing them would only gather them again at once (one block and the
     head held through the backward). True or False: every unit alike (False keeps all of them
     gathered from forward to backward: no all-gather in the backward, the whole model's
-    parameters held on each rank)."""
+    parameters held on each rank).
+
+    prefetch: in the forward, each unit issues the all-gathers of the next `prefetch` blocks as
+    soon as its own is done (the model's own unit those of the first blocks), so they are queued
+    ahead of the unit's compute even when the host does not run ahead of the GPU (an eager step
+    bound by its launches); 0 leaves it to FSDP, which issues a block's all-gather when the host
+    reaches that block. Each prefetched block's parameters are held gathered one unit earlier."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = model_blocks(model)
     if not blocks:
         raise ValueError(f"shard_blocks: {type(model).__name__} has no blocks with forward_residual "
                          "(expected an xLSTMLarge or xLSTMLMModel)")
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"shard_blocks: prefetch must be an int >= 0, got {prefetch!r}")
     if mesh is None:
         # All ranks, on the device type of the parameters (FSDP's own default is the machine's
         # accelerator, wrong for a model kept on the CPU with gloo on a machine with GPUs).
@@ -61,6 +69,10 @@ def shard_blocks(model: nn.Module, mesh=None, mp_policy=None, reshard_after_forw
         # The models call a block's forward_residual, not its forward: FSDP gathers for it too.
         register_fsdp_forward_method(block, "forward_residual")
     fully_shard(model, reshard_after_forward=bool(reshard_after_forward), **kwargs)
+    if prefetch:
+        model.set_modules_to_forward_prefetch(blocks[:prefetch])
+        for n, block in enumerate(blocks[:-1]):
+            block.set_modules_to_forward_prefetch(blocks[n + 1:n + 1 + prefetch])
     return model
 
 
