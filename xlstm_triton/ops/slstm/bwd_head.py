@@ -33,6 +33,7 @@ from ...launch import cached_launch
 from ...utils import cdiv, dot_precision, mma, new_empty
 from .dr_db import slstm_dr_db
 from .fwd import BATCH_BLOCK, SLSTMConfig, padded_batch
+from .fwd_head import batch_last_tiles
 
 
 @triton.jit
@@ -183,20 +184,8 @@ def slstm_bwd_head_batch_last_kernel(
     (T, NH, DH, Bp) float32 with the last state's dh added at T - 1 (dstate_in's dh slot is not
     read), dpre (T, 4, NH, DH, Bp) output in R's dtype. dstate_in (its dc, dn slots) and
     dstate_out (4, B, NH, DH) float32 as in slstm_bwd_head_kernel."""
-    group = tl.program_id(0)
-    head = group % NH
-    rb = (group // NH) * BB + tl.arange(0, BB)
-    cols = tl.arange(0, BO)
+    head, rb, off_st, mask, off_step, mask_step, s_state, s_slot, Bp = batch_last_tiles(B, NH, DH, BB, BO)
     dtype = R_ptr.dtype.element_ty
-    HD: tl.constexpr = NH * DH
-    s_state = tl.cast(B, tl.int64) * HD
-    Bp = tl.cdiv(B, BB) * BB
-    s_slot = tl.cast(Bp, tl.int64) * HD                # a slot of a step of the batch-last tensors
-    # index tensors built in their orientation (a transposed arange loses its contiguity)
-    mask = (cols < DH)[:, None] & (rb < B)[None, :]
-    off_st = rb[None, :] * HD + head * DH + cols[:, None]
-    off_step = (head * DH + cols[:, None]) * Bp + rb[None, :]
-    mask_step = (cols < DH)[:, None] & (rb < Bp)[None, :]      # padded rows exist: no batch mask
     gate4 = 2 * tl.arange(0, 2)[None, None, :, None] + tl.arange(0, 2)[None, None, None, :]
     off_dpre4 = off_step[:, :, None, None] + gate4 * s_slot    # stack_gates' (BO, BB, 2, 2) order
     mask4 = tl.broadcast_to(mask_step[:, :, None, None], (BO, BB, 2, 2))

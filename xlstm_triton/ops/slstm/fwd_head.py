@@ -45,6 +45,26 @@ def unstack_gates(x, BO: tl.constexpr, BB: tl.constexpr):
     return g_i, g_f, g_z, g_o
 
 
+@triton.jit
+def batch_last_tiles(B, NH: tl.constexpr, DH: tl.constexpr, BB: tl.constexpr, BO: tl.constexpr):
+    """A batch-last whole-head kernel's program: its head, its (BO, BB) tile's offsets and masks
+    in the state (4, B, NH, DH) (off_st, mask) and in a slot of a step of the batch-last tensors
+    (T, ., NH, DH, Bp) (off_step, mask_step: padded rows exist, no batch mask), the state's and
+    a batch-last slot's sizes (s_state, s_slot), and Bp (B padded to a multiple of BB). Index
+    tensors are built in their orientation: a transposed arange loses its contiguity."""
+    group = tl.program_id(0)
+    head = group % NH
+    rb = (group // NH) * BB + tl.arange(0, BB)
+    cols = tl.arange(0, BO)
+    HD: tl.constexpr = NH * DH
+    Bp = tl.cdiv(B, BB) * BB
+    mask = (cols < DH)[:, None] & (rb < B)[None, :]
+    off_st = rb[None, :] * HD + head * DH + cols[:, None]
+    off_step = (head * DH + cols[:, None]) * Bp + rb[None, :]
+    mask_step = (cols < DH)[:, None] & (rb < Bp)[None, :]
+    return head, rb, off_st, mask, off_step, mask_step, tl.cast(B, tl.int64) * HD, tl.cast(Bp, tl.int64) * HD, Bp
+
+
 @cached_launch
 @triton.jit(do_not_specialize=["B", "T"])
 def slstm_fwd_head_batch_last_kernel(
@@ -56,20 +76,9 @@ def slstm_fwd_head_batch_last_kernel(
     h (T, NH, DH, Bp) output, batch-last in the matmul dtype (Bp = B padded to a multiple of BB);
     state_in / state_out (4, B, NH, DH) float32 (h, c, n, m) before the first / after the last
     step. The step as fwd.py's."""
-    group = tl.program_id(0)
-    head = group % NH
-    rb = (group // NH) * BB + tl.arange(0, BB)
-    cols = tl.arange(0, BO)
+    head, rb, off_st, mask, off_step, mask_step, s_state, s_slot, Bp = batch_last_tiles(B, NH, DH, BB, BO)
     dtype = R_ptr.dtype.element_ty
     HD: tl.constexpr = NH * DH
-    s_state = tl.cast(B, tl.int64) * HD
-    Bp = tl.cdiv(B, BB) * BB
-    s_slot = tl.cast(Bp, tl.int64) * HD                # a slot of a step of the batch-last tensors
-    # index tensors built in their orientation (a transposed arange loses its contiguity)
-    mask = (cols < DH)[:, None] & (rb < B)[None, :]
-    off_st = rb[None, :] * HD + head * DH + cols[:, None]
-    off_step = (head * DH + cols[:, None]) * Bp + rb[None, :]
-    mask_step = (cols < DH)[:, None] & (rb < Bp)[None, :]      # padded rows exist: no batch mask
     r4 = tl.arange(0, 4 * BO)[:, None]                         # the stacked gates' rows (g, j)
     off_wx4 = (r4 // BO) * s_slot + (head * DH + r4 % BO) * Bp + rb[None, :]
     mask_wx4 = (r4 % BO < DH) & (rb < Bp)[None, :]
