@@ -80,13 +80,13 @@ def timing(NH, DH, **over):
         from xlstm_triton.ops.slstm.bwd import slstm_bwd
         from xlstm_triton.ops.slstm.bwd_head import slstm_bwd_head
         from xlstm_triton.ops.slstm.dr_db import slstm_dr_db
-        from xlstm_triton.ops.slstm.op import forward
+        from xlstm_triton.ops.slstm.op import launch_forward
         from xlstm_triton.ops.slstm.recompute import slstm_step_coefficients
         wx, R, b = (x[k].detach() for k in ("wx", "R", "b"))
         s0 = torch.zeros(4, 16, NH, DH, device="cuda")
         save = cfg.saves_steps
-        h, last, pre, cnm = forward(wx, R, b, s0, cfg, save)
-        fs = triton.testing.do_bench(lambda: forward(wx, R, b, s0, cfg, save), warmup=5, rep=50,
+        h, last, pre, cnm = launch_forward(wx, R, b, s0, cfg, save)
+        fs = triton.testing.do_bench(lambda: launch_forward(wx, R, b, s0, cfg, save), warmup=5, rep=50,
                                      return_mode="median")
         dl = torch.zeros_like(s0)
         if save:

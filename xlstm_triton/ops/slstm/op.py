@@ -77,7 +77,7 @@ def _config(NH, DH, B, dtype, device) -> list[int]:
     return pick_config(NH, DH, B, dtype, device).as_ints()
 
 
-def forward(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
+def launch_forward(wx, R, b, state0, cfg: SLSTMConfig, save: bool):
     """The forward kernel of `cfg`: h, the last state and, when `save` and the config stores them,
     the steps for the backward (fwd.py's `slstm_fwd`; whole heads with fwd_batch_last: fwd_head.py,
     which stores nothing, as whole heads do not)."""
@@ -100,7 +100,7 @@ def _slstm_fwd(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: torch
     """h, last state, and (when `save` and the config stores them, `SLSTMConfig.saves_steps`)
     the pre-activations and (c, n, m) of every step for the backward; else those two are empty
     (the backward recomputes them from wx). `config`: SLSTMConfig.as_ints()."""
-    h, last, pre, cnm = forward(wx, R, b, state0, SLSTMConfig.from_ints(config), save)
+    h, last, pre, cnm = launch_forward(wx, R, b, state0, SLSTMConfig.from_ints(config), save)
     if pre is None:
         pre, cnm = wx.new_empty(0, dtype=torch.float32), wx.new_empty(0, dtype=torch.float32)
     return h, last, pre, cnm
