@@ -429,8 +429,8 @@ def _config(DH, bo, resident, bk=None, num_warps=None, sync=True, bwd_num_warps=
 
 
 def padded_batch(B: int) -> int:
-    """The batch of the whole-head backward's batch-last layouts (`SLSTMConfig.bwd_batch_last`):
-    B rounded up to a multiple of BATCH_BLOCK."""
+    """The batch of the whole-head kernels' batch-last layouts (`SLSTMConfig.fwd_batch_last`,
+    `bwd_batch_last`): B rounded up to a multiple of BATCH_BLOCK."""
     return cdiv(B, BATCH_BLOCK) * BATCH_BLOCK
 
 

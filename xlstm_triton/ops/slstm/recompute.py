@@ -155,7 +155,7 @@ def recompute_pre(wx, R, b, h, state0, cfg: SLSTMConfig) -> torch.Tensor:
     slstm_pre_kernel[(cdiv(B, BATCH_BLOCK) * NH, cdiv(T, TIME_BLOCK))](
         wx, R, b, h0, h, pre, B, T, wx.stride(0), wx.stride(1), wx.stride(2), wx.stride(3),
         NH=NH, DH=DH, BB=BATCH_BLOCK, BO=cfg.bo, BT=TIME_BLOCK, DOT_PREC=dot_precision(dtype, dev),
-        BATCH_LAST=cfg.bwd_batch_last, num_warps=cfg.num_warps)
+        BATCH_LAST=cfg.bwd_batch_last, num_warps=4 if cfg.bo <= 32 else 8)   # the default whole-head forward's
     return pre
 
 
