@@ -1,7 +1,7 @@
 """Training across GPUs: xLSTMLarge steps under DDP, FSDP2 and context parallelism on 1, 2, 4 GPUs.
 
-Data parallel (providers xlstm_large.ddp, xlstm_large.fsdp, xlstm_large.fsdp_keep): xLSTMLarge at
-E=2048, 24 blocks, 8 heads, context 4096, B=4 per GPU (16,384 tokens per GPU and step: weak
+Data parallel (providers xlstm_large.ddp and xlstm_large.fsdp, .fsdp_keep, .fsdp_plain): xLSTMLarge
+at E=2048, 24 blocks, 8 heads, context 4096, B=4 per GPU (16,384 tokens per GPU and step: weak
 scaling), bf16, fused AdamW. `fsdp`: `shard_blocks` as a user gets it (blocks resharded after
 their forward but the last, the next block's all-gather issued ahead); `fsdp_keep`: nothing
 resharded after the forward (no all-gather in the backward, every parameter held gathered from
@@ -228,7 +228,7 @@ def _measure_rank(case, wrap, dtype, device, world) -> dict:
 
 
 def make_step(case, wrap, dtype, device, world):
-    """This rank's training step of the case under `wrap` (ddp, fsdp, fsdp_keep, cp,
+    """This rank's training step of the case under `wrap` (ddp, fsdp, fsdp_keep, fsdp_plain, cp,
     transformer): a callable with a `close()` for what it holds open. Inside a process group."""
     import torch.distributed as dist
 
