@@ -1,5 +1,6 @@
-"""The sm_90 code of the sLSTM kernels, without a GPU: registers, spills, shared memory, and the
-instructions and barriers of the hottest loop (`python -m bench.tools.sm90_code [names]`).
+"""The sm_90 code of the sLSTM kernels, without a GPU: registers, spills, shared memory, the
+instructions and barriers of the hottest loop, and the split kernels' barrier instructions in the
+PTX (`python -m bench.tools.sm90_code [names]`; the tests use it too).
 
 Needs a Triton whose NVIDIA backend compiles for sm_90 (the GPU image's version, 3.6: `pip
 download triton==3.6.0 --no-deps`, install it with `--target DIR` and put DIR first on
@@ -118,8 +119,17 @@ def analyse(names=None) -> dict:
             sass = subprocess.run([f"{tools}/cuobjdump", "-sass", fh.name], capture_output=True, text=True).stdout
         m = re.search(r"REG:(\d+) STACK:(\d+) .*LOCAL:(\d+)", res)
         out[name] = dict(num_warps=num_warps, regs=int(m.group(1)), spill_bytes=int(m.group(2)) + int(m.group(3)),
-                         shared=c.metadata.shared, loop=hottest_loop(sass))
+                         shared=c.metadata.shared, loop=hottest_loop(sass), ptx=ptx_counts(c.asm["ptx"]))
     return out
+
+
+def ptx_counts(ptx: str) -> dict:
+    """The split kernels' barrier in the PTX: GPU-scope release adds, acquire polls, L1-bypassing
+    loads (of what other SMs wrote) and CTA barriers."""
+    return {k: len(re.findall(v, ptx)) for k, v in dict(
+        release=r"red\.global\.gpu\.release\.add|atom\.global\.gpu\.(release|acq_rel)\.add",
+        acquire=r"ld\.global\.(gpu\.acquire|acquire\.gpu)|atom\.global\.gpu\.acquire",
+        cg_load=r"ld\.global\.cg", bar=r"bar\.sync").items()}
 
 
 if __name__ == "__main__":

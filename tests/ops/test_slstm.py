@@ -444,58 +444,10 @@ def test_barrier_path_is_chosen_only_for_co_resident_split_grids(monkeypatch):
     assert not slstm_fwd_module.use_sync(whole, 8, torch.device("cuda"))
 
 
-_SM90_COMPILE = r"""
-import json, os, re, subprocess, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from xlstm_triton.ops.slstm.fwd import slstm_fwd_kernel
-from xlstm_triton.ops.slstm.bwd import slstm_bwd_kernel
-P = "*bf16"
-common = dict(NH=1, DH=256, BB=16, BO=16, NCB=16, KA=256, KB=0, BK=64, RESIDENT=True, SYNC=True,
-              DOT_PREC="ieee", FAST_MATH=True)
-kernels = {
-    "fwd": (slstm_fwd_kernel, dict(wx_ptr=P, R_ptr=P, b_ptr=P, state_in_ptr="*fp32", h0_ptr=P, h_ptr=P,
-            state_out_ptr="*fp32", pre_ptr="*fp32", cnm_ptr="*fp32", sync_ptr="*i32", B="i32", T="i32",
-            t_start="i32", t_end="i32", s_wx_b="i32", s_wx_t="i32", s_wx_g="i32", s_wx_h="i32"),
-            dict(common, SAVE=True, H0_IS_STATE=False)),
-    "bwd": (slstm_bwd_kernel, dict(R_ptr=P, pre_ptr="*fp32", cnm_ptr="*fp32", state0_ptr="*fp32", dh_ptr=P,
-            dstate_in_ptr="*fp32", dwx_ptr=P, dstate_out_ptr="*fp32", part_ptr=P, sync_ptr="*i32", B="i32", T="i32",
-            t_lo="i32", t_hi="i32"), dict(common, FINALIZE=True)),
-}
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-out = {}
-for name, (fn, sig, ce) in kernels.items():
-    fn = getattr(fn, "kernel", fn)          # the jit function under the launch cache's wrapper
-    sig = dict(sig, **{k: "constexpr" for k in ce})
-    attrs = {(i,): [["tt.divisibility", 16]] for i, k in enumerate(sig) if sig[k].startswith("*")}
-    c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    ptx = c.asm["ptx"]
-    info = {"shared": c.metadata.shared, "ptx": {k: len(re.findall(v, ptx)) for k, v in dict(
-        release=r"red\.global\.gpu\.release\.add|atom\.global\.gpu\.(release|acq_rel)\.add",
-        acquire=r"ld\.global\.(gpu\.acquire|acquire\.gpu)|atom\.global\.gpu\.acquire",
-        cg_load=r"ld\.global\.cg", bar=r"bar\.sync").items()}}
-    m = None
-    if os.path.exists(cuobjdump):
-        path = f"/tmp/_slstm_{name}_{os.getpid()}.cubin"
-        open(path, "wb").write(c.asm["cubin"])
-        r = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True)
-        os.unlink(path)
-        m = re.search(r"REG:(\d+) STACK:(\d+) .*LOCAL:(\d+)", r.stdout)
-    # spills land in the stack frame or in local memory, as cuobjdump reports Triton's cubin
-    info["regs"], info["local_bytes"] = (int(m.group(1)), int(m.group(2)) + int(m.group(3))) if m else (None, None)
-    out[name] = info
-print(json.dumps(out))
-"""
-
-
-def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
-    """Compiles the persistent split-head kernels (1 x 256, bf16, R held) for sm_90 on this
-    machine (no GPU needed; a subprocess, as TRITON_INTERPRET replaces triton.jit here) and checks
-    the barrier's lowering: a GPU-scope release add after the step's stores, GPU-scope acquire
-    polls, L1-bypassing loads of the exchanged tensors; no register spills (stack frame and local
-    memory, as cuobjdump reports them for Triton's cubin); shared memory within an H100's 227 KB."""
+def sm90_code(*names) -> dict:
+    """`bench.tools.sm90_code` of the named kernel shapes in a subprocess (TRITON_INTERPRET
+    replaces triton.jit here): name -> registers, spills, shared memory, the step loop's
+    instruction counts, the PTX barrier counts. Skips without Triton's NVIDIA backend."""
     import json
     import os
     import subprocess
@@ -506,43 +458,33 @@ def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
         pytest.skip("Triton's NVIDIA backend is not installed")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _SM90_COMPILE], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    info = json.loads(r.stdout.strip().splitlines()[-1])
-    for name in ("fwd", "bwd"):
-        ptx = info[name]["ptx"]
-        assert ptx["release"] >= 1 and ptx["acquire"] >= 1, (name, ptx)
-        assert ptx["cg_load"] >= 1 and ptx["bar"] >= 2, (name, ptx)
-        assert info[name]["shared"] <= 227 * 1024, (name, info[name])
-        if info[name]["local_bytes"] is not None:  # register spills go to local memory
-            assert info[name]["local_bytes"] <= 64, (name, info[name])
-
-
-def test_batch_last_head_kernels_compile_for_sm90_with_warpgroup_products():
-    """The whole-head batch-last forward and backward compiled for sm_90 on this machine
-    (`bench.tools.sm90_code`, a subprocess without TRITON_INTERPRET): its recurrent product is
-    warpgroup products (the variant's point), no register spills, shared memory within an H100's
-    227 KB (R held: 128 KB at DH = 128)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    triton = pytest.importorskip("triton")
-    if "nvidia" not in getattr(triton.backends, "backends", {}):
-        pytest.skip("Triton's NVIDIA backend is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    names = ["bwd_head_128_batch_last", "bwd_head_64_batch_last", "fwd_head_128_batch_last",
-             "fwd_head_64_batch_last_w4"]
     r = subprocess.run([sys.executable, "-m", "bench.tools.sm90_code", *names], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines() if line.split(" ", 1)[0] in names)
+    got = {n: json.loads(line) for n, line in (ln.split(" ", 1) for ln in r.stdout.strip().splitlines()) if n in names}
     assert sorted(got) == sorted(names), r.stdout
-    for name, line in got.items():
-        info = json.loads(line)
+    return got
+
+
+def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
+    """The persistent split-head kernels (1 x 256, bf16, R held) compiled for sm_90 on this
+    machine (no GPU needed): the barrier's lowering, a GPU-scope release add after the step's
+    stores, GPU-scope acquire polls, L1-bypassing loads of the exchanged tensors; no register
+    spills (stack frame and local memory, as cuobjdump reports them for Triton's cubin); shared
+    memory within an H100's 227 KB."""
+    for name, info in sm90_code("fwd_split_256", "bwd_split_256").items():
+        ptx = info["ptx"]
+        assert ptx["release"] >= 1 and ptx["acquire"] >= 1, (name, ptx)
+        assert ptx["cg_load"] >= 1 and ptx["bar"] >= 2, (name, ptx)
+        assert info["shared"] <= 227 * 1024 and info["spill_bytes"] <= 64, (name, info)
+
+
+def test_batch_last_head_kernels_compile_for_sm90_with_warpgroup_products():
+    """The whole-head batch-last forward and backward compiled for sm_90 on this machine: their
+    recurrent product is warpgroup products (the variants' point), no register spills, shared
+    memory within an H100's 227 KB (R held: 128 KB at DH = 128)."""
+    for name, info in sm90_code("bwd_head_128_batch_last", "bwd_head_64_batch_last", "fwd_head_128_batch_last",
+                                "fwd_head_64_batch_last_w4").items():
         assert info["loop"]["wgmma"] > 0 and info["loop"]["hmma"] == 0, (name, info)
         assert info["spill_bytes"] == 0 and info["shared"] <= 227 * 1024, (name, info)
 
