@@ -70,6 +70,7 @@ def kernels() -> dict:
         "bwd_head_64_batch_last_w8": bwd_head(64, 8, True),
         "bwd_head_32_batch_last": bwd_head(32, 4, True),
         "fwd_split_256": fwd(256, 16, 16, 256, 0, 4, False),
+        "fwd_split_256_train": fwd(256, 16, 16, 256, 0, 4, True),        # storing the steps
         "fwd_split_768": fwd(768, 16, 48, 512, 256, 4, False),
         "bwd_split_256": bwd_split(256, 16, 16, 256, 0),
         "bwd_split_128": bwd_split(128, 16, 8, 128, 0),

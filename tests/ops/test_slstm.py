@@ -467,12 +467,12 @@ def sm90_code(*names) -> dict:
 
 
 def test_split_kernels_compile_for_sm90_with_release_acquire_barrier():
-    """The persistent split-head kernels (1 x 256, bf16, R held) compiled for sm_90 on this
-    machine (no GPU needed): the barrier's lowering, a GPU-scope release add after the step's
+    """The persistent split-head kernels (1 x 256, bf16, R held; the forward with and without
+    the steps' stores) compiled for sm_90 on this machine (no GPU needed): the barrier's lowering, a GPU-scope release add after the step's
     stores, GPU-scope acquire polls, L1-bypassing loads of the exchanged tensors; no register
     spills (stack frame and local memory, as cuobjdump reports them for Triton's cubin); shared
     memory within an H100's 227 KB."""
-    for name, info in sm90_code("fwd_split_256", "bwd_split_256").items():
+    for name, info in sm90_code("fwd_split_256", "fwd_split_256_train", "bwd_split_256").items():
         ptx = info["ptx"]
         assert ptx["release"] >= 1 and ptx["acquire"] >= 1, (name, ptx)
         assert ptx["cg_load"] >= 1 and ptx["bar"] >= 2, (name, ptx)
